@@ -1,0 +1,248 @@
+"""Command line: ``tritium quantize``, ``tritium eval``, ``tritium info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .recipes import load_recipe, recipe_names
+
+
+def _group(value: str):
+    if value in ("channel", "tensor"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--group takes a positive integer, 'channel' or 'tensor', not {value!r}")
+
+
+def _csv(value: str) -> list[str]:
+    return [] if value.lower() in ("", "none") else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _add_model_args(p):
+    p.add_argument("--model", required=True, help="named default (smollm2-135m), HF folder, .gguf file or hub id")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+
+
+def _add_eval_args(p):
+    p.add_argument("--eval", type=_csv, help="perplexity data sets, comma separated (wikitext2, ptb, a file); 'none' to skip")
+    p.add_argument("--zeroshot", type=_csv, help="zero-shot tasks, comma separated (piqa, arc_easy, ...)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N perplexity chunks")
+    p.add_argument("--zeroshot-limit", type=int, help="evaluate only the first N documents of each task")
+    p.add_argument("--seqlen", type=int, help="perplexity chunk length (default 2048)")
+    p.add_argument("--batch-size", type=int, help="chunks per forward pass")
+    p.add_argument("--data", help="folder holding the data sets (overrides $TRITIUM_DATA)")
+    p.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritium", description="Quantize LLMs to ternary and 2/3/4 bits, and prove they still work.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="quantize a model, evaluate it beside the float model, save it")
+    _add_model_args(q)
+    q.add_argument("--recipe", help=f"a YAML file or a shipped recipe: {', '.join(recipe_names())}")
+    q.add_argument("--method", help="quantization method (rtn, ...)")
+    q.add_argument("--grid", choices=["uniform", "ternary"], help="grid kind")
+    q.add_argument("--bits", type=int, help="bits of the uniform grid (2, 3, 4, 8)")
+    q.add_argument("--group", type=_group, help="group size, 'channel' or 'tensor'")
+    q.add_argument("--variant", help="ternary variant: absmean, twn, dlt")
+    q.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None)
+    q.add_argument("--ragged-groups", action=argparse.BooleanOptionalAction, default=None,
+                   help="allow a shorter last group when the group size does not divide a width")
+    q.add_argument("--skip", type=_csv, help="module-name patterns kept in float, comma separated")
+    q.add_argument("--calib", help="calibration source, e.g. wikitext2-valid or a text file")
+    q.add_argument("--calib-samples", type=int)
+    q.add_argument("--calib-seqlen", type=int)
+    q.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
+    q.add_argument("--no-save", action="store_true", help="do not save the quantized model")
+    _add_eval_args(q)
+
+    e = sub.add_parser("eval", help="evaluate a model (float or saved by tritium)")
+    _add_model_args(e)
+    _add_eval_args(e)
+
+    i = sub.add_parser("info", help="architecture, layers, parameters and what can be quantized")
+    _add_model_args(i)
+    i.add_argument("--json", action="store_true")
+    return parser
+
+
+def _eval_settings(args, recipe_eval: dict) -> dict:
+    settings = dict(recipe_eval)
+    for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
+                       ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
+                       ("batch_size", args.batch_size)]:
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def _recipe_from_args(args) -> dict:
+    recipe = load_recipe(args.recipe)
+    grid = dict(recipe["grid"])
+    if args.grid and args.grid != grid.get("kind"):
+        grid = {"kind": args.grid, **({"group": grid["group"]} if "group" in grid else {})}
+    for key, value in [("bits", args.bits), ("group", args.group), ("variant", args.variant),
+                       ("symmetric", args.symmetric), ("ragged_groups", args.ragged_groups)]:
+        if value is not None:
+            grid[key] = value
+    recipe["grid"] = grid
+    if args.method:
+        recipe["method"] = args.method
+    if args.skip is not None:
+        recipe["method_args"] = {**recipe.get("method_args", {}), "skip": args.skip}
+    for key, value in [("source", args.calib), ("samples", args.calib_samples), ("seqlen", args.calib_seqlen)]:
+        if value is not None:
+            recipe["calib"][key] = value
+    recipe["eval"] = _eval_settings(args, recipe["eval"])
+    return recipe
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _print_table(rows):
+    from .eval.report import markdown_table
+
+    print(markdown_table(rows), end="")
+
+
+def cmd_quantize(args) -> int:
+    from .export.hf import save_fake_quantized
+    from .eval.report import write_report
+    from .models import load_model
+    from .quant.grids import grid_from_dict, grid_to_dict
+    from .runner import default_run_folder, evaluate, float_row, peak_rss_megabytes, quantize_model, quantized_row
+    from .utils.io import folder_bytes
+
+    recipe = _recipe_from_args(args)
+    grid = grid_from_dict(recipe["grid"])  # fail on a bad grid before the model loads
+    tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}"
+    out = Path(args.out) if args.out else default_run_folder(args.model, tag)
+    progress = not args.no_progress
+    print(f"tritium: loading {args.model}", file=sys.stderr)
+    model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
+    rows, token_cache = [], {}
+    if not args.no_float:
+        print("tritium: evaluating the float model", file=sys.stderr)
+        rows.append(float_row(model, tokenizer, recipe["eval"], args.data, progress, token_cache))
+    print(f"tritium: quantizing with {recipe['method']} on {grid.describe()}", file=sys.stderr)
+    start = time.perf_counter()
+    result, config = quantize_model(model, tokenizer, recipe, args.data)
+    print("tritium: evaluating the quantized model", file=sys.stderr)
+    evaluation = evaluate(model, tokenizer, recipe["eval"], args.data, progress, token_cache)
+    file_bytes = None
+    if not args.no_save:
+        save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
+                            config.skip, result.method_args)
+        file_bytes = folder_bytes(out / "model")
+    rows.append(quantized_row(model, result, config, evaluation, file_bytes, time.perf_counter() - start))
+    notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; the saved model "
+             "holds fake-quant float weights, so its file size is that of a float checkpoint"]
+    if "smollm2" in str(args.model).lower() and getattr(grid, "bits", None) == 4 and grid.group in (32, 16, 8):
+        notes.append("SmolLM2's shipped weights are already 4-bit with groups of 32: this result is trivially lossless")
+    summary = {"title": f"{args.model} {tag}", "model": str(args.model), "source": source.describe(),
+               "recipe": recipe, "peak_rss_mb": peak_rss_megabytes(), "notes": notes}
+    json_path, md_path = write_report(out, summary, rows)
+    _print_table(rows)
+    print(f"\nresults: {md_path}  {json_path}" + ("" if args.no_save else f"\nmodel:   {out / 'model'}"))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .eval.report import write_report
+    from .eval.size import size_report
+    from .methods.base import selected_linears
+    from .models import decoder_layout, load_model
+    from .models.loader import read_quantization_config
+    from .quant.grids import grid_from_dict
+    from .recipes import DEFAULT_RECIPE
+    from .runner import default_run_folder, evaluate, peak_rss_megabytes
+    from .utils.io import folder_bytes
+
+    settings = _eval_settings(args, DEFAULT_RECIPE["eval"])
+    out = Path(args.out) if args.out else default_run_folder(args.model, "eval")
+    start = time.perf_counter()
+    model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
+    qconfig = read_quantization_config(source.location) if source.kind == "folder" else None
+    if qconfig:
+        grid = grid_from_dict(qconfig["grid"])
+        names = selected_linears(decoder_layout(model), tuple(qconfig.get("modules_not_quantized") or ()))
+        size = size_report(model, grid, names)
+        row = {"model": "quantized", "method": qconfig["method"], "bits": round(float(grid.bits), 2),
+               "grid": grid.describe(), "group": grid.group}
+    else:
+        size = size_report(model)
+        row = {"model": "float", "method": "none", "bits": 16, "group": None}
+    row |= evaluate(model, tokenizer, settings, args.data, not args.no_progress)
+    file_bytes = folder_bytes(Path(source.location) / source.gguf_file if source.gguf_file else source.location) \
+        if source.kind != "hub" else None
+    row |= {"size": size.to_dict(), "file_bytes": file_bytes, "seconds": time.perf_counter() - start}
+    summary = {"title": f"eval {args.model}", "model": str(args.model), "source": source.describe(),
+               "eval": settings, "peak_rss_mb": peak_rss_megabytes()}
+    json_path, md_path = write_report(out, summary, [row])
+    _print_table([row])
+    print(f"\nresults: {md_path}  {json_path}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .models import decoder_layout, load_model
+    from .models.adapters import UnsupportedArchitectureError
+
+    model, _, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
+    config = model.config
+    info = {"source": source.describe(), "architecture": type(model).__name__, "model_type": config.model_type,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "hidden_size": config.hidden_size, "num_layers": config.num_hidden_layers,
+            "context": getattr(config, "max_position_embeddings", None),
+            "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False))}
+    try:
+        layout = decoder_layout(model)
+        linears = layout.quantizable_linears()
+        widths = sorted({m.in_features for m in linears.values()})
+        info |= {"quantizable_linears": len(linears),
+                 "quantizable_parameters": sum(m.weight.numel() for m in linears.values()),
+                 "linear_shapes": sorted({f"{n.rsplit('.', 1)[-1]}: {tuple(m.weight.shape)}" for n, m in linears.items()}),
+                 "input_widths": widths,
+                 "group_sizes_that_divide_all_widths": [g for g in (32, 64, 128, 256) if all(w % g == 0 for w in widths)],
+                 "kept_float": ["embed_tokens", "lm_head" + (" (tied)" if info["tied_embeddings"] else ""), "norms"]}
+    except UnsupportedArchitectureError as err:
+        info["quantizable"] = str(err)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:36s} {value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"quantize": cmd_quantize, "eval": cmd_eval, "info": cmd_info}
+    from .data import DataNotFoundError
+    from .models import ModelSourceError, UnsupportedArchitectureError
+    from .quant import QuantConfigError
+    from .recipes import RecipeError
+
+    try:
+        return handlers[args.command](args)
+    except (DataNotFoundError, ModelSourceError, UnsupportedArchitectureError, QuantConfigError, RecipeError,
+            ValueError) as err:
+        print(f"tritium: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Run reports: one row per evaluated model, written as JSON and a markdown table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..utils.io import atomic_write_json, atomic_write_text
+
+
+def _fmt(value, digits=2):
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Columns: what was run, the perplexities and accuracies measured, its size, its time."""
+    ppl_keys = sorted({k for r in rows for k in r.get("perplexity", {})})
+    zs_keys = sorted({f"{t}/{m}" for r in rows for t, ms in r.get("zeroshot", {}).items() for m in ms})
+    header = ["model", "method", "bits", "group", *[f"{k} ppl" for k in ppl_keys], *zs_keys,
+              "bits/weight (linears)", "size (MB, Spectra count)", "file size (MB)", "time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        size = r.get("size", {})
+        cells = [r["model"], r["method"], _fmt(r["bits"]), _fmt(r["group"]),
+                 *[_fmt(r.get("perplexity", {}).get(k, {}).get("ppl")) for k in ppl_keys],
+                 *[_fmt(r.get("zeroshot", {}).get(k.split("/")[0], {}).get(k.split("/")[1]), 4) for k in zs_keys],
+                 _fmt(size.get("linear_bits_per_weight"), 3), _fmt(size.get("total_megabytes")),
+                 _fmt(r["file_bytes"] / 1e6 if r.get("file_bytes") is not None else None),
+                 _fmt(r.get("seconds"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: str | Path, summary: dict, rows: list[dict]) -> tuple[Path, Path]:
+    folder = Path(folder)
+    table = markdown_table(rows)
+    json_path = atomic_write_json(folder / "results.json", {**summary, "rows": rows})
+    notes = "".join(f"- {n}\n" for n in summary.get("notes", []))
+    md_path = atomic_write_text(folder / "results.md", f"# tritium run: {summary.get('title', '')}\n\n{table}\n{notes}")
+    return json_path, md_path

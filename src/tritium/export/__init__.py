@@ -1,0 +1,1 @@
+"""Writers for formats that runtimes load: HF safetensors (and GGUF, later)."""

@@ -1,0 +1,24 @@
+"""Round-to-nearest: each weight goes to its nearest grid point, no data needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from ..quant.grids import quantize_weight
+from .base import MethodConfig, register_method
+
+
+@dataclass
+class RTNConfig(MethodConfig):
+    pass
+
+
+@register_method("rtn", RTNConfig)
+def rtn(model, layout, config: RTNConfig, linears, calibration):
+    weights = {
+        name: quantize_weight(module.weight.detach(), config.grid, name=name)
+        for name, module in tqdm(linears.items(), desc="rtn", unit="layer", leave=False, mininterval=2)
+    }
+    return weights, {}

@@ -1,0 +1,12 @@
+"""Model loaders and architecture adapters (TriLM/FloatLM definitions join them later)."""
+
+from .adapters import (  # noqa: F401
+    BLOCK_LINEARS,
+    KNOWN_FAMILIES,
+    DecoderLayout,
+    ScaleGroup,
+    UnsupportedArchitectureError,
+    decoder_layout,
+)
+from .loader import NAMED_MODELS, ModelSource, ModelSourceError, load_model, resolve_model_source  # noqa: F401
+from .tiny import TINY_FAMILIES, tiny_config, tiny_model, tiny_tokenizer  # noqa: F401

