@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tritium.models import tiny_model, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def llama():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The staged data sets; tests that need them skip with a reason when absent."""
+    env = os.environ.get("TRITIUM_DATA")
+    path = Path(env) if env else SHARED_DATA
+    if not (path / "wikitext-2-raw-v1" / "wiki.test.raw").is_file():
+        pytest.skip(f"no data sets at {path}: set TRITIUM_DATA")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

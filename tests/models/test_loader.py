@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from tritium.models import ModelSourceError, load_model, resolve_model_source, tiny_model
+
+
+def test_local_folder_round_trip(tmp_path, tokenizer):
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    loaded, tok, source = load_model(tmp_path / "m")
+    assert source.kind == "folder"
+    x = torch.randint(0, 512, (1, 6))
+    assert torch.equal(loaded(x).logits, model(x).logits)
+    assert tok.encode("hello") == tokenizer.encode("hello")
+
+
+def test_missing_path_lists_what_was_tried(tmp_path):
+    with pytest.raises(ModelSourceError, match="named default.*local path.*hub id"):
+        resolve_model_source(tmp_path / "nope")
+    with pytest.raises(ModelSourceError, match="no config.json"):
+        resolve_model_source(tmp_path)
+
+
+def test_hub_id_is_recognised_without_fetching():
+    assert resolve_model_source("HuggingFaceTB/SmolLM2-135M").kind == "hub"
+
+
+def test_named_default_resolves_to_the_packaged_gguf():
+    source = resolve_model_source("smollm2-135m")
+    assert source.kind == "named" and source.gguf_file.endswith(".gguf")

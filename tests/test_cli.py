@@ -1,0 +1,108 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tritium.cli import main
+from tritium.models import tiny_model
+
+TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." for i in range(300))
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tokenizer):
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    wiki = tmp_path / "data" / "wikitext-2-raw-v1"
+    wiki.mkdir(parents=True)
+    (wiki / "wiki.test.raw").write_text(TEXT)
+    (wiki / "wiki.valid.raw").write_text(TEXT)
+    monkeypatch.setenv("TRITIUM_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_quantize_evaluates_side_by_side_saves_and_reloads(tiny_folder, tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["quantize", "--model", str(tiny_folder), "--recipe", "w2g128-rtn", "--group", "32",
+                 "--eval", "wikitext2", "--seqlen", "64", "--limit", "3", "--out", str(out), "--no-progress"])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| float | none |" in table and "| quantized | rtn | 2.00 | 32 |" in table
+    results = json.loads((out / "results.json").read_text())
+    float_row, quant_row = results["rows"]
+    assert float_row["perplexity"]["wikitext2"]["n_chunks"] == 3
+    assert quant_row["size"]["linear_bits_per_weight"] == pytest.approx(2 + 18 / 32)
+    assert quant_row["perplexity"]["wikitext2"]["ppl"] != float_row["perplexity"]["wikitext2"]["ppl"]
+    assert (out / "results.md").read_text().count("|") > 20
+
+    code = main(["eval", "--model", str(out / "model"), "--eval", "wikitext2", "--seqlen", "64", "--limit", "3",
+                 "--out", str(tmp_path / "reeval"), "--no-progress"])
+    assert code == 0
+    again = json.loads((tmp_path / "reeval" / "results.json").read_text())["rows"][0]
+    assert again["method"] == "rtn" and again["bits"] == 2
+    assert again["perplexity"]["wikitext2"]["ppl"] == pytest.approx(quant_row["perplexity"]["wikitext2"]["ppl"], rel=1e-6)
+    assert again["size"]["linear_bits_per_weight"] == pytest.approx(quant_row["size"]["linear_bits_per_weight"])
+
+
+def test_flags_override_the_recipe(tiny_folder, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["quantize", "--model", str(tiny_folder), "--recipe", "w4g128-rtn", "--grid", "ternary",
+                 "--variant", "dlt", "--group", "channel", "--eval", "none", "--out", str(out), "--no-float",
+                 "--no-progress"]) == 0
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["grid"] == "ternary-dlt-perchannel"
+    assert json.loads((out / "model" / "config.json").read_text())["quantization_config"]["grid"]["variant"] == "dlt"
+
+
+def test_info(tiny_folder, capsys):
+    assert main(["info", "--model", str(tiny_folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_layers"] == 2 and info["quantizable_linears"] == 14
+    assert info["group_sizes_that_divide_all_widths"] == [32, 64]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "no-such-recipe"], "recipe 'no-such-recipe' not found"),
+    (["--bits", "5"], "bits=5 is not supported"),
+    (["--group", "48"], "group size 48 does not divide"),
+    (["--method", "magic"], "unknown method 'magic'"),
+])
+def test_bad_inputs_exit_with_a_clear_message(tiny_folder, tiny_data, tmp_path, capsys, args, message):
+    code = main(["quantize", "--model", str(tiny_folder), "--eval", "none", "--no-float", "--no-progress",
+                 "--out", str(tmp_path / "run"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_missing_model_and_data(tiny_folder, tmp_path, monkeypatch, capsys):
+    assert main(["info", "--model", str(tmp_path / "missing")]) == 2
+    assert "was not found" in capsys.readouterr().err
+    monkeypatch.setenv("TRITIUM_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["eval", "--model", str(tiny_folder), "--eval", "wikitext2", "--out", str(tmp_path / "e")]) == 2
+    assert "could not find wikitext2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smoke_real_smollm2(data_dir, tmp_path):
+    """The README's main job on the embedded default, cut to two chunks."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "quantize", "--model", "smollm2-135m", "--recipe", "w2g128-rtn",
+         "--eval", "wikitext2", "--limit", "2", "--no-save", "--no-progress", "--data", str(data_dir),
+         "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    float_ppl = rows[0]["perplexity"]["wikitext2"]["ppl"]
+    rtn_ppl = rows[1]["perplexity"]["wikitext2"]["ppl"]
+    assert 5 < float_ppl < 40  # SmolLM2-135M lands near 19 on these chunks
+    assert rtn_ppl > 10 * float_ppl  # W2g128 RTN collapses on this model
+    assert rows[1]["size"]["linear_bits_per_weight"] < 2.3
