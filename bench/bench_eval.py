@@ -30,7 +30,7 @@ from tritium.eval import perplexity, size_report, tokenize_eval_text
 from tritium.methods import RTNConfig, quantize_
 from tritium.models import load_model
 from tritium.quant import TernaryGrid, UniformGrid
-from tritium.utils.io import atomic_write_json
+from tritium.utils.io import atomic_write_json, atomic_write_text
 
 SETTINGS = {
     "rtn-w4g128": UniformGrid(bits=4, group=128, ragged_groups=True),
@@ -74,6 +74,32 @@ def throughput(model, ids: torch.Tensor, seqlen: int, chunks: int, repeats: int)
     h, b = statistics.median(harness), statistics.median(bare)
     return {"harness_tokens_per_s": h, "bare_tokens_per_s": b, "ratio": h / b, "harness_runs": harness,
             "bare_runs": bare}
+
+
+def markdown(results: dict, head: int) -> str:
+    meta = results["meta"]
+    base = results["float"]
+    lines = [f"Command: `TRITIUM_DATA=../shared/data {meta['command']}`  ",
+             f"Machine: {meta['machine']}, torch {meta['torch']}. Date: {meta['date']}.", "",
+             f"| model | bits/weight (linears) | size MB (Spectra count) | ppl, first {head} chunks | ratio to float "
+             f"| ppl, full test ({base['chunks']} chunks) | ratio to float |", "|---|---|---|---|---|---|---|"]
+    for name in ["float", *SETTINGS]:
+        if name not in results:
+            continue
+        r = results[name]
+        first, full = r[f"ppl_first_{head}"], r["ppl_full"]
+        lines.append(f"| {name} | {r['size']['linear_bits_per_weight']:.3f} | {r['size']['total_megabytes']:.1f} "
+                     f"| {first:.2f} | {first / base[f'ppl_first_{head}']:.2f}x | {full:.2f} "
+                     f"| {full / base['ppl_full']:.2f}x |")
+    if "independent" in results:
+        ind = results["independent"]
+        lines += ["", f"Independent GPTQ-protocol loop (first {ind['chunks']} chunks): {ind['ppl']:.4f}; tritium: "
+                  f"{ind['tritium_ppl']:.4f}; relative difference {100 * ind['relative_difference']:.4f}%."]
+    if "throughput" in results:
+        t = results["throughput"]
+        lines += [f"Throughput (median of interleaved runs): tritium harness {t['harness_tokens_per_s']:.0f} tokens/s, "
+                  f"bare `model(input_ids)` loop {t['bare_tokens_per_s']:.0f} tokens/s, ratio {t['ratio']:.3f}."]
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -134,6 +160,9 @@ def main():
         res = perplexity(model, ids, seqlen=args.seqlen, limit=args.limit, dataset="wikitext2")
         record(name, res, {"grid": grid.describe(), "quantize_seconds": qres.seconds,
                            "size": size_report(model, grid, qres.weights).to_dict()})
+    table = markdown(results, args.head)
+    atomic_write_text(out.with_suffix(".md"), table)
+    print(table)
 
 
 if __name__ == "__main__":

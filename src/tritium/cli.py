@@ -147,7 +147,7 @@ def cmd_quantize(args) -> int:
         save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
                             config.skip, result.method_args)
         file_bytes = folder_bytes(out / "model")
-    rows.append(quantized_row(model, result, config, evaluation, file_bytes, time.perf_counter() - start))
+    rows.append(quantized_row(model, result, evaluation, file_bytes, time.perf_counter() - start))
     notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; the saved model "
              "holds fake-quant float weights, so its file size is that of a float checkpoint"]
     if "smollm2" in str(args.model).lower() and getattr(grid, "bits", None) == 4 and grid.group in (32, 16, 8):
@@ -186,8 +186,9 @@ def cmd_eval(args) -> int:
         size = size_report(model)
         row = {"model": "float", "method": "none", "bits": 16, "group": None}
     row |= evaluate(model, tokenizer, settings, args.data, not args.no_progress)
-    file_bytes = folder_bytes(Path(source.location) / source.gguf_file if source.gguf_file else source.location) \
-        if source.kind != "hub" else None
+    file_bytes = None
+    if source.kind != "hub":
+        file_bytes = folder_bytes(Path(source.location) / (source.gguf_file or ""))
     row |= {"size": size.to_dict(), "file_bytes": file_bytes, "seconds": time.perf_counter() - start}
     summary = {"title": f"eval {args.model}", "model": str(args.model), "source": source.describe(),
                "eval": settings, "peak_rss_mb": peak_rss_megabytes()}

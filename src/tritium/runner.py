@@ -51,7 +51,7 @@ def quantize_model(model, tokenizer, recipe: dict, data_path=None):
     return quantize_(model, config, calibration), config
 
 
-def quantized_row(model, result, config, evaluation: dict, file_bytes: int | None, seconds: float) -> dict:
+def quantized_row(model, result, evaluation: dict, file_bytes: int | None, seconds: float) -> dict:
     group = result.grid.group
     return {"model": "quantized", "method": result.method, "bits": round(float(result.grid.bits), 2),
             "grid": result.grid.describe(), "group": group, **evaluation,

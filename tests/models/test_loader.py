@@ -29,3 +29,11 @@ def test_hub_id_is_recognised_without_fetching():
 def test_named_default_resolves_to_the_packaged_gguf():
     source = resolve_model_source("smollm2-135m")
     assert source.kind == "named" and source.gguf_file.endswith(".gguf")
+
+
+def test_gguf_file_and_folder_with_one_gguf_resolve(tmp_path):
+    named = resolve_model_source("smollm2-135m")
+    gguf = resolve_model_source(f"{named.location}/{named.gguf_file}")
+    assert gguf.kind == "gguf" and gguf.gguf_file == named.gguf_file
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert resolve_model_source(tmp_path).gguf_file == "m.gguf"

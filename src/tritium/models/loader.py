@@ -61,8 +61,8 @@ def resolve_model_source(source: str | os.PathLike) -> ModelSource:
         raise ModelSourceError(f"{path} is a folder but holds no config.json (an HF model) and not exactly one .gguf file")
     if path.exists():
         raise ModelSourceError(f"{path} is neither an HF model folder nor a .gguf file")
-    looks_like_path = text.startswith((".", "/", "~")) or text.endswith(".gguf") or os.sep in text.strip("/").split("/", 1)[-1]
-    if looks_like_path or text.count("/") != 1:
+    is_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not text.endswith(".gguf")
+    if not is_hub_id:
         raise ModelSourceError(
             f"model {text!r} was not found. Tried: a named default ({', '.join(NAMED_MODELS)}), "
             f"a local path ({path.resolve()} does not exist) and a hub id (needs the form 'org/name')."
