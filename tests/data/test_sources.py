@@ -75,3 +75,9 @@ def test_calibration_smaller_than_one_sample(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setenv("TRITIUM_DATA", str(make_wikitext(tmp_path, valid="short\n")))
     with pytest.raises(CalibrationError, match="fewer than one sample"):
         calibration_samples(tokenizer, "wikitext2-valid", 2, 64)
+
+
+def test_staged_splits_have_the_hf_row_counts(data_dir):
+    assert len(load_text_rows("wikitext2", "test", data_dir)) == 4358
+    ptb = load_text_rows("ptb", "test", data_dir)
+    assert len(ptb) == 3761 and ptb[0] == "no it was n't black monday"
