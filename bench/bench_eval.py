@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -38,6 +39,16 @@ SETTINGS = {
     "rtn-w2g128": UniformGrid(bits=2, group=128, ragged_groups=True),
     "rtn-ternary-absmean-perchannel": TernaryGrid(variant="absmean", group="channel"),
 }
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def independent_gptq_ppl(model, tokenizer, test_file: Path, seqlen: int, nsamples: int) -> float:
@@ -121,7 +132,7 @@ def main():
     results = json.loads(out.read_text()) if out.is_file() else {}
     results["meta"] = {"command": "python bench/bench_eval.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-        "machine": f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 
     model, tokenizer, _ = load_model(args.model)
