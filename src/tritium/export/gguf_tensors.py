@@ -1,0 +1,129 @@
+"""Encode quantized weights as GGUF tensor blocks, exactly.
+
+llama.cpp's ternary types TQ1_0 (1.6875 bits) and TQ2_0 (2.0625 bits) hold 256-weight
+blocks with one fp16 scale each and no shift, so they fit a tensor only when its rows
+divide into 256-blocks of constant scale. Everything else goes to an exact fallback:
+Q4_0 (w = d·(q − 8)) for ternary without shift, Q4_1 (w = d·q + m) for ternary with a
+DLT shift and for ≤4-bit uniform codes, both over 32-weight blocks. F16 is the last resort.
+
+TQ blocks are written by the ``gguf`` package's own quantizer: for a block holding
+α·T its absmax is α, so it reproduces T and α exactly. Q4_0/Q4_1 blocks are built here
+because their generic quantizers search a min/max range and would not keep the codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+from ..quant.grids import QuantizedWeight, TernaryGrid, UniformGrid
+
+TQ_BLOCK = 256
+Q4_BLOCK = 32
+TERNARY_TYPES = {"tq1_0": GGMLQuantizationType.TQ1_0, "tq2_0": GGMLQuantizationType.TQ2_0}
+
+
+class GGUFTypeError(ValueError):
+    """The requested GGUF type cannot hold a tensor exactly."""
+
+
+@dataclass(frozen=True)
+class TensorChoice:
+    qtype: GGMLQuantizationType
+    reason: str
+
+
+def _scale_constant_over(qw: QuantizedWeight, block: int) -> bool:
+    """True when every ``block``-wide slice of every row shares one scale (and shift)."""
+    layout = qw.layout
+    if layout.in_features % block:
+        return False
+    return layout.per_tensor or layout.n_groups == 1 or (
+        layout.group_size % block == 0 and layout.in_features % layout.group_size == 0
+    )
+
+
+def _blocks_align(qw: QuantizedWeight, block: int) -> bool:
+    """True when group boundaries fall on ``block`` boundaries, so each block has one scale."""
+    layout = qw.layout
+    return layout.in_features % block == 0 and (layout.per_tensor or layout.group_size % block == 0)
+
+
+def choose_tensor_type(qw: QuantizedWeight, preferred: str, allow_fallback: bool = True,
+                       name: str = "tensor") -> TensorChoice:
+    """The GGUF type that stores ``qw`` exactly, preferring the ternary type ``preferred``."""
+    if preferred not in TERNARY_TYPES:
+        raise GGUFTypeError(f"unknown GGUF ternary type {preferred!r}: use one of {', '.join(TERNARY_TYPES)}")
+    grid = qw.grid
+    shifted = qw.shift is not None and bool(torch.any(qw.shift != 0))
+    if isinstance(grid, TernaryGrid) and not shifted and _scale_constant_over(qw, TQ_BLOCK):
+        return TensorChoice(TERNARY_TYPES[preferred], "ternary, 256-blocks of constant scale")
+    why_not = ("it is not ternary" if not isinstance(grid, TernaryGrid) else
+               "it has a DLT shift, which TQ types cannot store" if shifted else
+               f"its rows ({qw.layout.in_features} wide, groups of {qw.layout.group_size}) do not split into "
+               f"256-weight blocks of constant scale")
+    if not allow_fallback:
+        raise GGUFTypeError(
+            f"{name}: {preferred.upper()} cannot hold this tensor exactly because {why_not}. "
+            "Allow the exact fallback types (Q4_0/Q4_1) or requantize with per-channel scales or groups of 256."
+        )
+    if _blocks_align(qw, Q4_BLOCK):
+        if isinstance(grid, TernaryGrid) and not shifted:
+            return TensorChoice(GGMLQuantizationType.Q4_0, f"fallback: {why_not}")
+        if isinstance(grid, TernaryGrid) or (isinstance(grid, UniformGrid) and grid.bits <= 4):
+            return TensorChoice(GGMLQuantizationType.Q4_1, f"fallback: {why_not}")
+    return TensorChoice(GGMLQuantizationType.F16, f"fallback: {why_not}, and no 4-bit type aligns with its groups")
+
+
+def _per_block(stat: torch.Tensor, qw: QuantizedWeight, block: int) -> np.ndarray:
+    """Per-group statistics repeated to one value per ``block`` weights: [rows, in/block]."""
+    full = qw.layout.expand(stat)  # [out, in]
+    return full[:, ::block].numpy().astype(np.float32)
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """[n_blocks, 32] codes 0..15 → [n_blocks, 16] bytes: low nibble weight j, high nibble weight j+16."""
+    return (q[:, :16] | (q[:, 16:] << 4)).astype(np.uint8)
+
+
+def _q4_blocks(codes: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+    header = [d.reshape(-1, 1).astype(np.float16).view(np.uint8)]
+    if m is not None:
+        header.append(m.reshape(-1, 1).astype(np.float16).view(np.uint8))
+    return np.concatenate([*header, _pack_nibbles(codes.reshape(-1, Q4_BLOCK))], axis=1)
+
+
+def encode_tensor(qw: QuantizedWeight, qtype: GGMLQuantizationType) -> np.ndarray:
+    """Raw GGUF bytes of ``qw`` as ``qtype``, shaped [out_features, bytes_per_row]."""
+    out, width = qw.layout.out_features, qw.layout.in_features
+    if qtype in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
+        raw = quants.quantize(qw.dequantize(torch.float32).numpy(), qtype)
+    elif qtype == GGMLQuantizationType.F16:
+        return qw.dequantize(torch.float32).numpy().astype(np.float16).view(np.uint8)
+    elif isinstance(qw.grid, TernaryGrid):
+        d = _per_block(qw.scale, qw, Q4_BLOCK)
+        t = qw.codes.numpy().astype(np.int16)
+        if qtype == GGMLQuantizationType.Q4_0:  # w = d·(q − 8) with q = T + 8
+            raw = _q4_blocks((t + 8).astype(np.uint8), d, None)
+        else:  # Q4_1: w = d·q + m with q = T + 1, m = γ − α
+            m = _per_block(qw.shift, qw, Q4_BLOCK) - d if qw.shift is not None else -d
+            raw = _q4_blocks((t + 1).astype(np.uint8), d, m)
+    else:  # uniform: w = s·(c − z) = s·c + (−s·z)
+        d = _per_block(qw.scale, qw, Q4_BLOCK)
+        m = -d * _per_block(qw.zero, qw, Q4_BLOCK)
+        raw = _q4_blocks(qw.codes.numpy().astype(np.uint8), d, m)
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    return raw.reshape(out, width // block * type_size)
+
+
+def decode_tensor(raw: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """Dequantize raw GGUF bytes with the ``gguf`` package (llama.cpp's reference layouts)."""
+    return quants.dequantize(raw, qtype)
+
+
+def bits_per_weight(qtype: GGMLQuantizationType) -> float:
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    return 8 * type_size / block
