@@ -1,0 +1,243 @@
+"""Write a quantized Llama-family model as a GGUF file that llama.cpp runs.
+
+Decoder linears go to TQ1_0/TQ2_0 where they fit, else to an exact fallback
+(:mod:`tritium.export.gguf_tensors`); norms stay F32; embeddings and the output head
+take the type the user chooses. Tensor names come from the ``gguf`` package's own
+HF→GGUF name map. The file is validated after writing: every tensor is read back,
+dequantized with gguf's reference code and compared with the model's weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+
+from ..models.adapters import decoder_layout
+from ..quant.grids import QuantizedWeight
+from .gguf_tensors import TERNARY_TYPES, choose_tensor_type, decode_tensor, encode_tensor
+
+# Families whose HF layout maps onto llama.cpp's "llama" architecture tensor for tensor.
+LLAMA_LIKE = ("llama", "mistral")
+EMBEDDING_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16, "q8_0": GGMLQuantizationType.Q8_0}
+FILE_TYPES = {"tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0, "tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0}
+
+
+class GGUFExportError(ValueError):
+    """The model or the options cannot be written as GGUF; the message says what to change."""
+
+
+@dataclass
+class GGUFReport:
+    path: str
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    fallback_reasons: dict[str, str] = field(default_factory=dict)
+    linear_bits: float = 0.0
+    linear_params: int = 0
+    file_bytes: int = 0
+    max_abs_error: float = 0.0
+
+    @property
+    def linear_bits_per_weight(self) -> float:
+        return self.linear_bits / max(self.linear_params, 1)
+
+    def type_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for qtype in self.tensor_types.values():
+            counts[qtype] = counts.get(qtype, 0) + 1
+        return counts
+
+
+def rope_row_permutation(out_features: int, n_heads: int) -> torch.Tensor:
+    """Row order llama.cpp expects for q/k: HF keeps each head's rotary halves apart,
+    llama.cpp interleaves them, so within a head row (half h, index i) moves to 2·i + h."""
+    head_dim = out_features // n_heads
+    rows = torch.arange(out_features).view(n_heads, 2, head_dim // 2)
+    return rows.transpose(1, 2).reshape(-1)
+
+
+def _permute_rows(qw: QuantizedWeight, perm: torch.Tensor) -> QuantizedWeight:
+    def rows(t):
+        return None if t is None or t.shape[0] == 1 else t[perm]
+
+    return replace(qw, codes=qw.codes[perm], scale=rows(qw.scale) if qw.scale.shape[0] > 1 else qw.scale,
+                   zero=rows(qw.zero) if qw.zero is not None and qw.zero.shape[0] > 1 else qw.zero,
+                   shift=rows(qw.shift) if qw.shift is not None and qw.shift.shape[0] > 1 else qw.shift)
+
+
+def _float_tensor(t: torch.Tensor, qtype: GGMLQuantizationType) -> np.ndarray:
+    array = t.detach().float().cpu().numpy()
+    if qtype == GGMLQuantizationType.F32:
+        return array
+    if qtype == GGMLQuantizationType.F16:
+        return array.astype(np.float16)
+    return gguf.quants.quantize(array, qtype)
+
+
+def _copy_tokenizer_fields(writer: GGUFWriter, source: str | os.PathLike) -> None:
+    reader = GGUFReader(source)
+    for key, fld in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = fld.types[0]
+        sub_type = fld.types[-1] if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, fld.contents(), vtype, sub_type=sub_type)
+
+
+def _add_bpe_tokenizer(writer: GGUFWriter, tokenizer, n_vocab: int) -> None:
+    """Byte-level BPE vocabularies (GPT-2 style) straight from an HF fast tokenizer."""
+    import json
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec["model"]["type"] != "BPE":
+        raise GGUFExportError(
+            f"only byte-level BPE tokenizers can be written from an HF tokenizer (this one is "
+            f"{spec['model']['type']}); pass tokenizer_gguf= a GGUF file holding the model's vocabulary"
+        )
+    vocab = spec["model"]["vocab"]
+    for added in spec.get("added_tokens", []):
+        vocab.setdefault(added["content"], added["id"])
+    tokens = [None] * (max(vocab.values()) + 1)
+    for text, index in vocab.items():
+        tokens[index] = text
+    if any(t is None for t in tokens):
+        raise GGUFExportError("the tokenizer's vocabulary has gaps in its ids; GGUF needs every id")
+    if len(tokens) > n_vocab:
+        raise GGUFExportError(f"the tokenizer has {len(tokens)} tokens but the embedding only {n_vocab} rows")
+    special = {a["id"] for a in spec.get("added_tokens", []) if a.get("special")}
+    n_real = len(tokens)
+    # llama.cpp sizes the vocabulary from the token list: pad it to the embedding's rows, as HF models pad.
+    tokens += [f"[PAD{i}]" for i in range(n_real, n_vocab)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.UNUSED if i >= n_real else
+                            gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+                            for i in range(len(tokens))])
+    writer.add_token_merges(merges)
+    for setter, token_id in [(writer.add_bos_token_id, tokenizer.bos_token_id),
+                             (writer.add_eos_token_id, tokenizer.eos_token_id)]:
+        if token_id is not None:
+            setter(token_id)
+    writer.add_add_bos_token(False)
+
+
+def _add_llama_metadata(writer: GGUFWriter, config, n_vocab: int, file_type) -> None:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    rope = getattr(config, "rope_parameters", None) or {}
+    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(file_type)
+
+
+def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeight], ttype: str = "tq1_0",
+               allow_fallback: bool = True, embedding_type: str = "f16", tokenizer=None,
+               tokenizer_gguf: str | os.PathLike | None = None, validate: bool = True) -> GGUFReport:
+    """Write ``model`` with its quantized linears ``weights`` (full name → QuantizedWeight) to ``path``."""
+    if ttype not in TERNARY_TYPES:
+        raise GGUFExportError(f"--type must be one of {', '.join(TERNARY_TYPES)}, not {ttype!r}")
+    if embedding_type not in EMBEDDING_TYPES:
+        raise GGUFExportError(f"embedding type must be one of {', '.join(EMBEDDING_TYPES)}, not {embedding_type!r}")
+    config = model.config
+    if config.model_type not in LLAMA_LIKE:
+        raise GGUFExportError(
+            f"GGUF export supports the llama architecture ({', '.join(LLAMA_LIKE)}); {config.model_type!r} is not "
+            "supported yet"
+        )
+    if tokenizer is None and tokenizer_gguf is None:
+        raise GGUFExportError("GGUF files carry the vocabulary: pass the tokenizer or a GGUF file to copy it from")
+    layout = decoder_layout(model)
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layout.num_blocks)
+    tied = layout.lm_head is None or layout.lm_head.weight is layout.embed_tokens.weight
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    report = GGUFReport(str(path))
+    expected: dict[str, np.ndarray] = {}
+    writer = GGUFWriter(tmp, "llama")
+    try:
+        _add_llama_metadata(writer, config, layout.embed_tokens.weight.shape[0], FILE_TYPES[ttype])
+        if tokenizer_gguf is not None:
+            _copy_tokenizer_fields(writer, tokenizer_gguf)
+        else:
+            _add_bpe_tokenizer(writer, tokenizer, layout.embed_tokens.weight.shape[0])
+        for hf_name, param in model.state_dict().items():
+            if hf_name.startswith("lm_head") and tied:
+                continue
+            gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if gguf_name is None:
+                raise GGUFExportError(f"no GGUF name for tensor {hf_name!r}")
+            module_name = hf_name.rsplit(".", 1)[0]
+            if module_name in weights:
+                qw = weights[module_name]
+                if module_name.endswith(("q_proj", "k_proj")):
+                    heads = config.num_attention_heads if module_name.endswith("q_proj") else config.num_key_value_heads
+                    qw = _permute_rows(qw, rope_row_permutation(qw.codes.shape[0], heads))
+                choice = choose_tensor_type(qw, ttype, allow_fallback, name=gguf_name)
+                raw = encode_tensor(qw, choice.qtype)
+                writer.add_tensor(gguf_name, raw, raw_dtype=choice.qtype)
+                expected[gguf_name] = qw.dequantize(torch.float32).numpy()
+                report.tensor_types[gguf_name] = choice.qtype.name
+                if choice.qtype not in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
+                    report.fallback_reasons[gguf_name] = choice.reason
+                report.linear_bits += raw.size * 8
+                report.linear_params += qw.codes.numel()
+                continue
+            is_table = hf_name.startswith(("model.embed_tokens", "lm_head"))
+            qtype = EMBEDDING_TYPES[embedding_type] if is_table else (
+                GGMLQuantizationType.F32 if param.dim() == 1 else GGMLQuantizationType.F16)
+            array = _float_tensor(param, qtype)
+            writer.add_tensor(gguf_name, array, raw_dtype=qtype if qtype == GGMLQuantizationType.Q8_0 else None)
+            report.tensor_types[gguf_name] = qtype.name
+            if not is_table and param.dim() == 2:  # a decoder linear left in float
+                report.linear_bits += array.nbytes * 8
+                report.linear_params += param.numel()
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        if validate:
+            report.max_abs_error = validate_gguf(tmp, expected)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    report.file_bytes = path.stat().st_size
+    return report
+
+
+def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray]) -> float:
+    """Read the file back and check each quantized tensor against ``expected`` to fp16 rounding.
+
+    Returns the largest absolute difference seen."""
+    reader = GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    worst = 0.0
+    for name, want in expected.items():
+        if name not in tensors:
+            raise GGUFExportError(f"{path}: tensor {name} is missing after writing")
+        tensor = tensors[name]
+        got = decode_tensor(np.asarray(tensor.data), tensor.tensor_type).reshape(want.shape)
+        tolerance = 2e-3 * np.abs(want).max() + 1e-7
+        error = float(np.abs(got - want).max())
+        if error > tolerance:
+            raise GGUFExportError(
+                f"{path}: tensor {name} ({tensor.tensor_type.name}) reads back with error {error:.3g} "
+                f"> {tolerance:.3g}; the file is not written"
+            )
+        worst = max(worst, error)
+    return worst

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from tritium.export.gguf import GGUFExportError, rope_row_permutation, write_gguf
+from tritium.export.gguf_tensors import GGUFTypeError
+from tritium.methods import RTNConfig, quantize_
+from tritium.models import tiny_model
+from tritium.quant import TernaryGrid
+
+
+def ternary_llama(hidden=256, **overrides):
+    model = tiny_model("llama", hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
+                       num_key_value_heads=2, **overrides)
+    with torch.no_grad():  # sharper attention and logits, so a wrong q/k row order would show
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(4)
+            layer.self_attn.k_proj.weight.mul_(4)
+        model.lm_head.weight.mul_(3)
+    result = quantize_(model, RTNConfig(grid=TernaryGrid("absmean", group="channel")))
+    return model, result
+
+
+def test_rope_permutation_interleaves_each_heads_halves():
+    assert rope_row_permutation(8, 2).tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+@pytest.mark.parametrize("ttype", ["tq1_0", "tq2_0"])
+def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, result = ternary_llama()
+    report = write_gguf(model, tmp_path / "m.gguf", result.weights, ttype, tokenizer=tokenizer)
+    assert report.type_counts()[ttype.upper()] == 14 and not report.fallback_reasons
+    assert report.linear_bits_per_weight == pytest.approx(1.6875 if ttype == "tq1_0" else 2.0625)
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
+    ids = torch.randint(3, 512, (64,), generator=torch.Generator().manual_seed(1))
+    llm.eval(ids.tolist())
+    theirs = torch.tensor(np.array(llm.scores[:64]))
+    with torch.no_grad():
+        ours = model(ids[None]).logits[0]
+
+    def ppl(logits):
+        return torch.exp(-torch.log_softmax(logits[:-1].double(), -1).gather(1, ids[1:, None]).mean()).item()
+
+    assert ppl(theirs) == pytest.approx(ppl(ours), rel=0.01)
+    assert (theirs - ours).abs().max() < 0.1 * ours.std()
+
+
+def test_smollm2_widths_fall_back_and_read_back_exactly(tmp_path, tokenizer):
+    model, result = ternary_llama(hidden=192)  # 192 and 384 do not divide into 256-blocks
+    report = write_gguf(model, tmp_path / "m.gguf", result.weights, "tq1_0", tokenizer=tokenizer)
+    assert set(report.type_counts()) >= {"Q4_0"} and "TQ1_0" not in report.type_counts()
+    assert all("256" in reason for reason in report.fallback_reasons.values())
+    assert report.max_abs_error == 0.0
+
+
+def test_bad_requests_fail_clearly_and_leave_the_old_file(tmp_path, tokenizer):
+    target = tmp_path / "m.gguf"
+    target.write_bytes(b"previous")
+    model, result = ternary_llama(hidden=192)
+    with pytest.raises(GGUFTypeError, match="TQ1_0 cannot hold"):
+        write_gguf(model, target, result.weights, "tq1_0", allow_fallback=False, tokenizer=tokenizer)
+    with pytest.raises(GGUFExportError, match="tokenizer"):
+        write_gguf(model, target, result.weights, "tq1_0")
+    with pytest.raises(GGUFExportError, match="must be one of"):
+        write_gguf(model, target, result.weights, "q2_k", tokenizer=tokenizer)
+    qwen = tiny_model("qwen2")
+    with pytest.raises(GGUFExportError, match="'qwen2' is not supported"):
+        write_gguf(qwen, target, {}, "tq1_0", tokenizer=tokenizer)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
