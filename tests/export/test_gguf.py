@@ -1,8 +1,7 @@
-import numpy as np
 import pytest
 import torch
 
-from tritium.export.gguf import GGUFExportError, rope_row_permutation, write_gguf
+from tritium.export.gguf import GGUFExportError, llama_cpp_logits, rope_row_permutation, write_gguf
 from tritium.export.gguf_tensors import GGUFTypeError
 from tritium.methods import RTNConfig, quantize_
 from tritium.models import tiny_model
@@ -25,17 +24,16 @@ def test_rope_permutation_interleaves_each_heads_halves():
     assert rope_row_permutation(8, 2).tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
 
-@pytest.mark.parametrize("ttype", ["tq1_0", "tq2_0"])
-def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    model, result = ternary_llama()
+@pytest.mark.parametrize("ttype, hidden, expected_type", [("tq1_0", 256, "TQ1_0"), ("tq2_0", 256, "TQ2_0"),
+                                                           ("tq1_0", 192, "Q4_0")])
+def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype, hidden, expected_type):
+    pytest.importorskip("llama_cpp")
+    model, result = ternary_llama(hidden)
     report = write_gguf(model, tmp_path / "m.gguf", result.weights, ttype, tokenizer=tokenizer)
-    assert report.type_counts()[ttype.upper()] == 14 and not report.fallback_reasons
-    assert report.linear_bits_per_weight == pytest.approx(1.6875 if ttype == "tq1_0" else 2.0625)
-    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
+    assert report.type_counts()[expected_type] == 14
+    assert report.linear_bits_per_weight == pytest.approx({"TQ1_0": 1.6875, "TQ2_0": 2.0625, "Q4_0": 4.5}[expected_type])
     ids = torch.randint(3, 512, (64,), generator=torch.Generator().manual_seed(1))
-    llm.eval(ids.tolist())
-    theirs = torch.tensor(np.array(llm.scores[:64]))
+    theirs = torch.tensor(llama_cpp_logits(tmp_path / "m.gguf", ids.tolist()))
     with torch.no_grad():
         ours = model(ids[None]).logits[0]
 

@@ -241,3 +241,32 @@ def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray]) -> f
             )
         worst = max(worst, error)
     return worst
+
+
+def llama_cpp_logits(path: str | os.PathLike, token_ids: list[int], n_threads: int = 2) -> np.ndarray:
+    """Logits llama.cpp (through llama-cpp-python) computes for ``token_ids``: ``[len, vocab]``.
+
+    llama.cpp's repacked ("extra buffer") CPU kernels for Q4_0/Q4_1 crash on some AVX-512/AMX
+    machines, the unmodified SmolLM2 Q4_1 GGUF included, so they are switched off here; the
+    plain kernels compute the same values.
+    """
+    try:
+        import llama_cpp
+        import llama_cpp.llama as llama_module
+    except ImportError as err:
+        raise GGUFExportError("checking a GGUF file with llama.cpp needs `pip install llama-cpp-python`") from err
+    default_params = llama_cpp.llama_model_default_params
+
+    def without_repacking():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = without_repacking
+    try:
+        llm = llama_cpp.Llama(str(path), n_ctx=len(token_ids), n_batch=len(token_ids), logits_all=True,
+                              verbose=False, n_threads=n_threads)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = default_params
+    llm.eval(list(token_ids))
+    return np.array(llm.scores[: len(token_ids)])
