@@ -67,9 +67,9 @@ def replace_with_empty_packed(model: nn.Module, names: list[str], grid, ternary_
 
 
 def module_checksum(module: PackedLinear) -> str:
-    """CRC-32 of a packed module's stored bytes: detects corrupt or missing data after a load."""
+    """CRC-32 of a packed module's codes and group parameters: detects corrupt or missing data after a load."""
     crc = 0
-    for part in ("packed", "scale", "zero", "shift", "bias"):
+    for part in ("packed", "scale", "zero", "shift"):  # the bias follows the model dtype, like other float weights
         t = getattr(module, part)
         if t is not None:
             crc = zlib.crc32(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(), crc)

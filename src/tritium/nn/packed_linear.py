@@ -65,6 +65,17 @@ class PackedLinear(nn.Module):
             if mine is not None:
                 mine.data = theirs.detach().clone()
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) would round the fp16 scales (and zero points, shifts) and change the weights:
+        # they follow device moves but keep their stored dtype.
+        kept = {k: self._buffers[k] for k in ("scale", "zero", "shift") if self._buffers.get(k) is not None}
+        super()._apply(fn, recurse)
+        for key, before in kept.items():
+            after = self._buffers[key]
+            if after.dtype != before.dtype:
+                self._buffers[key] = before.to(device=after.device)
+        return self
+
     # ------------------------------------------------------------------ views
 
     def packed_weight(self) -> PackedWeight:
