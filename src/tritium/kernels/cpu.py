@@ -37,7 +37,8 @@ def _cpu_tag() -> str:
         pass
     import torch
 
-    text = f"{platform.machine()}|{flags}|{torch.__version__}|{SOURCE.read_bytes().hex()}"
+    extra = os.environ.get("TRITIUM_CPU_KERNEL_FLAGS", "")
+    text = f"{platform.machine()}|{flags}|{torch.__version__}|{extra}|{SOURCE.read_bytes().hex()}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -59,7 +60,7 @@ def load_cpu_kernel(verbose: bool = False) -> bool:
             name = f"tritium_packed_linear_cpu_{_cpu_tag()}"
             build = cache_dir() / name
             build.mkdir(parents=True, exist_ok=True)
-            flags = ["-O3", "-fopenmp", "-std=c++17"]
+            flags = ["-O3", "-fopenmp", "-std=c++17", *os.environ.get("TRITIUM_CPU_KERNEL_FLAGS", "").split()]
             if platform.machine() in ("x86_64", "AMD64"):
                 flags.append("-march=native")  # AVX2 / AVX-512 where the CPU has them
             load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],

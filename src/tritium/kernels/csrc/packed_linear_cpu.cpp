@@ -6,9 +6,10 @@
 //
 // Few rows (decode, batch 1): a lookup table. Each byte covers k activations and can
 // take only radix^k values (243 for 5 trits), so for every byte position c we first
-// tabulate T[b][c] = Σ_i digit_i(b)·x[k·c + i] for all b — radix^k·in/k additions,
-// vectorised across c — and then each output row costs one table load and one add per
-// byte (in/5 for ternary) instead of in multiply-adds. The activations stay in float,
+// tabulate T[c][b] = Σ_i digit_i(b)·x[k·c + i] for all b — radix^k·in/k additions —
+// and then each output row costs one table load and one add per byte (in/5 for
+// ternary) instead of in multiply-adds. Building the table is vectorised (AVX2/AVX-512
+// by -march=native); rows are split over OpenMP threads. The activations stay in float,
 // so the result equals the float reference up to summation order.
 // Many rows (prefill): decode the weight once to float and hand the GEMM to ATen.
 #include <torch/extension.h>
@@ -49,66 +50,85 @@ inline int64_t group_length(const Problem& p, int64_t g) {
   return std::min(p.group_size, p.in - g * p.group_size);
 }
 
-// y[n] for one activation row x, with the table in `table` ([values][chunks]).
-void lookup_row(const Problem& p, const float* x, float* y, std::vector<float>& table, std::vector<float>& xs) {
+constexpr int64_t kTableStride = 256;  // floats per byte position: every byte value has a slot
+constexpr int64_t kTileBytes = 32;     // byte positions per L1-resident table tile (32 KB)
+
+// Sum of table[j * 256 + bytes[j]] over j < n: one load per byte of weights. (AVX-512
+// gathers measured slower than these scalar loads here; the table tile is in L1.)
+inline float gather_sum(const float* table, const uint8_t* bytes, int64_t n) {
+  int64_t j = 0;
+  // Four partial sums break the add latency chain.
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+  for (; j + 4 <= n; j += 4) {
+    a0 += table[j * kTableStride + bytes[j]];
+    a1 += table[(j + 1) * kTableStride + bytes[j + 1]];
+    a2 += table[(j + 2) * kTableStride + bytes[j + 2]];
+    a3 += table[(j + 3) * kTableStride + bytes[j + 3]];
+  }
+  for (; j < n; ++j) a0 += table[j * kTableStride + bytes[j]];
+  return (a0 + a1) + (a2 + a3);
+}
+
+// y[n] for one activation row x. The table is [byte position][256]; scratch buffers persist per thread.
+void lookup_row(const Problem& p, const float* x, float* y) {
   const int64_t chunks = p.groups * p.bytes_per_group, k = p.dg.k, radix = p.dg.radix;
-  // Deinterleave: xs[i][c] is the activation under digit i of byte c (0 under padding).
-  xs.assign(k * chunks, 0.f);
-  std::vector<float> group_sum(p.groups, 0.f);
+  thread_local std::vector<float> table, xs, group_sum;
+  // xs[c][i] is the activation under digit i of byte c (0 under padding).
+  xs.assign(chunks * k, 0.f);
+  group_sum.assign(p.groups, 0.f);
   for (int64_t g = 0; g < p.groups; ++g) {
     const int64_t len = group_length(p, g), base = g * p.group_size;
     float s = 0.f;
+    float* dst = xs.data() + g * p.bytes_per_group * k;
     for (int64_t j = 0; j < len; ++j) {
-      const float v = x[base + j];
-      xs[(j % k) * chunks + g * p.bytes_per_group + j / k] = v;
-      s += v;
+      dst[j] = x[base + j];
+      s += x[base + j];
     }
     group_sum[g] = s;
   }
-  table.resize(p.dg.values * chunks);
+  if (static_cast<int64_t>(table.size()) < chunks * kTableStride) table.resize(chunks * kTableStride);
   float* T = table.data();
-  at::parallel_for(0, chunks, 256, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) T[c] = 0.f;
-    int64_t span = 1;
-    for (int64_t i = 0; i < k; ++i) {
-      const float* xi = xs.data() + i * chunks;
-      for (int64_t d = 1; d < radix; ++d) {
-        const float fd = static_cast<float>(d);
-        for (int64_t j = 0; j < span; ++j) {
-          float* dst = T + (j + d * span) * chunks;
-          const float* src = T + j * chunks;
+  const float* X = xs.data();
+  at::parallel_for(0, chunks, 128, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float* t = T + c * kTableStride;
+      t[0] = 0.f;
+      int64_t span = 1;
+      for (int64_t i = 0; i < k; ++i) {
+        const float xi = X[c * k + i];
+        for (int64_t d = 1; d < radix; ++d) {
+          const float v = static_cast<float>(d) * xi;
+          float* dst = t + d * span;
 #pragma omp simd
-          for (int64_t c = c0; c < c1; ++c) dst[c] = src[c] + fd * xi[c];
+          for (int64_t j = 0; j < span; ++j) dst[j] = t[j] + v;
         }
+        span *= radix;
       }
-      span *= radix;
     }
   });
+  // Rows split across threads; within a thread, byte positions go in tiles whose table
+  // slice (kTileBytes KB) stays in L1 while every row of the thread reads it.
   const int64_t bpg = p.bytes_per_group;
   at::parallel_for(0, p.out, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      float acc_row = 0.f;
-      for (int64_t g = 0; g < p.groups; ++g) {
-        const uint8_t* b = p.packed + (n * p.groups + g) * bpg;
-        const float* Tg = T + g * bpg;
-        // Four partial sums break the add latency chain.
-        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-        int64_t j = 0;
-        for (; j + 4 <= bpg; j += 4) {
-          a0 += Tg[b[j] * chunks + j];
-          a1 += Tg[b[j + 1] * chunks + j + 1];
-          a2 += Tg[b[j + 2] * chunks + j + 2];
-          a3 += Tg[b[j + 3] * chunks + j + 3];
-        }
-        for (; j < bpg; ++j) a0 += Tg[b[j] * chunks + j];
-        const int64_t q = n * p.groups + g;
-        const float dot = (a0 + a1) + (a2 + a3);
-        const float z = p.zero ? p.zero[q] : p.implicit_zero;
-        acc_row += p.scale[q] * (dot - z * group_sum[g]);
-        if (p.shift) acc_row += p.shift[q] * group_sum[g];
+    thread_local std::vector<float> dots, acc;
+    dots.assign(n1 - n0, 0.f);
+    acc.assign(n1 - n0, 0.f);
+    for (int64_t g = 0; g < p.groups; ++g) {
+      std::fill(dots.begin(), dots.end(), 0.f);
+      for (int64_t b0 = 0; b0 < bpg; b0 += kTileBytes) {
+        const int64_t nb = std::min(kTileBytes, bpg - b0);
+        const float* Tt = T + (g * bpg + b0) * kTableStride;
+        for (int64_t n = n0; n < n1; ++n)
+          dots[n - n0] += gather_sum(Tt, p.packed + (n * p.groups + g) * bpg + b0, nb);
       }
-      y[n] = acc_row;
+      const float gsum = group_sum[g];
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t q = n * p.groups + g;
+        const float z = p.zero ? p.zero[q] : p.implicit_zero;
+        acc[n - n0] += p.scale[q] * (dots[n - n0] - z * gsum) + (p.shift ? p.shift[q] * gsum : 0.f);
+      }
     }
+    for (int64_t n = n0; n < n1; ++n) y[n] = acc[n - n0];
   });
 }
 
@@ -171,9 +191,7 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
   at::Tensor y;
   if (rows <= kLookupMaxRows) {
     y = at::empty({rows, out}, at::kFloat);
-    std::vector<float> table, xs;
-    for (int64_t m = 0; m < rows; ++m)
-      lookup_row(p, xf.data_ptr<float>() + m * in_features, y.data_ptr<float>() + m * out, table, xs);
+    for (int64_t m = 0; m < rows; ++m) lookup_row(p, xf.data_ptr<float>() + m * in_features, y.data_ptr<float>() + m * out);
   } else {
     y = at::matmul(xf, dequantize(p).t());
   }
