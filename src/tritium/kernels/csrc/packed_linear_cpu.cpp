@@ -87,8 +87,11 @@ void lookup_row(const Problem& p, const float* x, float* y) {
     group_sum[g] = s;
   }
   if (static_cast<int64_t>(table.size()) < chunks * kTableStride) table.resize(chunks * kTableStride);
+  // Lambdas below run on other threads: they must see this thread's buffers through pointers,
+  // since a thread_local named inside them would resolve to the worker's own (empty) copy.
   float* T = table.data();
   const float* X = xs.data();
+  const float* sums = group_sum.data();
   at::parallel_for(0, chunks, 128, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       float* t = T + c * kTableStride;
@@ -121,7 +124,7 @@ void lookup_row(const Problem& p, const float* x, float* y) {
         for (int64_t n = n0; n < n1; ++n)
           dots[n - n0] += gather_sum(Tt, p.packed + (n * p.groups + g) * bpg + b0, nb);
       }
-      const float gsum = group_sum[g];
+      const float gsum = sums[g];
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t q = n * p.groups + g;
         const float z = p.zero ? p.zero[q] : p.implicit_zero;
