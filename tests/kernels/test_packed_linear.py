@@ -10,7 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tritium.kernels import cpu_kernel_status, load_cpu_kernel, packed_linear, packed_linear_reference
+from tritium.kernels import (
+    bit_planes,
+    cpu_kernel_status,
+    load_cpu_kernel,
+    packed_linear,
+    packed_linear_reference,
+    planes_available,
+)
 from tritium.kernels import triton_kernels
 from tritium.pack import pack_quantized
 from tritium.quant import TernaryGrid, UniformGrid, quantize_weight
@@ -60,6 +67,19 @@ def test_cpu_kernel_matches_reference(grid, rows, dtype):
     torch.testing.assert_close(got, want, **_tolerance(dtype))
 
 
+@pytest.mark.skipif(not planes_available(), reason="the CPU has no AVX-512: the bit-plane path is not built")
+@pytest.mark.parametrize("grid", [g for g in GRIDS if getattr(g, "bits", 0) != 8], ids=lambda g: g.describe())
+@pytest.mark.parametrize("layout", ["base3", "2bit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_bit_plane_path_matches_reference(grid, layout, dtype):
+    _, args = _args(37, 133, grid, layout=layout)
+    planes = bit_planes(args[0], args[4], args[5], args[6])
+    for rows in (1, 4):
+        x = torch.randn(rows, 133).to(dtype)
+        torch.testing.assert_close(packed_linear(x, *args, planes), packed_linear_reference(x, *args),
+                                   **_tolerance(dtype))
+
+
 @settings(max_examples=40, deadline=None)
 @given(out=st.integers(1, 40), in_features=st.integers(1, 300), group=st.sampled_from([1, 5, 7, 32, 100, "channel"]),
        kind=st.sampled_from(["base3", "2bit", "dlt", "u2", "u3", "u4"]), rows=st.integers(1, 6),
@@ -70,7 +90,11 @@ def test_cpu_kernel_matches_reference_on_random_shapes(out, in_features, group, 
             else UniformGrid(int(kind[1]), group=group, ragged_groups=True))
     _, args = _args(out, in_features, grid, layout="2bit" if kind == "2bit" else "base3", seed=seed)
     x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(seed + 1))
-    torch.testing.assert_close(packed_linear(x, *args), packed_linear_reference(x, *args), rtol=1e-4, atol=1e-4)
+    want = packed_linear_reference(x, *args)
+    torch.testing.assert_close(packed_linear(x, *args), want, rtol=1e-4, atol=1e-4)
+    if planes_available():
+        planes = bit_planes(args[0], args[4], args[5], args[6])
+        torch.testing.assert_close(packed_linear(x, *args, planes), want, rtol=1e-4, atol=1e-4)
 
 
 def test_ops_reject_mismatched_shapes():
@@ -81,6 +105,10 @@ def test_ops_reject_mismatched_shapes():
     bad = (args[0][:, :, :-1],) + args[1:]
     with pytest.raises(RuntimeError, match="do not match"):
         packed_linear(torch.randn(1, 64), *bad)
+    if planes_available():
+        wrong_planes = bit_planes(args[0][:, :1], args[4], 32, 32)  # one group where the layer has two
+        with pytest.raises(RuntimeError, match="kernel_layout"):
+            packed_linear(torch.randn(1, 64), *args, wrong_planes)
 
 
 def test_meta_tensors_give_the_output_shape():

@@ -86,3 +86,18 @@ def test_module_classes_and_errors():
         pack_model(model, {"model.layers.9.mlp.up_proj": quantize_weight(w, UniformGrid(4, group=8))})
     with pytest.raises(PackError, match="another model"):
         pack_model(model, {"model.layers.0.mlp.up_proj": quantize_weight(w, UniformGrid(4, group=8))})
+
+
+def test_cpu_kernel_layout_follows_new_weights():
+    from tritium.pack import pack_quantized
+
+    grid = TernaryGrid("absmean", group=8)
+    first, second = (quantize_weight(torch.randn(16, 40), grid) for _ in range(2))
+    module = PackedLinear.from_quantized(first)
+    x = torch.randn(1, 40)
+    torch.testing.assert_close(module(x), x @ first.dequantize().T)
+    module.load_packed(pack_quantized(second))  # new tensors
+    torch.testing.assert_close(module(x), x @ second.dequantize().T)
+    module.packed.copy_(pack_quantized(first).packed)  # same tensor, edited in place
+    module.scale.copy_(pack_quantized(first).scale)
+    torch.testing.assert_close(module(x), x @ first.dequantize().T)

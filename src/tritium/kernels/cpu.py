@@ -80,3 +80,44 @@ def load_cpu_kernel(verbose: bool = False) -> bool:
 
 def cpu_kernel_status() -> dict:
     return {"tried": _state["tried"], "loaded": _state["loaded"], "error": _state["error"]}
+
+
+ROWS_PER_BLOCK = 16
+
+
+def planes_available() -> bool:
+    """True when the loaded CPU kernel has the AVX-512 bit-plane path."""
+    if not load_cpu_kernel():
+        return False
+    import torch
+
+    return bool(torch.ops.tritium_cpu_info.planes_available())
+
+
+def bit_planes(packed, radix: int, in_features: int, group_size: int):
+    """Re-lay grouped digit bytes as the CPU kernel's bit planes: uint8 ``[out/16, groups, B, ceil(g/8), 16]``.
+
+    Digit = Σ_b 2^b·bit_b over B = ceil(log2 radix) planes; bit i of byte (q, lane r) is
+    that bit of weight 8q + i of the group in row 16·block + r. Rows and groups are zero-padded.
+    """
+    import torch
+
+    from ..pack.layouts import group_sizes, unpack_grouped
+
+    n_planes = max(1, (radix - 1).bit_length())
+    if n_planes > 4:
+        raise ValueError(f"the bit-plane layout covers radix ≤ 16, not {radix}")
+    digits = unpack_grouped(packed, radix, in_features, group_size)
+    out_features = digits.shape[0]
+    sizes = group_sizes(in_features, group_size)
+    padded_group = -(-group_size // 8) * 8
+    blocks = -(-out_features // ROWS_PER_BLOCK)
+    grouped = torch.zeros(blocks * ROWS_PER_BLOCK, len(sizes), padded_group, dtype=torch.uint8)
+    for g, chunk in enumerate(torch.split(digits, group_size, dim=1)):
+        grouped[:out_features, g, : chunk.shape[1]] = chunk
+    planes = torch.stack([(grouped >> b) & 1 for b in range(n_planes)], dim=2)  # [rows, G, B, P]
+    planes = planes.reshape(*planes.shape[:3], padded_group // 8, 8)
+    weights = (1 << torch.arange(8, dtype=torch.int32)).to(torch.uint8)
+    packed_bits = (planes * weights).sum(-1, dtype=torch.int32).to(torch.uint8)  # [rows, G, B, Q]
+    packed_bits = packed_bits.reshape(blocks, ROWS_PER_BLOCK, *packed_bits.shape[1:])
+    return packed_bits.permute(0, 2, 3, 4, 1).contiguous()

@@ -20,8 +20,10 @@ from .reference import packed_linear_reference
 
 OP_NAMESPACE = "tritium"
 OP_NAME = "packed_linear"
+# kernel_layout: an optional device-specific re-layout of `packed` that a kernel may use instead
+# (the CPU kernel's AVX-512 bit planes); implementations that do not know it ignore it.
 SCHEMA = ("packed_linear(Tensor x, Tensor packed, Tensor scale, Tensor? zero, Tensor? shift, int radix, "
-          "int in_features, int group_size, float implicit_zero) -> Tensor")
+          "int in_features, int group_size, float implicit_zero, Tensor? kernel_layout=None) -> Tensor")
 
 _library = torch.library.Library(OP_NAMESPACE, "DEF")
 _library.define(SCHEMA)
@@ -29,7 +31,8 @@ _library.impl(OP_NAME, packed_linear_reference, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(f"{OP_NAMESPACE}::{OP_NAME}")
-def _packed_linear_fake(x, packed, scale, zero, shift, radix, in_features, group_size, implicit_zero):
+def _packed_linear_fake(x, packed, scale, zero, shift, radix, in_features, group_size, implicit_zero,
+                        kernel_layout=None):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 

@@ -14,7 +14,8 @@ from ..pack.packed import PackedWeight
 
 
 def packed_linear_reference(x: Tensor, packed: Tensor, scale: Tensor, zero: Tensor | None, shift: Tensor | None,
-                            radix: int, in_features: int, group_size: int, implicit_zero: float) -> Tensor:
+                            radix: int, in_features: int, group_size: int, implicit_zero: float,
+                            kernel_layout: Tensor | None = None) -> Tensor:
     if x.shape[-1] != in_features:
         raise ValueError(f"packed_linear: input has {x.shape[-1]} features, the layer expects {in_features}")
     weight = PackedWeight(packed, scale, radix, in_features, group_size, zero=zero, shift=shift,

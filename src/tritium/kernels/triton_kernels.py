@@ -69,7 +69,7 @@ if AVAILABLE:
 
 
 def packed_linear_triton(x, packed, scale, zero, shift, radix: int, in_features: int, group_size: int,
-                         implicit_zero: float):
+                         implicit_zero: float, kernel_layout=None):
     if not AVAILABLE:
         raise RuntimeError("the Triton kernel needs triton: `pip install triton`")
     from ..pack.layouts import digits_per_byte

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..kernels import packed_linear
+from ..kernels import bit_planes, packed_linear, planes_available
 from ..pack.layouts import PackError, group_sizes, packed_length, ternary_radix, uniform_radix
 from ..pack.packed import SCALE_DTYPES, PackedWeight, pack_quantized
 from ..quant.grids import GroupLayout, QuantizedWeight, TernaryGrid, UniformGrid
@@ -34,6 +34,9 @@ class PackedLinear(nn.Module):
         self.register_buffer("zero", torch.zeros(shape, dtype=scale_dtype, device=device) if has_zero else None)
         self.register_buffer("shift", torch.zeros(shape, dtype=scale_dtype, device=device) if has_shift else None)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
+        # The CPU kernel's bit-plane copy of `packed`, built on the first CPU forward; not saved.
+        self._kernel_layout: Tensor | None = None
+        self._kernel_layout_key: tuple | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -85,9 +88,20 @@ class PackedLinear(nn.Module):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         return self.packed_weight().dequantize(dtype)
 
+    def cpu_kernel_layout(self) -> Tensor | None:
+        """The bit planes the AVX-512 CPU path reads, rebuilt whenever ``packed`` changes; None without it."""
+        if self.packed.device.type != "cpu" or self.radix > 16 or not planes_available():
+            return None
+        key = (self.packed.data_ptr(), self.packed._version, tuple(self.packed.shape))
+        if self._kernel_layout_key != key:
+            self._kernel_layout = bit_planes(self.packed, self.radix, self.in_features, self.group_size)
+            self._kernel_layout_key = key
+        return self._kernel_layout
+
     def forward(self, x: Tensor) -> Tensor:
+        layout = self.cpu_kernel_layout() if x.device.type == "cpu" else None
         y = packed_linear(x, self.packed, self.scale, self.zero, self.shift, self.radix, self.in_features,
-                          self.group_size, self.implicit_zero)
+                          self.group_size, self.implicit_zero, layout)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y

@@ -14,6 +14,9 @@
 // Many rows (prefill): decode the weight once to float and hand the GEMM to ATen.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <cstdint>
 #include <vector>
@@ -135,6 +138,81 @@ void lookup_row(const Problem& p, const float* x, float* y) {
   });
 }
 
+#if defined(__AVX512F__)
+// ---------------------------------------------------------------------------------- bit planes
+// The fast path where AVX-512 exists. The weights come re-laid out (tritium.kernels.cpu.bit_planes)
+// as B bit planes, digit = Σ_b 2^b·bit_b, with 16 output rows interleaved:
+//   planes[row_block][g][b][q][16]: bit i of byte (q, lane r) is bit b of the digit of
+//   weight 8q + i of group g, row 16·row_block + r.
+// For every 4 activations a 16-float table holds all 16 subset sums, so one vpermps looks up
+// 4 weights × 16 rows at once; the table and the sums stay in float.
+constexpr int64_t kRowsPerBlock = 16;
+
+template <int B>
+void planes_row(const Problem& p, const uint8_t* planes, int64_t bytes_per_plane, const float* x, float* y) {
+  const int64_t groups = p.groups, nq = bytes_per_plane;
+  thread_local std::vector<float> table_buf, sums_buf;
+  table_buf.assign(groups * nq * 32, 0.f);
+  sums_buf.assign(groups, 0.f);
+  float* T = table_buf.data();
+  float* sums = sums_buf.data();
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t len = group_length(p, g), base = g * p.group_size;
+    float s = 0.f;
+    for (int64_t j = 0; j < len; ++j) s += x[base + j];
+    sums[g] = s;
+    for (int64_t h = 0; h < nq * 2; ++h) {  // h: half-byte (4 weights) within the group
+      float v[4];
+      for (int i = 0; i < 4; ++i) v[i] = (4 * h + i < len) ? x[base + 4 * h + i] : 0.f;
+      float* t = T + (g * nq * 2 + h) * 16;
+      for (int b = 0; b < 16; ++b)
+        t[b] = ((b & 1) ? v[0] : 0.f) + ((b & 2) ? v[1] : 0.f) + ((b & 4) ? v[2] : 0.f) + ((b & 8) ? v[3] : 0.f);
+    }
+  }
+  const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
+  at::parallel_for(0, blocks, 4, [&](int64_t k0, int64_t k1) {
+    for (int64_t blk = k0; blk < k1; ++blk) {
+      const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
+      __m512 out_acc = _mm512_setzero_ps();
+      for (int64_t g = 0; g < groups; ++g) {
+        __m512 lo[B], hi[B];
+        for (int b = 0; b < B; ++b) lo[b] = hi[b] = _mm512_setzero_ps();
+        const uint8_t* w = planes + ((blk * groups + g) * B) * nq * 16;
+        const float* tg = T + g * nq * 32;
+        for (int64_t q = 0; q < nq; ++q) {
+          const __m512 t_lo = _mm512_loadu_ps(tg + q * 32), t_hi = _mm512_loadu_ps(tg + q * 32 + 16);
+          for (int b = 0; b < B; ++b) {
+            const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (b * nq + q) * 16)));
+            lo[b] = _mm512_add_ps(lo[b], _mm512_permutexvar_ps(idx, t_lo));  // vpermps reads index bits 0-3
+            hi[b] = _mm512_add_ps(hi[b], _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), t_hi));
+          }
+        }
+        __m512 dot = _mm512_add_ps(lo[0], hi[0]);
+        for (int b = 1; b < B; ++b) dot = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(1 << b)), _mm512_add_ps(lo[b], hi[b]), dot);
+        alignas(64) float sc[16] = {0}, zr[16] = {0}, sh[16] = {0};
+        for (int64_t r = 0; r < nrows; ++r) {
+          const int64_t q = (row0 + r) * groups + g;
+          sc[r] = p.scale[q];
+          zr[r] = p.zero ? p.zero[q] : p.implicit_zero;
+          sh[r] = p.shift ? p.shift[q] : 0.f;
+        }
+        const __m512 gsum = _mm512_set1_ps(sums[g]);
+        // scale·(dot − zero·Σx) + shift·Σx
+        out_acc = _mm512_fmadd_ps(_mm512_load_ps(sc), _mm512_fnmadd_ps(_mm512_load_ps(zr), gsum, dot), out_acc);
+        out_acc = _mm512_fmadd_ps(_mm512_load_ps(sh), gsum, out_acc);
+      }
+      alignas(64) float res[16];
+      _mm512_store_ps(res, out_acc);
+      for (int64_t r = 0; r < nrows; ++r) y[row0 + r] = res[r];
+    }
+  });
+}
+
+bool planes_available() { return true; }
+#else
+bool planes_available() { return false; }
+#endif
+
 // The float weight [out, in]: w = scale·(digit − zero) + shift.
 at::Tensor dequantize(const Problem& p) {
   at::Tensor w = at::empty({p.out, p.in}, at::kFloat);
@@ -165,7 +243,8 @@ at::Tensor dequantize(const Problem& p) {
 
 at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                              const c10::optional<at::Tensor>& zero, const c10::optional<at::Tensor>& shift,
-                             int64_t radix, int64_t in_features, int64_t group_size, double implicit_zero) {
+                             int64_t radix, int64_t in_features, int64_t group_size, double implicit_zero,
+                             const c10::optional<at::Tensor>& kernel_layout) {
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3,
               "packed_linear: packed codes must be uint8 [out, groups, bytes_per_group], got ", packed.scalar_type(),
               " ", packed.sizes());
@@ -192,7 +271,31 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
             pk.data_ptr<uint8_t>(), s.data_ptr<float>(), z.defined() ? z.data_ptr<float>() : nullptr,
             t.defined() ? t.data_ptr<float>() : nullptr};
   at::Tensor y;
-  if (rows <= kLookupMaxRows) {
+  const bool use_planes = kernel_layout.has_value() && kernel_layout->defined() && planes_available();
+  if (use_planes && rows <= kLookupMaxRows) {
+#if defined(__AVX512F__)
+    const at::Tensor& pl = *kernel_layout;
+    const int64_t n_planes = pl.dim() == 5 ? pl.size(2) : 0;
+    TORCH_CHECK(pl.scalar_type() == at::kByte && pl.dim() == 5 && pl.is_contiguous() &&
+                pl.size(0) == (out + kRowsPerBlock - 1) / kRowsPerBlock && pl.size(1) == groups &&
+                pl.size(3) == (group_size + 7) / 8 && pl.size(4) == kRowsPerBlock && n_planes >= 1 && n_planes <= 4 &&
+                (int64_t{1} << n_planes) >= radix,
+                "packed_linear: kernel_layout ", pl.sizes(), " does not fit these packed codes: rebuild it with "
+                "tritium.kernels.cpu.bit_planes");
+    y = at::empty({rows, out}, at::kFloat);
+    for (int64_t m = 0; m < rows; ++m) {
+      const float* xr = xf.data_ptr<float>() + m * in_features;
+      float* yr = y.data_ptr<float>() + m * out;
+      const uint8_t* w = pl.data_ptr<uint8_t>();
+      switch (n_planes) {
+        case 1: planes_row<1>(p, w, pl.size(3), xr, yr); break;
+        case 2: planes_row<2>(p, w, pl.size(3), xr, yr); break;
+        case 3: planes_row<3>(p, w, pl.size(3), xr, yr); break;
+        default: planes_row<4>(p, w, pl.size(3), xr, yr); break;
+      }
+    }
+#endif
+  } else if (rows <= kLookupMaxRows) {
     y = at::empty({rows, out}, at::kFloat);
     for (int64_t m = 0; m < rows; ++m) lookup_row(p, xf.data_ptr<float>() + m * in_features, y.data_ptr<float>() + m * out);
   } else {
@@ -206,3 +309,8 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
 }  // namespace tritium_cpu
 
 TORCH_LIBRARY_IMPL(tritium, CPU, m) { m.impl("packed_linear", &tritium_cpu::packed_linear_cpu); }
+
+// Whether this build has the AVX-512 bit-plane path (callers skip building the layout otherwise).
+TORCH_LIBRARY_FRAGMENT(tritium_cpu_info, m) {
+  m.def("planes_available() -> bool", []() { return tritium_cpu::planes_available(); });
+}
