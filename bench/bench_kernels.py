@@ -23,7 +23,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tritium.kernels import cpu_kernel_status, load_cpu_kernel, packed_linear, packed_linear_reference  # noqa: E402
+from tritium.kernels import (  # noqa: E402
+    bit_planes,
+    cpu_kernel_status,
+    load_cpu_kernel,
+    packed_linear,
+    packed_linear_reference,
+    planes_available,
+)
 from tritium.pack import bits_per_weight, pack_quantized  # noqa: E402
 from tritium.quant import TernaryGrid, quantize_weight  # noqa: E402
 
@@ -57,7 +64,9 @@ def bench_shape(in_features, out_features, group, layout, trials, seconds_per_tr
     dense = qweight.dequantize().contiguous()  # the fp32 baseline multiplies the same (dequantized) weights
     x = torch.randn(1, in_features, generator=g)
     float_fn = lambda: F.linear(x, dense)  # noqa: E731
-    packed_fn = lambda: packed_linear(x, *args)  # noqa: E731
+    # What a TernaryLinear passes: the bit-plane copy of the codes where the AVX-512 path exists.
+    planes = bit_planes(pw.packed, pw.radix, pw.in_features, pw.group_size) if planes_available() else None
+    packed_fn = lambda: packed_linear(x, *args, planes)  # noqa: E731
     error = (packed_fn() - packed_linear_reference(x, *args)).abs().max().item()
     # Calibrate calls per trial on the slower of the two, then interleave trials so load changes hit both.
     for fn in (float_fn, packed_fn):
@@ -102,7 +111,8 @@ def main(argv=None) -> int:
         "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}",
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "kernel": "C++ lookup table" if loaded else f"reference (no CPU kernel: {cpu_kernel_status()['error']})",
+        "kernel": ("C++ AVX-512 bit planes" if planes_available() else "C++ lookup table") if loaded
+                  else f"reference (no CPU kernel: {cpu_kernel_status()['error']})",
         "kernel_build_or_load_s": round(build_seconds, 2),
         "weights": f"ternary absmean, group={group}, layout={args.layout}, fp16 scales",
         "baseline": "torch.nn.functional.linear, fp32, same dequantized weights, batch 1",

@@ -42,6 +42,22 @@ def _cpu_tag() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+STALE_LOCK_SECONDS = 15 * 60
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    # torch's builder waits forever on this file; a build killed midway leaves it behind.
+    try:
+        import time
+
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            warnings.warn(f"tritium: removing the stale kernel build lock {lock} (a build was interrupted)",
+                          RuntimeWarning, stacklevel=3)
+            lock.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def load_cpu_kernel(verbose: bool = False) -> bool:
     """Compile (once per machine and source) and load the CPU kernel; True if it is in use."""
     if _state["tried"]:
@@ -60,6 +76,7 @@ def load_cpu_kernel(verbose: bool = False) -> bool:
             name = f"tritium_packed_linear_cpu_{_cpu_tag()}"
             build = cache_dir() / name
             build.mkdir(parents=True, exist_ok=True)
+            _clear_stale_lock(build / "lock")
             flags = ["-O3", "-fopenmp", "-std=c++17", *os.environ.get("TRITIUM_CPU_KERNEL_FLAGS", "").split()]
             if platform.machine() in ("x86_64", "AMD64"):
                 flags.append("-march=native")  # AVX2 / AVX-512 where the CPU has them

@@ -20,6 +20,8 @@ from ..quant.grids import GroupLayout, QuantizedWeight, TernaryGrid, UniformGrid
 class PackedLinear(nn.Module):
     """y = x·Wᵀ (+ bias) with W = scale·(digit − zero) + shift per group, stored packed."""
 
+    is_packed_linear = True  # lets model adapters treat it as a linear without importing this module
+
     def __init__(self, in_features: int, out_features: int, *, radix: int, group_size: int, bias: bool = False,
                  has_zero: bool = False, has_shift: bool = False, implicit_zero: float = 0.0,
                  scale_dtype: torch.dtype = torch.float16, device=None):

@@ -39,14 +39,28 @@ Digits digits_for(int64_t radix) {
   return {radix, k, values};
 }
 
+// Per-group parameters read in their stored dtype (fp16, bf16 or fp32), so no converted copy is made per call.
+struct GroupParam {
+  const void* data = nullptr;
+  at::ScalarType type = at::kFloat;
+  explicit operator bool() const { return data != nullptr; }
+  float operator[](int64_t q) const {
+    switch (type) {
+      case at::kHalf: return static_cast<float>(static_cast<const at::Half*>(data)[q]);
+      case at::kBFloat16: return static_cast<float>(static_cast<const at::BFloat16*>(data)[q]);
+      default: return static_cast<const float*>(data)[q];
+    }
+  }
+};
+
 struct Problem {
   int64_t rows, out, in, groups, bytes_per_group, group_size;
   Digits dg;
   float implicit_zero;
   const uint8_t* packed;
-  const float* scale;
-  const float* zero;   // may be null: implicit_zero
-  const float* shift;  // may be null
+  GroupParam scale;
+  GroupParam zero;   // may be empty: implicit_zero
+  GroupParam shift;  // may be empty: no shift
 };
 
 inline int64_t group_length(const Problem& p, int64_t g) {
@@ -152,8 +166,14 @@ template <int B>
 void planes_row(const Problem& p, const uint8_t* planes, int64_t bytes_per_plane, const float* x, float* y) {
   const int64_t groups = p.groups, nq = bytes_per_plane;
   thread_local std::vector<float> table_buf, sums_buf;
-  table_buf.assign(groups * nq * 32, 0.f);
-  sums_buf.assign(groups, 0.f);
+  if (static_cast<int64_t>(table_buf.size()) < groups * nq * 32) table_buf.resize(groups * nq * 32);
+  if (static_cast<int64_t>(sums_buf.size()) < groups) sums_buf.resize(groups);
+  __m512 bit_pattern[4];
+  for (int i = 0; i < 4; ++i) {
+    alignas(64) float lanes[16];
+    for (int b = 0; b < 16; ++b) lanes[b] = static_cast<float>((b >> i) & 1);
+    bit_pattern[i] = _mm512_load_ps(lanes);
+  }
   float* T = table_buf.data();
   float* sums = sums_buf.data();
   for (int64_t g = 0; g < groups; ++g) {
@@ -161,12 +181,15 @@ void planes_row(const Problem& p, const uint8_t* planes, int64_t bytes_per_plane
     float s = 0.f;
     for (int64_t j = 0; j < len; ++j) s += x[base + j];
     sums[g] = s;
-    for (int64_t h = 0; h < nq * 2; ++h) {  // h: half-byte (4 weights) within the group
-      float v[4];
-      for (int i = 0; i < 4; ++i) v[i] = (4 * h + i < len) ? x[base + 4 * h + i] : 0.f;
-      float* t = T + (g * nq * 2 + h) * 16;
-      for (int b = 0; b < 16; ++b)
-        t[b] = ((b & 1) ? v[0] : 0.f) + ((b & 2) ? v[1] : 0.f) + ((b & 4) ? v[2] : 0.f) + ((b & 8) ? v[3] : 0.f);
+    // Table of half-byte h: lane b holds Σ_i bit_i(b)·x_i over its 4 activations, built as 4 FMAs
+    // against the constant bit patterns of the lane numbers.
+    for (int64_t h = 0; h < nq * 2; ++h) {
+      __m512 t = _mm512_setzero_ps();
+      for (int i = 0; i < 4; ++i) {
+        const int64_t j = 4 * h + i;
+        if (j < len) t = _mm512_fmadd_ps(_mm512_set1_ps(x[base + j]), bit_pattern[i], t);
+      }
+      _mm512_storeu_ps(T + (g * nq * 2 + h) * 16, t);
     }
   }
   const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
@@ -259,7 +282,12 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
   auto as_params = [&](const at::Tensor& t, const char* what) {
     TORCH_CHECK(t.dim() == 2 && t.size(0) == out && t.size(1) == groups, "packed_linear: ", what, " has shape ",
                 t.sizes(), ", expected [", out, ", ", groups, "]");
-    return t.to(at::kFloat).contiguous();
+    const auto type = t.scalar_type();
+    return (type == at::kHalf || type == at::kBFloat16 || type == at::kFloat) ? t.contiguous()
+                                                                               : t.to(at::kFloat).contiguous();
+  };
+  auto param = [](const at::Tensor& t) {
+    return t.defined() ? GroupParam{t.data_ptr(), t.scalar_type()} : GroupParam{};
   };
   const at::Tensor s = as_params(scale, "scale");
   const at::Tensor z = zero.has_value() ? as_params(*zero, "zero") : at::Tensor();
@@ -268,8 +296,7 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
   const at::Tensor xf = x.reshape({-1, in_features}).to(at::kFloat).contiguous();
   const int64_t rows = xf.size(0);
   Problem p{rows, out, in_features, groups, bpg, group_size, dg, static_cast<float>(implicit_zero),
-            pk.data_ptr<uint8_t>(), s.data_ptr<float>(), z.defined() ? z.data_ptr<float>() : nullptr,
-            t.defined() ? t.data_ptr<float>() : nullptr};
+            pk.data_ptr<uint8_t>(), param(s), param(z), param(t)};
   at::Tensor y;
   const bool use_planes = kernel_layout.has_value() && kernel_layout->defined() && planes_available();
   if (use_planes && rows <= kLookupMaxRows) {
