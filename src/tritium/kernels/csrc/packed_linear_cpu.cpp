@@ -129,7 +129,7 @@ void lookup_row(const Problem& p, const float* x, float* y) {
   // Rows split across threads; within a thread, byte positions go in tiles whose table
   // slice (kTileBytes KB) stays in L1 while every row of the thread reads it.
   const int64_t bpg = p.bytes_per_group;
-  at::parallel_for(0, p.out, 16, [&](int64_t n0, int64_t n1) {
+  at::parallel_for(0, p.out, std::max<int64_t>(16, (int64_t{1} << 18) / p.in), [&](int64_t n0, int64_t n1) {
     thread_local std::vector<float> dots, acc;
     dots.assign(n1 - n0, 0.f);
     acc.assign(n1 - n0, 0.f);
@@ -193,7 +193,9 @@ void planes_row(const Problem& p, const uint8_t* planes, int64_t bytes_per_plane
     }
   }
   const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
-  at::parallel_for(0, blocks, 4, [&](int64_t k0, int64_t k1) {
+  // A thread only pays off with enough work to hide the fork/join (a few µs): ~256K weights each.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (kRowsPerBlock * p.in));
+  at::parallel_for(0, blocks, grain, [&](int64_t k0, int64_t k1) {
     for (int64_t blk = k0; blk < k1; ++blk) {
       const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
       __m512 out_acc = _mm512_setzero_ps();
