@@ -7,7 +7,7 @@ import zlib
 import torch
 from torch import nn
 
-from ..pack.layouts import PackError
+from ..pack.layouts import PackError, digits_per_byte
 from ..pack.packed import PackedWeight, bits_report
 from ..quant.grids import QuantizedWeight
 from .packed_linear import PackedLinear, empty_packed_linear
@@ -85,16 +85,10 @@ def verify_packed_model(model: nn.Module, checksums: dict[str, str] | None = Non
             raise PackError(f"the checkpoint's packed modules {missing[:3]} were not rebuilt in the model")
     for name, module in modules.items():
         module.packed_weight().validate(name)
-        values = module.radix ** _digits(module.radix)
+        values = module.radix ** digits_per_byte(module.radix)
         if values < 256 and module.packed.numel() and int(module.packed.max()) >= values:
             raise PackError(f"{name}: the packed codes hold byte values no radix-{module.radix} digits make: "
                             "the file is corrupt")
         if checksums is not None and name in checksums and module_checksum(module) != checksums[name]:
             raise PackError(f"{name}: the loaded packed weights do not match the checksum recorded when they were "
                             "saved: the file is corrupt, truncated or from another model. Re-export it.")
-
-
-def _digits(radix: int) -> int:
-    from ..pack.layouts import digits_per_byte
-
-    return digits_per_byte(radix)

@@ -17,8 +17,6 @@ codes in 3 bytes) for formats that need it; the kernels use the digit layouts.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -220,7 +218,3 @@ def unpack_grouped(packed: Tensor, radix: int, in_features: int, group_size: int
 def code_bits_per_weight(radix: int, group_size: int) -> float:
     """Bits the grouped layout spends per weight on codes alone (padding included)."""
     return 8 * packed_length(group_size, radix) / group_size
-
-
-def log2_radix(radix: int) -> float:
-    return math.log2(radix)
