@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-seqlen", type=int)
     q.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
     q.add_argument("--no-save", action="store_true", help="do not save the quantized model")
+    q.add_argument("--format", choices=["fake", "packed"], default="fake",
+                   help="save float weights on the grid (fake) or packed codes + fp16 scales that run on tritium's "
+                        "kernels (packed)")
     _add_eval_args(q)
 
     e = sub.add_parser("eval", help="evaluate a model (float or saved by tritium)")
@@ -142,14 +145,22 @@ def cmd_quantize(args) -> int:
     result, config = quantize_model(model, tokenizer, recipe, args.data)
     print("tritium: evaluating the quantized model", file=sys.stderr)
     evaluation = evaluate(model, tokenizer, recipe["eval"], args.data, progress, token_cache)
-    file_bytes = None
+    rows.append(quantized_row(model, result, evaluation, None, time.perf_counter() - start))
     if not args.no_save:
-        save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
-                            config.skip, result.method_args)
-        file_bytes = folder_bytes(out / "model")
-    rows.append(quantized_row(model, result, evaluation, file_bytes, time.perf_counter() - start))
-    notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; the saved model "
-             "holds fake-quant float weights, so its file size is that of a float checkpoint"]
+        if args.format == "packed":
+            from .export.hf import save_packed
+            from .nn import pack_model
+
+            pack_model(model, result.weights)
+            save_packed(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid), config.skip,
+                        result.method_args)
+        else:
+            save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
+                                config.skip, result.method_args)
+        rows[-1]["file_bytes"] = folder_bytes(out / "model")
+    notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; " + (
+        "the saved model holds those packed codes (tritium.nn modules)" if args.format == "packed" else
+        "the saved model holds fake-quant float weights, so its file size is that of a float checkpoint")]
     if "smollm2" in str(args.model).lower() and getattr(grid, "bits", None) == 4 and grid.group in (32, 16, 8):
         notes.append("SmolLM2's shipped weights are already 4-bit with groups of 32: this result is trivially lossless")
     summary = {"title": f"{args.model} {tag}", "model": str(args.model), "source": source.describe(),

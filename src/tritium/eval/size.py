@@ -56,12 +56,14 @@ def size_report(model: nn.Module, grid: Grid | None = None, quantized: Iterable[
     linear_params, linear_bits = 0, 0.0
     for name, module in linears.items():
         n_bias = module.bias.numel() if module.bias is not None else 0
-        linear_params += module.weight.numel() + n_bias
+        n_weight = module.out_features * module.in_features  # packed linears have no .weight
+        linear_params += n_weight + n_bias
         if name in quantized:
-            group_layout = GroupLayout.for_weight(tuple(module.weight.shape), grid.group, grid.ragged_groups, name)
+            group_layout = GroupLayout.for_weight((module.out_features, module.in_features), grid.group,
+                                                  grid.ragged_groups, name)
             linear_bits += storage_bits(group_layout, grid) + FLOAT_BITS * n_bias
         else:
-            linear_bits += FLOAT_BITS * (module.weight.numel() + n_bias)
+            linear_bits += FLOAT_BITS * (n_weight + n_bias)
     embedding = layout.embed_tokens.weight
     head = layout.lm_head.weight if layout.lm_head is not None else None
     head_params = 0 if head is None or head is embedding else head.numel()

@@ -3,7 +3,10 @@
 The config and quantizer are registered under ``quant_method: "tritium"`` with
 transformers' public hooks, so no upstream change is needed. Folders saved with
 ``format: fake`` hold dequantized float weights on the quantization grid; they load
-as ordinary weights and the config records how they were made.
+as ordinary weights and the config records how they were made. Folders saved with
+``format: packed`` hold the packed codes and fp16 scales of :mod:`tritium.nn`; the
+quantizer swaps the named linears for packed modules before the weights load and
+checks every module against the checksum recorded at save time afterwards.
 """
 
 from __future__ import annotations
@@ -12,19 +15,26 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 QUANT_METHOD = "tritium"
-SUPPORTED_FORMATS = ("fake",)
+SUPPORTED_FORMATS = ("fake", "packed")
 
 
 @register_quantization_config(QUANT_METHOD)
 class TritiumConfig(QuantizationConfigMixin):
     def __init__(self, method: str = "rtn", grid: dict | None = None, format: str = "fake",
-                 modules_not_quantized: list[str] | None = None, method_args: dict | None = None, **kwargs):
+                 modules_not_quantized: list[str] | None = None, method_args: dict | None = None,
+                 packed_modules: list[str] | None = None, ternary_layout: str = "base3",
+                 scale_dtype: str = "float16", checksums: dict[str, str] | None = None, **kwargs):
         self.quant_method = QUANT_METHOD
         self.method = method
         self.grid = grid or {}
         self.format = format
         self.modules_not_quantized = modules_not_quantized or []
         self.method_args = method_args or {}
+        # format "packed" only: which linears are packed, in which layout, and their CRC-32s
+        self.packed_modules = list(packed_modules or [])
+        self.ternary_layout = ternary_layout
+        self.scale_dtype = scale_dtype
+        self.checksums = dict(checksums or {})
         if format not in SUPPORTED_FORMATS:
             raise ValueError(
                 f"tritium quantization format {format!r} is not supported by this version "
@@ -32,7 +42,7 @@ class TritiumConfig(QuantizationConfigMixin):
             )
 
     def to_dict(self):
-        return {
+        out = {
             "quant_method": QUANT_METHOD,
             "method": self.method,
             "grid": self.grid,
@@ -40,6 +50,10 @@ class TritiumConfig(QuantizationConfigMixin):
             "modules_not_quantized": self.modules_not_quantized,
             "method_args": self.method_args,
         }
+        if self.format == "packed":
+            out |= {"packed_modules": self.packed_modules, "ternary_layout": self.ternary_layout,
+                    "scale_dtype": self.scale_dtype, "checksums": self.checksums}
+        return out
 
 
 @register_quantizer(QUANT_METHOD)
@@ -47,9 +61,23 @@ class TritiumHfQuantizer(HfQuantizer):
     requires_calibration = False
 
     def _process_model_before_weight_loading(self, model, **kwargs):
-        return model  # fake-quant weights are plain float tensors
+        config = self.quantization_config
+        if config.format == "packed":  # fake-quant weights are plain float tensors: nothing to swap
+            from ..nn.convert import replace_with_empty_packed
+            from ..quant.grids import grid_from_dict
+
+            if not config.packed_modules:
+                raise ValueError("this tritium packed checkpoint lists no packed_modules in its quantization_config: "
+                                 "the config.json is damaged; re-export the model with tritium")
+            replace_with_empty_packed(model, config.packed_modules, grid_from_dict(config.grid),
+                                      config.ternary_layout, config.scale_dtype)
+        return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.quantization_config.format == "packed":
+            from ..nn.convert import verify_packed_model
+
+            verify_packed_model(model, self.quantization_config.checksums)
         return model
 
     def is_serializable(self, safe_serialization=None):
@@ -66,6 +94,27 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
 
     model.config.quantization_config = TritiumConfig(
         method=method, grid=grid, format="fake", modules_not_quantized=list(skip), method_args=method_args or {}
+    )
+    with atomic_directory(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None,
+                ternary_layout: str = "base3", scale_dtype: str = "float16"):
+    """Save a model packed by :func:`tritium.nn.pack_model` so that ``from_pretrained`` rebuilds it, atomically."""
+    from ..nn.convert import module_checksum, packed_modules
+    from ..utils.io import atomic_directory
+
+    modules = packed_modules(model)
+    if not modules:
+        raise ValueError("the model holds no packed modules: pack it first with tritium.nn.pack_model")
+    model.config.quantization_config = TritiumConfig(
+        method=method, grid=grid, format="packed", modules_not_quantized=list(skip), method_args=method_args or {},
+        packed_modules=sorted(modules), ternary_layout=ternary_layout, scale_dtype=scale_dtype,
+        checksums={name: module_checksum(m) for name, m in sorted(modules.items())},
     )
     with atomic_directory(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -94,7 +94,9 @@ def _find_block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def _has_linear(block: nn.Module, path: str) -> bool:
     try:
-        return isinstance(block.get_submodule(path), nn.Linear)
+        module = block.get_submodule(path)
+        # tritium.nn's packed linears stand in for nn.Linear in packed models
+        return isinstance(module, nn.Linear) or getattr(module, "is_packed_linear", False)
     except AttributeError:
         return False
 

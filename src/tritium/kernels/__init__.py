@@ -1,0 +1,24 @@
+"""Kernels behind one custom op, ``tritium::packed_linear`` (see :mod:`tritium.kernels.ops`).
+
+Call :func:`packed_linear`: it makes sure the CPU kernel is built (once) before the
+dispatcher picks the implementation for the input's device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ops, triton_kernels
+from .cpu import bit_planes, cpu_kernel_status, load_cpu_kernel, planes_available  # noqa: F401
+from .reference import packed_linear_reference  # noqa: F401
+
+TRITON_REGISTERED = triton_kernels.register()
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                  shift: torch.Tensor | None, radix: int, in_features: int, group_size: int,
+                  implicit_zero: float, kernel_layout: torch.Tensor | None = None) -> torch.Tensor:
+    if x.device.type == "cpu":
+        load_cpu_kernel()
+    return ops.op()(x, packed, scale, zero, shift, radix, in_features, group_size, float(implicit_zero),
+                    kernel_layout)

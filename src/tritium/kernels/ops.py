@@ -1,0 +1,40 @@
+"""``tritium::packed_linear``: declared once here, implemented per device.
+
+    y = x · Wᵀ  with  W[n, j] = scale[n,g]·(digit[n, j] − zero[n,g]) + shift[n,g]
+
+over the grouped digit layout of :mod:`tritium.pack`. For ternary weights (digits
+t + 1, zero 1) this is α·(x·Tᵀ) + γ·Σx per group, DLT's shift included.
+
+Implementations, chosen by the dispatcher from the input's device:
+
+* ``CompositeExplicitAutograd``: :func:`packed_linear_reference` (any device; the oracle);
+* ``CPU``: the C++ kernel of :mod:`tritium.kernels.cpu`, compiled on first use;
+* ``CUDA``: the Triton kernel of :mod:`tritium.kernels.triton_kernels`, when triton is installed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .reference import packed_linear_reference
+
+OP_NAMESPACE = "tritium"
+OP_NAME = "packed_linear"
+# kernel_layout: an optional device-specific re-layout of `packed` that a kernel may use instead
+# (the CPU kernel's AVX-512 bit planes); implementations that do not know it ignore it.
+SCHEMA = ("packed_linear(Tensor x, Tensor packed, Tensor scale, Tensor? zero, Tensor? shift, int radix, "
+          "int in_features, int group_size, float implicit_zero, Tensor? kernel_layout=None) -> Tensor")
+
+_library = torch.library.Library(OP_NAMESPACE, "DEF")
+_library.define(SCHEMA)
+_library.impl(OP_NAME, packed_linear_reference, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake(f"{OP_NAMESPACE}::{OP_NAME}")
+def _packed_linear_fake(x, packed, scale, zero, shift, radix, in_features, group_size, implicit_zero,
+                        kernel_layout=None):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+def op():
+    return torch.ops.tritium.packed_linear

@@ -1,0 +1,145 @@
+"""save_pretrained + from_pretrained round trip of packed models."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+import tritium  # noqa: F401  (registers quant_method "tritium")
+from tritium.export.hf import save_packed
+from tritium.methods import RTNConfig, quantize_
+from tritium.models import tiny_model, tiny_tokenizer
+from tritium.nn import QuantLinear, TernaryLinear, pack_model, packed_modules
+from tritium.pack import PackError
+from tritium.quant import TernaryGrid, UniformGrid, grid_to_dict
+
+
+def _save(folder, family="llama", grid=TernaryGrid("dlt", group=32), layout="base3", skip=()):
+    model = tiny_model(family, seed=0)
+    result = quantize_(model, RTNConfig(grid=grid, skip=tuple(skip)))
+    pack_model(model, result.weights, ternary_layout=layout)
+    save_packed(model, tiny_tokenizer(), folder, "rtn", grid_to_dict(grid), skip, ternary_layout=layout)
+    return model
+
+
+IDS = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("family,grid,layout", [
+    ("llama", TernaryGrid("dlt", group=32), "base3"),
+    ("qwen2", TernaryGrid("absmean", group="channel"), "2bit"),
+    ("gemma", UniformGrid(4, group=32), "base3"),
+    ("llama", UniformGrid(3, group=64, symmetric=True), "base3"),
+])
+def test_round_trip_gives_identical_logits(tmp_path, family, grid, layout):
+    model = _save(tmp_path / "packed", family, grid, layout)
+    config = json.loads((tmp_path / "packed" / "config.json").read_text())["quantization_config"]
+    assert config["format"] == "packed" and config["ternary_layout"] == layout
+    assert set(config["packed_modules"]) == set(packed_modules(model)) == set(config["checksums"])
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
+    kind = TernaryLinear if isinstance(grid, TernaryGrid) else QuantLinear
+    assert all(isinstance(m, kind) for m in packed_modules(loaded).values())
+    assert set(packed_modules(loaded)) == set(packed_modules(model))
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+    # The file holds packed codes, not float weights.
+    tensors = load_file(tmp_path / "packed" / "model.safetensors")
+    name = "model.layers.0.mlp.up_proj"
+    assert tensors[f"{name}.packed"].dtype == torch.uint8 and f"{name}.weight" not in tensors
+
+
+def test_skipped_linears_stay_float_and_saving_again_works(tmp_path):
+    _save(tmp_path / "a", skip=("*.mlp.down_proj",))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    assert isinstance(loaded.model.layers[0].mlp.down_proj, torch.nn.Linear)
+    assert isinstance(loaded.model.layers[0].mlp.up_proj, TernaryLinear)
+    loaded.save_pretrained(tmp_path / "b")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "b")
+    with torch.no_grad():
+        assert torch.equal(again(IDS).logits, loaded(IDS).logits)
+
+
+def test_bfloat16_load_keeps_fp16_scales_exact(tmp_path):
+    _save(tmp_path / "p")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "p", dtype=torch.bfloat16)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert q_proj.scale.dtype == torch.float16 and model.model.embed_tokens.weight.dtype == torch.bfloat16
+    model.to(torch.float32)
+    assert q_proj.scale.dtype == torch.float16
+    out = model.generate(IDS[:1, :4], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def _rewrite(folder, edit):
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_corrupt_codes_fail_clearly(tmp_path):
+    _save(tmp_path / "p")
+
+    def flip(tensors):
+        t = tensors["model.layers.1.mlp.gate_proj.packed"]
+        t.view(-1)[:3] = (t.view(-1)[:3] + 1) % 243
+
+    _rewrite(tmp_path / "p", flip)
+    with pytest.raises(PackError, match=r"model\.layers\.1\.mlp\.gate_proj.*checksum"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+
+
+def test_impossible_byte_values_fail_clearly(tmp_path):
+    _save(tmp_path / "p")
+
+    def poison(tensors):
+        tensors["model.layers.0.self_attn.k_proj.packed"].view(-1)[0] = 250  # 3^5 = 243: no 5 trits make 250
+
+    _rewrite(tmp_path / "p", poison)
+    with pytest.raises(PackError, match="corrupt"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+
+
+def test_missing_tensor_fails_clearly(tmp_path):
+    _save(tmp_path / "p")
+    _rewrite(tmp_path / "p", lambda t: t.pop("model.layers.0.self_attn.o_proj.scale"))
+    with pytest.raises(PackError, match=r"o_proj"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+
+
+def test_truncated_file_fails_clearly(tmp_path):
+    _save(tmp_path / "p")
+    path = tmp_path / "p" / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match="(?i)(incomplete|truncat|deserializ|invalid|error)"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+
+
+def test_shape_mismatch_fails_clearly(tmp_path):
+    _save(tmp_path / "p")
+
+    def shrink(tensors):
+        name = "model.layers.0.mlp.up_proj.packed"
+        tensors[name] = tensors[name][:, :, :-1].contiguous()
+
+    _rewrite(tmp_path / "p", shrink)
+    with pytest.raises(Exception, match=r"(?i)up_proj\.packed.*|mismatch"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+
+
+def test_config_with_a_different_grid_fails_clearly(tmp_path):
+    _save(tmp_path / "p")
+    config_path = tmp_path / "p" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"]["grid"]["group"] = 16  # the file holds groups of 32
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(Exception, match=r"(?i)mismatch|do not match|shape"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+
+
+def test_unpacked_model_cannot_be_saved_as_packed(tmp_path):
+    with pytest.raises(ValueError, match="pack it first"):
+        save_packed(tiny_model("llama"), None, tmp_path / "x", "rtn", {"kind": "ternary"})
