@@ -52,11 +52,20 @@ def _weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_resume_after_a_kill_gives_identical_weights(tmp_path, monkeypatch):
+RESUMABLE = {
+    "gptq": dict(act_order=True, forward_batch_size=2),
+    # Random batch draws, AWQ token sampling and Adam all must replay identically.
+    "tesseraq": dict(soft_fractions=(0.5,), steps_per_stage=3, batch_size=2, n_grid=3, clip_n_grid=3,
+                     search_tokens=32, clip_tokens=16),
+}
+
+
+@pytest.mark.parametrize("method", sorted(RESUMABLE))
+def test_resume_after_a_kill_gives_identical_weights(tmp_path, monkeypatch, method):
     ids = calibration()
-    settings = dict(act_order=True, forward_batch_size=2)
+    settings = RESUMABLE[method]
     uninterrupted = tiny_model(num_hidden_layers=3)
-    quantize_(uninterrupted, config_from_dict("gptq", GRID, **settings), ids)
+    quantize_(uninterrupted, config_from_dict(method, GRID, **settings), ids)
 
     original_save = pipeline_module.save_block_checkpoint
 
@@ -66,7 +75,7 @@ def test_resume_after_a_kill_gives_identical_weights(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill")
 
     monkeypatch.setattr(pipeline_module, "save_block_checkpoint", killed_after_block_one)
-    config = config_from_dict("gptq", GRID, checkpoint_dir=str(tmp_path / "ckpt"), **settings)
+    config = config_from_dict(method, GRID, checkpoint_dir=str(tmp_path / "ckpt"), **settings)
     with pytest.raises(KeyboardInterrupt):
         quantize_(tiny_model(num_hidden_layers=3), config, ids)
     monkeypatch.setattr(pipeline_module, "save_block_checkpoint", original_save)

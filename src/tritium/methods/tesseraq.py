@@ -198,7 +198,7 @@ class BlockReconstruction:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            last = float(loss)
+            last = float(loss.detach())
         return last
 
     def _report_non_finite(self, inputs: Tensor, what: str):
