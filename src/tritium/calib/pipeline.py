@@ -277,13 +277,15 @@ def run_blockwise(model: nn.Module, layout: DecoderLayout, linears: dict[str, nn
             block_state, result = load_block_checkpoint(folder, index, fingerprint, grid)
             block.load_state_dict(block_state)
         else:
-            block_start = time.perf_counter()
+            block_start, block_cpu = time.perf_counter(), time.process_time()
             context = BlockContext(index, name, block, selected, quant_stream, float_stream, float_targets, kwargs,
                                    device, settings.forward_batch_size, settings.seed * 100_003 + index,
                                    layout.scale_groups, layout.norm_weight_offset)
             result = method(context)
             _write_weights(block, result.weights)
-            result.stats = {"block": index, "seconds": round(time.perf_counter() - block_start, 3), **result.stats}
+            # CPU seconds (all threads) beside wall seconds: on a shared machine they tell what the run costs.
+            result.stats = {"block": index, "seconds": round(time.perf_counter() - block_start, 3),
+                            "cpu_seconds": round(time.process_time() - block_cpu, 3), **result.stats}
         with torch.no_grad(), finite_guard(block, name, index, "running the quantized block"):
             block_forward(block, quant_stream, kwargs, settings.forward_batch_size, device, out=quant_stream)
         # The block-output error along the quantized chain: what every method tries to lower.
