@@ -23,6 +23,7 @@ fp16, the value stored), so round-to-nearest with that scale and zero reproduces
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,13 @@ class RoundingState:
         # Weights outside the grid's range round to its edge whatever h is: hard from the start.
         self.hard = (x < self.lo) | (x > self.hi)
         self.hard_value = torch.round(fraction)
+        # Constants of the training-time weight, expanded once: expanding per step (and
+        # back-propagating through a ragged repeat_interleave) dominated the step time.
+        expand = lambda t: None if t is None else self.layout.expand(t)  # noqa: E731
+        self.zero_full, self.shift_full = expand(self.params.zero), expand(self.params.shift)
+        n_groups = self.layout.scale_shape[1]
+        self.group_index = None if n_groups == 1 else \
+            self.layout.expand(torch.arange(n_groups, device=device).view(1, -1).float())[0].long()
 
     @property
     def numel(self) -> int:
@@ -143,10 +151,14 @@ class RoundingState:
 
     def weight(self, exact: bool = False) -> Tensor:
         """Soft weight for training, or (``exact``) the hard weight exactly as it will be stored."""
-        codes = self.codes(soft=not exact)
         if exact:
-            codes = codes.detach()
-        return from_levels(codes, self.params, self.layout, scale=self.scale(exact))
+            return from_levels(self.codes(soft=False).detach(), self.params, self.layout, scale=self.scale(True))
+        codes = self.codes(soft=True)
+        if self.zero_full is not None:
+            codes = codes - self.zero_full
+        scale = self.scale(False)
+        w = codes * (scale if self.group_index is None else scale[:, self.group_index])
+        return w if self.shift_full is None else w + self.shift_full
 
     def folded(self):
         if not self.all_hard():
@@ -185,8 +197,8 @@ class BlockReconstruction:
             batch, order = order[:size], order[size:]
             yield torch.tensor(batch)
 
-    def _train(self, steps: int, optimizer, stage: str) -> float:
-        ctx, last = self.ctx, float("nan")
+    def _train(self, steps: int, optimizer, stage: str) -> float | None:
+        ctx, last = self.ctx, None
         for step, index in enumerate(self._batches(steps)):
             inputs = ctx.quant_inputs[index].to(ctx.device)
             target = ctx.float_targets[index].to(ctx.device)
@@ -236,20 +248,24 @@ class BlockReconstruction:
             for p in frozen:
                 p.requires_grad_(True)
         factors = torch.cat([s.dst_factor().detach().flatten() for s in self.states.values()])
-        return {"stage_losses": [round(x, 8) for x in self.losses], "dst_min": float(factors.min()),
+        return {"stage_losses": [None if x is None else round(x, 8) for x in self.losses], "dst_min": float(factors.min()),
                 "dst_max": float(factors.max())}
 
 
 def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | None = None) -> BlockResult:
     stats: dict = {}
+    start = time.perf_counter()
     if config.awq_init:
         params, awq_stats = awq_transform(ctx, config)
         stats.update({f"awq.{k}": v for k, v in awq_stats.items()})
     else:
         params = {name: rtn_params(m.weight.detach().float(), config.grid, layout_for(m.weight, config.grid, name))
                   for name, m in ctx.linears.items()}
+    stats["init_seconds"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
     reconstruction = BlockReconstruction(ctx, config, params)
     stats.update(reconstruction.run())
+    stats["reconstruction_seconds"] = round(time.perf_counter() - start, 3)
     weights = {}
     for name, state in reconstruction.states.items():
         weights[name], _ = state.folded()
