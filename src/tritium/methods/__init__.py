@@ -11,3 +11,6 @@ from .base import (  # noqa: F401
     register_method,
 )
 from .rtn import RTNConfig  # noqa: F401
+from . import gptq  # noqa: F401,E402  (registers "gptq")
+from . import awq  # noqa: F401,E402  (registers "awq")
+from . import tesseraq  # noqa: F401,E402  (registers "tesseraq")

@@ -1,0 +1,108 @@
+"""Peak memory of the calibration pipeline against depth: tiny Llama models of 4 and 32
+layers, same width and calibration set. The pipeline holds one block plus the
+activation streams, so the memory it adds above the loaded model should not grow
+with the number of layers (the model itself does, and is reported apart).
+
+Each model runs in its own process; a sampler thread reads the process RSS every few
+milliseconds during quantization.
+
+    python bench/bench_ptq_memory.py --out bench/results/ptq-memory.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_one(layers: int, method: str, hidden: int, samples: int, seqlen: int) -> dict:
+    import torch
+
+    from tritium.methods import config_from_dict, quantize_
+    from tritium.models import tiny_model
+
+    torch.set_num_threads(2)
+    model = tiny_model("llama", num_hidden_layers=layers, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max(seqlen, 256))
+    ids = torch.randint(0, 512, (samples, seqlen), generator=torch.Generator().manual_seed(0))
+    args = {"gptq": {}, "tesseraq": {"soft_fractions": (0.5,), "steps_per_stage": 2, "n_grid": 2, "clip_n_grid": 2}}
+    config = config_from_dict(method, {"kind": "uniform", "bits": 2, "group": 64}, **args[method])
+    model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    before = rss_mb()
+    peak = [before]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    quantize_(model, config, ids)
+    seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    peak[0] = max(peak[0], rss_mb())
+    return {"layers": layers, "method": method, "model_mb": model_mb, "rss_before_mb": before, "peak_rss_mb": peak[0],
+            "pipeline_mb": peak[0] - before, "seconds": seconds}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", default="4,32")
+    parser.add_argument("--methods", default="gptq,tesseraq")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--out", default="bench/results/ptq-memory.md")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(int(args.child[0]), args.child[1], args.hidden, args.samples, args.seqlen)))
+        return 0
+    rows = []
+    for method in args.methods.split(","):
+        for layers in [int(x) for x in args.layers.split(",")]:
+            command = [sys.executable, __file__, "--child", str(layers), method, "--hidden", str(args.hidden),
+                       "--samples", str(args.samples), "--seqlen", str(args.seqlen)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True,
+                                  env=os.environ | {"PYTHONPATH": str(REPO / "src")})
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(rows[-1], file=sys.stderr, flush=True)
+    stream_mb = args.samples * args.seqlen * args.hidden * 4 / 2**20
+    lines = ["# Pipeline peak memory against depth", "", f"- command: `{' '.join(sys.argv)}`",
+             f"- machine: {platform.node()}, {os.cpu_count()} CPUs, date {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+             f"- tiny Llama, hidden {args.hidden}, calibration {args.samples}×{args.seqlen} tokens "
+             f"(one activation stream = {stream_mb:.1f} MB), W2g64, CPU", "",
+             "| method | layers | model MB | RSS before MB | peak RSS MB | pipeline peak above the model MB | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['layers']} | {r['model_mb']:.1f} | {r['rss_before_mb']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['pipeline_mb']:.1f} | {r['seconds']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    from tritium.utils.io import atomic_write_text
+
+    atomic_write_text(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""GPTQ (Frantar et al., 2022): quantize a linear column by column, spreading each
+column's rounding error over the columns not yet quantized through the inverse Hessian
+H = 2·XᵀX/n of the linear's inputs.
+
+Per block, linears go in the order data flows (q/k/v, o, gate/up, down): each group's
+Hessian is measured on inputs that already pass through the quantized earlier group
+("true sequential"), the inputs coming from the quantized previous blocks.
+
+Group parameters are taken from a group's columns just before its first column is
+quantized (after the updates from earlier groups), as GPTQ does. With activation
+ordering the columns are visited by decreasing Hessian diagonal; then the parameters of
+every group are fixed up front from the original weights ("static groups"), so each
+column keeps the group it has in storage. The same holds on the ternary grids: a group's
+α (and DLT shift γ) come from the group before its updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..calib.pipeline import BlockContext, BlockResult
+from ..models.adapters import ATTENTION_LINEARS, MLP_LINEARS
+from ..quant.grids import Grid, GroupLayout, QuantConfigError, TernaryGrid, UniformGrid
+from .base import register_method
+from .calibrated import CalibratedConfig, run_calibrated
+from .grid_params import GroupParams, code_range, layout_for, pack, rtn_params
+
+# Linears that read the same input are quantized together, in the order data flows.
+SEQUENTIAL_GROUPS = (ATTENTION_LINEARS[:3], ATTENTION_LINEARS[3:], MLP_LINEARS[:2], MLP_LINEARS[2:])
+
+
+@dataclass
+class GPTQConfig(CalibratedConfig):
+    damp_percent: float = 0.01  # λ = damp_percent · mean(diag H), added to the diagonal
+    act_order: bool = False  # visit columns by decreasing Hessian diagonal (implies static groups)
+    static_groups: bool = False  # fix every group's parameters from the original weights up front
+    block_size: int = 128  # columns per lazy batch update (rounded to a multiple of the group size)
+    true_sequential: bool = True  # measure each group's Hessian after quantizing the earlier groups
+
+
+class _ColumnQuantizer:
+    """Quantizes single columns against per-group parameters (filled lazily for dynamic groups)."""
+
+    def __init__(self, w: Tensor, grid: Grid, layout: GroupLayout, static: bool):
+        self.grid, self.layout = grid, layout
+        self.lo, self.hi = code_range(grid)
+        self.grouped = not layout.per_tensor and layout.n_groups > 1
+        if static or not self.grouped:
+            self.params = rtn_params(w, grid, layout)
+        else:
+            empty = lambda: torch.zeros(layout.scale_shape, device=w.device)  # noqa: E731
+            has_zero = isinstance(grid, UniformGrid)
+            has_shift = isinstance(grid, TernaryGrid) and grid.has_shift
+            self.params = GroupParams(empty(), empty() if has_zero else None, empty() if has_shift else None)
+
+    def group_of(self, column: int) -> int:
+        return 0 if not self.grouped else column // self.layout.group_size
+
+    def fit_group(self, group_columns: Tensor, group: int) -> None:
+        """Take group ``group``'s parameters from its current columns ``[out, group width]``."""
+        cols = group_columns.shape[1]
+        fitted = rtn_params(group_columns, self.grid, GroupLayout(group_columns.shape[0], cols, cols))
+        self.params.scale[:, group] = fitted.scale[:, 0]
+        if fitted.zero is not None:
+            self.params.zero[:, group] = fitted.zero[:, 0]
+        if fitted.shift is not None:
+            self.params.shift[:, group] = fitted.shift[:, 0]
+
+    def quantize(self, column: Tensor, original_index: int) -> tuple[Tensor, Tensor]:
+        g = self.group_of(original_index)
+        p = self.params
+        scale = p.scale[:, g] if p.scale.shape[0] > 1 else p.scale[0, g].expand_as(column)
+        take = lambda t: None if t is None else (t[:, g] if t.shape[0] > 1 else t[0, g].expand_as(column))  # noqa: E731
+        zero, shift = take(p.zero), take(p.shift)
+        x = column - shift if shift is not None else column
+        x = x / scale
+        if zero is not None:
+            x = x + zero
+        code = torch.clamp(torch.round(x), self.lo, self.hi)
+        value = (code - zero if zero is not None else code) * scale
+        if shift is not None:
+            value = value + shift
+        return code, value
+
+
+def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 0.01, act_order: bool = False,
+                  static_groups: bool = False, block_size: int = 128, name: str = "weight"):
+    """GPTQ on one weight ``[out, in]`` with Hessian ``[in, in]``.
+
+    Returns ``(QuantizedWeight, proxy_loss)`` where proxy_loss is GPTQ's Σ err²/d of the
+    rounding errors, the Hessian-weighted output error it minimises.
+    """
+    layout = layout_for(w, grid, name)
+    if hessian.shape != (w.shape[1], w.shape[1]):
+        raise QuantConfigError(f"{name}: Hessian of shape {tuple(hessian.shape)} does not match the weight {tuple(w.shape)}")
+    if not torch.isfinite(hessian).all():
+        raise QuantConfigError(f"{name}: the Hessian holds NaN/Inf; the calibration activations overflowed")
+    W = w.detach().float().clone()
+    H = hessian.detach().float().clone()
+    columns = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    static = static_groups or act_order
+    quantizer = _ColumnQuantizer(W, grid, layout, static)
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    else:
+        perm = torch.arange(columns, device=W.device)
+    hinv = _inverse_hessian_factor(H, damp_percent, name)
+    if quantizer.grouped:  # a lazy batch must start where a group starts
+        block_size = max(1, block_size // layout.group_size) * layout.group_size
+    codes = torch.zeros_like(W)
+    loss = torch.zeros(W.shape[0], device=W.device)
+    perm_list = perm.tolist()
+    for i1 in range(0, columns, block_size):
+        i2 = min(i1 + block_size, columns)
+        W1, Hinv1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            j = i1 + i
+            if quantizer.grouped and not static and j % layout.group_size == 0:
+                # Groups never straddle a lazy batch, so the group's current columns are all in W1.
+                quantizer.fit_group(W1[:, i:i + layout.group_size], j // layout.group_size)
+            column, d = W1[:, i], Hinv1[i, i]
+            code, value = quantizer.quantize(column, perm_list[j])
+            codes[:, j] = code
+            loss += (column - value) ** 2 / d**2
+            err = (column - value) / d
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
+    inverse = torch.argsort(perm)
+    codes = codes[:, inverse]
+    return pack(codes, quantizer.params, grid, layout), float(loss.sum() / 2)
+
+
+def _inverse_hessian_factor(H: Tensor, damp_percent: float, name: str) -> Tensor:
+    """Upper Cholesky factor of H⁻¹ after dampening; more dampening if H is not positive definite."""
+    mean_diag = torch.mean(torch.diag(H))
+    damp = damp_percent
+    for _ in range(6):
+        damped = H + damp * mean_diag * torch.eye(H.shape[0], device=H.device)
+        factor, info = torch.linalg.cholesky_ex(damped)
+        if info == 0:
+            hinv = torch.cholesky_inverse(factor)
+            factor, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if info == 0:
+                return factor
+        damp *= 10
+    raise QuantConfigError(
+        f"{name}: the Hessian is not positive definite even with dampening {damp:g}; "
+        "use more calibration samples or a larger damp_percent"
+    )
+
+
+def collect_hessians(ctx: BlockContext, names: tuple[str, ...]) -> dict[str, tuple[Tensor, int]]:
+    """Σ xxᵀ and the token count of each named linear's inputs over the quantized stream."""
+    sums: dict[str, list] = {}
+
+    def hook(name):
+        def accumulate(module, args, output):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            entry = sums.setdefault(name, [torch.zeros(x.shape[1], x.shape[1], device=x.device), 0])
+            entry[0].addmm_(x.t(), x)
+            entry[1] += x.shape[0]
+        return accumulate
+
+    handles = [ctx.block.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        ctx.forward(ctx.quant_inputs, "collecting GPTQ Hessians")
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (s, count) for n, (s, count) in sums.items()}
+
+
+def gptq_block(ctx: BlockContext, config: GPTQConfig) -> BlockResult:
+    groups = SEQUENTIAL_GROUPS if config.true_sequential else (sum(SEQUENTIAL_GROUPS, ()),)
+    weights, stats = {}, {}
+    for group in groups:
+        names = tuple(n for n in group if n in ctx.linears)
+        if not names:
+            continue
+        hessians = collect_hessians(ctx, names)
+        for name in names:
+            xtx, count = hessians[name]
+            hessian = 2 * xtx / count
+            ctx.check_finite(hessian, "Hessian", layer=name)
+            module = ctx.linears[name]
+            qweight, loss = gptq_quantize(module.weight, hessian, config.grid, config.damp_percent, config.act_order,
+                                          config.static_groups, config.block_size, name=f"{ctx.name}.{name}")
+            # Later groups see this group's quantized outputs.
+            module.weight.data.copy_(qweight.dequantize(module.weight.dtype).to(module.weight.device))
+            weights[name] = qweight
+            stats[f"{name}.proxy_loss"] = loss
+    return BlockResult(weights, stats)
+
+
+@register_method("gptq", GPTQConfig, needs_calibration=True)
+def gptq(model, layout, config: GPTQConfig, linears, calibration):
+    return run_calibrated("gptq", lambda ctx: gptq_block(ctx, config), model, layout, config, linears, calibration)

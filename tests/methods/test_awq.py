@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from tritium.methods import config_from_dict, quantize_
+from tritium.methods.awq import AWQConfig, clip_ratios, fold_scale
+from tritium.models import decoder_layout, tiny_model
+from tritium.quant.grids import TernaryGrid, UniformGrid
+
+from tiny_outliers import hidden_error, outlier_model
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_folding_scales_leaves_the_float_block_unchanged(family):
+    model = tiny_model(family, num_attention_heads=4, num_key_value_heads=4)  # no GQA: v→o folds too
+    layout = decoder_layout(model)
+    block = layout.blocks[0]
+    x = torch.randn(2, 8, 64)
+    kwargs = {"position_embeddings": model.model.rotary_emb(x, torch.arange(8)[None])}
+    with torch.no_grad():
+        before = block(x, **kwargs)
+        for group in layout.scale_groups:
+            assert group.producer is not None
+            width = block.get_submodule(group.consumers[0]).in_features
+            scale = torch.rand(width, generator=torch.Generator().manual_seed(width)) * 3 + 0.2
+            fold_scale(block, group.producer, group.consumers, scale, layout.norm_weight_offset)
+        after = block(x, **kwargs)
+    assert torch.allclose(before, after, atol=1e-5, rtol=1e-4)
+
+
+def test_clip_ratios_shrink_uniform_ranges_and_bracket_one_for_ternary():
+    config = AWQConfig()
+    uniform = clip_ratios(UniformGrid(bits=2), config)
+    assert uniform[0] == 1.0 and min(uniform) >= config.clip_max_shrink
+    ternary = clip_ratios(TernaryGrid(), config)
+    assert 1.0 in ternary and min(ternary) < 1 < max(ternary)
+
+
+@pytest.mark.parametrize("family,grid", [
+    ("llama", {"kind": "uniform", "bits": 2, "group": 16}),
+    ("llama", {"kind": "uniform", "bits": 3, "group": "channel"}),
+    ("llama", {"kind": "ternary", "variant": "absmean", "group": 16}),
+    ("gemma", {"kind": "ternary", "variant": "dlt", "group": 16}),
+])
+def test_awq_lowers_block_output_error_against_rtn(family, grid, calib_ids):
+    reference = outlier_model(family)
+    rtn = outlier_model(family)
+    quantize_(rtn, config_from_dict("rtn", grid))
+    awq = outlier_model(family)
+    result = quantize_(awq, config_from_dict("awq", grid, n_grid=10, clip_n_grid=10), calib_ids)
+    assert hidden_error(awq, reference, calib_ids) < hidden_error(rtn, reference, calib_ids)
+    # The scales moved into the norms: the model's norm weights are no longer the float ones.
+    assert not torch.equal(decoder_layout(awq).blocks[0].input_layernorm.weight,
+                           decoder_layout(reference).blocks[0].input_layernorm.weight) or \
+        result.details["blocks"][0]["input_layernorm.alpha"] is None

@@ -1,0 +1,49 @@
+from dataclasses import fields
+
+import pytest
+
+from tritium.methods import config_from_dict, method_names
+from tritium.methods.tesseraq import TesseraQConfig
+from tritium.models import tiny_model, tiny_tokenizer
+from tritium.recipes import load_recipe, recipe_names
+from tritium.runner import quantize_model
+
+PTQ_RECIPES = [n for n in recipe_names() if any(m in n for m in ("gptq", "awq", "tesseraq"))]
+PIPELINE_ONLY = {"grid", "skip", "device", "checkpoint_dir", "offload_activations", "seed", "clip_skip",
+                 "duo_scaling", "clip", "clip_max_shrink", "ternary_scale_range"}
+
+
+def test_the_calibrated_methods_are_registered_beside_rtn():
+    assert {"rtn", "gptq", "awq", "tesseraq"} <= set(method_names())
+
+
+def test_every_method_has_full_and_cpu_recipes():
+    for method in ("gptq", "awq", "tesseraq"):
+        assert f"w2g128-{method}" in PTQ_RECIPES and f"w2g128-{method}-cpu" in PTQ_RECIPES
+        assert f"w3g128-{method}" in PTQ_RECIPES
+
+
+@pytest.mark.parametrize("name", PTQ_RECIPES)
+def test_ptq_recipes_build_their_configs(name):
+    recipe = load_recipe(name)
+    config = config_from_dict(recipe["method"], recipe["grid"], **dict(recipe["method_args"]))
+    assert config.grid.ragged_groups  # SmolLM2's widths 576 and 1536 are not all multiples of 128
+    assert recipe["calib"]["samples"] >= 1
+
+
+@pytest.mark.parametrize("name", ["w2g128-tesseraq", "w2g128-tesseraq-cpu"])
+def test_tesseraq_recipes_spell_out_every_hyperparameter(name):
+    listed = set(load_recipe(name)["method_args"])
+    missing = {f.name for f in fields(TesseraQConfig)} - PIPELINE_ONLY - listed
+    assert not missing
+
+
+def test_a_cpu_recipe_runs_end_to_end_through_the_runner(tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    recipe = load_recipe("w2g128-gptq-cpu")
+    recipe["grid"] = {"kind": "uniform", "bits": 2, "group": 32}
+    recipe["calib"] = {"source": str(text), "samples": 2, "seqlen": 16, "seed": 0}
+    result, config = quantize_model(tiny_model(), tiny_tokenizer(), recipe)
+    assert result.method == "gptq" and len(result.weights) == 14
+    assert result.details["calibration_shape"] == [2, 16]

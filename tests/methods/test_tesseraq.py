@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from tritium.calib import PipelineSettings, run_blockwise
+from tritium.methods import config_from_dict, quantize_
+from tritium.methods.base import selected_linears
+from tritium.methods.grid_params import GroupParams, nearest_codes
+from tritium.methods.tesseraq import (
+    RoundingState,
+    TesseraQConfig,
+    inverse_rectified_sigmoid,
+    rectified_sigmoid,
+    tesseraq_block,
+)
+from tritium.methods.grid_params import layout_for, rtn_params
+from tritium.models import decoder_layout
+from tritium.quant.grids import QuantConfigError, TernaryGrid, UniformGrid
+
+from tiny_outliers import hidden_error, outlier_model
+
+QUICK = dict(soft_fractions=(0.5, 0.1), steps_per_stage=8, batch_size=4, lr=1e-2, dst_lr=1e-2, n_grid=5,
+             clip_n_grid=5)
+
+
+def test_rectified_sigmoid_inverse_round_trips():
+    h = torch.linspace(0, 0.999, 101)
+    assert torch.allclose(rectified_sigmoid(inverse_rectified_sigmoid(h)), h, atol=1e-5)
+
+
+@pytest.mark.parametrize("grid", [UniformGrid(bits=2, group=16), TernaryGrid("dlt", group=16)])
+def test_soft_weights_start_at_the_float_weights(grid):
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(0)) * 0.05
+    layout = layout_for(w, grid)
+    params = rtn_params(w, grid, layout, clip=2.0 if isinstance(grid, TernaryGrid) else 1.0)
+    state = RoundingState("w", w, params, grid, torch.device("cpu"))
+    inside = ~state.hard
+    assert inside.float().mean() > 0.8  # only the groups' extremes may fall outside the grid
+    assert torch.allclose(state.weight()[inside], w[inside], atol=1e-5)
+
+
+def _run_first_block(config, ids, observe):
+    model = outlier_model()
+    layout = decoder_layout(model)
+    checks = []
+
+    def method(ctx):
+        result = tesseraq_block(ctx, config, observe)
+        trained = observe[-1].block_output(ctx.quant_inputs)
+        for name, qweight in result.weights.items():  # fold, as the pipeline does
+            ctx.block.get_submodule(name).weight.data.copy_(qweight.dequantize())
+        checks.append((trained, ctx.forward(ctx.quant_inputs), result))
+        return result
+
+    run_blockwise(model, layout, selected_linears(layout, ()), ids, method, PipelineSettings(), config.grid,
+                  "tesseraq", progress=False)
+    return checks
+
+
+@pytest.mark.parametrize("grid", [UniformGrid(bits=2, group=16), TernaryGrid("dlt", group=16)])
+def test_par_ends_hard_and_the_folded_weights_reproduce_the_trained_block(grid, calib_ids):
+    observe = []
+    checks = _run_first_block(TesseraQConfig(grid=grid, **QUICK), calib_ids, observe)
+    for reconstruction, (trained, folded, result) in zip(observe, checks):
+        assert all(state.all_hard() for state in reconstruction.states.values())
+        assert torch.equal(trained, folded)
+        for name, state in reconstruction.states.items():
+            qweight = result.weights[name]
+            # Plain round-to-nearest with the stored scale/zero/shift gives back the same codes.
+            params = GroupParams(qweight.scale, qweight.zero, qweight.shift)
+            rtn_codes = nearest_codes(qweight.dequantize(), params, grid, qweight.layout)
+            assert torch.equal(rtn_codes, qweight.codes.float())
+
+
+def test_dst_factors_stay_within_zero_and_two(calib_ids):
+    observe = []
+    config = TesseraQConfig(grid=UniformGrid(bits=2, group=16), **(QUICK | {"dst_lr": 5.0, "awq_init": False}))
+    _run_first_block(config, calib_ids, observe)
+    factors = torch.cat([s.dst_factor().detach().flatten() for r in observe for s in r.states.values()])
+    assert factors.min() >= 0 and factors.max() <= 2
+    assert factors.max() > 1.5 or factors.min() < 0.5  # the huge learning rate really pushed them
+
+
+@pytest.mark.parametrize("grid", [
+    {"kind": "uniform", "bits": 2, "group": 16},
+    {"kind": "ternary", "variant": "absmean", "group": 16},
+])
+def test_tesseraq_lowers_block_output_error_against_rtn(grid, calib_ids):
+    reference = outlier_model()
+    rtn = outlier_model()
+    quantize_(rtn, config_from_dict("rtn", grid))
+    tesseraq = outlier_model()
+    result = quantize_(tesseraq, config_from_dict("tesseraq", grid, **QUICK), calib_ids)
+    assert hidden_error(tesseraq, reference, calib_ids) < hidden_error(rtn, reference, calib_ids)
+    assert all(0 <= b["dst_min"] <= b["dst_max"] <= 2 for b in result.details["blocks"])
+
+
+def test_a_schedule_that_softens_again_is_refused():
+    with pytest.raises(QuantConfigError, match="must decrease"):
+        TesseraQConfig(soft_fractions=(0.2, 0.5))
