@@ -100,7 +100,12 @@ class DistillationLoss:
         self.teacher = teacher
         self.config = config
 
-    def __call__(self, student: nn.Module, input_ids: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def to(self, device) -> "DistillationLoss":
+        if self.teacher is not None:
+            self.teacher.to(device)
+        return self
+
+    def __call__(self, student: nn.Module, input_ids: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.config
         want_hidden = cfg.off_weight > 0
         out = student(input_ids, output_hidden_states=want_hidden, use_cache=False)
