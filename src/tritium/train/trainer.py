@@ -257,10 +257,11 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         groups = param_groups or default_param_groups(model, config.optim)
+        self._named_before_wrap = list(model.named_parameters())
         self.group_names = [g.get("name", f"group{i}") for i, g in enumerate(groups)]
-        # FSDP2's fully_shard keeps the nn.Parameter objects (only their data becomes sharded), so the
-        # groups built above stay valid after wrapping.
         self.wrapped = self._wrap(model)
+        groups = self._regroup(model, groups)
+        del self._named_before_wrap  # it holds the unsharded parameters
         self.optimizer = torch.optim.AdamW(
             [{k: v for k, v in g.items() if k != "name"} for g in groups], lr=config.optim.lr,
             betas=config.optim.betas, eps=config.optim.eps, weight_decay=config.optim.weight_decay,
@@ -334,6 +335,20 @@ class Trainer:
             fully_shard(model, mp_policy=policy)
             return model
         return model
+
+    def _regroup(self, model: nn.Module, groups: list[dict]) -> list[dict]:
+        """FSDP's fully_shard replaces every parameter by a sharded one: find each group's members again by name."""
+        if self.distributed != "fsdp":
+            return groups
+        group_of = {}
+        for g, group in enumerate(groups):
+            group_of.update({id(p): g for p in group["params"]})
+        names = {name: group_of[id(p)] for name, p in self._named_before_wrap if id(p) in group_of}
+        rebuilt = [{**group, "params": []} for group in groups]
+        for name, p in model.named_parameters():
+            if name in names:
+                rebuilt[names[name]]["params"].append(p)
+        return rebuilt
 
     # ------------------------------------------------------------------ one step
 
