@@ -57,6 +57,8 @@ def test_bad_inputs_fail_clearly(tmp_path, tokenizer):
         load_sequences([str(test_split)], tokenizer, seqlen=8)
     with pytest.raises(TrainDataError, match="test split"):
         load_sequences(["hf:wikitext:wikitext-2-raw-v1:test"], tokenizer, seqlen=8)
+    with pytest.raises(TrainDataError, match="test split"):
+        load_sequences(["wikitext2-test"], tokenizer, seqlen=8)
 
 
 def test_sampler_is_a_seeded_permutation_per_epoch_and_resumes():

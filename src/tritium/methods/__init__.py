@@ -11,3 +11,4 @@ from .base import (  # noqa: F401
     register_method,
 )
 from .rtn import RTNConfig  # noqa: F401
+from ..train import distill as _distill  # noqa: F401,E402  (registers "dlt": TernaryLLM distillation)

@@ -1,5 +1,14 @@
-"""Training: DLT fake-quant linears, distillation losses, data streams and a generic trainer."""
+"""Training: DLT fake-quant linears, distillation losses, data streams, a generic trainer, TernaryLLM distillation."""
 
+from .data import (  # noqa: F401
+    SequenceSampler,
+    TeacherCorpus,
+    TeacherSamplingConfig,
+    TrainDataError,
+    generate_teacher_corpus,
+    load_sequences,
+    pack_tokens,
+)
 from .dlt import (  # noqa: F401
     DLTConfig,
     DLTLinear,
@@ -11,3 +20,5 @@ from .dlt import (  # noqa: F401
     to_dlt_,
     to_fake_quant_,
 )
+from .losses import DistillationInputError, DistillationLoss, LanguageModelLoss, LossConfig, kl_logits, off_loss  # noqa: F401
+from .trainer import OptimConfig, TrainConfig, TrainConfigError, Trainer, TrainResult, lr_multiplier  # noqa: F401

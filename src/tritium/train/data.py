@@ -17,6 +17,7 @@ import glob
 import hashlib
 import inspect
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -75,6 +76,21 @@ def _refuse_test_splits(files: list[Path], data_path=None) -> None:
                     f"{f} is the {name} test split, which the perplexity evaluation reads: never train on it. "
                     f"Use the validation split ({spec.files.get('valid', 'another file')}) or other text."
                 )
+
+
+def _dataset_split(source: str) -> tuple[str, str] | None:
+    """``wikitext2-valid`` → ("wikitext2", "valid") for a known data set; test splits are refused."""
+    from ..data.sources import DATASETS
+
+    name, _, split = source.rpartition("-")
+    if name not in DATASETS or Path(source).exists():
+        return None
+    if split == "test":
+        raise TrainDataError(f"{source!r} is a test split, which the perplexity evaluation reads: never train on it. "
+                             f"Use {name}-valid or other text.")
+    if split not in DATASETS[name].files:
+        raise TrainDataError(f"{name} has no split {split!r}; it has {', '.join(DATASETS[name].files)}")
+    return name, split
 
 
 def read_documents(path: Path, text_field: str = "text") -> Iterator[str]:
@@ -192,8 +208,14 @@ def load_sequences(sources: list[str] | str, tokenizer, seqlen: int, text_field:
             else:
                 eos = torch.full((corpus.n_sequences, 1), _eos_id(tokenizer), dtype=torch.long)
                 streams.append(torch.cat([corpus.sequences(), eos], dim=1).flatten())
+        elif _dataset_split(source):
+            name, split = _dataset_split(source)
+            from ..data.sources import load_text_rows
+
+            # one document: the rows of a split are lines of one text (GPTQ joins them the same way)
+            streams.append(tokenize_documents(tokenizer, ["\n\n".join(load_text_rows(name, split, data_path))]))
         else:
-            files = _expand_sources([source])
+            files = _expand_sources([os.path.expandvars(source)])
             _refuse_test_splits(files, data_path)
             docs = (doc for f in files for doc in read_documents(f, text_field))
             streams.append(tokenize_documents(tokenizer, docs))
