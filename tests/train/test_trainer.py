@@ -106,3 +106,12 @@ def test_bad_settings_fail_clearly(tmp_path):
         TrainConfig(steps=1, optim={"learning_rate": 1})
     with pytest.raises(TrainConfigError, match="schedule"):
         OptimConfig(schedule="step")
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+    runs = []
+    for checkpointing in (False, True):
+        student, loss_fn = _student_and_loss()
+        config = _config(steps=2, checkpoint_every=0, gradient_checkpointing=checkpointing)
+        runs.append(Trainer(student, loss_fn, _sequences(), config, tmp_path / str(checkpointing)).run().losses())
+    assert runs[1] == pytest.approx(runs[0], rel=1e-5)
