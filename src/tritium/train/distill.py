@@ -173,8 +173,11 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
     loss_fn = DistillationLoss(teacher, loss_cfg, model)
     trainer = Trainer(model, loss_fn, sequences, train_cfg, out_dir, eval_ids=eval_ids, callbacks=callbacks)
     result = trainer.run(resume=resume)
-    if hasattr(model, "gradient_checkpointing_disable") and train_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+    if train_cfg.gradient_checkpointing:
+        disable = getattr(model, "activation_checkpointing_disable", None) or \
+            getattr(model, "gradient_checkpointing_disable", None)
+        if disable is not None:
+            disable()
     model.eval()
     details = {"train_steps": result.steps, "train_tokens": result.tokens,
                "train_tokens_per_second": result.tokens_per_second, "final_loss": result.losses()[-1],

@@ -252,9 +252,13 @@ class Trainer:
         if hasattr(loss_fn, "to"):
             loss_fn.to(self.device)
         if config.gradient_checkpointing:
-            if not hasattr(model, "gradient_checkpointing_enable"):
-                raise TrainConfigError("gradient_checkpointing needs a transformers model (gradient_checkpointing_enable)")
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5 renamed it
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            elif hasattr(model, "gradient_checkpointing_enable"):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            else:
+                raise TrainConfigError("gradient_checkpointing needs a transformers model (activation checkpointing)")
         model.train()
         groups = param_groups or default_param_groups(model, config.optim)
         self._named_before_wrap = list(model.named_parameters())
