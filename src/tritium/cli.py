@@ -1,4 +1,4 @@
-"""Command line: ``tritium quantize``, ``tritium eval``, ``tritium info``."""
+"""Command line: ``tritium quantize``, ``tritium eval``, ``tritium info``, ``tritium distill``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model (float or saved by tritium)")
     _add_model_args(e)
     _add_eval_args(e)
+
+    from .train.cli import add_distill_parser  # `tritium distill` (TernaryLLM), defined beside the trainer
+
+    add_distill_parser(sub, _add_model_args, _group, _csv)
 
     i = sub.add_parser("info", help="architecture, layers, parameters and what can be quantized")
     _add_model_args(i)
@@ -245,7 +249,9 @@ def cmd_info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"quantize": cmd_quantize, "eval": cmd_eval, "info": cmd_info}
+    from .train.cli import cmd_distill
+
+    handlers = {"quantize": cmd_quantize, "eval": cmd_eval, "info": cmd_info, "distill": cmd_distill}
     from .data import DataNotFoundError
     from .models import ModelSourceError, UnsupportedArchitectureError
     from .quant import QuantConfigError

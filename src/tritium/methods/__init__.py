@@ -14,3 +14,4 @@ from .rtn import RTNConfig  # noqa: F401
 from . import gptq  # noqa: F401,E402  (registers "gptq")
 from . import awq  # noqa: F401,E402  (registers "awq")
 from . import tesseraq  # noqa: F401,E402  (registers "tesseraq")
+from ..train import distill as _distill  # noqa: F401,E402  (registers "dlt": TernaryLLM distillation)

@@ -1,0 +1,171 @@
+"""``tritium distill``: TernaryLLM distillation from the command line (wired into tritium.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+
+
+def token_count(value: str) -> int:
+    """``2M``, ``500k``, ``20000`` → an int."""
+    text = value.strip().lower().replace("_", "")
+    try:
+        if text and text[-1] in _SUFFIXES:
+            return int(float(text[:-1]) * _SUFFIXES[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tokens takes a count such as 20000, 500k or 2M, not {value!r}")
+
+
+def _add_eval_args(d, csv_type) -> None:
+    # tritium's shared eval flags, except that --data names the training text here (as the issue's
+    # `tritium distill --data ...` reads) and --data-dir the folder of evaluation data sets.
+    d.add_argument("--eval", type=csv_type, help="perplexity data sets, comma separated; 'none' to skip")
+    d.add_argument("--zeroshot", type=csv_type, help="zero-shot tasks, comma separated")
+    d.add_argument("--limit", type=int, help="evaluate only the first N perplexity chunks")
+    d.add_argument("--zeroshot-limit", type=int, help="evaluate only the first N documents of each task")
+    d.add_argument("--seqlen", type=int, help="perplexity chunk length (default 2048)")
+    d.add_argument("--batch-size", type=int, help="chunks per forward pass")
+    d.add_argument("--data-dir", help="folder holding the evaluation data sets (overrides $TRITIUM_DATA)")
+    d.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>); rerun with it to resume")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_distill_parser(sub, add_model_args, group_type, csv_type) -> None:
+    d = sub.add_parser("distill", help="TernaryLLM: distill a float model into a trained ternary (DLT) student")
+    add_model_args(d)
+    d.add_argument("--recipe", default="ternaryllm", help="a YAML file or a shipped recipe (ternaryllm, "
+                   "ternaryllm-cpu)")
+    d.add_argument("--tokens", type=token_count, help="training budget in tokens (20000, 500k, 2M)")
+    d.add_argument("--steps", type=int, help="training budget in optimizer steps (instead of --tokens)")
+    d.add_argument("--data", dest="train_data", type=csv_type,
+                   help="training text: files, folders or globs (txt/jsonl/parquet), hf:<path>[:<config>]:<split>, "
+                        "a teacher-corpus folder, or 'teacher' to sample one from the float model; comma separated")
+    d.add_argument("--train-seqlen", type=int, help="training sequence length")
+    d.add_argument("--micro-batch-size", type=int)
+    d.add_argument("--grad-accum", type=int)
+    d.add_argument("--lr", type=float, help="learning rate of the latent weights")
+    d.add_argument("--lr-quant", type=float, help="learning rate of DLT's scales and shifts")
+    d.add_argument("--group", type=group_type, help="group size, 'channel' or 'tensor'")
+    d.add_argument("--variant", help="student quantizer: dlt (default) or absmean/twn (plain STE baseline)")
+    d.add_argument("--off-weight", type=float)
+    d.add_argument("--kl-weight", type=float)
+    d.add_argument("--ce-weight", type=float)
+    d.add_argument("--init-from", help="start the student from a saved PTQ result (e.g. TesseraQ ternary)")
+    d.add_argument("--checkpoint-every", type=int)
+    d.add_argument("--eval-every", type=int, help="perplexity every N steps during training")
+    d.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    d.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    d.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
+    d.add_argument("--no-save", action="store_true", help="do not save the distilled model")
+    _add_eval_args(d, csv_type)
+
+
+def _recipe_from_args(args) -> dict:
+    from ..recipes import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if recipe.get("method") != "dlt":
+        from ..recipes import RecipeError
+
+        raise RecipeError(f"recipe {args.recipe!r} is for method {recipe.get('method')!r}; distill needs a dlt recipe "
+                          "such as ternaryllm")
+    grid = dict(recipe["grid"])
+    if args.group is not None:
+        grid["group"] = args.group
+    if args.variant:
+        grid["variant"] = args.variant
+    recipe["grid"] = grid
+    margs = recipe["method_args"] = dict(recipe.get("method_args") or {})
+    train = margs["train"] = dict(margs.get("train") or {})
+    optim = train["optim"] = dict(train.get("optim") or {})
+    loss = margs["loss"] = dict(margs.get("loss") or {})
+    data = margs["data"] = dict(margs.get("data") or {})
+    if args.tokens is not None:
+        train["tokens"], train["steps"] = args.tokens, None
+    if args.steps is not None:
+        train["steps"], train["tokens"] = args.steps, None
+    for key, value in [("micro_batch_size", args.micro_batch_size), ("grad_accum", args.grad_accum),
+                       ("checkpoint_every", args.checkpoint_every), ("eval_every", args.eval_every),
+                       ("gradient_checkpointing", args.gradient_checkpointing), ("device", args.device)]:
+        if value is not None:
+            train[key] = value
+    if args.no_progress:
+        train["progress"] = False
+    for key, value in [("lr", args.lr), ("lr_quant", args.lr_quant)]:
+        if value is not None:
+            optim[key] = value
+    for key, value in [("off_weight", args.off_weight), ("kl_weight", args.kl_weight), ("ce_weight", args.ce_weight)]:
+        if value is not None:
+            loss[key] = value
+    if args.train_data is not None:
+        data["sources"] = args.train_data
+    if args.train_seqlen is not None:
+        data["seqlen"] = args.train_seqlen
+    if args.init_from:
+        margs["init_from"] = args.init_from
+    for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
+                       ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
+                       ("batch_size", args.batch_size)]:
+        if value is not None:
+            recipe["eval"][key] = value
+    return recipe
+
+
+def cmd_distill(args) -> int:
+    import torch
+
+    from ..eval.perplexity import tokenize_eval_text
+    from ..eval.report import markdown_table, write_report
+    from ..export.hf import save_fake_quantized
+    from ..methods import config_from_dict
+    from ..models import load_model
+    from ..quant.grids import grid_to_dict
+    from ..data import load_eval_text
+    from ..runner import default_run_folder, evaluate, float_row, peak_rss_megabytes, quantized_row
+    from ..utils.io import folder_bytes
+    from .distill import distill, train_result_summary
+
+    recipe = _recipe_from_args(args)
+    config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])  # fails before the model loads
+    tag = recipe.get("name") or "distill"
+    out = Path(args.out) if args.out else default_run_folder(args.model, tag)
+    progress = not args.no_progress
+    print(f"tritium: loading {args.model}", file=sys.stderr)
+    model, tokenizer, source = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    rows, token_cache = [], {}
+    settings = recipe["eval"]
+    if not args.no_float:
+        print("tritium: evaluating the float model", file=sys.stderr)
+        rows.append(float_row(model, tokenizer, settings, args.data_dir, progress, token_cache))
+    eval_ids = None
+    train_cfg = config.train_config()
+    if train_cfg.eval_every and settings.get("datasets"):
+        name = settings["datasets"][0]
+        if name not in token_cache:
+            token_cache[name] = tokenize_eval_text(tokenizer, load_eval_text(name, args.data_dir))
+        eval_ids = token_cache[name]
+    start = time.perf_counter()
+    print(f"tritium: distilling into {config.grid.describe()} (run folder {out})", file=sys.stderr)
+    result, train = distill(model, tokenizer, config, out / "train", eval_ids=eval_ids, data_path=args.data_dir,
+                            resume=not args.no_resume)
+    print("tritium: evaluating the distilled model", file=sys.stderr)
+    evaluation = evaluate(model, tokenizer, settings, args.data_dir, progress, token_cache)
+    file_bytes = None
+    if not args.no_save:
+        save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid), config.skip,
+                            result.method_args)
+        file_bytes = folder_bytes(out / "model")
+    rows.append(quantized_row(model, result, config, evaluation, file_bytes, time.perf_counter() - start))
+    summary = {"title": f"{args.model} {tag}", "model": str(args.model), "source": source.describe(),
+               "recipe": recipe, "training": train_result_summary(train), "log": str(out / "train" / "log.jsonl"),
+               "peak_rss_mb": peak_rss_megabytes(),
+               "notes": ["training data never includes a test split; the training log holds loss parts per step"]}
+    json_path, md_path = write_report(out, summary, rows)
+    print(markdown_table(rows), end="")
+    print(f"\nresults: {md_path}  {json_path}" + ("" if args.no_save else f"\nmodel:   {out / 'model'}"))
+    return 0

@@ -1,0 +1,310 @@
+"""Dual Learnable Ternarization (TernaryLLM): a ternary fake-quant linear that trains.
+
+Each quantization group holds a learnable scale α and shift γ; the forward weight is
+``α·T + γ`` with ``T = sign(W − γ)·[|W − γ| > Δ]`` and TWN's threshold
+``Δ = 0.7·mean|W − γ|`` over the group. The latent float weights ``W`` train through a
+straight-through estimator clipped to the ternary range ``|W − γ| ≤ clip·|α|``; α and γ get
+their exact gradients (T is piecewise constant, so ∂ŵ/∂α = T and ∂ŵ/∂γ = 1 almost
+everywhere). The grid math (groups, threshold, least-squares α) is tritium.quant.grids'.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..quant.grids import (
+    SCALE_EPS,
+    TWN_THRESHOLD_FACTOR,
+    GroupLayout,
+    GroupSpec,
+    QuantConfigError,
+    QuantizedWeight,
+    TernaryGrid,
+    as_fp16_values,
+    fake_quantize,
+    quantize_ternary,
+    quantize_weight,
+    ternary_codes_threshold,
+)
+
+SHIFT_INITS = ("mean", "zero")
+
+
+@dataclass
+class DLTConfig:
+    """How a model's linears become DLT linears."""
+
+    group: GroupSpec = 128
+    # A group size that does not divide a width is an error unless this is set (then the last group is shorter).
+    ragged_groups: bool = False
+    # γ starts at the group mean ("mean", TernaryLLM) or at 0 ("zero", plain TWN with a learnable shift).
+    shift_init: str = "mean"
+    # Whether γ trains; with shift_init="zero" and learn_shift=False this is TWN with a learnable scale.
+    learn_shift: bool = True
+    # The latent weights get gradient where |W − γ| ≤ ste_clip·|α| (the ternary range); None passes it everywhere.
+    ste_clip: float | None = 1.0
+    # Module-name patterns (fnmatch) kept in float, e.g. "*.mlp.down_proj".
+    skip: tuple[str, ...] = ()
+    # The LM head stays float by default, as in TernaryLLM; a tied head cannot be ternarized without its embedding.
+    quantize_lm_head: bool = False
+
+    def __post_init__(self):
+        if self.shift_init not in SHIFT_INITS:
+            raise QuantConfigError(f"shift_init={self.shift_init!r} is unknown: use one of {SHIFT_INITS}")
+        if self.ste_clip is not None and self.ste_clip <= 0:
+            raise QuantConfigError(f"ste_clip must be positive (in units of α) or null, got {self.ste_clip}")
+        self.skip = tuple(self.skip or ())
+
+    @property
+    def grid(self) -> TernaryGrid:
+        return TernaryGrid(variant="dlt", group=self.group, ragged_groups=self.ragged_groups)
+
+
+def _group_sum(x: Tensor, layout: GroupLayout) -> Tensor:
+    return layout.reduce(x, lambda g: g.sum(-1))
+
+
+def dlt_codes(weight: Tensor, shift: Tensor, layout: GroupLayout) -> Tensor:
+    """T ∈ {−1, 0, 1} (int8): TWN's threshold applied to W − γ, group by group."""
+    centered = weight - layout.expand(shift)
+    delta = TWN_THRESHOLD_FACTOR * layout.reduce(centered, lambda g: g.abs().mean(-1))
+    return ternary_codes_threshold(centered, delta, layout)
+
+
+class DLTWeight(torch.autograd.Function):
+    """ŵ = α·T + γ with the clipped straight-through gradient to W and exact ones to α, γ."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, alpha: Tensor, shift: Tensor, layout: GroupLayout, ste_clip: float | None):
+        shift_full = layout.expand(shift)
+        alpha_full = layout.expand(alpha)
+        codes = dlt_codes(weight, shift, layout)
+        t = codes.to(weight.dtype)
+        # Only int8 codes and a bool mask are kept for backward: a quarter and an eighth of the weight's bytes.
+        inside = None
+        if ste_clip is not None:
+            inside = (weight - shift_full).abs() <= ste_clip * alpha_full.abs()
+        ctx.save_for_backward(codes, inside if inside is not None else torch.empty(0))
+        ctx.layout, ctx.clipped = layout, inside is not None
+        return alpha_full * t + shift_full
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        codes, inside = ctx.saved_tensors
+        layout = ctx.layout
+        grad_weight = grad_alpha = grad_shift = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = grad * inside if ctx.clipped else grad
+        if ctx.needs_input_grad[1]:
+            grad_alpha = _group_sum(grad * codes.to(grad.dtype), layout)
+        if ctx.needs_input_grad[2]:
+            grad_shift = _group_sum(grad, layout)
+        return grad_weight, grad_alpha, grad_shift, None, None
+
+
+def dlt_weight(weight: Tensor, alpha: Tensor, shift: Tensor, layout: GroupLayout,
+               ste_clip: float | None = 1.0) -> Tensor:
+    return DLTWeight.apply(weight, alpha, shift, layout, ste_clip)
+
+
+class DLTLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward weight is DLT-ternary; ``weight`` holds the latent floats.
+
+    It stays an ``nn.Linear`` so architecture adapters and evaluation see the usual layout.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: DLTConfig,
+                 device=None, dtype=None, name: str = "weight"):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.layout = GroupLayout.for_weight((out_features, in_features), config.group, config.ragged_groups, name=name)
+        self.ste_clip = config.ste_clip
+        self.grid = config.grid
+        shape = self.layout.scale_shape
+        self.alpha = nn.Parameter(torch.ones(shape, device=device, dtype=torch.float32))
+        shift = torch.zeros(shape, device=device, dtype=torch.float32)
+        if config.learn_shift:
+            self.shift = nn.Parameter(shift)
+        else:
+            self.register_buffer("shift", shift)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: DLTConfig, name: str = "weight") -> "DLTLinear":
+        w = linear.weight.detach()
+        if not torch.isfinite(w).all():
+            raise QuantConfigError(f"{name}: the weight holds NaN or Inf values; fix the checkpoint before training")
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, config,
+                     device=w.device, dtype=w.dtype, name=name)
+        with torch.no_grad():
+            module.weight.copy_(w)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias)
+            module.reset_quantizer(config.shift_init)
+        return module
+
+    @torch.no_grad()
+    def reset_quantizer(self, shift_init: str = "mean") -> None:
+        """α, γ so that the first forward is the least-squares ternary fit (grids' dlt or twn rule)."""
+        variant = "dlt" if shift_init == "mean" else "twn"
+        fit = quantize_ternary(self.weight.float(), TernaryGrid(variant=variant, group=self.grid.group,
+                                                                  ragged_groups=self.grid.ragged_groups), self.layout)
+        self.alpha.copy_(fit.scale)
+        self.shift.copy_(fit.shift if fit.shift is not None else torch.zeros_like(fit.scale))
+
+    def quantized_weight(self) -> Tensor:
+        return dlt_weight(self.weight, self.alpha.to(self.weight.dtype), self.shift.to(self.weight.dtype),
+                          self.layout, self.ste_clip)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    @torch.no_grad()
+    def to_quantized(self) -> QuantizedWeight:
+        """Codes and fp16 scale/shift, as packing and export store them.
+
+        The codes are the ones the last forward used; α and γ are rounded to fp16 (so the stored weight
+        differs from the training forward by that rounding only). A negative α flips its group's codes.
+        """
+        w = self.weight.detach().float()
+        shift = self.shift.detach().float()
+        codes = dlt_codes(w, shift, self.layout)
+        alpha = self.alpha.detach().float()
+        sign = torch.where(alpha < 0, -1, 1).to(torch.int8)
+        codes = codes * self.layout.expand(sign)
+        scale = as_fp16_values(alpha.abs().clamp_min(SCALE_EPS))
+        return QuantizedWeight(codes, scale, self.grid, self.layout, shift=as_fp16_values(shift))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dlt {self.grid.describe()}, ste_clip={self.ste_clip}"
+
+
+class FakeQuantLinear(nn.Linear):
+    """A linear trained through a fixed grid with the plain STE (the absmean/BitNet baseline)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, grid, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.grid = grid
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, grid, name: str = "weight") -> "FakeQuantLinear":
+        quantize_weight(linear.weight.detach(), grid, name=name)  # fail now on a bad group or NaN
+        w = linear.weight.detach()
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, grid, w.device, w.dtype)
+        with torch.no_grad():
+            module.weight.copy_(w)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias)
+        return module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, fake_quantize(self.weight, self.grid), self.bias)
+
+    @torch.no_grad()
+    def to_quantized(self) -> QuantizedWeight:
+        return quantize_weight(self.weight.detach().float(), self.grid)
+
+
+# --------------------------------------------------------------------------- whole models
+
+
+def _target_linears(model: nn.Module, skip: tuple[str, ...], include_lm_head: bool) -> dict[str, nn.Linear]:
+    from ..models.adapters import decoder_layout
+
+    layout = decoder_layout(model)
+    linears = dict(layout.quantizable_linears())
+    if include_lm_head:
+        head = layout.lm_head
+        if head is None or not isinstance(head, nn.Linear):
+            raise QuantConfigError("quantize_lm_head is set but the model has no linear LM head")
+        if head.weight is layout.embed_tokens.weight:
+            raise QuantConfigError(
+                "quantize_lm_head is set but the LM head is tied to the input embedding: ternarizing it would change "
+                "the embedding too. Keep the head in float (quantize_lm_head: false) or untie the weights first."
+            )
+        name = next(n for n, m in model.named_modules() if m is head)
+        linears[name] = head
+    chosen = {n: m for n, m in linears.items() if not any(fnmatch.fnmatch(n, p) for p in skip)}
+    if not chosen:
+        raise QuantConfigError(f"the skip patterns {list(skip)} exclude every one of the {len(linears)} linears")
+    return chosen
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def to_dlt_(model: nn.Module, config: DLTConfig) -> dict[str, DLTLinear]:
+    """Swap the decoder linears (and the head if asked) for DLT linears in place; returns them by name.
+
+    Embeddings and norms stay float. Checks every layer's group size before changing anything.
+    """
+    targets = _target_linears(model, config.skip, config.quantize_lm_head)
+    for name, linear in targets.items():
+        GroupLayout.for_weight(tuple(linear.weight.shape), config.group, config.ragged_groups, name=name)
+    swapped = {}
+    for name, linear in targets.items():
+        swapped[name] = DLTLinear.from_linear(linear, config, name=name)
+        _replace(model, name, swapped[name])
+    return swapped
+
+
+def to_fake_quant_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize_lm_head: bool = False
+                   ) -> dict[str, FakeQuantLinear]:
+    """Swap the decoder linears for plain-STE fake-quant linears on ``grid`` (baselines such as absmean)."""
+    targets = _target_linears(model, tuple(skip), quantize_lm_head)
+    for name, linear in targets.items():
+        GroupLayout.for_weight(tuple(linear.weight.shape), grid.group, grid.ragged_groups, name=name)
+    swapped = {}
+    for name, linear in targets.items():
+        swapped[name] = FakeQuantLinear.from_linear(linear, grid, name=name)
+        _replace(model, name, swapped[name])
+    return swapped
+
+
+def quant_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(latent weights and biases of the fake-quant linears, their α/γ): the two optimizer groups."""
+    latent, quant = [], []
+    for module in model.modules():
+        if isinstance(module, (DLTLinear, FakeQuantLinear)):
+            latent += [p for p in (module.weight, module.bias) if p is not None]
+            if isinstance(module, DLTLinear):
+                quant += [p for p in (module.alpha, module.shift) if isinstance(p, nn.Parameter)]
+    return latent, quant
+
+
+@torch.no_grad()
+def fold_(model: nn.Module, method: str = "dlt", method_args: dict | None = None, details: dict | None = None):
+    """Replace every DLT / fake-quant linear by a plain ``nn.Linear`` holding its dequantized weight.
+
+    Returns a ``QuantizationResult`` whose weights (codes, fp16 scale, fp16 shift) feed packing and export;
+    the folded model computes exactly ``QuantizedWeight.dequantize()``.
+    """
+    from ..methods.base import QuantizationResult
+
+    start = time.perf_counter()
+    weights: dict[str, QuantizedWeight] = {}
+    grid = None
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, (DLTLinear, FakeQuantLinear)):
+            continue
+        qweight = module.to_quantized()
+        if grid is not None and qweight.grid != grid:
+            raise QuantConfigError(f"{name}: mixed grids in one model ({grid.describe()} and {qweight.grid.describe()})")
+        grid = qweight.grid
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                          device=module.weight.device, dtype=module.weight.dtype)
+        plain.weight.copy_(qweight.dequantize(module.weight.dtype))
+        if module.bias is not None:
+            plain.bias.copy_(module.bias)
+        _replace(model, name, plain)
+        weights[name] = qweight
+    if grid is None:
+        raise QuantConfigError("the model holds no DLT or fake-quant linears to fold: call to_dlt_ first")
+    return QuantizationResult(method, grid, weights, time.perf_counter() - start,
+                              method_args=dict(method_args or {}), details=dict(details or {}))
