@@ -160,7 +160,7 @@ def cmd_distill(args) -> int:
         save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid), config.skip,
                             result.method_args)
         file_bytes = folder_bytes(out / "model")
-    rows.append(quantized_row(model, result, config, evaluation, file_bytes, time.perf_counter() - start))
+    rows.append(quantized_row(model, result, evaluation, file_bytes, time.perf_counter() - start))
     summary = {"title": f"{args.model} {tag}", "model": str(args.model), "source": source.describe(),
                "recipe": recipe, "training": train_result_summary(train), "log": str(out / "train" / "log.jsonl"),
                "peak_rss_mb": peak_rss_megabytes(),
