@@ -30,14 +30,16 @@ def _add_model_args(p):
     p.add_argument("--device", default="cpu")
 
 
-def _add_eval_args(p):
+def _add_eval_args(p, data_flag: str = "--data"):
+    """The evaluation flags every command shares. ``tritium distill`` names the evaluation data
+    folder ``--data-dir``, because its ``--data`` is the training text."""
     p.add_argument("--eval", type=_csv, help="perplexity data sets, comma separated (wikitext2, ptb, a file); 'none' to skip")
     p.add_argument("--zeroshot", type=_csv, help="zero-shot tasks, comma separated (piqa, arc_easy, ...)")
     p.add_argument("--limit", type=int, help="evaluate only the first N perplexity chunks")
     p.add_argument("--zeroshot-limit", type=int, help="evaluate only the first N documents of each task")
     p.add_argument("--seqlen", type=int, help="perplexity chunk length (default 2048)")
     p.add_argument("--batch-size", type=int, help="chunks per forward pass")
-    p.add_argument("--data", help="folder holding the data sets (overrides $TRITIUM_DATA)")
+    p.add_argument(data_flag, help="folder holding the evaluation data sets (overrides $TRITIUM_DATA)")
     p.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .train.cli import add_distill_parser  # `tritium distill` (TernaryLLM), defined beside the trainer
 
-    add_distill_parser(sub, _add_model_args, _group, _csv)
+    add_distill_parser(sub, _add_model_args, _add_eval_args, _group, _csv)
 
     i = sub.add_parser("info", help="architecture, layers, parameters and what can be quantized")
     _add_model_args(i)

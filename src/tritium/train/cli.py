@@ -21,21 +21,7 @@ def token_count(value: str) -> int:
         raise argparse.ArgumentTypeError(f"--tokens takes a count such as 20000, 500k or 2M, not {value!r}")
 
 
-def _add_eval_args(d, csv_type) -> None:
-    # tritium's shared eval flags, except that --data names the training text here (as the issue's
-    # `tritium distill --data ...` reads) and --data-dir the folder of evaluation data sets.
-    d.add_argument("--eval", type=csv_type, help="perplexity data sets, comma separated; 'none' to skip")
-    d.add_argument("--zeroshot", type=csv_type, help="zero-shot tasks, comma separated")
-    d.add_argument("--limit", type=int, help="evaluate only the first N perplexity chunks")
-    d.add_argument("--zeroshot-limit", type=int, help="evaluate only the first N documents of each task")
-    d.add_argument("--seqlen", type=int, help="perplexity chunk length (default 2048)")
-    d.add_argument("--batch-size", type=int, help="chunks per forward pass")
-    d.add_argument("--data-dir", help="folder holding the evaluation data sets (overrides $TRITIUM_DATA)")
-    d.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>); rerun with it to resume")
-    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def add_distill_parser(sub, add_model_args, group_type, csv_type) -> None:
+def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type) -> None:
     d = sub.add_parser("distill", help="TernaryLLM: distill a float model into a trained ternary (DLT) student")
     add_model_args(d)
     d.add_argument("--recipe", default="ternaryllm", help="a YAML file or a shipped recipe (ternaryllm, "
@@ -62,7 +48,7 @@ def add_distill_parser(sub, add_model_args, group_type, csv_type) -> None:
     d.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     d.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
     d.add_argument("--no-save", action="store_true", help="do not save the distilled model")
-    _add_eval_args(d, csv_type)
+    add_eval_args(d, data_flag="--data-dir")
 
 
 def _recipe_from_args(args) -> dict:
