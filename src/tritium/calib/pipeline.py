@@ -123,6 +123,16 @@ class BlockContext:
         with torch.no_grad(), finite_guard(self.block, self.name, self.index, what):
             return block_forward(self.block, hidden, self.kwargs, self.forward_batch_size, self.device)
 
+    def forward_observed(self, hidden: Tensor, names, make_hook, what: str) -> None:
+        """Run ``hidden`` through the block with ``make_hook(name)`` as a forward hook on each
+        named submodule; the hooks are removed however the pass ends."""
+        handles = [self.block.get_submodule(name).register_forward_hook(make_hook(name)) for name in names]
+        try:
+            self.forward(hidden, what)
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def check_finite(self, value: Tensor, what: str, layer: str | None = None) -> None:
         if not torch.isfinite(value).all():
             where = f"layer {layer} of " if layer else ""

@@ -73,12 +73,7 @@ def collect_inputs(ctx: BlockContext, names: list[str], keep_tokens: int, seed: 
             offset["tokens"][name] = start + x.shape[0]
         return record
 
-    handles = [ctx.block.get_submodule(name).register_forward_hook(hook(name)) for name in names]
-    try:
-        ctx.forward(ctx.quant_inputs, "collecting AWQ activation statistics")
-    finally:
-        for h in handles:
-            h.remove()
+    ctx.forward_observed(ctx.quant_inputs, names, hook, "collecting AWQ activation statistics")
     # Rows were kept in token order; shuffle them (the same way for every linear) so that
     # taking a prefix later is still a uniform sample.
     shuffle = torch.randperm(min(keep_tokens, n * seqlen), generator=torch.Generator().manual_seed(seed + 1))

@@ -171,12 +171,7 @@ def collect_hessians(ctx: BlockContext, names: tuple[str, ...]) -> dict[str, tup
             entry[1] += x.shape[0]
         return accumulate
 
-    handles = [ctx.block.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    try:
-        ctx.forward(ctx.quant_inputs, "collecting GPTQ Hessians")
-    finally:
-        for h in handles:
-            h.remove()
+    ctx.forward_observed(ctx.quant_inputs, names, hook, "collecting GPTQ Hessians")
     return {n: (s, count) for n, (s, count) in sums.items()}
 
 
