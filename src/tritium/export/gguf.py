@@ -62,12 +62,10 @@ def rope_row_permutation(out_features: int, n_heads: int) -> torch.Tensor:
 
 
 def _permute_rows(qw: QuantizedWeight, perm: torch.Tensor) -> QuantizedWeight:
-    def rows(t):
-        return None if t is None or t.shape[0] == 1 else t[perm]
+    def rows(t):  # per-tensor statistics ([1, 1]) apply to every row unchanged
+        return t if t is None or t.shape[0] == 1 else t[perm]
 
-    return replace(qw, codes=qw.codes[perm], scale=rows(qw.scale) if qw.scale.shape[0] > 1 else qw.scale,
-                   zero=rows(qw.zero) if qw.zero is not None and qw.zero.shape[0] > 1 else qw.zero,
-                   shift=rows(qw.shift) if qw.shift is not None and qw.shift.shape[0] > 1 else qw.shift)
+    return replace(qw, codes=qw.codes[perm], scale=rows(qw.scale), zero=rows(qw.zero), shift=rows(qw.shift))
 
 
 def _float_tensor(t: torch.Tensor, qtype: GGMLQuantizationType) -> np.ndarray:

@@ -245,24 +245,26 @@ def to_dlt_(model: nn.Module, config: DLTConfig) -> dict[str, DLTLinear]:
     Embeddings and norms stay float. Checks every layer's group size before changing anything.
     """
     targets = _target_linears(model, config.skip, config.quantize_lm_head)
-    for name, linear in targets.items():
-        GroupLayout.for_weight(tuple(linear.weight.shape), config.group, config.ragged_groups, name=name)
-    swapped = {}
-    for name, linear in targets.items():
-        swapped[name] = DLTLinear.from_linear(linear, config, name=name)
-        _replace(model, name, swapped[name])
-    return swapped
+    return _swap_linears(model, targets, config.group, config.ragged_groups,
+                         lambda name, linear: DLTLinear.from_linear(linear, config, name=name))
 
 
 def to_fake_quant_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize_lm_head: bool = False
                    ) -> dict[str, FakeQuantLinear]:
     """Swap the decoder linears for plain-STE fake-quant linears on ``grid`` (baselines such as absmean)."""
     targets = _target_linears(model, tuple(skip), quantize_lm_head)
+    return _swap_linears(model, targets, grid.group, grid.ragged_groups,
+                         lambda name, linear: FakeQuantLinear.from_linear(linear, grid, name=name))
+
+
+def _swap_linears(model: nn.Module, targets: dict[str, nn.Linear], group, ragged: bool, make) -> dict:
+    """Replace each target with ``make(name, linear)``, after checking every layer's grouping,
+    so a group size that does not fit one layer leaves the model untouched."""
     for name, linear in targets.items():
-        GroupLayout.for_weight(tuple(linear.weight.shape), grid.group, grid.ragged_groups, name=name)
+        GroupLayout.for_weight(tuple(linear.weight.shape), group, ragged, name=name)
     swapped = {}
     for name, linear in targets.items():
-        swapped[name] = FakeQuantLinear.from_linear(linear, grid, name=name)
+        swapped[name] = make(name, linear)
         _replace(model, name, swapped[name])
     return swapped
 
