@@ -166,6 +166,8 @@ def markdown(args, float_cell: dict, cells: dict, grids: list[str], methods: lis
              "| method | " + " | ".join(grids) + " |", "|---" * (len(grids) + 1) + "|"]
 
     def fmt(c, key):
+        if c is None:
+            return "not run"
         if "error" in c:
             return f"error: {c['error'][:60]}"
         if key == "ppl":
@@ -178,7 +180,7 @@ def markdown(args, float_cell: dict, cells: dict, grids: list[str], methods: lis
         if key != "ppl":
             lines += ["", f"{title}:", "", "| method | " + " | ".join(grids) + " |", "|---" * (len(grids) + 1) + "|"]
         for method in methods:
-            lines.append(f"| {method} | " + " | ".join(fmt(cells[(method, g)], key) for g in grids) + " |")
+            lines.append(f"| {method} | " + " | ".join(fmt(cells.get((method, g)), key) for g in grids) + " |")
     lines += ["", f"Float model: peak RSS {float_cell.get('peak_rss_mb', float('nan')):.0f} MB (load + evaluation)."]
     return "\n".join(lines) + "\n"
 
@@ -196,6 +198,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads per cell")
     parser.add_argument("--checkpoint-root", help="checkpoint every calibrated cell here (resume a killed bench)")
     parser.add_argument("--out", default="bench/results/ptq.md")
+    parser.add_argument("--resume", action="store_true", help="keep the cells already in --out's JSON and run the rest")
     parser.add_argument("--estimate-blocks", type=int,
                         help="only time this many blocks per calibrated method and extrapolate to the model")
     parser.add_argument("--cell-method", help=argparse.SUPPRESS)
@@ -211,20 +214,22 @@ def main(argv=None) -> int:
     unknown = [g for g in grids if g not in GRIDS] + [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown grid/method {unknown}: grids are {list(GRIDS)}, methods {list(METHODS)}")
-    float_cell = cell(args, "float", grids[0])
-    cells = {}
     out = Path(args.out)
-    for method in methods:
-        for grid in grids:
+    saved = json.loads(out.with_suffix(".json").read_text()) if args.resume and out.with_suffix(".json").exists() else {}
+    float_cell = saved.get("float") or cell(args, "float", grids[0])
+    cells = {(c["method"], c["grid"]): c for c in saved.get("cells", []) if "error" not in c}
+    shown = sorted(methods, key=METHODS.index)  # rows in the usual order, whatever order they ran in
+    # Grid-major order: the most telling column (the first grid) fills in first on a long run.
+    for grid in grids:
+        for method in methods:
+            if (method, grid) in cells:
+                continue
             cells[(method, grid)] = cell(args, method, grid)
-            done = {k: v for k, v in cells.items()}
-            partial_methods = [m for m in methods if all((m, g) in done for g in grids)]
-            if partial_methods:  # rewrite after each finished row so a long run leaves results behind
-                from tritium.utils.io import atomic_write_json, atomic_write_text
+            from tritium.utils.io import atomic_write_json, atomic_write_text
 
-                atomic_write_text(out, markdown(args, float_cell, done, grids, partial_methods))
-                atomic_write_json(out.with_suffix(".json"), {"float": float_cell,
-                                                             "cells": [v for v in done.values()]})
+            # Rewrite after every cell so that a long run leaves results behind and can resume.
+            atomic_write_json(out.with_suffix(".json"), {"float": float_cell, "cells": list(cells.values())})
+            atomic_write_text(out, markdown(args, float_cell, cells, grids, shown))
     print(out.read_text())
     return 0
 

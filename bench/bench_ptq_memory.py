@@ -1,7 +1,9 @@
 """Peak memory of the calibration pipeline against depth: tiny Llama models of 4 and 32
 layers, same width and calibration set. The pipeline holds one block plus the
 activation streams, so the memory it adds above the loaded model should not grow
-with the number of layers (the model itself does, and is reported apart).
+with the number of layers (the model itself does, and is reported apart). With
+``--offload on`` the blocks not being calibrated wait on disk, so the whole peak RSS,
+model included, should stay flat.
 
 Each model runs in its own process; a sampler thread reads the process RSS every few
 milliseconds during quantization.
@@ -30,7 +32,9 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_one(layers: int, method: str, hidden: int, samples: int, seqlen: int) -> dict:
+def run_one(layers: int, method: str, hidden: int, samples: int, seqlen: int, offload: bool) -> dict:
+    import tempfile
+
     import torch
 
     from tritium.methods import config_from_dict, quantize_
@@ -41,7 +45,9 @@ def run_one(layers: int, method: str, hidden: int, samples: int, seqlen: int) ->
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max(seqlen, 256))
     ids = torch.randint(0, 512, (samples, seqlen), generator=torch.Generator().manual_seed(0))
     args = {"gptq": {}, "tesseraq": {"soft_fractions": (0.5,), "steps_per_stage": 2, "n_grid": 2, "clip_n_grid": 2}}
-    config = config_from_dict(method, {"kind": "uniform", "bits": 2, "group": 64}, **args[method])
+    offload_dir = tempfile.mkdtemp(prefix="tritium-offload-") if offload else None
+    config = config_from_dict(method, {"kind": "uniform", "bits": 2, "group": 64}, offload_dir=offload_dir,
+                              **args[method])
     model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     before = rss_mb()
     peak = [before]
@@ -60,7 +66,7 @@ def run_one(layers: int, method: str, hidden: int, samples: int, seqlen: int) ->
     stop.set()
     sampler.join()
     peak[0] = max(peak[0], rss_mb())
-    return {"layers": layers, "method": method, "model_mb": model_mb, "rss_before_mb": before, "peak_rss_mb": peak[0],
+    return {"layers": layers, "method": method + (" + disk offload" if offload else ""), "model_mb": model_mb, "rss_before_mb": before, "peak_rss_mb": peak[0],
             "pipeline_mb": peak[0] - before, "seconds": seconds}
 
 
@@ -71,16 +77,20 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--offload", default="off", choices=["off", "on", "both"],
+                        help="keep the blocks not being calibrated on disk (PipelineSettings.offload_dir)")
     parser.add_argument("--out", default="bench/results/ptq-memory.md")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_one(int(args.child[0]), args.child[1], args.hidden, args.samples, args.seqlen)))
+        print(json.dumps(run_one(int(args.child[0]), args.child[1], args.hidden, args.samples, args.seqlen,
+                                 args.child[2] == "on")))
         return 0
     rows = []
-    for method in args.methods.split(","):
+    offload_modes = ["off", "on"] if args.offload == "both" else [args.offload]
+    for method, offload in [(m, o) for m in args.methods.split(",") for o in offload_modes]:
         for layers in [int(x) for x in args.layers.split(",")]:
-            command = [sys.executable, __file__, "--child", str(layers), method, "--hidden", str(args.hidden),
+            command = [sys.executable, __file__, "--child", str(layers), method, offload, "--hidden", str(args.hidden),
                        "--samples", str(args.samples), "--seqlen", str(args.seqlen)]
             done = subprocess.run(command, capture_output=True, text=True, check=True,
                                   env=os.environ | {"PYTHONPATH": str(REPO / "src")})

@@ -109,3 +109,48 @@ def test_calibration_longer_than_the_context_fails_before_any_work():
     model = tiny_model(max_position_embeddings=16)
     with pytest.raises(CalibrationInputError, match="context of 16"):
         quantize_(model, config_from_dict("gptq", GRID), calibration(seqlen=17))
+
+
+def test_disk_offload_keeps_one_block_in_memory_and_gives_the_same_weights(tmp_path):
+    """Blocks wait on disk (meta tensors in memory) while another is calibrated; results are unchanged."""
+    ids = calibration()
+    reference = tiny_model(num_hidden_layers=3)
+    reference_layout = decoder_layout(reference)
+    expected, _ = run_blockwise(reference, reference_layout, selected_linears(reference_layout, ()), ids, rtn_block,
+                                PipelineSettings(forward_batch_size=2), GRID, "rtn", progress=False)
+    model = tiny_model(num_hidden_layers=3)
+    layout = decoder_layout(model)
+    in_memory = []
+
+    def spy(ctx):
+        in_memory.append([not any(p.is_meta for p in b.parameters()) for b in layout.blocks])
+        return rtn_block(ctx)
+
+    weights, details = run_blockwise(model, layout, selected_linears(layout, ()), ids, spy,
+                                     PipelineSettings(forward_batch_size=2, offload_dir=str(tmp_path / "offload")),
+                                     GRID, "rtn", progress=False)
+    assert in_memory == [[True, False, False], [False, True, False], [False, False, True]]
+    assert details["offload_dir"] == str(tmp_path / "offload")
+    assert not any(p.is_meta for p in model.parameters())  # the whole model is back after the run
+    for name, qweight in expected.items():
+        assert torch.equal(weights[name].codes, qweight.codes)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        assert torch.equal(p, q), name
+    assert not list((tmp_path / "offload").iterdir())  # nothing left behind on disk
+
+
+def test_a_failing_block_still_brings_the_offloaded_model_back(tmp_path):
+    model = tiny_model(num_hidden_layers=3)
+    layout = decoder_layout(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def fail_on_second(ctx):
+        if ctx.index == 1:
+            raise NonFiniteError("simulated")
+        return BlockResult({})
+
+    with pytest.raises(NonFiniteError):
+        run_blockwise(model, layout, selected_linears(layout, ()), calibration(), fail_on_second,
+                      PipelineSettings(offload_dir=str(tmp_path / "offload")), GRID, "x", progress=False)
+    for name, p in model.named_parameters():
+        assert not p.is_meta and torch.equal(p, before[name]), name

@@ -57,6 +57,9 @@ class PipelineSettings:
     # Keep the activation streams in CPU memory and move one batch at a time to the device:
     # device memory then holds one block plus a batch, at the cost of transfers.
     offload_activations: bool = False
+    # A folder: the blocks not being calibrated wait on disk there, so CPU memory holds about one
+    # block plus the activations whatever the depth; they all come back when the run ends.
+    offload_dir: str | None = None
     seed: int = 0
 
 
@@ -221,7 +224,7 @@ def run_fingerprint(method: str, method_args: dict, grid: Grid, layout: DecoderL
                     linear_names: list[str]) -> str:
     """Identifies a run: same model weights, method settings, grid and calibration set."""
     digest = hashlib.sha256()
-    settings = {k: v for k, v in method_args.items() if k not in ("checkpoint_dir", "device")}
+    settings = {k: v for k, v in method_args.items() if k not in ("checkpoint_dir", "device", "offload_dir")}
     digest.update(json.dumps([method, repr(grid), sorted(settings.items()), sorted(linear_names)],
                              default=str).encode())
     digest.update(input_ids.cpu().numpy().tobytes())
@@ -273,7 +276,30 @@ def run_blockwise(model: nn.Module, layout: DecoderLayout, linears: dict[str, nn
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=method_name, unit="block", leave=False, mininterval=2)
+    offloader = None
+    if settings.offload_dir:
+        from .offload import BlockOffloader
+
+        offloader = BlockOffloader(settings.offload_dir, list(layout.blocks))
+        for index in range(layout.num_blocks):
+            offloader.offload(index)
+    try:
+        _walk(iterator, layout, linears, method, settings, grid, device, inputs, float_stream, quant_stream, folder,
+              fingerprint, finished, weights, block_stats, offloader)
+    finally:  # the caller's model comes back whole, even when a block fails
+        if offloader is not None:
+            offloader.restore_all()
+    details = {"device": str(device), "resumed_from_block": finished, "calibration_shape": list(input_ids.shape),
+               "pipeline_seconds": round(time.perf_counter() - start_time, 3), "blocks": block_stats,
+               "offload_dir": settings.offload_dir}
+    return weights, details
+
+
+def _walk(iterator, layout, linears, method, settings, grid, device, inputs, float_stream, quant_stream, folder,
+          fingerprint, finished, weights, block_stats, offloader) -> None:
     for index in iterator:
+        if offloader is not None:
+            offloader.restore(index)
         block = layout.blocks[index]
         name = f"{layout.blocks_path}.{index}"
         home = next(block.parameters()).device
@@ -304,10 +330,9 @@ def run_blockwise(model: nn.Module, layout: DecoderLayout, linears: dict[str, nn
             save_block_checkpoint(folder, index, block, result, fingerprint)
         float_stream = float_targets
         block.to(home)
+        if offloader is not None:
+            offloader.offload(index)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         weights.update({f"{name}.{short}": q for short, q in result.weights.items()})
         block_stats.append(result.stats)
-    details = {"device": str(device), "resumed_from_block": finished, "calibration_shape": list(input_ids.shape),
-               "pipeline_seconds": round(time.perf_counter() - start_time, 3), "blocks": block_stats}
-    return weights, details

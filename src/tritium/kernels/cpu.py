@@ -104,11 +104,14 @@ ROWS_PER_BLOCK = 16
 
 def planes_available() -> bool:
     """True when the loaded CPU kernel has the AVX-512 bit-plane path."""
-    if not load_cpu_kernel():
-        return False
-    import torch
+    # Cached: every packed layer asks on every CPU forward, and an op call costs microseconds.
+    if "planes" not in _state:
+        if not load_cpu_kernel():
+            return False
+        import torch
 
-    return bool(torch.ops.tritium_cpu_info.planes_available())
+        _state["planes"] = bool(torch.ops.tritium_cpu_info.planes_available())
+    return _state["planes"]
 
 
 def bit_planes(packed, radix: int, in_features: int, group_size: int):

@@ -15,12 +15,13 @@ class CalibratedConfig(MethodConfig):
     forward_batch_size: int = 8  # samples per block forward
     checkpoint_dir: str | None = None  # checkpoint every block here and resume from it
     offload_activations: bool = False  # keep activations on the CPU, one batch on the device at a time
+    offload_dir: str | None = None  # keep the blocks not being calibrated on disk here (memory short)
     seed: int = 0
 
     def pipeline_settings(self) -> PipelineSettings:
         return PipelineSettings(device=self.device, forward_batch_size=self.forward_batch_size,
                                 checkpoint_dir=self.checkpoint_dir, offload_activations=self.offload_activations,
-                                seed=self.seed)
+                                offload_dir=self.offload_dir, seed=self.seed)
 
 
 def run_calibrated(name: str, block_method: BlockMethod, model, layout, config: CalibratedConfig, linears,

@@ -69,12 +69,22 @@ class PackedLinear(nn.Module):
                                 f"got {None if theirs is None else tuple(theirs.shape)}")
             if mine is not None:
                 mine.data = theirs.detach().clone()
+        self._forget_kernel_layout()
+
+    def _forget_kernel_layout(self) -> None:
+        # A freed buffer's address can come back for new codes: never trust the cached layout across a load.
+        self._kernel_layout = self._kernel_layout_key = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._forget_kernel_layout()
 
     def _apply(self, fn, recurse=True):
         # model.to(bfloat16) would round the fp16 scales (and zero points, shifts) and change the weights:
         # they follow device moves but keep their stored dtype.
         kept = {k: self._buffers[k] for k in ("scale", "zero", "shift") if self._buffers.get(k) is not None}
         super()._apply(fn, recurse)
+        self._forget_kernel_layout()
         for key, before in kept.items():
             after = self._buffers[key]
             if after.dtype != before.dtype:
@@ -92,9 +102,12 @@ class PackedLinear(nn.Module):
 
     def cpu_kernel_layout(self) -> Tensor | None:
         """The bit planes the AVX-512 CPU path reads, rebuilt whenever ``packed`` changes; None without it."""
-        if self.packed.device.type != "cpu" or self.radix > 16 or not planes_available():
+        packed = self.packed
+        key = (packed.data_ptr(), packed._version)
+        if self._kernel_layout_key == key:  # the common case, checked first: it runs on every forward
+            return self._kernel_layout
+        if packed.device.type != "cpu" or self.radix > 16 or not planes_available():
             return None
-        key = (self.packed.data_ptr(), self.packed._version, tuple(self.packed.shape))
         if self._kernel_layout_key != key:
             self._kernel_layout = bit_planes(self.packed, self.radix, self.in_features, self.group_size)
             self._kernel_layout_key = key

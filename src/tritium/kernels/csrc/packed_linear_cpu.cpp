@@ -23,7 +23,8 @@
 
 namespace tritium_cpu {
 
-constexpr int64_t kLookupMaxRows = 4;  // above this, decode + GEMM is faster than one table per row
+constexpr int64_t kLookupMaxRows = 4;  // above this, decode + GEMM is faster than one lookup table per row
+constexpr int64_t kPlanesMaxRows = 32;  // the bit-plane path stays ahead of decode + GEMM up to about here
 
 struct Digits {
   int64_t radix, k, values;  // k digits per byte, radix^k byte values in use
@@ -301,7 +302,7 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
             pk.data_ptr<uint8_t>(), param(s), param(z), param(t)};
   at::Tensor y;
   const bool use_planes = kernel_layout.has_value() && kernel_layout->defined() && planes_available();
-  if (use_planes && rows <= kLookupMaxRows) {
+  if (use_planes && rows <= kPlanesMaxRows) {
 #if defined(__AVX512F__)
     const at::Tensor& pl = *kernel_layout;
     const int64_t n_planes = pl.dim() == 5 ? pl.size(2) : 0;
