@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", help="calibration source, e.g. wikitext2-valid or a text file")
     q.add_argument("--calib-samples", type=int)
     q.add_argument("--checkpoint-dir", help="calibrated methods: checkpoint each block here; rerun to resume")
+    q.add_argument("--offload-dir", help="calibrated methods: keep the blocks not being calibrated on disk here "
+                                         "(when memory is short)")
     q.add_argument("--calib-seqlen", type=int)
     q.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
     q.add_argument("--no-save", action="store_true", help="do not save the quantized model")
@@ -111,6 +113,8 @@ def _recipe_from_args(args) -> dict:
         recipe["method_args"] = {**recipe.get("method_args", {}), "skip": args.skip}
     if args.checkpoint_dir:
         recipe["method_args"] = {**recipe.get("method_args", {}), "checkpoint_dir": args.checkpoint_dir}
+    if args.offload_dir:
+        recipe["method_args"] = {**recipe.get("method_args", {}), "offload_dir": args.offload_dir}
     for key, value in [("source", args.calib), ("samples", args.calib_samples), ("seqlen", args.calib_seqlen)]:
         if value is not None:
             recipe["calib"][key] = value

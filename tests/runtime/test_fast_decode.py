@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from tritium.methods import RTNConfig, quantize_
+from tritium.models import tiny_model
+from tritium.nn import pack_model
+from tritium.quant import TernaryGrid
+from tritium.runtime import FastDecoder, UnsupportedForFastDecode
+
+
+def prompt(seed=0, length=7):
+    return torch.randint(3, 500, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_greedy(model, ids, n):
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_tokens_and_logits_equal_hugging_face(family):
+    model = tiny_model(family, seed=3)
+    ids = prompt()
+    decoder = FastDecoder(model, max_length=64)
+    result = decoder.generate(ids, 12)
+    assert torch.equal(result.tokens, hf_greedy(model, ids, 12))
+    # logits of a later step, not only the argmax
+    with torch.no_grad():
+        reference = model(result.tokens[:, :10]).logits[:, -1]
+    decoder.generate(result.tokens[:, :9], 1)  # refills the cache up to position 9
+    ours = decoder.forward(result.tokens[:, 9:10], 9)
+    assert torch.allclose(ours, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_model_decodes_like_its_fake_quant_twin():
+    grid = TernaryGrid("absmean", group=32)
+    fake = tiny_model("llama", seed=5)
+    weights = quantize_(fake, RTNConfig(grid=grid)).weights
+    packed = tiny_model("llama", seed=5)
+    quantize_(packed, RTNConfig(grid=grid))
+    pack_model(packed, weights)
+    ids = prompt(1)
+    ours = FastDecoder(packed, max_length=64).generate(ids, 10).tokens
+    assert torch.equal(ours, hf_greedy(fake, ids, 10))
+    assert torch.equal(ours, hf_greedy(packed, ids, 10))
+
+
+def test_stops_at_the_end_of_sequence_token():
+    model = tiny_model("llama", seed=3)
+    ids = prompt()
+    full = FastDecoder(model, max_length=64).generate(ids, 12).tokens
+    eos = int(full[0, ids.shape[1] + 3])
+    stopped = FastDecoder(model, max_length=64).generate(ids, 12, eos_token_id=eos).tokens
+    first = (full[0, ids.shape[1]:] == eos).nonzero()[0].item()
+    assert torch.equal(stopped, full[:, : ids.shape[1] + first + 1])
+
+
+def test_unsupported_models_and_inputs_fail_clearly():
+    with pytest.raises(UnsupportedForFastDecode, match="gemma"):
+        FastDecoder(tiny_model("gemma"))
+    decoder = FastDecoder(tiny_model("llama"), max_length=8)
+    with pytest.raises(ValueError, match="one prompt"):
+        decoder.generate(torch.zeros(2, 3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="holds 8"):
+        decoder.generate(prompt(length=6), 4)
+
+
+def test_a_bfloat16_head_copy_changes_only_the_head_rounding():
+    model = tiny_model("llama", seed=3)
+    ids = prompt()
+    exact = FastDecoder(model, max_length=64)
+    halved = FastDecoder(model, max_length=64, head_dtype=torch.bfloat16)
+    assert halved.head_weight.dtype == torch.bfloat16
+    exact.generate(ids, 1)
+    halved.generate(ids, 1)
+    token = ids[:, -1:]
+    a, b = exact.forward(token, ids.shape[1]), halved.forward(token, ids.shape[1])
+    assert not torch.equal(a, b)
+    assert torch.allclose(a, b, atol=0.05 * a.abs().max().item())
