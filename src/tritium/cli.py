@@ -165,7 +165,7 @@ def cmd_quantize(args) -> int:
                         result.method_args)
         else:
             save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
-                                config.skip, result.method_args)
+                                config.skip, result.method_args, weights=result.weights)
         rows[-1]["file_bytes"] = folder_bytes(out / "model")
     notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; " + (
         "the saved model holds those packed codes (tritium.nn modules)" if args.format == "packed" else
