@@ -112,8 +112,9 @@ def cmd_pack(args) -> int:
     except PackError as err:
         if "not exactly representable" not in str(err):
             raise
-        raise PackError(f"{err}. Packing never changes a weight: this run's scales are fp16 values, so keep "
-                        "--scale-dtype float16 (or quantize with scales rounded to the dtype you want)") from err
+        raise PackError(f"{err}. Packing never changes a weight, and this run's scales do not fit "
+                        f"{args.scale_dtype} exactly: keep --scale-dtype float16 (the dtype tritium's methods round "
+                        "scales to)") from err
     save_packed(model, tokenizer, out, qconfig.get("method", "unknown"), qconfig["grid"],
                 qconfig.get("modules_not_quantized") or (), qconfig.get("method_args") or {},
                 ternary_layout=args.ternary_layout, scale_dtype=args.scale_dtype)
