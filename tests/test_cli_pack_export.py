@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 import tritium  # noqa: F401  (registers quant_method "tritium")
 from tritium.cli import main
 from tritium.export.codes import CODES_FILE
+from tritium.export.gguf import llama_cpp_logits
 from tritium.export.hf import save_fake_quantized
 from tritium.methods import RTNConfig, quantize_
 from tritium.models import tiny_model, tiny_tokenizer
@@ -129,9 +130,8 @@ def test_export_gguf_reads_back_and_llama_cpp_agrees(ternary_run, tmp_path, caps
     assert f"{expected} 14" in out and f"{bits:.4f} bits/weight" in out and "read-back max error" in out
     types = [t.tensor_type.name for t in GGUFReader(path).tensors]
     assert types.count(expected) == 14
-    llama_cpp = pytest.importorskip("tritium.export.gguf").llama_cpp_logits
     pytest.importorskip("llama_cpp")
-    theirs = torch.tensor(np.asarray(llama_cpp(path, IDS[0].tolist())))
+    theirs = torch.tensor(np.asarray(llama_cpp_logits(path, IDS[0].tolist())))
     _, ours = _logits(ternary_run / "packed")
     assert (theirs - ours).abs().max() < 0.1 * ours.std()
 
