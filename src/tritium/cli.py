@@ -1,4 +1,5 @@
-"""Command line: ``tritium quantize``, ``tritium eval``, ``tritium info``, ``tritium distill``."""
+"""Command line: ``tritium quantize``, ``tritium eval``, ``tritium info``, ``tritium distill``,
+``tritium pack``, ``tritium run``, ``tritium export``."""
 
 from __future__ import annotations
 
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_distill_parser  # `tritium distill` (TernaryLLM), defined beside the trainer
 
     add_distill_parser(sub, _add_model_args, _add_eval_args, _group, _csv)
+
+    from .export.cli import add_pack_parsers  # `tritium pack|run|export`, beside the exporters
+
+    add_pack_parsers(sub)
 
     i = sub.add_parser("info", help="architecture, layers, parameters and what can be quantized")
     _add_model_args(i)
@@ -169,7 +174,7 @@ def cmd_quantize(args) -> int:
                         result.method_args)
         else:
             save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
-                                config.skip, result.method_args)
+                                config.skip, result.method_args, weights=result.weights)
         rows[-1]["file_bytes"] = folder_bytes(out / "model")
     notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; " + (
         "the saved model holds those packed codes (tritium.nn modules)" if args.format == "packed" else
@@ -255,9 +260,11 @@ def cmd_info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .export.cli import cmd_export, cmd_pack, cmd_run
     from .train.cli import cmd_distill
 
-    handlers = {"quantize": cmd_quantize, "eval": cmd_eval, "info": cmd_info, "distill": cmd_distill}
+    handlers = {"quantize": cmd_quantize, "eval": cmd_eval, "info": cmd_info, "distill": cmd_distill,
+                "pack": cmd_pack, "run": cmd_run, "export": cmd_export}
     from .data import DataNotFoundError
     from .models import ModelSourceError, UnsupportedArchitectureError
     from .quant import QuantConfigError

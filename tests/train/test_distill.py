@@ -89,5 +89,12 @@ def test_cli_distill_end_to_end(tmp_path, capsys):
     reloaded, _, _ = load_model(out / "model")
     q = reloaded.model.layers[0].mlp.up_proj.weight
     assert len(torch.unique(q[0, :32])) <= 3  # α·T + γ: at most three values per group
+    # the run keeps its codes, so `tritium pack` packs the distilled (shifted) weights exactly
+    assert main(["pack", str(out)]) == 0
+    packed, _, _ = load_model(out / "packed")
+    ids = torch.tensor([[1, 5, 9, 30]])
+    with torch.no_grad():
+        assert packed.model.layers[0].mlp.up_proj.shift is not None
+        torch.testing.assert_close(packed(ids).logits, reloaded(ids).logits, rtol=1e-4, atol=1e-4)
     assert main(["distill", "--model", str(folder), "--recipe", "w4g128-rtn", "--steps", "1"]) == 2
     assert "distill needs a dlt recipe" in capsys.readouterr().err

@@ -88,9 +88,15 @@ class TritiumHfQuantizer(HfQuantizer):
         return False
 
 
-def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None):
-    """Save ``model`` (already fake-quantized in place) with its ``quantization_config``, atomically."""
+def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None,
+                        weights: dict | None = None):
+    """Save ``model`` (already fake-quantized in place) with its ``quantization_config``, atomically.
+
+    With ``weights`` (a QuantizationResult's weights) the folder also gets their packed codes
+    (:mod:`tritium.export.codes`), so ``tritium pack`` can later pack it exactly.
+    """
     from ..utils.io import atomic_directory
+    from .codes import write_codes
 
     model.config.quantization_config = TritiumConfig(
         method=method, grid=grid, format="fake", modules_not_quantized=list(skip), method_args=method_args or {}
@@ -99,6 +105,8 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if weights:
+            write_codes(tmp, weights, grid)
     return folder
 
 

@@ -1,11 +1,15 @@
 """Packed modules: linears that hold only packed codes and call tritium::packed_linear."""
 
 from .convert import (  # noqa: F401
+    check_against_weight,
     module_checksum,
     pack_model,
     packed_bits_report,
+    pack_with_codes,
     packed_modules,
+    packed_to_quantized,
     replace_with_empty_packed,
+    unpack_model,
     verify_packed_model,
 )
 from .packed_linear import PackedLinear, QuantLinear, TernaryLinear, empty_packed_linear  # noqa: F401

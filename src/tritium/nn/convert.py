@@ -5,12 +5,12 @@ from __future__ import annotations
 import zlib
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..pack.layouts import PackError, digits_per_byte
-from ..pack.packed import PackedWeight, bits_report
-from ..quant.grids import QuantizedWeight
-from .packed_linear import PackedLinear, empty_packed_linear
+from ..pack.layouts import PackError, digits_per_byte, ternary_radix, uniform_radix
+from ..pack.packed import SCALE_DTYPES, PackedWeight, bits_report, pack_quantized
+from ..quant.grids import GroupLayout, QuantizedWeight, TernaryGrid, UniformGrid
+from .packed_linear import PackedLinear, QuantLinear, TernaryLinear, empty_packed_linear
 
 
 @torch.no_grad()
@@ -92,3 +92,123 @@ def verify_packed_model(model: nn.Module, checksums: dict[str, str] | None = Non
         if checksums is not None and name in checksums and module_checksum(module) != checksums[name]:
             raise PackError(f"{name}: the loaded packed weights do not match the checksum recorded when they were "
                             "saved: the file is corrupt, truncated or from another model. Re-export it.")
+
+
+def packed_to_quantized(weight: PackedWeight | PackedLinear, grid, name: str = "weight") -> QuantizedWeight:
+    """The :class:`QuantizedWeight` a packed weight holds, exactly: the inverse of ``pack_quantized``.
+
+    Ternary digits t + 1 become int8 codes t (the shift is kept); uniform digits are the
+    uint8 codes, with the stored zero points or the implicit 2^(k−1) of a symmetric grid.
+    Scales, zero points and shifts take the grid's ``scale_shape`` ([1, 1] per tensor).
+    """
+    if isinstance(weight, PackedLinear):
+        weight = weight.packed_weight()
+    weight.validate(name)
+    layout = GroupLayout.for_weight((weight.out_features, weight.in_features), grid.group, grid.ragged_groups,
+                                    name=name)
+    group_size = weight.in_features if layout.per_tensor else layout.group_size
+    if group_size != weight.group_size:
+        raise PackError(f"{name}: the packed weight has groups of {weight.group_size} but the grid "
+                        f"{grid.describe()} makes groups of {group_size}: the codes and the config disagree")
+    scale, zero, shift = weight.group_params()
+    digits = weight.digits()
+
+    def grouped(t: Tensor | None, part: str) -> Tensor | None:
+        if t is None or not layout.per_tensor:
+            return t
+        if not bool((t == t[0, 0]).all()):
+            raise PackError(f"{name}: a per-tensor grid needs one {part} for the whole matrix, the packed weight "
+                            "holds several")
+        return t[:1, :1].clone()
+
+    if isinstance(grid, TernaryGrid):
+        if weight.zero is not None or weight.implicit_zero != 1.0 or weight.radix not in (3, 4):
+            raise PackError(f"{name}: this is not a ternary packed weight (radix {weight.radix}, zero "
+                            f"{'stored' if weight.zero is not None else weight.implicit_zero})")
+        if digits.numel() and int(digits.max()) > 2:
+            raise PackError(f"{name}: ternary digits must lie in 0..2; the packed codes are corrupt")
+        if (shift is not None) != grid.has_shift:
+            raise PackError(f"{name}: the grid {grid.describe()} {'needs' if grid.has_shift else 'has no'} shift, "
+                            f"the packed weight {'has one' if shift is not None else 'has none'}")
+        codes = (digits.to(torch.int16) - 1).to(torch.int8)
+        return QuantizedWeight(codes, grouped(scale, "scale"), grid, layout, shift=grouped(shift, "shift"))
+    if isinstance(grid, UniformGrid):
+        if weight.radix != uniform_radix(grid.bits):
+            raise PackError(f"{name}: the packed weight has radix {weight.radix}, a {grid.bits}-bit grid needs "
+                            f"{uniform_radix(grid.bits)}")
+        if shift is not None:
+            raise PackError(f"{name}: a uniform grid has no shift, but the packed weight holds one")
+        return QuantizedWeight(digits.to(torch.uint8), grouped(scale, "scale"), grid, layout,
+                               zero=grouped(zero, "zero point"))
+    raise PackError(f"{name}: grid {grid!r} has no packed form")
+
+
+def check_against_weight(name: str, weight: PackedWeight, reference: Tensor) -> None:
+    """Raise unless ``weight`` dequantizes to ``reference`` (a fake-quant linear weight) up to its dtype's rounding."""
+    if tuple(reference.shape) != (weight.out_features, weight.in_features):
+        raise PackError(f"{name}: the codes are {(weight.out_features, weight.in_features)} but the model's weight "
+                        f"is {tuple(reference.shape)}: the codes belong to another model")
+    ours = weight.dequantize(torch.float32).to(reference.device)
+    rounded = ours.to(reference.dtype).float()
+    theirs = reference.detach().float()
+    tolerance = torch.finfo(reference.dtype).eps * float(theirs.abs().max()) if theirs.numel() else 0.0
+    error = float((rounded - theirs).abs().max()) if theirs.numel() else 0.0
+    if not error <= tolerance:
+        raise PackError(f"{name}: the stored codes dequantize to weights that differ from the model's by up to "
+                        f"{error:.3g} (allowed {tolerance:.3g}, the {reference.dtype} rounding): the codes do not "
+                        "belong to these weights. Re-run `tritium quantize` to write them together.")
+
+
+@torch.no_grad()
+def pack_with_codes(model: nn.Module, codes: dict[str, PackedWeight], grid, ternary_layout: str = "base3",
+                    scale_dtype: str = "float16") -> nn.Module:
+    """Swap each fake-quant linear named in ``codes`` for the packed module those codes make, in place.
+
+    Each packed module is checked first against the float weight it replaces, so a model
+    and codes that do not belong together are refused instead of silently changed.
+    """
+    if not codes:
+        raise PackError("no codes to pack with")
+    if scale_dtype not in SCALE_DTYPES:
+        raise PackError(f"scale_dtype {scale_dtype!r} is unknown: choose one of {sorted(SCALE_DTYPES)}")
+    ternary = isinstance(grid, TernaryGrid)
+    radix = ternary_radix(ternary_layout) if ternary else None
+    target = TernaryLinear if ternary else QuantLinear
+    for name, weight in codes.items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError as err:
+            raise PackError(f"{name}: the codes name a module this model does not have; they belong to another "
+                            "model") from err
+        if isinstance(linear, PackedLinear):
+            raise PackError(f"{name}: already packed")
+        if not isinstance(linear, nn.Linear):
+            raise PackError(f"{name}: expected an nn.Linear, found {type(linear).__name__}")
+        check_against_weight(name, weight, linear.weight)
+        same_layout = (radix is None or weight.radix == radix) and weight.scale.dtype == SCALE_DTYPES[scale_dtype]
+        if not same_layout:
+            weight = pack_quantized(packed_to_quantized(weight, grid, name), ternary_layout, scale_dtype, name)
+        module = target.from_packed(weight, linear.bias)
+        model.set_submodule(name, module.to(linear.weight.device))
+    return model
+
+
+@torch.no_grad()
+def unpack_model(model: nn.Module, grid) -> dict[str, QuantizedWeight]:
+    """Replace every packed module by an ``nn.Linear`` holding its dequantized weight, in place.
+
+    Returns the modules' quantized weights (full name → QuantizedWeight), as a
+    QuantizationResult holds them, for exporters that read float linears plus codes.
+    """
+    weights = {}
+    for name, module in packed_modules(model).items():
+        qweight = packed_to_quantized(module, grid, name)
+        dtype = module.bias.dtype if module.bias is not None else torch.float32
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                           device=module.packed.device, dtype=dtype)
+        linear.weight.copy_(module.dequantize(torch.float32))
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+        model.set_submodule(name, linear)
+        weights[name] = qweight
+    return weights

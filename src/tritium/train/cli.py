@@ -144,7 +144,7 @@ def cmd_distill(args) -> int:
     file_bytes = None
     if not args.no_save:
         save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid), config.skip,
-                            result.method_args)
+                            result.method_args, weights=result.weights)
         file_bytes = folder_bytes(out / "model")
     rows.append(quantized_row(model, result, evaluation, file_bytes, time.perf_counter() - start))
     summary = {"title": f"{args.model} {tag}", "model": str(args.model), "source": source.describe(),

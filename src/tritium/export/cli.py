@@ -1,0 +1,236 @@
+"""``tritium pack``, ``tritium run`` and ``tritium export``: from a quantize run to packed weights,
+generated text and a GGUF file that llama.cpp runs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from transformers.generation.streamers import BaseStreamer
+
+
+def add_pack_parsers(sub) -> None:
+    p = sub.add_parser("pack", help="pack a fake-quant run (tritium quantize) into packed codes + fp16 scales")
+    p.add_argument("run", help="a `tritium quantize` run folder (holding model/) or the model folder itself")
+    p.add_argument("--format", default="tritium", type=_pack_format,
+                   help="tritium (packed modules that from_pretrained loads); for GGUF use `tritium export`")
+    p.add_argument("--out", help="packed model folder (default RUN/packed, or MODEL-packed beside a model folder)")
+    p.add_argument("--ternary-layout", choices=["base3", "2bit"], default="base3",
+                   help="ternary codes as 5 trits per byte (1.6 bits) or 2 bits each")
+    p.add_argument("--scale-dtype", choices=["float16", "bfloat16"], default="float16")
+
+    r = sub.add_parser("run", help="generate text from a model folder (packed, fake-quant or float) or a named model")
+    r.add_argument("model", help="model folder, .gguf file or named default (smollm2-135m)")
+    r.add_argument("--prompt", required=True)
+    r.add_argument("--max-new-tokens", type=int, default=64)
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="float dtype of the unpacked parts (default: the folder's)")
+    r.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+
+    e = sub.add_parser("export", help="write a packed (or fake-quant) ternary folder as a GGUF file for llama.cpp")
+    e.add_argument("model", help="a folder written by `tritium pack` or `tritium quantize`")
+    e.add_argument("--gguf", required=True, help="the .gguf file to write")
+    e.add_argument("--type", default="tq1_0", choices=["tq1_0", "tq2_0"], help="GGUF type of the decoder linears")
+    e.add_argument("--embedding-type", default="f16", choices=["f16", "q8_0", "f32"],
+                   help="GGUF type of the embedding and output head")
+    e.add_argument("--no-fallback", action="store_true",
+                   help="fail on a linear the TQ type cannot hold, instead of writing it in an exact fallback type")
+
+
+def _pack_format(value: str) -> str:
+    import argparse
+
+    if value != "tritium":
+        hint = " GGUF files are written by `tritium export PACKED --gguf OUT.gguf`." if "gguf" in value.lower() else ""
+        raise argparse.ArgumentTypeError(f"--format takes only 'tritium' (packed modules), not {value!r}.{hint}")
+    return value
+
+
+def _model_folder(path: str) -> tuple[Path, Path]:
+    """(the model folder, the default packed folder) of a quantize run or a model folder."""
+    from ..models import ModelSourceError
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelSourceError(f"{path} does not exist: pass a `tritium quantize` run folder or its model/ folder")
+    if (path / "model" / "config.json").is_file():
+        return path / "model", path / "packed"
+    if (path / "config.json").is_file():
+        return path, path.with_name(path.name + "-packed")
+    raise ModelSourceError(f"{path} holds neither model/config.json (a `tritium quantize` run) nor config.json "
+                           "(a model folder)")
+
+
+def _quantization_config(folder: Path, command: str) -> dict:
+    from ..models.loader import read_quantization_config
+
+    qconfig = read_quantization_config(folder)
+    if not qconfig or qconfig.get("quant_method") != "tritium":
+        raise ValueError(f"{folder} is not a tritium-quantized model: quantize it first with "
+                         f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
+    return qconfig
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def cmd_pack(args) -> int:
+    from ..export.codes import load_codes
+    from ..export.hf import save_packed
+    from ..models import load_model
+    from ..models.loader import read_quantization_config
+    from ..nn import pack_with_codes, packed_bits_report
+    from ..pack import PackError
+    from ..quant.grids import grid_from_dict
+    from ..utils.io import folder_bytes
+
+    folder, default_out = _model_folder(args.run)
+    out = Path(args.out) if args.out else default_out
+    qconfig = _quantization_config(folder, "pack")
+    if qconfig.get("format") == "packed":
+        raise ValueError(f"{folder} is already packed (format 'packed'): run it with `tritium run {folder}` or "
+                         f"export it with `tritium export {folder} --gguf OUT.gguf`")
+    if out.resolve() == folder.resolve():
+        raise ValueError(f"--out {out} is the folder being packed; choose another folder")
+    if out.exists() and any(out.iterdir()):
+        existing = read_quantization_config(out) or {}
+        if existing.get("format") != "packed":  # replacing an earlier `tritium pack` is fine, anything else is not
+            raise ValueError(f"{out} exists and is not a packed tritium folder; choose another --out or remove it")
+    codes = load_codes(folder)
+    if codes.grid != qconfig.get("grid"):
+        raise ValueError(f"{folder}: the codes were made on grid {codes.grid} but config.json says "
+                         f"{qconfig.get('grid')}: the folder is inconsistent; re-run `tritium quantize`")
+    grid = grid_from_dict(qconfig["grid"])
+    print(f"tritium: loading {folder}", file=sys.stderr)
+    model, tokenizer, _ = load_model(folder, dtype="auto")
+    try:
+        pack_with_codes(model, codes.weights, grid, args.ternary_layout, args.scale_dtype)
+    except PackError as err:
+        if "not exactly representable" not in str(err):
+            raise
+        raise PackError(f"{err}. Packing never changes a weight, and this run's scales do not fit "
+                        f"{args.scale_dtype} exactly: keep --scale-dtype float16 (the dtype tritium's methods round "
+                        "scales to)") from err
+    save_packed(model, tokenizer, out, qconfig.get("method", "unknown"), qconfig["grid"],
+                qconfig.get("modules_not_quantized") or (), qconfig.get("method_args") or {},
+                ternary_layout=args.ternary_layout, scale_dtype=args.scale_dtype)
+    report = packed_bits_report(model)
+    fake_bytes, packed_bytes = folder_bytes(folder), folder_bytes(out)
+    print(f"packed {len(report['layers'])} linears on {grid.describe()} ({args.ternary_layout}, {args.scale_dtype} "
+          f"scales): {report['bits_per_weight']:.3f} bits/weight ({report['code_bits_per_weight']:.3f} for the codes), "
+          f"{_megabytes(report['bytes'])} of packed weights")
+    print(f"folder size: fake {_megabytes(fake_bytes)} -> packed {_megabytes(packed_bytes)} "
+          f"({fake_bytes / max(packed_bytes, 1):.2f}x smaller; embeddings, head and norms stay float)")
+    print(f"model: {out}")
+    return 0
+
+
+class _TokenClock(BaseStreamer):
+    """A generate() streamer that notes when each step's tokens arrive: the first call brings the
+    prompt, the second the first new token (end of prefill), the rest one decode step each."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    return name
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from ..models import load_model
+
+    if args.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model, tokenizer, source = load_model(args.model, dtype=dtype, device=device)
+    if args.chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{args.model}: the tokenizer has no chat template; run without --chat")
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[1] == 0:
+        raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+    ids = ids.to(device)
+    clock = _TokenClock()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
+                             do_sample=False, use_cache=True, pad_token_id=pad, streamer=clock)
+    new = out[0, ids.shape[1]:]
+    print(tokenizer.decode(new, skip_special_tokens=True))
+    n_new = int(new.numel())
+    prefill = clock.times[1] - start if len(clock.times) > 1 else float("nan")
+    decode_steps = max(len(clock.times) - 2, 0)
+    decode_seconds = clock.times[-1] - clock.times[1] if decode_steps else 0.0
+    rate = f"{decode_steps / decode_seconds:.1f} tokens/s" if decode_seconds > 0 else "n/a (one token)"
+    print(f"tritium: {n_new} new tokens on {device} ({source.describe()}); prefill of {ids.shape[1]} tokens "
+          f"{prefill:.3f} s; decode {rate}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..export.codes import has_codes, load_codes
+    from ..export.gguf import write_gguf
+    from ..models import load_model
+    from ..nn import check_against_weight, packed_modules, packed_to_quantized, unpack_model
+    from ..quant.grids import TernaryGrid, grid_from_dict
+
+    folder, _ = _model_folder(args.model)
+    qconfig = _quantization_config(folder, "export")
+    grid = grid_from_dict(qconfig["grid"])
+    if not isinstance(grid, TernaryGrid):
+        print(f"tritium: note: {grid.describe()} is not ternary; TQ types cannot hold it, so its linears go to the "
+              "exact fallback types", file=sys.stderr)
+    if qconfig.get("format") != "packed" and not has_codes(folder):
+        raise ValueError(f"{folder} is a fake-quant folder without codes: re-run `tritium quantize` (it writes "
+                         "tritium_codes.safetensors) or pack it with `tritium pack`, then export that")
+    print(f"tritium: loading {folder}", file=sys.stderr)
+    model, tokenizer, _ = load_model(folder, dtype="auto")
+    if qconfig.get("format") == "packed":
+        if not packed_modules(model):
+            raise ValueError(f"{folder}: config.json says packed but the model holds no packed modules")
+        weights = unpack_model(model, grid)  # write_gguf reads float linears beside the codes
+    else:
+        codes = load_codes(folder)
+        weights = {}
+        for name, weight in codes.weights.items():
+            check_against_weight(name, weight, model.get_submodule(name).weight)
+            weights[name] = packed_to_quantized(weight, grid, name)
+    report = write_gguf(model, args.gguf, weights, args.type, allow_fallback=not args.no_fallback,
+                        embedding_type=args.embedding_type, tokenizer=tokenizer)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
+    print(f"wrote {report.path}: {_megabytes(report.file_bytes)}; tensor types: {counts}")
+    print(f"decoder linears: {report.linear_bits_per_weight:.4f} bits/weight; read-back max error "
+          f"{report.max_abs_error:.3g}")
+    for name, reason in sorted(report.fallback_reasons.items())[:5]:
+        print(f"  fallback {name}: {reason}")
+    if len(report.fallback_reasons) > 5:
+        print(f"  ... and {len(report.fallback_reasons) - 5} more fallbacks")
+    return 0
