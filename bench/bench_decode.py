@@ -64,7 +64,7 @@ def prepare(model_name: str, folder: Path) -> dict:
                         tokenizer_gguf=tokenizer_gguf)
     pack_model(model, result.weights)
     packed = folder / "packed"
-    save_packed(model, tokenizer, packed, "rtn", grid_to_dict(grid))
+    save_packed(model, tokenizer, packed, "rtn", grid_to_dict(grid), float_dtype="float16")
     bits = packed_bits_report(model)
     return {"fp16_folder_bytes": folder_bytes(fp16), "packed_folder_bytes": folder_bytes(packed),
             "gguf_bytes": gguf_path.stat().st_size, "gguf_tensor_types": report.type_counts(),

@@ -73,7 +73,7 @@ def run_cell(args) -> dict:
     if args.cell_method != "float":
         recipe = load_recipe(recipe_name(args.cell_method, args.recipes))
         recipe["grid"] = dict(GRIDS[args.cell_grid])
-        if args.checkpoint_root:
+        if args.checkpoint_root and args.cell_method != "rtn":  # RTN has no calibration to checkpoint
             recipe["method_args"] = {**recipe.get("method_args", {}),
                                      "checkpoint_dir": str(Path(args.checkpoint_root) / f"{args.cell_method}-{args.cell_grid}")}
         if recipe["method"] == "rtn":

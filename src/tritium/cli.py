@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-seqlen", type=int)
     q.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
     q.add_argument("--no-save", action="store_true", help="do not save the quantized model")
+    q.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                   help="--format packed: storage of the parts left in float (embeddings, norms)")
     q.add_argument("--format", choices=["fake", "packed"], default="fake",
                    help="save float weights on the grid (fake) or packed codes + fp16 scales that run on tritium's "
                         "kernels (packed)")
@@ -171,7 +173,7 @@ def cmd_quantize(args) -> int:
 
             pack_model(model, result.weights)
             save_packed(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid), config.skip,
-                        result.method_args)
+                        result.method_args, float_dtype=args.float_dtype)
         else:
             save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
                                 config.skip, result.method_args, weights=result.weights)

@@ -143,3 +143,37 @@ def test_config_with_a_different_grid_fails_clearly(tmp_path):
 def test_unpacked_model_cannot_be_saved_as_packed(tmp_path):
     with pytest.raises(ValueError, match="pack it first"):
         save_packed(tiny_model("llama"), None, tmp_path / "x", "rtn", {"kind": "ternary"})
+
+
+def test_packed_folder_can_store_its_float_parts_in_16_bits(tmp_path):
+    """Embeddings and norms in fp16 on disk, codes and scales untouched; the model loads back in fp32."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from tritium.export.hf import save_packed
+    from tritium.methods import RTNConfig, quantize_
+    from tritium.models import tiny_model
+    from tritium.nn import pack_model
+    from tritium.quant import TernaryGrid, grid_to_dict
+
+    grid = TernaryGrid("absmean", group=32)
+    model = tiny_model("llama", seed=2)
+    pack_model(model, quantize_(model, RTNConfig(grid=grid)).weights)
+    save_packed(model, None, tmp_path / "full", "rtn", grid_to_dict(grid))
+    save_packed(model, None, tmp_path / "half", "rtn", grid_to_dict(grid), float_dtype="float16")
+    with safe_open(tmp_path / "half" / "model.safetensors", "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes["model.embed_tokens.weight"] == torch.float16
+    assert dtypes["model.norm.weight"] == torch.float16
+    assert dtypes["model.layers.0.mlp.up_proj.packed"] == torch.uint8
+    assert dtypes["model.layers.0.mlp.up_proj.scale"] == torch.float16
+    full_size = (tmp_path / "full" / "model.safetensors").stat().st_size
+    half_size = (tmp_path / "half" / "model.safetensors").stat().st_size
+    assert half_size < 0.75 * full_size
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "half")
+    assert loaded.model.embed_tokens.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight.half().float())
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=2e-2, atol=2e-2)

@@ -19,6 +19,8 @@ def add_pack_parsers(sub) -> None:
     p.add_argument("--ternary-layout", choices=["base3", "2bit"], default="base3",
                    help="ternary codes as 5 trits per byte (1.6 bits) or 2 bits each")
     p.add_argument("--scale-dtype", choices=["float16", "bfloat16"], default="float16")
+    p.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                   help="storage of the parts left in float (embeddings, norms); they load back in the model's dtype")
 
     r = sub.add_parser("run", help="generate text from a model folder (packed, fake-quant or float) or a named model")
     r.add_argument("model", help="model folder, .gguf file or named default (smollm2-135m)")
@@ -29,6 +31,9 @@ def add_pack_parsers(sub) -> None:
     r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="float dtype of the unpacked parts (default: the folder's)")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    r.add_argument("--loop", default="auto", choices=["auto", "fast", "hf"],
+                   help="decode loop: tritium's lean loop (Llama, Mistral, Qwen2) or HF generate; auto picks the "
+                        "lean loop where it applies")
 
     e = sub.add_parser("export", help="write a packed (or fake-quant) ternary folder as a GGUF file for llama.cpp")
     e.add_argument("model", help="a folder written by `tritium pack` or `tritium quantize`")
@@ -117,7 +122,7 @@ def cmd_pack(args) -> int:
                         "scales to)") from err
     save_packed(model, tokenizer, out, qconfig.get("method", "unknown"), qconfig["grid"],
                 qconfig.get("modules_not_quantized") or (), qconfig.get("method_args") or {},
-                ternary_layout=args.ternary_layout, scale_dtype=args.scale_dtype)
+                ternary_layout=args.ternary_layout, scale_dtype=args.scale_dtype, float_dtype=args.float_dtype)
     report = packed_bits_report(model)
     fake_bytes, packed_bytes = folder_bytes(folder), folder_bytes(out)
     print(f"packed {len(report['layers'])} linears on {grid.describe()} ({args.ternary_layout}, {args.scale_dtype} "
@@ -177,20 +182,35 @@ def cmd_run(args) -> int:
     if ids.shape[1] == 0:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
     ids = ids.to(device)
-    clock = _TokenClock()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                             do_sample=False, use_cache=True, pad_token_id=pad, streamer=clock)
-    new = out[0, ids.shape[1]:]
+    from ..runtime import FastDecoder, fast_decode_unsupported_reason
+
+    reason = fast_decode_unsupported_reason(model)
+    if args.loop == "fast" and reason:
+        raise ValueError(f"--loop fast does not support {reason}; use --loop hf")
+    if args.loop == "fast" or (args.loop == "auto" and reason is None):
+        # The lean loop: same modules and tokens as generate, far fewer torch calls per token.
+        decoder = FastDecoder(model, max_length=ids.shape[1] + args.max_new_tokens)
+        result = decoder.generate(ids, args.max_new_tokens, eos_token_id=model.generation_config.eos_token_id)
+        new = result.tokens[0, ids.shape[1]:]
+        prefill = result.prefill_seconds
+        rate = f"{result.decode_tokens_per_second:.1f} tokens/s" if result.decode_seconds > 0 else "n/a (one token)"
+        loop = "lean loop"
+    else:
+        clock = _TokenClock()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
+                                 do_sample=False, use_cache=True, pad_token_id=pad, streamer=clock)
+        new = out[0, ids.shape[1]:]
+        prefill = clock.times[1] - start if len(clock.times) > 1 else float("nan")
+        decode_steps = max(len(clock.times) - 2, 0)
+        decode_seconds = clock.times[-1] - clock.times[1] if decode_steps else 0.0
+        rate = f"{decode_steps / decode_seconds:.1f} tokens/s" if decode_seconds > 0 else "n/a (one token)"
+        loop = "HF generate"
     print(tokenizer.decode(new, skip_special_tokens=True))
     n_new = int(new.numel())
-    prefill = clock.times[1] - start if len(clock.times) > 1 else float("nan")
-    decode_steps = max(len(clock.times) - 2, 0)
-    decode_seconds = clock.times[-1] - clock.times[1] if decode_steps else 0.0
-    rate = f"{decode_steps / decode_seconds:.1f} tokens/s" if decode_seconds > 0 else "n/a (one token)"
-    print(f"tritium: {n_new} new tokens on {device} ({source.describe()}); prefill of {ids.shape[1]} tokens "
+    print(f"tritium: {n_new} new tokens on {device} with the {loop} ({source.describe()}); prefill of {ids.shape[1]} tokens "
           f"{prefill:.3f} s; decode {rate}", file=sys.stderr)
     return 0
 

@@ -110,9 +110,32 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
     return folder
 
 
+def _state_dict_in(model, modules: dict, dtype) -> dict:
+    """The model's state dict with its float tensors in ``dtype``; packed codes and group parameters keep theirs."""
+    kept = {f"{name}.{part}" for name in modules for part in ("packed", "scale", "zero", "shift")}
+    converted: dict[int, object] = {}  # tied tensors (embedding and LM head) stay one tensor
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key in kept or not tensor.is_floating_point():
+            state[key] = tensor
+        else:
+            ident = tensor.untyped_storage().data_ptr()
+            if ident not in converted:
+                converted[ident] = tensor.to(dtype)
+            state[key] = converted[ident]
+    return state
+
+
 def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None,
-                ternary_layout: str = "base3", scale_dtype: str = "float16"):
-    """Save a model packed by :func:`tritium.nn.pack_model` so that ``from_pretrained`` rebuilds it, atomically."""
+                ternary_layout: str = "base3", scale_dtype: str = "float16", float_dtype: str | None = None):
+    """Save a model packed by :func:`tritium.nn.pack_model` so that ``from_pretrained`` rebuilds it, atomically.
+
+    ``float_dtype`` ("float16" or "bfloat16") stores the parts that are not packed (embeddings, norms,
+    a separate LM head) in 16 bits, as float checkpoints usually are; the config keeps the model's
+    compute dtype, so they load back in it. None stores them as they are.
+    """
+    import torch
+
     from ..nn.convert import module_checksum, packed_modules
     from ..utils.io import atomic_directory
 
@@ -124,8 +147,22 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
         packed_modules=sorted(modules), ternary_layout=ternary_layout, scale_dtype=scale_dtype,
         checksums={name: module_checksum(m) for name, m in sorted(modules.items())},
     )
-    with atomic_directory(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+    state_dict = None
+    if float_dtype is not None:
+        if float_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"float_dtype must be float16, bfloat16 or float32, not {float_dtype!r}")
+        state_dict = _state_dict_in(model, modules, getattr(torch, float_dtype))
+    # A model loaded from a tritium folder carries our quantizer, and transformers lets a quantizer's
+    # (empty) state dict replace the one passed in: set it aside while saving.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if state_dict is not None and quantizer is not None:
+        model.hf_quantizer = None
+    try:
+        with atomic_directory(folder) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+    finally:
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
     return folder

@@ -139,12 +139,13 @@ class FastDecoder:
         return model.lm_head(x)[:, -1]
 
     @torch.no_grad()
-    def generate(self, ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None,
+    def generate(self, ids: Tensor, max_new_tokens: int, eos_token_id: int | list[int] | None = None,
                  time_steps: bool = False) -> DecodeResult:
         if ids.dim() != 2 or ids.shape[0] != 1:
             raise ValueError(f"the fast decode loop takes one prompt [1, T]; got shape {tuple(ids.shape)}")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        stop = set() if eos_token_id is None else {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
         device = self.model.model.embed_tokens.weight.device
         dtype = self.model.model.embed_tokens.weight.dtype
         self._allocate(device, dtype)
@@ -158,7 +159,7 @@ class FastDecoder:
         position = ids.shape[1]
         decode_start = time.perf_counter()
         for _ in range(max_new_tokens - 1):
-            if eos_token_id is not None and int(token) == eos_token_id:
+            if int(token) in stop:
                 break
             step_start = time.perf_counter() if time_steps else 0.0
             token = self.forward(token, position).argmax(-1, keepdim=True)
