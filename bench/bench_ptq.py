@@ -37,10 +37,12 @@ METHODS = ("rtn", "gptq", "awq", "tesseraq")
 
 
 def recipe_name(method: str, recipes: str) -> str:
-    """The shipped recipe whose method settings a cell uses; the cell's grid replaces the recipe's."""
+    """The shipped recipe whose method settings a cell uses; the cell's grid replaces the recipe's.
+
+    ``recipes`` is "full" (the papers'), "cpu", or another suffix such as "cpu-long"."""
     if method == "rtn":
         return "w2g128-rtn"
-    return f"w2g128-{method}" + ("-cpu" if recipes == "cpu" else "")
+    return f"w2g128-{method}" + ("" if recipes == "full" else f"-{recipes}")
 
 
 def machine() -> str:
@@ -159,7 +161,8 @@ def markdown(args, float_cell: dict, cells: dict, grids: list[str], methods: lis
     lines = [f"# PTQ on {args.model}: WikiText-2 perplexity (GPTQ protocol)", "",
              f"- command: `{' '.join(sys.argv)}`", f"- machine: {machine()}",
              f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-             f"- recipes: {args.recipes} (`<grid>-<method>{'-cpu' if args.recipes == 'cpu' else ''}`, grid replaced per column)",
+             f"- recipes: {args.recipes} (`w2g128-<method>{'' if args.recipes == 'full' else '-' + args.recipes}`, "
+             "grid replaced per column)",
              f"- chunks: {float_cell.get('n_chunks')} × {args.seqlen} tokens; float perplexity on the same chunks: "
              f"{base:.3f}" if base else "- float model failed", "",
              "Perplexity (ratio to float):", "",
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--grids", default="w3g128,w2g128,w2-perchannel,ternary-g128",
                         help=f"columns, from {', '.join(GRIDS)}")
-    parser.add_argument("--recipes", choices=["cpu", "full"], default="cpu")
+    parser.add_argument("--recipes", default="cpu", help="cpu, full, or the suffix of other shipped recipes (cpu-long)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N chunks (same for every cell)")
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--data", default=os.environ.get("TRITIUM_DATA"))

@@ -61,6 +61,26 @@ def test_flags_override_the_recipe(tiny_folder, tiny_data, tmp_path):
     assert json.loads((out / "model" / "config.json").read_text())["quantization_config"]["grid"]["variant"] == "dlt"
 
 
+
+def test_calibrated_quantize_checkpoints_and_offloads_where_told(tiny_folder, tiny_data, tmp_path, monkeypatch):
+    """--checkpoint-dir and --offload-dir reach the pipeline: blocks are checkpointed and wait on disk."""
+    from tritium.calib import offload
+
+    offloaded = []
+    original = offload.BlockOffloader.offload
+    monkeypatch.setattr(offload.BlockOffloader, "offload",
+                        lambda self, index: (offloaded.append((str(self.folder), index)), original(self, index)))
+    out, checkpoints, offload_dir = tmp_path / "run", tmp_path / "ckpt", tmp_path / "offload"
+    assert main(["quantize", "--model", str(tiny_folder), "--method", "gptq", "--bits", "2", "--group", "32",
+                 "--calib-samples", "2", "--calib-seqlen", "32", "--checkpoint-dir", str(checkpoints),
+                 "--offload-dir", str(offload_dir), "--eval", "none", "--no-float", "--no-progress",
+                 "--out", str(out)]) == 0
+    blocks = tiny_model("llama").config.num_hidden_layers
+    assert sorted(index for folder, index in offloaded if folder == str(offload_dir)) == sorted(
+        list(range(blocks)) * 2)  # every block waits on disk before and after its turn
+    assert json.loads((checkpoints / "progress.json").read_text())["finished_blocks"] == blocks
+
+
 def test_info(tiny_folder, capsys):
     assert main(["info", "--model", str(tiny_folder), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
