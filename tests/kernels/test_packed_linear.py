@@ -170,3 +170,19 @@ def test_triton_kernel_matches_reference_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("rows,out_features,in_features", [(1, 37, 576), (3, 100, 19), (1, 512, 1536), (6, 20, 40)])
+def test_linear_half_weight_equals_fp32_math_on_the_fp16_weights(rows, out_features, in_features):
+    from tritium.kernels import linear_half_weight
+
+    g = torch.Generator().manual_seed(rows * out_features + in_features)
+    weight = torch.randn(out_features, in_features, generator=g).half()
+    x = torch.randn(rows, in_features, generator=g)
+    y = linear_half_weight(x, weight)
+    assert y.dtype == torch.float32 and y.shape == (rows, out_features)
+    torch.testing.assert_close(y, x @ weight.float().t(), rtol=1e-4, atol=1e-4)  # fp16 rounding of x would be ~1e-3
+    with pytest.raises(RuntimeError, match="features"):
+        linear_half_weight(torch.randn(1, in_features + 1), weight)
+    with pytest.raises(RuntimeError, match="float16"):
+        linear_half_weight(x, weight.float())

@@ -66,15 +66,22 @@ def test_unsupported_models_and_inputs_fail_clearly():
         decoder.generate(prompt(length=6), 4)
 
 
-def test_a_bfloat16_head_copy_changes_only_the_head_rounding():
+def test_an_fp16_head_copy_is_exact_for_fp16_valued_weights():
+    """A packed folder stores the head in fp16; multiplying the fp16 copy in fp32 gives the fp32 head's logits."""
     model = tiny_model("llama", seed=3)
     ids = prompt()
-    exact = FastDecoder(model, max_length=64)
-    halved = FastDecoder(model, max_length=64, head_dtype=torch.bfloat16)
-    assert halved.head_weight.dtype == torch.bfloat16
-    exact.generate(ids, 1)
-    halved.generate(ids, 1)
-    token = ids[:, -1:]
-    a, b = exact.forward(token, ids.shape[1]), halved.forward(token, ids.shape[1])
-    assert not torch.equal(a, b)
-    assert torch.allclose(a, b, atol=0.05 * a.abs().max().item())
+    rounded = tiny_model("llama", seed=3)
+    with torch.no_grad():
+        rounded.lm_head.weight.copy_(rounded.lm_head.weight.half().float())
+    for weights, exact in ((rounded, True), (model, False)):
+        full, half = FastDecoder(weights, max_length=64), FastDecoder(weights, max_length=64, head_dtype=torch.float16)
+        assert half.head_weight.dtype == torch.float16
+        full.generate(ids, 1), half.generate(ids, 1)
+        a, b = full.forward(ids[:, -1:], ids.shape[1]), half.forward(ids[:, -1:], ids.shape[1])
+        assert b.dtype == torch.float32
+        if exact:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        else:
+            assert not torch.equal(a, b) and torch.allclose(a, b, atol=1e-2)
+    with pytest.raises(UnsupportedForFastDecode, match="float16"):
+        FastDecoder(model, head_dtype=torch.bfloat16)

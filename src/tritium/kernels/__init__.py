@@ -15,6 +15,13 @@ from .reference import packed_linear_reference  # noqa: F401
 TRITON_REGISTERED = triton_kernels.register()
 
 
+def linear_half_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x · weightᵀ`` for a float16 ``weight`` with float32 arithmetic (the CPU kernel reads 2 bytes a weight)."""
+    if x.device.type == "cpu":
+        load_cpu_kernel()
+    return torch.ops.tritium.linear_half_weight(x, weight)
+
+
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
                   shift: torch.Tensor | None, radix: int, in_features: int, group_size: int,
                   implicit_zero: float, kernel_layout: torch.Tensor | None = None) -> torch.Tensor:

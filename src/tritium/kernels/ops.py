@@ -29,6 +29,22 @@ _library = torch.library.Library(OP_NAMESPACE, "DEF")
 _library.define(SCHEMA)
 _library.impl(OP_NAME, packed_linear_reference, "CompositeExplicitAutograd")
 
+# y = x·Wᵀ with W in float16 and the arithmetic in float32 (a packed model's LM head, stored in fp16).
+HALF_WEIGHT_SCHEMA = "linear_half_weight(Tensor x, Tensor weight) -> Tensor"
+
+
+def linear_half_weight_reference(x, weight):
+    return torch.nn.functional.linear(x.float(), weight.float()).to(x.dtype)
+
+
+_library.define(HALF_WEIGHT_SCHEMA)
+_library.impl("linear_half_weight", linear_half_weight_reference, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake(f"{OP_NAMESPACE}::linear_half_weight")
+def _linear_half_weight_fake(x, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
 
 @torch.library.register_fake(f"{OP_NAMESPACE}::{OP_NAME}")
 def _packed_linear_fake(x, packed, scale, zero, shift, radix, in_features, group_size, implicit_zero,

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kernels import linear_half_weight
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -72,14 +74,17 @@ class FastDecoder:
         self.eps = [(b.input_layernorm.variance_epsilon, b.post_attention_layernorm.variance_epsilon)
                     for b in self.blocks]
         self.final_eps = model.model.norm.variance_epsilon
-        # The LM head reads the whole vocabulary matrix every token; a 16-bit copy halves that traffic
-        # (at the cost of rounding the head's weights: an option, off by default).
+        # The LM head reads the whole vocabulary matrix every token. head_dtype=float16 keeps an fp16 copy and
+        # multiplies it in fp32 arithmetic (tritium::linear_half_weight): half the traffic, and exact when the
+        # weights are fp16 values already, as in a packed folder (which stores them in fp16).
         head = model.lm_head
         self.head_weight = None
         if head_dtype is not None and head_dtype != head.weight.dtype:
+            if head_dtype != torch.float16:
+                raise UnsupportedForFastDecode(f"head_dtype must be torch.float16 or None, not {head_dtype}")
             if getattr(head, "bias", None) is not None:
-                raise UnsupportedForFastDecode("a 16-bit LM head copy is not supported for heads with a bias")
-            self.head_weight = head.weight.detach().to(head_dtype)
+                raise UnsupportedForFastDecode("an fp16 LM head copy is not supported for heads with a bias")
+            self.head_weight = head.weight.detach().to(torch.float16)
         self._cache: tuple[Tensor, Tensor] | None = None
         self._rotary: tuple[Tensor, Tensor] | None = None
 
@@ -135,7 +140,7 @@ class FastDecoder:
             x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
         x = self._rms_norm(x[:, -1:], model.model.norm, self.final_eps)
         if self.head_weight is not None:
-            return F.linear(x.to(self.head_weight.dtype), self.head_weight)[:, -1].float()
+            return linear_half_weight(x, self.head_weight)[:, -1]
         return model.lm_head(x)[:, -1]
 
     @torch.no_grad()
