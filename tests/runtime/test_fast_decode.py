@@ -85,3 +85,6 @@ def test_an_fp16_head_copy_is_exact_for_fp16_valued_weights():
             assert not torch.equal(a, b) and torch.allclose(a, b, atol=1e-2)
     with pytest.raises(UnsupportedForFastDecode, match="float16"):
         FastDecoder(model, head_dtype=torch.bfloat16)
+    # "auto" takes the fp16 copy only where it is exact
+    assert FastDecoder(rounded, head_dtype="auto").head_weight is not None
+    assert FastDecoder(model, head_dtype="auto").head_weight is None

@@ -189,7 +189,7 @@ def cmd_run(args) -> int:
         raise ValueError(f"--loop fast does not support {reason}; use --loop hf")
     if args.loop == "fast" or (args.loop == "auto" and reason is None):
         # The lean loop: same modules and tokens as generate, far fewer torch calls per token.
-        decoder = FastDecoder(model, max_length=ids.shape[1] + args.max_new_tokens)
+        decoder = FastDecoder(model, max_length=ids.shape[1] + args.max_new_tokens, head_dtype="auto")
         result = decoder.generate(ids, args.max_new_tokens, eos_token_id=model.generation_config.eos_token_id)
         new = result.tokens[0, ids.shape[1]:]
         prefill = result.prefill_seconds

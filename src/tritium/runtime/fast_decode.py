@@ -56,7 +56,7 @@ class DecodeResult:
 class FastDecoder:
     """Holds the KV cache and rotary tables for one model; ``generate`` runs greedy decoding."""
 
-    def __init__(self, model: nn.Module, max_length: int | None = None, head_dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, max_length: int | None = None, head_dtype: torch.dtype | str | None = None):
         reason = fast_decode_unsupported_reason(model)
         if reason:
             raise UnsupportedForFastDecode(f"the fast decode loop does not support {reason}; use model.generate")
@@ -77,8 +77,14 @@ class FastDecoder:
         # The LM head reads the whole vocabulary matrix every token. head_dtype=float16 keeps an fp16 copy and
         # multiplies it in fp32 arithmetic (tritium::linear_half_weight): half the traffic, and exact when the
         # weights are fp16 values already, as in a packed folder (which stores them in fp16).
+        # "auto": only where that changes nothing, i.e. the head's values are fp16 values already.
         head = model.lm_head
         self.head_weight = None
+        if head_dtype == "auto":
+            weight = head.weight.detach()
+            exact = weight.dtype == torch.float32 and getattr(head, "bias", None) is None and bool(
+                torch.equal(weight, weight.half().float()))
+            head_dtype = torch.float16 if exact else None
         if head_dtype is not None and head_dtype != head.weight.dtype:
             if head_dtype != torch.float16:
                 raise UnsupportedForFastDecode(f"head_dtype must be torch.float16 or None, not {head_dtype}")
