@@ -88,3 +88,16 @@ def test_an_fp16_head_copy_is_exact_for_fp16_valued_weights():
     # "auto" takes the fp16 copy only where it is exact
     assert FastDecoder(rounded, head_dtype="auto").head_weight is not None
     assert FastDecoder(model, head_dtype="auto").head_weight is None
+
+
+def test_fusing_projections_keeps_the_weights_and_adds_no_copy():
+    """q/k/v and gate/up run as one matmul each; the float modules then read views of the fused matrix."""
+    model = tiny_model("qwen2", seed=4)  # q/k/v with biases
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    FastDecoder(model, max_length=32)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == attn.q_proj.weight.untyped_storage().data_ptr()
+    assert attn.v_proj.bias.untyped_storage().data_ptr() == attn.q_proj.bias.untyped_storage().data_ptr()
+    assert mlp.up_proj.weight.untyped_storage().data_ptr() == mlp.gate_proj.weight.untyped_storage().data_ptr()

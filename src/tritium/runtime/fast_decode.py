@@ -2,12 +2,13 @@
 
 At batch 1 on a CPU, a decode step of a small model is dominated by framework overhead
 once the linears are packed: the Hugging Face forward runs ~40 small torch calls and
-several Python layers per block. This loop runs the *same modules and weights* (packed
-or float linears alike) with about 15 torch calls per block: fused RMSNorm, one rotary
-pass for queries and keys together, a preallocated KV cache written in place, and SDPA
-with grouped KV heads. Float and packed models both run through it, so comparisons stay
-fair. Its tokens equal ``model.generate(do_sample=False)``'s (tested); models it does
-not cover go through ``generate``.
+several Python layers per block. This loop runs the *same weights* (packed
+or float linears alike) with about 20 torch calls per block: fused RMSNorm, q/k/v and
+gate/up each as one matmul, one rotary pass for queries and keys together, a
+preallocated KV cache written in place, and SDPA with grouped KV heads. Float and packed
+models both run through it, so comparisons stay fair. Its tokens equal
+``model.generate(do_sample=False)``'s (tested); models it does not cover go through
+``generate``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,68 @@ class DecodeResult:
         return (self.new_tokens - 1) / self.decode_seconds if self.new_tokens > 1 and self.decode_seconds > 0 else 0.0
 
 
+def _packed_fusable(modules) -> bool:
+    from ..nn.packed_linear import PackedLinear
+
+    first = modules[0]
+    return all(isinstance(m, PackedLinear) and type(m) is type(first) and m.in_features == first.in_features
+               and m.radix == first.radix and m.group_size == first.group_size
+               and m.implicit_zero == first.implicit_zero and m.scale.dtype == first.scale.dtype
+               and (m.zero is None) == (first.zero is None) and (m.shift is None) == (first.shift is None)
+               and (m.bias is None) == (first.bias is None) for m in modules)
+
+
+def _cat(tensors):
+    return None if tensors[0] is None else torch.cat(tensors)
+
+
+def fused_linear(modules: list[nn.Module]):
+    """One callable computing ``cat([m(x) for m in modules], -1)`` with a single matmul where it can.
+
+    Projections that read the same input (q/k/v, gate/up) are fused row-wise: one packed-linear call
+    (codes and group parameters concatenated) or one float matmul (the modules' weights become views
+    of the fused matrix, so no memory is added). Packed calls go straight to the op with their CPU
+    layout prepared once, skipping the module's per-call checks.
+    """
+    from ..kernels import bit_planes, planes_available
+    from ..kernels.ops import op
+    from ..pack.packed import PackedWeight
+
+    if _packed_fusable(modules):
+        first = modules[0]
+        weight = PackedWeight(_cat([m.packed for m in modules]), _cat([m.scale for m in modules]), first.radix,
+                              first.in_features, first.group_size, zero=_cat([m.zero for m in modules]),
+                              shift=_cat([m.shift for m in modules]), implicit_zero=first.implicit_zero)
+        bias = _cat([m.bias for m in modules])
+        layout = None
+        if weight.packed.device.type == "cpu" and weight.radix <= 16 and planes_available():
+            layout = bit_planes(weight.packed, weight.radix, weight.in_features, weight.group_size)
+        args = (weight.packed, weight.scale, weight.zero, weight.shift, weight.radix, weight.in_features,
+                weight.group_size, float(weight.implicit_zero), layout)
+        packed_op = op()
+        if bias is None:
+            return lambda x: packed_op(x, *args)
+        return lambda x: packed_op(x, *args) + bias.to(x.dtype)
+    if all(type(m) is nn.Linear for m in modules) and len({m.weight.dtype for m in modules}) == 1 and \
+            len({m.bias is None for m in modules}) == 1:
+        if len(modules) == 1:
+            return modules[0]
+        with torch.no_grad():
+            weight = torch.cat([m.weight for m in modules])
+            bias = _cat([m.bias for m in modules])
+            start = 0
+            for m in modules:  # the modules now read their rows of the fused matrix: no second copy
+                rows = m.weight.shape[0]
+                m.weight.data = weight[start:start + rows]
+                if bias is not None:
+                    m.bias.data = bias[start:start + rows]
+                start += rows
+        return lambda x: F.linear(x, weight, bias)
+    if len(modules) == 1:
+        return modules[0]
+    return lambda x: torch.cat([m(x) for m in modules], dim=-1)
+
+
 class FastDecoder:
     """Holds the KV cache and rotary tables for one model; ``generate`` runs greedy decoding."""
 
@@ -93,6 +156,10 @@ class FastDecoder:
             self.head_weight = head.weight.detach().to(torch.float16)
         self._cache: tuple[Tensor, Tensor] | None = None
         self._rotary: tuple[Tensor, Tensor] | None = None
+        # Per block: q/k/v in one call, gate/up in one call, then o and down.
+        self.plans = [(fused_linear([b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj]),
+                       fused_linear([b.self_attn.o_proj]), fused_linear([b.mlp.gate_proj, b.mlp.up_proj]),
+                       fused_linear([b.mlp.down_proj]), b.mlp.gate_proj.out_features) for b in self.blocks]
 
     # ------------------------------------------------------------------ state
 
@@ -126,24 +193,23 @@ class FastDecoder:
         n_heads, n_kv, head_dim = self.n_heads, self.n_kv_heads, self.head_dim
         for index, block in enumerate(self.blocks):
             eps_in, eps_post = self.eps[index]
-            attn = block.self_attn
+            qkv_proj, o_proj, gate_up_proj, down_proj, intermediate = self.plans[index]
             h = self._rms_norm(x, block.input_layernorm, eps_in)
-            q = attn.q_proj(h).view(length, n_heads, head_dim)
-            k = attn.k_proj(h).view(length, n_kv, head_dim)
-            v = attn.v_proj(h).view(length, n_kv, head_dim)
-            qk = torch.cat((q, k), dim=1)  # one rotary pass for both: [T, heads + kv heads, head_dim]
+            qkv = qkv_proj(h).reshape(length, n_heads + 2 * n_kv, head_dim)
+            qk = qkv[:, : n_heads + n_kv]  # queries and keys side by side: one rotary pass for both
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos[:, None] + rotated * sin[:, None]
             q = qk[:, :n_heads].transpose(0, 1)[None]
             keys[index, 0, :, position:end] = qk[:, n_heads:].transpose(0, 1)
-            values[index, 0, :, position:end] = v.transpose(0, 1)
+            values[index, 0, :, position:end] = qkv[:, n_heads + n_kv:].transpose(0, 1)
             out = F.scaled_dot_product_attention(q, keys[index, :, :, :end], values[index, :, :, :end],
                                                  is_causal=length > 1 and position == 0,
-                                                 scale=getattr(attn, "scaling", None), enable_gqa=n_kv != n_heads)
-            x = x + attn.o_proj(out[0].transpose(0, 1).reshape(1, length, n_heads * head_dim))
+                                                 scale=getattr(block.self_attn, "scaling", None),
+                                                 enable_gqa=n_kv != n_heads)
+            x = x + o_proj(out[0].transpose(0, 1).reshape(1, length, n_heads * head_dim))
             h = self._rms_norm(x, block.post_attention_layernorm, eps_post)
-            mlp = block.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            gate_up = gate_up_proj(h)
+            x = x + down_proj(F.silu(gate_up[..., :intermediate]) * gate_up[..., intermediate:])
         x = self._rms_norm(x[:, -1:], model.model.norm, self.final_eps)
         if self.head_weight is not None:
             return linear_half_weight(x, self.head_weight)[:, -1]
