@@ -39,8 +39,9 @@ from tritium.kernels import (  # noqa: E402
 from tritium.pack import bits_per_weight, pack_quantized  # noqa: E402
 from tritium.quant import TernaryGrid, quantize_weight  # noqa: E402
 
-# (in_features, out_features): SmolLM2-135M's q/o (576→576), k/v (576→192), gate/up (576→1536), down (1536→576)
-SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (4096, 4096)]
+# (in_features, out_features): SmolLM2-135M's q/o (576→576), k/v (576→192), gate/up (576→1536), down (1536→576),
+# then q/k/v fused (576→960) and gate/up fused (576→3072) as tritium's decode loop calls them, and 4096×4096.
+SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 960), (576, 3072), (4096, 4096)]
 
 
 def cpu_name() -> str:
@@ -94,7 +95,40 @@ def bench_shape(in_features, out_features, group, layout, trials, seconds_per_tr
     }
 
 
-def model_sweep(model_name: str, trials: int, layout: str) -> dict:
+# Projections that read the same input; tritium's decode loop (tritium.runtime) runs each set as one matmul.
+FUSED_SETS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj"))
+
+
+def _fuse(weights: dict, fused: bool) -> list[tuple[str, object]]:
+    """(name, QuantizedWeight) in model order; with ``fused``, q/k/v and gate/up concatenated row-wise."""
+    from tritium.quant.grids import GroupLayout, QuantizedWeight
+
+    if not fused:
+        return list(weights.items())
+    out, names = [], list(weights)
+    done = set()
+    for name in names:
+        if name in done:
+            continue
+        prefix = name.rsplit(".", 2)[0]
+        group = next((s for s in FUSED_SETS if name.endswith(s[0])), None)
+        members = [f"{prefix}.{m}" for m in group] if group else [name]
+        if not all(m in weights for m in members):
+            members = [name]
+        parts = [weights[m] for m in members]
+        if len(parts) > 1:
+            first = parts[0]
+            layout = GroupLayout(sum(q.layout.out_features for q in parts), first.layout.in_features,
+                                 first.layout.group_size, first.layout.per_tensor)
+            cat = lambda key: None if getattr(first, key) is None else torch.cat([getattr(q, key) for q in parts])  # noqa: E731
+            parts = [QuantizedWeight(cat("codes"), cat("scale"), first.grid, layout, zero=cat("zero"),
+                                     shift=cat("shift"))]
+        done.update(members)
+        out.append(("+".join(m.rsplit(".", 1)[1] for m in members), parts[0]))
+    return out
+
+
+def model_sweep(model_name: str, trials: int, layout: str, fused: bool = False) -> dict:
     """All linears of ``model_name`` in order, fp32 vs packed, batch 1: time per shape and per sweep."""
     from tritium.methods import RTNConfig, quantize_
     from tritium.models import load_model
@@ -102,7 +136,7 @@ def model_sweep(model_name: str, trials: int, layout: str) -> dict:
     model, _, _ = load_model(model_name)
     result = quantize_(model, RTNConfig(grid=TernaryGrid("absmean", group="channel")))
     layers = []
-    for name, qweight in result.weights.items():
+    for name, qweight in _fuse(result.weights, fused):
         pw = pack_quantized(qweight, ternary_layout=layout)
         planes = bit_planes(pw.packed, pw.radix, pw.in_features, pw.group_size) if planes_available() else None
         args = (pw.packed, pw.scale, pw.zero, pw.shift, pw.radix, pw.in_features, pw.group_size, pw.implicit_zero,
@@ -133,7 +167,7 @@ def model_sweep(model_name: str, trials: int, layout: str) -> dict:
         q = statistics.median(sum(r.values()) if shape == "all" else r[shape] for r in packed_runs)
         rows.append({"shape": shape, "count": len(layers) if shape == "all" else counts[shape],
                      "fp32_us": f * 1e6, "packed_us": q * 1e6, "speedup": f / q})
-    return {"model": model_name, "linears": len(layers), "trials": trials, "rows": rows}
+    return {"model": model_name, "linears": len(layers), "trials": trials, "rows": rows, "fused": fused}
 
 
 def main(argv=None) -> int:
@@ -146,6 +180,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--model-sweep", metavar="MODEL", help="also time every linear of this model, in order")
     parser.add_argument("--sweep-trials", type=int, default=15)
+    parser.add_argument("--fused", action="store_true",
+                        help="sweep with q/k/v and gate/up fused into one matmul each, as tritium's decode loop runs them")
     args = parser.parse_args(argv)
     group = args.group if args.group in ("channel", "tensor") else int(args.group)
     torch.set_num_threads(args.threads)
@@ -180,8 +216,9 @@ def main(argv=None) -> int:
           f"target ≥ 4×. Total bench time {time.perf_counter() - started:.1f} s.")
     sweep = None
     if args.model_sweep:
-        sweep = model_sweep(args.model_sweep, args.sweep_trials, args.layout)
-        print(f"\nDecode-step sweep: all {sweep['linears']} linears of {sweep['model']} once each, in model order, "
+        sweep = model_sweep(args.model_sweep, args.sweep_trials, args.layout, args.fused)
+        print(f"\nDecode-step sweep{' (q/k/v and gate/up fused)' if args.fused else ''}: all {sweep['linears']} "
+              f"matmuls of {sweep['model']} once each, in model order, "
               f"median of {sweep['trials']} interleaved sweeps (time summed per shape)\n")
         print("| shape | linears | fp32 µs | packed µs | speedup |\n|---|---|---|---|---|")
         for r in sweep["rows"]:
