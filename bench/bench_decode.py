@@ -66,7 +66,7 @@ def prepare(model_name: str, folder: Path) -> dict:
     pack_model(model, result.weights)
     packed = folder / "packed"
     save_packed(model, tokenizer, packed, "rtn", grid_to_dict(grid), float_dtype="float16")
-    bits = packed_bits_report(model)
+    bits = {k: v for k, v in packed_bits_report(model).items() if k != "layers"}  # totals; per layer is noise here
     return {"fp16_folder_bytes": folder_bytes(fp16), "packed_folder_bytes": folder_bytes(packed),
             "gguf_bytes": gguf_path.stat().st_size, "gguf_tensor_types": report.type_counts(),
             "gguf_linear_bits_per_weight": report.linear_bits_per_weight, "packed_bits": bits}

@@ -58,7 +58,7 @@ def run_one(layers: int, method: str, hidden: int, samples: int, seqlen: int, of
             peak[0] = max(peak[0], rss_mb())
             time.sleep(0.002)
 
-    walk = {"start_rss": None}
+    walk = {"start_rss": None, "peak": None}
     if offload:
         # With offload the walk starts once every block is on disk: peak memory from then on is what
         # depth must not change (the RSS before that includes the whole model, which the user loaded).
@@ -72,7 +72,15 @@ def run_one(layers: int, method: str, hidden: int, samples: int, seqlen: int, of
                 peak[0] = walk["start_rss"]
             return original_restore(self, index, device)
 
+        original_restore_all = offload_module.BlockOffloader.restore_all
+
+        def restore_all(self):
+            # The walk ends here; the model then comes back whole for the caller, which is not the walk's memory.
+            walk["peak"] = max(peak[0], rss_mb())
+            return original_restore_all(self)
+
         offload_module.BlockOffloader.restore = restore
+        offload_module.BlockOffloader.restore_all = restore_all
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
@@ -80,7 +88,7 @@ def run_one(layers: int, method: str, hidden: int, samples: int, seqlen: int, of
     seconds = time.perf_counter() - start
     stop.set()
     sampler.join()
-    peak[0] = max(peak[0], rss_mb())
+    peak[0] = walk.get("peak") or max(peak[0], rss_mb())
     return {"walk_start_rss_mb": walk["start_rss"] or before,
             "layers": layers, "method": method + (" + disk offload" if offload else ""), "model_mb": model_mb, "rss_before_mb": before, "peak_rss_mb": peak[0],
             "pipeline_mb": peak[0] - before, "seconds": seconds}

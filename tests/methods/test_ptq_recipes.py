@@ -9,7 +9,7 @@ from tritium.recipes import load_recipe, recipe_names
 from tritium.runner import quantize_model
 
 PTQ_RECIPES = [n for n in recipe_names() if any(m in n for m in ("gptq", "awq", "tesseraq"))]
-PIPELINE_ONLY = {"grid", "skip", "device", "checkpoint_dir", "offload_activations", "seed", "clip_skip",
+PIPELINE_ONLY = {"grid", "skip", "device", "checkpoint_dir", "offload_activations", "offload_dir", "seed", "clip_skip",
                  "duo_scaling", "clip", "clip_max_shrink", "ternary_scale_range"}
 
 
