@@ -126,3 +126,15 @@ def test_smoke_real_smollm2(data_dir, tmp_path):
     assert 5 < float_ppl < 40  # SmolLM2-135M lands near 19 on these chunks
     assert rtn_ppl > 10 * float_ppl  # W2g128 RTN collapses on this model
     assert rows[1]["size"]["linear_bits_per_weight"] < 2.3
+
+
+def test_a_bare_method_starts_from_its_shipped_recipe(tiny_folder, tiny_data, tmp_path, capsys):
+    """`--method tesseraq` alone takes the method's recipe (the -cpu one without a GPU), not bare defaults."""
+    out = tmp_path / "run"
+    assert main(["quantize", "--model", str(tiny_folder), "--method", "tesseraq", "--bits", "2", "--group", "32",
+                 "--calib-samples", "2", "--calib-seqlen", "32", "--eval", "none", "--no-float", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert "starting from recipe w2g128-tesseraq-cpu" in capsys.readouterr().err
+    recipe = json.loads((out / "results.json").read_text())["recipe"]
+    assert recipe["method"] == "tesseraq" and recipe["method_args"]["steps_per_stage"] == 10
+    assert recipe["grid"]["group"] == 32 and recipe["grid"]["ragged_groups"] is True

@@ -104,8 +104,24 @@ def _eval_settings(args, recipe_eval: dict) -> dict:
     return settings
 
 
+def _method_recipe(method: str | None) -> str | None:
+    """The shipped recipe a bare ``--method`` starts from: the paper's settings where a GPU is present,
+    the reduced ``-cpu`` ones otherwise (the paper's would take hours on a CPU)."""
+    if not method:
+        return None
+    import torch
+
+    from .recipes import recipe_names
+
+    name = f"w2g128-{method}" + ("" if torch.cuda.is_available() else "-cpu")
+    return name if name in recipe_names() else None
+
+
 def _recipe_from_args(args) -> dict:
-    recipe = load_recipe(args.recipe)
+    recipe_name = args.recipe or _method_recipe(args.method)
+    if recipe_name and not args.recipe:
+        print(f"tritium: --method {args.method} without --recipe: starting from recipe {recipe_name}", file=sys.stderr)
+    recipe = load_recipe(recipe_name)
     grid = dict(recipe["grid"])
     if args.grid and args.grid != grid.get("kind"):
         grid = {"kind": args.grid, **({"group": grid["group"]} if "group" in grid else {})}
