@@ -9,6 +9,9 @@ from .grids import (  # noqa: F401
     QuantizedWeight,
     TernaryGrid,
     UniformGrid,
+    absmax_activation_ste,
+    absmean_ternary,
+    absmean_ternary_ste,
     dequantize,
     fake_quantize,
     grid_from_dict,
@@ -19,6 +22,7 @@ from .grids import (  # noqa: F401
     quantize_weight,
     round_ste,
     storage_bits,
+    straight_through,
     uniform_codes,
     uniform_params,
 )

@@ -366,9 +366,71 @@ def fake_quantize(w: Tensor, grid: Grid) -> Tensor:
     rounding as the identity, the estimator BitNet/TriLM train with.
     """
     dq = quantize_weight(w.detach(), grid).dequantize(w.dtype)
-    return w + (dq - w).detach()
+    return straight_through(w, dq)
 
 
 def round_ste(x: Tensor) -> Tensor:
     """round(x) forward, identity backward."""
-    return x + (torch.round(x) - x).detach()
+    return straight_through(x, torch.round(x.detach()))
+
+
+def straight_through(latent: Tensor, value: Tensor) -> Tensor:
+    """``value`` in the forward pass, bit for bit; the identity to ``latent`` in the backward.
+
+    Written as value + (latent − latent): x − x is exactly 0 in floating point, while the
+    usual latent + (value − latent) can be off by a rounding error, and a checkpoint
+    unpacked to γ·T must compute what training computed."""
+    return value.detach() + (latent - latent.detach())
+
+
+# --------------------------------------------------------------------------- pretraining (TriLM, BitNet b1.58)
+
+# Spectra's γ = ε + mean|W|: ε keeps an all-zero matrix (or shard) from dividing by zero.
+TRILM_SCALE_EPS = 1e-5
+
+
+def shard_view(w: Tensor, shards: int, shard_dim: int) -> Tensor:
+    """``w`` as ``[shards, -1]`` rows, one per model-parallel shard: along the output
+    dimension (``shard_dim=0``, column-parallel linears) or the input one (row-parallel)."""
+    out_features, in_features = w.shape
+    size = w.shape[shard_dim]
+    if shards < 1 or size % shards:
+        raise QuantConfigError(f"{shards} shards do not divide dimension {shard_dim} of a {out_features}×{in_features} "
+                               "weight: choose a shard count that divides it")
+    if shard_dim == 0:
+        return w.reshape(shards, -1)
+    return w.reshape(out_features, shards, in_features // shards).transpose(0, 1).reshape(shards, -1)
+
+
+def absmean_ternary(w: Tensor, shards: int = 1, shard_dim: int = 0, eps: float = TRILM_SCALE_EPS
+                    ) -> tuple[Tensor, Tensor]:
+    """TriLM's ternarization: γ = ε + mean|W| per shard, T = round(clip(W/γ, −1, 1)).
+
+    Returns (codes in {−1, 0, 1} shaped like ``w``, γ of shape ``[shards]``).
+    """
+    w = w.detach()
+    gamma = eps + shard_view(w, shards, shard_dim).abs().mean(dim=1)
+    scale = _expand_shards(gamma, w.shape, shards, shard_dim)
+    return torch.round(torch.clamp(w / scale, -1, 1)), gamma
+
+
+def _expand_shards(per_shard: Tensor, shape: torch.Size, shards: int, shard_dim: int) -> Tensor:
+    out_features, in_features = shape
+    if shard_dim == 0:
+        return per_shard.repeat_interleave(out_features // shards).unsqueeze(1)
+    return per_shard.repeat_interleave(in_features // shards).unsqueeze(0)
+
+
+def absmean_ternary_ste(w: Tensor, shards: int = 1, shard_dim: int = 0, eps: float = TRILM_SCALE_EPS) -> Tensor:
+    """γ·T in the forward pass, the identity to the latent ``w`` in the backward (TriLM's STE)."""
+    codes, gamma = absmean_ternary(w, shards, shard_dim, eps)
+    dequantized = codes * _expand_shards(gamma, w.shape, shards, shard_dim)
+    return straight_through(w, dequantized)
+
+
+def absmax_activation_ste(x: Tensor, bits: int = 8, eps: float = 1e-5) -> Tensor:
+    """BitNet b1.58's activations: per-token absmax to signed ``bits``-bit integers and back, with an STE."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = qmax / x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(eps)
+    quantized = torch.clamp(torch.round(x * scale), -qmax - 1, qmax) / scale
+    return straight_through(x, quantized)

@@ -224,7 +224,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, loss_fn, sequences: Tensor, config: TrainConfig, out_dir,
                  param_groups: list[dict] | None = None, eval_ids: Tensor | None = None,
-                 lr_lambda: Callable[[int], float] | None = None, callbacks: Iterable[Callback] = (),
+                 lr_lambda: Callable[[int], float] | None = None,
+                 weight_decay_lambda: Callable[[int], float] | None = None, callbacks: Iterable[Callback] = (),
                  after_backward: Iterable[Callable[["Trainer"], None]] = ()):
         if sequences.dim() != 2 or sequences.shape[0] == 0:
             raise TrainDataError(f"training sequences must be a non-empty [n, seqlen] tensor, got {tuple(sequences.shape)}")
@@ -272,6 +273,9 @@ class Trainer:
         )
         lam = lr_lambda or (lambda step: lr_multiplier(step, self.total_steps, config.optim))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lam)
+        # A pure function of the step, applied before every update, so a resumed run gets it right too.
+        self.weight_decay_lambda = weight_decay_lambda
+        self._base_weight_decay = [g["weight_decay"] for g in self.optimizer.param_groups]
         self.sampler = SequenceSampler(sequences.shape[0], seed=config.seed)
         self.step = 0
         self.tokens = 0
@@ -401,6 +405,10 @@ class Trainer:
         if cfg.optim.max_grad_norm:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), cfg.optim.max_grad_norm))
         lrs = {name: g["lr"] for name, g in zip(self.group_names, self.optimizer.param_groups)}
+        if self.weight_decay_lambda is not None:
+            factor = self.weight_decay_lambda(self.step)
+            for group, base in zip(self.optimizer.param_groups, self._base_weight_decay):
+                group["weight_decay"] = base * factor
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -412,7 +420,8 @@ class Trainer:
             values /= self.world
         record = {"step": self.step, "tokens": self.tokens, "loss": float(values[0]),
                   **{k: float(v) for k, v in zip(parts_sum, values[1:])},
-                  "lr": lrs, "grad_norm": grad_norm, "step_seconds": time.perf_counter() - start}
+                  "lr": lrs, "weight_decay": max(g["weight_decay"] for g in self.optimizer.param_groups),
+                  "grad_norm": grad_norm, "step_seconds": time.perf_counter() - start}
         return record
 
     # ------------------------------------------------------------------ eval, log, checkpoints

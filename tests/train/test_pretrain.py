@@ -1,0 +1,116 @@
+import json
+import math
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from tritium.models.spectra import SpectraConfigError
+from tritium.train.pretrain import (
+    PretrainConfig,
+    flops_per_token,
+    pretrain,
+    spectra_lr_lambda,
+    weight_decay_lambda,
+)
+from tritium.train.trainer import OptimConfig
+
+VOCAB = 300
+
+
+def _data(n=24, seqlen=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # a learnable stream: a repeating pattern with noise, so the loss can fall within a few steps
+    base = torch.arange(n * seqlen) % 17
+    noise = torch.randint(0, VOCAB, (n * seqlen,), generator=g)
+    stream = torch.where(torch.rand(n * seqlen, generator=g) < 0.8, base, noise)
+    return stream.view(n, seqlen), torch.randint(0, VOCAB, (4 * seqlen,), generator=g)
+
+
+def _config(arch="trilm", **train):
+    settings = dict(steps=8, micro_batch_size=2, progress=False, checkpoint_every=2, seed=3)
+    settings.update(train)
+    return PretrainConfig(arch=arch, size="tiny-xs", seqlen=32, warmup_fraction=0.25, train=settings)
+
+
+def test_the_spectra_schedule_halves_the_peak_and_drops_weight_decay_at_the_configured_fractions():
+    optim = OptimConfig(lr=1.0, schedule="linear", warmup_steps=0, min_lr_ratio=0.0)
+    lr = spectra_lr_lambda(100, optim, drop_at=0.5, drop_factor=0.5)
+    assert lr(49) == pytest.approx(1 - 49 / 100)
+    assert lr(50) == pytest.approx(0.5 * (1 - 50 / 100))  # the drop happens at step 50, not before
+    assert lr(49) / lr(50) > 1.9
+    wd = weight_decay_lambda(90, off_at=2 / 3)
+    assert [wd(s) for s in (0, 59, 60, 89)] == [1.0, 1.0, 0.0, 0.0]
+    assert weight_decay_lambda(90, off_at=None)(89) == 1.0
+
+
+def test_a_trilm_run_follows_the_schedule_it_was_given(tmp_path):
+    sequences, val = _data()
+    config = PretrainConfig(
+        arch="trilm", size="tiny-xs", seqlen=32, lr=0.01, warmup_fraction=0.0, min_lr_ratio=0.0, lr_drop_at=0.25,
+        weight_decay=0.1, weight_decay_off_at=0.5, train=dict(steps=8, micro_batch_size=2, progress=False))
+    result = pretrain(config, sequences, tmp_path, VOCAB, val_tokens=val)
+    lrs = [r["lr"]["float"] for r in result.train.records]
+    wds = [r["weight_decay"] for r in result.train.records]
+    assert lrs[:2] == pytest.approx([0.01, 0.01 * 7 / 8])
+    assert lrs[2] == pytest.approx(0.5 * 0.01 * 6 / 8)  # step 2 = 0.25 · 8: the peak is halved from here
+    assert wds == [0.1] * 4 + [0.0] * 4  # removed from step 4 = 0.5 · 8
+    summary = json.loads((tmp_path / "pretrain.json").read_text())
+    assert summary["arch"] == "trilm" and summary["tokens"] == 8 * 2 * 32
+    assert summary["val_loss"] == pytest.approx(result.val_loss) and 0 < summary["mfu"] < 1
+    # a FloatLM gets the cosine schedule and keeps its weight decay
+    float_run = pretrain(_config("float", steps=4), sequences, tmp_path / "float", VOCAB)
+    assert all(r["weight_decay"] == 0.1 for r in float_run.train.records)
+
+
+def test_training_lowers_the_loss_and_saves_a_plain_llama(tmp_path):
+    sequences, val = _data()
+    result = pretrain(_config(steps=12, micro_batch_size=4), sequences, tmp_path, VOCAB, val_tokens=val)
+    losses = result.train.losses()
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "model")
+    assert model.config.tritium_spectra["arch"] == "trilm"
+    assert math.isfinite(result.val_loss)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_pretraining_run_resumes_exactly(tmp_path):
+    sequences, val = _data()
+    full = pretrain(_config(), sequences, tmp_path / "full", VOCAB, val_tokens=val)
+
+    def kill_at_7(trainer, record):
+        if record["step"] == 7:  # past the lr drop (4) and the weight-decay removal (6); last checkpoint: 6
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        pretrain(_config(), sequences, tmp_path / "killed", VOCAB, val_tokens=val, callbacks=[kill_at_7])
+    resumed = pretrain(_config(), sequences, tmp_path / "killed", VOCAB, val_tokens=val)
+    assert resumed.train.resumed_from == 6
+    assert resumed.train.losses() == full.train.losses()
+    assert resumed.val_loss == full.val_loss
+    a = torch.load(tmp_path / "full/checkpoints/step-00000008/model.pt")
+    b = torch.load(tmp_path / "killed/checkpoints/step-00000008/model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_inputs_fail_clearly(tmp_path):
+    sequences, _ = _data()
+    with pytest.raises(SpectraConfigError, match="vocabulary"):
+        pretrain(_config(), sequences, tmp_path, vocab_size=10)
+    with pytest.raises(SpectraConfigError, match=r"\[n, 32\]"):
+        pretrain(_config(), sequences[:, :16], tmp_path, VOCAB)
+    with pytest.raises(SpectraConfigError, match="size"):
+        PretrainConfig(size="7b")
+    with pytest.raises(SpectraConfigError, match="fraction"):
+        PretrainConfig(lr_drop_at=1.5)
+
+
+def test_flops_per_token_counts_matrices_and_attention():
+    from tritium.models.spectra import build_model
+
+    model = build_model("float", "tiny-xs", VOCAB, context=32)
+    linear = 2 * (4 * 64 * 64 + 3 * 64 * 160)
+    assert flops_per_token(model, 32) == 6 * (linear + VOCAB * 64) + 12 * 2 * 64 * 32
