@@ -276,3 +276,22 @@ def test_load_suite_names_the_problem(tmp_path):
     (tmp_path / "suite.json").write_text('{"rows": []}')
     with pytest.raises(ValueError, match="no 'entries' list"):
         load_suite(tmp_path)
+
+
+def test_zero_shot_average_needs_every_task_of_the_suite():
+    entries = make_suite(0.5)
+    partial = entries[0]
+    partial.metrics.pop("arc_easy")
+    assert partial.value("zero_shot_avg") == pytest.approx(partial.metrics["piqa"])  # alone: its own tasks
+    assert partial.value("zero_shot_avg", ["piqa", "arc_easy"]) is None  # in the suite: not comparable
+    fits = fit_families(entries, "zero_shot_avg")
+    assert fits["FloatLM"].n_points == 3 and fits["TriLM"].n_points == 4
+
+
+def test_suite_entry_stores_plain_python_numbers():
+    entry = SuiteEntry("TriLM", "s1", np.int64(10), np.int32(8), np.float32(100.0), np.float64(3.0),
+                       {"piqa": np.float32(0.5)}, tokens=np.int64(1000), mfu=np.float32(0.25))
+    data = json.loads(json.dumps(entry.to_dict()))  # numpy scalars would not serialize
+    assert data["tokens"] == 1000 and data["params"] == 10 and data["mfu"] == 0.25
+    with pytest.raises(ValueError, match="tokens"):
+        SuiteEntry("TriLM", "s1", 10, 8, 100.0, 3.0, tokens=-5)

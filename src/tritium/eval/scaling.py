@@ -82,13 +82,28 @@ class SuiteEntry:
         if bad:
             raise ValueError(f"{what}: metrics must be finite numbers, got {bad}")
         self.metrics = {str(k): float(v) for k, v in self.metrics.items()}
+        # numpy scalars would reach suite.json as strings: store plain Python numbers
+        if self.tokens is not None:
+            if isinstance(self.tokens, bool) or not isinstance(self.tokens, (int, np.integer)) or self.tokens < 0:
+                raise ValueError(f"{what}: tokens must be a non-negative integer count, got {self.tokens!r}")
+            self.tokens = int(self.tokens)
+        for name in ("train_seconds", "tokens_per_second", "mfu"):
+            value = getattr(self, name)
+            if value is not None:
+                if not _finite(value) or value < 0:
+                    raise ValueError(f"{what}: {name} must be a non-negative finite number or None, got {value!r}")
+                setattr(self, name, float(value))
 
     @property
     def megabytes(self) -> float:
         return self.bits / 8e6
 
-    def value(self, metric: str) -> float | None:
-        """The entry's value of ``metric``, or None when it was not measured."""
+    def value(self, metric: str, zero_shot_tasks: Sequence[str] | None = None) -> float | None:
+        """The entry's value of ``metric``, or None when it was not measured.
+
+        ``zero_shot_avg`` averages the entry's zero-shot scores; with ``zero_shot_tasks`` (the suite's,
+        see :func:`zero_shot_keys`) it is None unless the entry has all of them, so averages compare.
+        """
         if metric == "val_loss":
             return self.val_loss
         if metric in self.metrics:
@@ -96,8 +111,11 @@ class SuiteEntry:
         if metric == "val_ppl":
             return math.exp(self.val_loss)
         if metric == ZERO_SHOT_AVERAGE:
-            scores = [v for k, v in self.metrics.items() if is_zero_shot_metric(k)]
-            return float(np.mean(scores)) if scores else None
+            keys = [k for k in self.metrics if is_zero_shot_metric(k)] if zero_shot_tasks is None \
+                else list(zero_shot_tasks)
+            if not keys or any(k not in self.metrics for k in keys):
+                return None
+            return float(np.mean([self.metrics[k] for k in keys]))
         return None
 
     def x(self, axis: str, param_field: str = "linear_params") -> float:
@@ -147,6 +165,19 @@ def is_zero_shot_metric(name: str) -> bool:
 def lower_is_better(metric: str) -> bool:
     """Losses and perplexities fall as models improve; accuracies rise."""
     return metric.endswith("loss") or metric.endswith("ppl") or metric.endswith("perplexity")
+
+
+def zero_shot_keys(entries: Iterable[SuiteEntry]) -> list[str]:
+    """The zero-shot scores measured anywhere in the suite, first-seen order."""
+    return list(dict.fromkeys(k for e in entries for k in e.metrics if is_zero_shot_metric(k)))
+
+
+def _points(entries: Sequence[SuiteEntry], fam: str, metric: str, axis: str, param_field: str
+            ) -> list[tuple[SuiteEntry, float, float]]:
+    """(entry, x, value) of one family, sorted by x, leaving out entries without the metric."""
+    tasks = zero_shot_keys(entries)
+    out = [(e, e.x(axis, param_field), e.value(metric, tasks)) for e in entries if e.family == fam]
+    return sorted(((e, x, v) for e, x, v in out if v is not None), key=lambda p: p[1])
 
 
 def families(entries: Iterable[SuiteEntry]) -> list[str]:
@@ -291,9 +322,8 @@ def fit_families(entries: Sequence[SuiteEntry], metric: str = "val_loss", axis: 
     _check_axis(axis, param_field)
     fits = {}
     for fam in families(entries):
-        points = [(e.x(axis, param_field), e.value(metric)) for e in entries if e.family == fam]
-        points = [(x, v) for x, v in points if v is not None]
-        fits[fam] = fit_power_law([p[0] for p in points], [p[1] for p in points]) if points else \
+        points = _points(entries, fam, metric, axis, param_field)
+        fits[fam] = fit_power_law([p[1] for p in points], [p[2] for p in points]) if points else \
             PowerLawFit.failed(0, f"no {metric} values")
     return fits
 
@@ -359,18 +389,13 @@ def compare_at_equal(entries: Sequence[SuiteEntry], family: str = "TriLM", basel
         if name not in names:
             raise ValueError(f"family {name!r} is not in the suite (families: {names})")
     lower = lower_is_better(metric)
-    base = [(e.x(axis, param_field), e.value(metric)) for e in entries if e.family == baseline]
-    base = [(x, v) for x, v in base if v is not None]
-    base_x = np.array([b[0] for b in base], dtype=np.float64)
-    base_y = np.array([b[1] for b in base], dtype=np.float64)
+    base = _points(entries, baseline, metric, axis, param_field)
+    base_x = np.array([b[1] for b in base], dtype=np.float64)
+    base_y = np.array([b[2] for b in base], dtype=np.float64)
     law = fit_power_law(base_x, base_y) if lower and base_x.size else PowerLawFit.failed(base_x.size, "not fitted")
 
     points = []
-    for e in sorted((e for e in entries if e.family == family), key=lambda e: e.x(axis, param_field)):
-        value = e.value(metric)
-        if value is None:
-            continue
-        x = e.x(axis, param_field)
+    for e, x, value in _points(entries, family, metric, axis, param_field):
         inside = base_x.size > 0 and base_x.min() * (1 - 1e-9) <= x <= base_x.max() * (1 + 1e-9)
         estimate, how = None, "none"
         if method in ("auto", "interpolation") and inside:
@@ -513,12 +538,11 @@ def plot_metric(entries: Sequence[SuiteEntry], out_dir: str | Path, metric: str 
     ax = figure.add_subplot()
     plotted = False
     for i, fam in enumerate(names):
-        points = sorted((e.x(axis, param_field), e.value(metric)) for e in entries if e.family == fam)
-        points = [(x, v) for x, v in points if v is not None]
+        points = _points(entries, fam, metric, axis, param_field)
         if not points:
             continue
         plotted = True
-        xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+        xs, ys = np.array([p[1] for p in points]), np.array([p[2] for p in points])
         colour = _colour(fam, i)
         ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)], color=colour, linewidth=1.2, label=fam)
         if fit and lower_is_better(metric):
@@ -571,7 +595,7 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def suite_table(entries: Sequence[SuiteEntry], param_field: str = "linear_params") -> str:
     """Markdown table, one row per model, sorted by family then size."""
-    zero_shot = list(dict.fromkeys(k for e in entries for k in e.metrics if is_zero_shot_metric(k)))
+    zero_shot = zero_shot_keys(entries)
     ppl_keys = list(dict.fromkeys(k for e in entries for k in e.metrics
                                   if k.endswith("_ppl") and k != "val_ppl"))
     others = list(dict.fromkeys(k for e in entries for k in e.metrics
@@ -589,7 +613,7 @@ def suite_table(entries: Sequence[SuiteEntry], param_field: str = "linear_params
                  *[_num(e.metrics.get(k), 2) for k in ppl_keys], *[_num(e.metrics.get(k), 4) for k in others],
                  *[_num(e.metrics.get(k), 4) for k in zero_shot]]
         if len(zero_shot) > 1:
-            cells.append(_num(e.value(ZERO_SHOT_AVERAGE), 4))
+            cells.append(_num(e.value(ZERO_SHOT_AVERAGE, zero_shot), 4))
         cells += [_human(e.tokens), _human(e.tokens_per_second),
                   "–" if e.mfu is None else f"{100 * e.mfu:.1f}%", _num(e.train_seconds, 1)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -629,6 +653,10 @@ def suite_report_markdown(entries: Sequence[SuiteEntry], fits: dict[str, dict[st
             note = f" ({law.reason})" if law.ok and law.reason else ""
             out.append(f"- **{fam}**: {law.describe(variable)}{extra}{note}")
         out.append("")
+    if "bits" in fits:
+        out.append("Against bits the law describes the curve rather than the model: the 16-bit embedding and "
+                   "LM head put a floor under the size of small low-bit models, so α and ε there are not "
+                   "comparable with the laws against parameters.\n")
     if pattern is not None:
         out.append(f"## Spectra pattern: {pattern.by_params.family} lags {pattern.by_params.baseline} at equal "
                    f"parameters but wins at equal bits\n")
