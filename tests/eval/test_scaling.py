@@ -295,3 +295,17 @@ def test_suite_entry_stores_plain_python_numbers():
     assert data["tokens"] == 1000 and data["params"] == 10 and data["mfu"] == 0.25
     with pytest.raises(ValueError, match="tokens"):
         SuiteEntry("TriLM", "s1", 10, 8, 100.0, 3.0, tokens=-5)
+
+
+def test_entry_from_size_report_of_a_ternary_model():
+    from tritium.eval.size import size_report
+    from tritium.models import decoder_layout, tiny_model
+    from tritium.quant.grids import TernaryGrid
+
+    model = tiny_model("llama", seed=0)
+    names = list(decoder_layout(model).quantizable_linears())
+    report = size_report(model, TernaryGrid("absmean", group="tensor"), names)
+    entry = SuiteEntry.from_size_report("TriLM", "tiny", report, 5.5, tokens=1000)
+    assert entry.params == sum(p.numel() for p in model.parameters())
+    assert entry.linear_params == report.linear_params and entry.bits == report.total_bits
+    assert entry.bits < 16 * entry.params  # ternary linears are far below 16 bits each

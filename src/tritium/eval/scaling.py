@@ -94,6 +94,12 @@ class SuiteEntry:
                     raise ValueError(f"{what}: {name} must be a non-negative finite number or None, got {value!r}")
                 setattr(self, name, float(value))
 
+    @classmethod
+    def from_size_report(cls, family: str, size: str, report, val_loss: float, **rest) -> SuiteEntry:
+        """An entry whose counts and bits come from :func:`tritium.eval.size.size_report` of the model."""
+        params = report.linear_params + report.embedding_params + report.lm_head_params + report.other_params
+        return cls(family, size, params, report.linear_params, report.total_bits, val_loss, **rest)
+
     @property
     def megabytes(self) -> float:
         return self.bits / 8e6
