@@ -9,7 +9,9 @@ from tritium.models.spectra import SpectraConfigError
 from tritium.train.pretrain import (
     PretrainConfig,
     flops_per_token,
+    load_pretrain_recipe,
     pretrain,
+    pretrain_config,
     spectra_lr_lambda,
     weight_decay_lambda,
 )
@@ -30,7 +32,7 @@ def _data(n=24, seqlen=32, seed=0):
 def _config(arch="trilm", **train):
     settings = dict(steps=8, micro_batch_size=2, progress=False, checkpoint_every=2, seed=3)
     settings.update(train)
-    return PretrainConfig(arch=arch, size="tiny-xs", seqlen=32, warmup_fraction=0.25, train=settings)
+    return pretrain_config(arch, "tiny-xs", seqlen=32, warmup_fraction=0.25, train=settings)
 
 
 def test_the_spectra_schedule_halves_the_peak_and_drops_weight_decay_at_the_configured_fractions():
@@ -106,6 +108,21 @@ def test_bad_inputs_fail_clearly(tmp_path):
         PretrainConfig(size="7b")
     with pytest.raises(SpectraConfigError, match="fraction"):
         PretrainConfig(lr_drop_at=1.5)
+    with pytest.raises(SpectraConfigError, match="no learning rate for size 'tiny-xs'"):
+        pretrain(PretrainConfig(size="tiny-xs", seqlen=32, train=dict(steps=1)), sequences, tmp_path, VOCAB)
+    with pytest.raises(SpectraConfigError, match="not found"):
+        load_pretrain_recipe("spectra-nothing")
+
+
+def test_the_shipped_recipes_carry_spectras_schedules_and_per_size_rates():
+    trilm = pretrain_config("trilm", "99m", train=dict(steps=10))
+    floatlm = pretrain_config("float", "99m", train=dict(steps=10))
+    assert trilm.effective_schedule == "spectra" and floatlm.effective_schedule == "cosine"
+    assert trilm.lr_drop_at == 0.5 and trilm.weight_decay_off_at == pytest.approx(2 / 3, abs=1e-3)
+    assert floatlm.weight_decay_off_at is None
+    assert trilm.peak_lr > 2 * floatlm.peak_lr  # TriLM trains at a higher rate
+    assert pretrain_config("trilm", "3.9b", train=dict(steps=1)).peak_lr < trilm.peak_lr  # falling with size
+    assert pretrain_config("trilm", "99m", lr=1e-3, train=dict(steps=1)).peak_lr == 1e-3  # a flag wins
 
 
 def test_flops_per_token_counts_matrices_and_attention():

@@ -40,31 +40,28 @@ class SizePreset:
     glu: int  # SwiGLU's intermediate width
     heads: int
     layers: int
-    lr_trilm: float  # peak learning rates, per family
-    lr_float: float
 
 
-# Spectra's suite (hidden / GLU / heads / layers). The peak learning rates follow the paper's
-# trend (TriLM several times higher than FloatLM, both falling with size); check them against
-# the paper before a large run.
+# Spectra's suite (hidden / GLU / heads / layers). Learning rates live in the YAML recipes
+# (recipes/pretrain/spectra-*.yaml), one per size and family.
 SPECTRA_SIZES: dict[str, SizePreset] = {
-    "99m": SizePreset(512, 1280, 8, 16, 2.4e-3, 6.0e-4),
-    "190m": SizePreset(768, 2048, 12, 16, 2.4e-3, 6.0e-4),
-    "390m": SizePreset(1024, 2560, 16, 24, 1.8e-3, 4.0e-4),
-    "560m": SizePreset(1280, 3072, 20, 24, 1.6e-3, 3.2e-4),
-    "830m": SizePreset(1536, 4096, 24, 24, 1.5e-3, 3.0e-4),
-    "1.1b": SizePreset(1792, 5120, 28, 24, 1.2e-3, 2.4e-4),
-    "1.5b": SizePreset(2048, 6144, 32, 24, 1.2e-3, 2.4e-4),
-    "2.4b": SizePreset(2304, 7680, 36, 30, 1.2e-3, 2.0e-4),
-    "3.9b": SizePreset(3072, 9216, 24, 30, 1.2e-3, 1.5e-4),
+    "99m": SizePreset(512, 1280, 8, 16),
+    "190m": SizePreset(768, 2048, 12, 16),
+    "390m": SizePreset(1024, 2560, 16, 24),
+    "560m": SizePreset(1280, 3072, 20, 24),
+    "830m": SizePreset(1536, 4096, 24, 24),
+    "1.1b": SizePreset(1792, 5120, 28, 24),
+    "1.5b": SizePreset(2048, 6144, 32, 24),
+    "2.4b": SizePreset(2304, 7680, 36, 30),
+    "3.9b": SizePreset(3072, 9216, 24, 30),
 }
 # Miniatures that train on a 2-core CPU in minutes; head width 32, GLU ≈ 2.5 × hidden as above.
 TINY_SIZES: dict[str, SizePreset] = {
-    "tiny-xs": SizePreset(64, 160, 2, 2, 4.0e-3, 2.0e-3),
-    "tiny-s": SizePreset(96, 256, 3, 3, 4.0e-3, 2.0e-3),
-    "tiny-m": SizePreset(128, 320, 4, 4, 3.0e-3, 1.5e-3),
-    "tiny-l": SizePreset(192, 512, 6, 6, 3.0e-3, 1.2e-3),
-    "tiny-xl": SizePreset(256, 640, 8, 8, 2.4e-3, 1.0e-3),
+    "tiny-xs": SizePreset(64, 160, 2, 2),
+    "tiny-s": SizePreset(96, 256, 3, 3),
+    "tiny-m": SizePreset(128, 320, 4, 4),
+    "tiny-l": SizePreset(192, 512, 6, 6),
+    "tiny-xl": SizePreset(256, 640, 8, 8),
 }
 SIZES: dict[str, SizePreset] = {**TINY_SIZES, **SPECTRA_SIZES}
 
@@ -81,11 +78,6 @@ def size_preset(size: str) -> SizePreset:
     if preset is None:
         raise SpectraConfigError(f"size {size!r} is unknown: use one of {', '.join(SIZES)}")
     return preset
-
-
-def peak_lr(arch: str, size: str) -> float:
-    preset = size_preset(size)
-    return preset.lr_float if canonical_arch(arch) == "float" else preset.lr_trilm
 
 
 # --------------------------------------------------------------------------- the linears

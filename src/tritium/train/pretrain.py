@@ -25,7 +25,6 @@ from ..models.spectra import (
     build_model,
     canonical_arch,
     count_parameters,
-    peak_lr,
     save_spectra_model,
     size_preset,
 )
@@ -42,7 +41,8 @@ class PretrainConfig:
     size: str = "tiny-m"
     seqlen: int = 256  # training context (the model's max_position_embeddings)
     shards: int = 1  # absmean scales per matrix, as under N-way model parallelism
-    lr: float | None = None  # None: the size preset's peak rate for this architecture
+    lr: float | None = None  # the peak rate; None: lr_by_size[size]
+    lr_by_size: dict[str, float] | None = None  # the recipes' per-size peak rates
     schedule: str = "auto"  # auto: spectra for ternary models, cosine for float
     warmup_fraction: float = 0.05  # used when train.optim.warmup_steps is 0
     min_lr_ratio: float = 0.1
@@ -78,7 +78,12 @@ class PretrainConfig:
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else peak_lr(self.arch, self.size)
+        if self.lr is not None:
+            return self.lr
+        if not self.lr_by_size or self.size not in self.lr_by_size:
+            raise SpectraConfigError(f"no learning rate for size {self.size!r}: give lr, or start from a recipe "
+                                     f"whose lr_by_size has it (tritium pretrain --recipe spectra-{self.arch})")
+        return float(self.lr_by_size[self.size])
 
     def optim(self, total_steps: int) -> OptimConfig:
         warmup = self.train.optim.warmup_steps or int(self.warmup_fraction * total_steps)
@@ -86,6 +91,42 @@ class PretrainConfig:
                            schedule="cosine" if self.effective_schedule == "cosine" else "linear",
                            warmup_steps=min(warmup, max(0, total_steps - 1)), min_lr_ratio=self.min_lr_ratio,
                            max_grad_norm=self.train.optim.max_grad_norm)
+
+
+PRETRAIN_RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "pretrain"
+RECIPE_FOR_ARCH = {"float": "spectra-floatlm", "trilm": "spectra-trilm", "bitnet": "spectra-bitnet"}
+
+
+def pretrain_recipe_names() -> list[str]:
+    return sorted(p.stem for p in PRETRAIN_RECIPE_DIR.glob("*.yaml"))
+
+
+def load_pretrain_recipe(name_or_path: str) -> dict:
+    """A pretraining recipe: a YAML file or a shipped name (``spectra-trilm``, ``suite-cpu``, ...)."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = PRETRAIN_RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise SpectraConfigError(f"pretraining recipe {name_or_path!r} not found: pass a YAML file or one of "
+                                 f"{', '.join(pretrain_recipe_names())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not set(data) <= {"description", "pretrain", "suite", "eval"}:
+        raise SpectraConfigError(f"{path} must be a mapping with keys among description, pretrain, suite, eval")
+    data["name"] = path.stem
+    return data
+
+
+def pretrain_config(arch: str, size: str, recipe: str | None = None, train: dict | None = None,
+                    **overrides) -> PretrainConfig:
+    """``arch``'s shipped recipe (or ``recipe``), with ``overrides`` and ``train`` settings on top."""
+    arch = canonical_arch(arch)
+    settings = dict(load_pretrain_recipe(recipe or RECIPE_FOR_ARCH[arch]).get("pretrain") or {})
+    recipe_train = dict(settings.pop("train", None) or {})
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings.update(arch=arch, size=size)
+    return PretrainConfig(**settings, train={**recipe_train, **(train or {})})
 
 
 def spectra_lr_lambda(total_steps: int, optim: OptimConfig, drop_at: float = 0.5, drop_factor: float = 0.5):
