@@ -511,7 +511,10 @@ class TokenFolder:
         return AutoTokenizer.from_pretrained(str(folder))
 
     def tokens(self, split: str = "train") -> Tensor:
-        """The split as a 1-D uint16/uint32 tensor over the memory-mapped file (no copy)."""
+        """The split as a 1-D uint16/uint32 tensor over the memory-mapped file (no copy).
+
+        torch has few kernels for these types: take ``.long()`` of the slice you compute with.
+        """
         if split not in SPLITS:
             raise TrainDataError(f"a token folder has the splits {SPLITS}, not {split!r}")
         if self.n_tokens(split) == 0:
@@ -579,8 +582,8 @@ class TokenFolder:
             if _sha256(file) != self.meta["splits"][split].get("sha256"):
                 raise TrainDataError(f"{file} does not match the checksum in {META_FILE}: it was changed or "
                                      f"damaged; run `tritium data ingest` again")
-            tokens = self.tokens(split)
-            if tokens.numel() and int(tokens.max()) >= self.vocab_size:
+            tokens = self.tokens(split).numpy()  # torch has few kernels for uint16/uint32
+            if tokens.size and int(tokens.max()) >= self.vocab_size:
                 raise TrainDataError(f"{file} holds token id {int(tokens.max())}, outside the vocabulary of "
                                      f"{self.vocab_size}: ingest again")
 
