@@ -359,3 +359,20 @@ def test_cli_ingests_with_a_trained_tokenizer_and_reuses_it(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["data", "ingest", str(src), "--out", str(tmp_path / "y"), "--train-tokenizer", "320",
                  "--tokenizer", str(out)]) == 2
+
+
+def test_hf_specs_are_read_through_the_training_reader(tmp_path, tokenizer, monkeypatch):
+    import tritium.data.tokens as tokens
+
+    seen = []
+
+    def fake_hf(spec, text_field):  # no network here: stand in for datasets.load_dataset
+        seen.append((spec, text_field))
+        yield from (doc_text(i) for i in range(5))
+
+    monkeypatch.setattr(tokens, "_hf_documents", fake_hf)
+    folder = ingest(["hf:user/set:train"], tmp_path / "tok", tokenizer, val_fraction=0.4, text_field="body",
+                    progress=False)
+    assert seen == [("hf:user/set:train", "body")]
+    assert folder.n_documents("train") + folder.n_documents("val") == 5
+    assert folder.meta["sources"] == ["hf:user/set:train"]

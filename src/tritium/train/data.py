@@ -190,7 +190,8 @@ def check_context(model, seqlen: int) -> None:
 
 def load_sequences(sources: list[str] | str, tokenizer, seqlen: int, text_field: str = "text",
                    model=None, data_path=None) -> Tensor:
-    """Packed ``[n, seqlen]`` training sequences from files, folders, globs, ``hf:`` specs or a teacher corpus."""
+    """Packed ``[n, seqlen]`` training sequences from files, folders, globs, ``hf:`` specs, a teacher corpus
+    or a token folder of ``tritium data ingest`` (its train split; it must match ``tokenizer``)."""
     sources = [sources] if isinstance(sources, str) else list(sources)
     if not sources:
         raise TrainDataError("no training data given: pass text, jsonl or parquet files, an hf: dataset or 'teacher'")
