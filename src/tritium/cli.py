@@ -1,5 +1,5 @@
 """Command line: ``tritium quantize``, ``tritium eval``, ``tritium info``, ``tritium distill``,
-``tritium pack``, ``tritium run``, ``tritium export``."""
+``tritium pack``, ``tritium run``, ``tritium export``, ``tritium data``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.cli import add_pack_parsers  # `tritium pack|run|export`, beside the exporters
 
     add_pack_parsers(sub)
+
+    from .data.cli import add_data_parser  # `tritium data ingest`, beside the token folders
+
+    add_data_parser(sub)
 
     i = sub.add_parser("info", help="architecture, layers, parameters and what can be quantized")
     _add_model_args(i)
@@ -280,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .export.cli import cmd_export, cmd_pack, cmd_run
     from .train.cli import cmd_distill
+    from .data.cli import cmd_data
 
     handlers = {"quantize": cmd_quantize, "eval": cmd_eval, "info": cmd_info, "distill": cmd_distill,
-                "pack": cmd_pack, "run": cmd_run, "export": cmd_export}
+                "pack": cmd_pack, "run": cmd_run, "export": cmd_export, "data": cmd_data}
     from .data import DataNotFoundError
     from .models import ModelSourceError, UnsupportedArchitectureError
     from .quant import QuantConfigError

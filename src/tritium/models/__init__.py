@@ -8,5 +8,5 @@ from .adapters import (  # noqa: F401
     UnsupportedArchitectureError,
     decoder_layout,
 )
-from .loader import NAMED_MODELS, ModelSource, ModelSourceError, load_model, resolve_model_source  # noqa: F401
-from .tiny import TINY_FAMILIES, tiny_config, tiny_model, tiny_tokenizer  # noqa: F401
+from .loader import NAMED_MODELS, ModelSource, ModelSourceError, load_model, load_tokenizer, resolve_model_source  # noqa: F401
+from .tiny import TINY_FAMILIES, tiny_config, tiny_model, tiny_tokenizer, train_byte_level_bpe  # noqa: F401

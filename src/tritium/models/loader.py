@@ -70,9 +70,12 @@ def resolve_model_source(source: str | os.PathLike) -> ModelSource:
     return ModelSource("hub", text)
 
 
-def load_tokenizer(source: ModelSource):
+def load_tokenizer(source: ModelSource | str | os.PathLike):
+    """Just the tokenizer of a model source (seconds, where ``load_model`` reads the weights too)."""
     from transformers import AutoTokenizer
 
+    if not isinstance(source, ModelSource):
+        source = resolve_model_source(source)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     return AutoTokenizer.from_pretrained(source.location, **kwargs)
 

@@ -58,8 +58,12 @@ _TOKENIZER_TEXT = (
 ) * 8
 
 
-def tiny_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained on a fixed paragraph: deterministic and offline."""
+def train_byte_level_bpe(texts, vocab_size: int, show_progress: bool = False):
+    """A byte-level BPE tokenizer trained on ``texts`` (any iterable of strings, streamed).
+
+    ``<|endoftext|>`` is id 0 and serves as end-of-text (and beginning) token, as in GPT-2;
+    byte-level means every string encodes, whatever its script, with no unknown token.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -70,7 +74,12 @@ def tiny_tokenizer(vocab_size: int = 512):
         vocab_size=vocab_size,
         special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=show_progress,
     )
-    tok.train_from_iterator([_TOKENIZER_TEXT], trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on a fixed paragraph: deterministic and offline."""
+    return train_byte_level_bpe([_TOKENIZER_TEXT], vocab_size)

@@ -174,6 +174,12 @@ def pack_tokens(stream: Tensor, seqlen: int, what: str = "the training data") ->
     return stream[: n * seqlen].view(n, seqlen).clone()
 
 
+def _is_token_folder(source: str) -> bool:
+    from ..data.tokens import TokenFolder
+
+    return TokenFolder.is_folder(source)
+
+
 def check_context(model, seqlen: int) -> None:
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if context is not None and seqlen > context:
@@ -184,7 +190,8 @@ def check_context(model, seqlen: int) -> None:
 
 def load_sequences(sources: list[str] | str, tokenizer, seqlen: int, text_field: str = "text",
                    model=None, data_path=None) -> Tensor:
-    """Packed ``[n, seqlen]`` training sequences from files, folders, globs, ``hf:`` specs or a teacher corpus."""
+    """Packed ``[n, seqlen]`` training sequences from files, folders, globs, ``hf:`` specs, a teacher corpus
+    or a token folder of ``tritium data ingest`` (its train split; it must match ``tokenizer``)."""
     sources = [sources] if isinstance(sources, str) else list(sources)
     if not sources:
         raise TrainDataError("no training data given: pass text, jsonl or parquet files, an hf: dataset or 'teacher'")
@@ -198,6 +205,14 @@ def load_sequences(sources: list[str] | str, tokenizer, seqlen: int, text_field:
     for source in sources:
         if source.startswith(HF_PREFIX):
             streams.append(tokenize_documents(tokenizer, _hf_documents(source, text_field)))
+        elif _is_token_folder(source):  # tokenized once by `tritium data ingest`
+            from ..data.tokens import TokenFolder
+
+            folder = TokenFolder.open(source)
+            folder.check_tokenizer(tokenizer)
+            if vocab is not None:
+                folder.check_vocab(vocab)
+            rows.append(folder.train_sequences(seqlen))
         elif TeacherCorpus.is_corpus(source):
             corpus = TeacherCorpus.open(source)
             if vocab is not None and corpus.manifest["vocab_size"] != vocab:
