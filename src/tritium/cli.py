@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
+    from .train.cli import token_count
+    from .train.pretrain_cli import add_pretrain_parsers  # `tritium pretrain|suite` (Spectra)
+
+    add_pretrain_parsers(sub, token_count)
+
     i = sub.add_parser("info", help="architecture, layers, parameters and what can be quantized")
     _add_model_args(i)
     i.add_argument("--json", action="store_true")
@@ -285,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     from .export.cli import cmd_export, cmd_pack, cmd_run
     from .train.cli import cmd_distill
     from .data.cli import cmd_data
+    from .train.pretrain_cli import cmd_pretrain, cmd_suite
 
     handlers = {"quantize": cmd_quantize, "eval": cmd_eval, "info": cmd_info, "distill": cmd_distill,
-                "pack": cmd_pack, "run": cmd_run, "export": cmd_export, "data": cmd_data}
+                "pack": cmd_pack, "run": cmd_run, "export": cmd_export, "data": cmd_data,
+                "pretrain": cmd_pretrain, "suite": cmd_suite}
     from .data import DataNotFoundError
     from .models import ModelSourceError, UnsupportedArchitectureError
     from .quant import QuantConfigError

@@ -18,7 +18,7 @@ from typing import Callable, Literal, Union
 import torch
 from torch import Tensor
 
-SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_BITS = (2, 3, 4, 6, 8)  # 6: Spectra's QuantLM; fake quant and sizing only, no packed layout
 TERNARY_VARIANTS = ("absmean", "twn", "dlt")
 GroupSpec = Union[int, Literal["channel", "tensor"]]
 

@@ -1,0 +1,152 @@
+"""``tritium pretrain`` (one FloatLM, TriLM or BitNet from scratch) and ``tritium suite`` (a
+matched Spectra family); both end in a report with a table, scaling-law fits and plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _csv(value: str) -> list[str]:
+    return [] if value.lower() in ("", "none") else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}")
+
+
+def _add_shared(p, token_count) -> None:
+    p.add_argument("--data", nargs="+", required=True,
+                   help="a token folder (tritium data ingest), or text/jsonl/parquet files, folders, .deb or hf: "
+                        "specs, tokenized into <out>/tokens first")
+    p.add_argument("--tokenizer", help="for raw text: a named model (smollm2-135m, the default), HF folder or "
+                                      "tokenizer folder")
+    p.add_argument("--train-tokenizer", type=int, metavar="VOCAB", help="for raw text: train a byte-level BPE of "
+                                                                         "this size on the corpus instead")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="for raw text: documents held out (0.05)")
+    p.add_argument("--tokens", type=token_count, help="training tokens per model (e.g. 1M, 300B)")
+    p.add_argument("--steps", type=int, help="optimizer steps per model (instead of --tokens)")
+    p.add_argument("--seqlen", type=int, help="training context (default 256)")
+    p.add_argument("--micro-batch-size", type=int, help="sequences per forward on each process")
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's rate for the size)")
+    p.add_argument("--shards", type=int, help="absmean scales per ternary matrix (TriLM under model parallelism)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (a rerun resumes)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--eval", type=_csv, help="perplexity data sets besides the held-out split (default wikitext2)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N chunks of each data set")
+    p.add_argument("--zeroshot", type=_csv, help="zero-shot tasks, comma separated (piqa, arc_easy, ...)")
+    p.add_argument("--zeroshot-limit", type=int)
+    p.add_argument("--data-dir", help="folder of the evaluation data sets (overrides $TRITIUM_DATA)")
+    p.add_argument("--out", help="run folder (default runs/<what>-<time>)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_pretrain_parsers(sub, token_count) -> None:
+    p = sub.add_parser("pretrain", help="pretrain one FloatLM, TriLM or BitNet b1.58 from scratch (Spectra)")
+    p.add_argument("--arch", required=True, help="float, trilm or bitnet")
+    p.add_argument("--size", required=True, help="tiny-xs … tiny-xl, or Spectra's 99m … 3.9b")
+    p.add_argument("--recipe", help="a pretraining YAML (default spectra-<arch>: the paper's schedule)")
+    _add_shared(p, token_count)
+
+    s = sub.add_parser("suite", help="pretrain a matched FloatLM/TriLM/QuantLM family and fit scaling laws")
+    s.add_argument("--sizes", type=_csv, help="comma separated sizes (e.g. tiny-s,tiny-m,tiny-l)")
+    s.add_argument("--kinds", type=_csv, help="comma separated: float, trilm (tri), bitnet, quant")
+    s.add_argument("--quant-bits", type=_ints, help="QuantLM bits (Spectra: 3,4,6,8)")
+    s.add_argument("--recipe", help="a suite YAML (suite-cpu is the 2-core miniature)")
+    _add_shared(s, token_count)
+
+
+def _token_folder(args, out: Path):
+    """The token folder to train on: given, or made from raw text under ``out/tokens`` (reused on a rerun)."""
+    from ..data.tokens import TokenFolder, ingest, load_tokenizer_spec, train_tokenizer, training_documents
+
+    if len(args.data) == 1 and TokenFolder.is_folder(args.data[0]):
+        return TokenFolder.open(args.data[0])
+    folder = out / "tokens"
+    if TokenFolder.is_folder(folder):
+        return TokenFolder.open(folder)
+    if args.train_tokenizer:  # learnt from the training documents only: the held-out ones stay unseen
+        tokenizer = train_tokenizer(training_documents(args.data, args.val_fraction), args.train_tokenizer)
+    else:
+        tokenizer = load_tokenizer_spec(args.tokenizer or "smollm2-135m")
+    print(f"tritium: tokenizing {', '.join(args.data)} into {folder}", file=sys.stderr)
+    return ingest(args.data, folder, tokenizer, val_fraction=args.val_fraction, progress=not args.no_progress)
+
+
+def _train_overrides(args) -> dict:
+    train = {}
+    if args.tokens is not None:
+        train.update(tokens=args.tokens, steps=None)
+    if args.steps is not None:
+        train.update(steps=args.steps, tokens=None)
+    for key in ("micro_batch_size", "grad_accum", "checkpoint_every", "precision", "device", "seed"):
+        if getattr(args, key) is not None:
+            train[key] = getattr(args, key)
+    if args.no_progress:
+        train["progress"] = False
+    return train
+
+
+def cmd_pretrain(args) -> int:
+    from ..eval.scaling import SuiteEntry, write_suite_report
+    from ..eval.size import size_report
+    from ..models.spectra import load_spectra_model
+    from ..quant.grids import TernaryGrid
+    from ..runner import default_run_folder
+    from .pretrain import pretrain, pretrain_config
+    from .suite import FAMILY, SuiteConfig, evaluate_model, model_linears
+
+    out = Path(args.out) if args.out else default_run_folder(f"{args.arch}-{args.size}", "pretrain")
+    train = {"tokens": 1_000_000, "micro_batch_size": 8, **_train_overrides(args)}
+    config = pretrain_config(args.arch, args.size, recipe=args.recipe, train=train, seqlen=args.seqlen or 256,
+                             lr=args.lr, shards=args.shards)  # fails before any tokenizing
+    tokens = _token_folder(args, out)
+    tokenizer = tokens.tokenizer()
+    print(f"tritium: pretraining {FAMILY[config.arch]} {config.size} (peak lr {config.peak_lr:g}, "
+          f"{config.effective_schedule} schedule) in {out}", file=sys.stderr)
+    result = pretrain(config, tokens.train_sequences(config.seqlen), out, tokens.vocab_size,
+                      val_tokens=tokens.val_tokens().long(), tokenizer=tokenizer)
+    model = load_spectra_model(out / "model")
+    evaluation = SuiteConfig(sizes=[config.size], kinds=[config.arch], seqlen=config.seqlen,
+                             eval_datasets=args.eval if args.eval is not None else ["wikitext2"],
+                             eval_limit=args.limit, zeroshot=args.zeroshot or [], zeroshot_limit=args.zeroshot_limit)
+    val_loss, metrics = evaluate_model(model, tokenizer, tokens.val_tokens().long(), evaluation, args.data_dir,
+                                       progress=not args.no_progress)
+    ternary = config.arch != "float"
+    report = size_report(model, TernaryGrid("absmean", group="tensor") if ternary else None,
+                         model_linears(model) if ternary else ())
+    entry = SuiteEntry.from_size_report(FAMILY[config.arch], config.size, report, val_loss, metrics=metrics,
+                                        tokens=result.train.tokens, train_seconds=result.train.train_seconds,
+                                        tokens_per_second=result.train.tokens_per_second, mfu=result.mfu)
+    paths = write_suite_report([entry], out, title=f"tritium pretrain {config.arch} {config.size}",
+                               extra_notes=[f"MFU against {result.peak_source}"])
+    print(f"{entry.family} {entry.size}: held-out loss {val_loss:.4f} (ppl {metrics['val_ppl']:.2f}), "
+          + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "val_ppl")
+          + f"; {result.train.tokens_per_second:,.0f} tok/s, MFU {result.mfu:.1%}")
+    print(f"report: {paths.report}\nmodel:  {out / 'model'}")
+    return 0
+
+
+def cmd_suite(args) -> int:
+    from ..runner import default_run_folder
+    from .suite import run_suite, suite_config_from_recipe
+
+    out = Path(args.out) if args.out else default_run_folder("spectra", "suite")
+    config = suite_config_from_recipe(
+        args.recipe, sizes=args.sizes, kinds=args.kinds, quant_bits=args.quant_bits, seqlen=args.seqlen,
+        eval_datasets=args.eval, eval_limit=args.limit, zeroshot=args.zeroshot, zeroshot_limit=args.zeroshot_limit,
+        seed=args.seed, train=_train_overrides(args),
+        overrides={k: v for k, v in (("lr", args.lr), ("shards", args.shards)) if v is not None} or None)
+    tokens = _token_folder(args, out)
+    paths, entries = run_suite(config, tokens.path, out, args.data_dir, progress=not args.no_progress,
+                               log=lambda m: print(m, file=sys.stderr))
+    print(paths.report.read_text())
+    print(f"report: {paths.report}")
+    return 0

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from tritium.cli import main
+from tritium.data.tokens import TokenFolder, ingest, train_tokenizer
+from tritium.eval.scaling import load_suite
+from tritium.models.spectra import SpectraConfigError
+from tritium.train.suite import SuiteConfig, quantlm_grid, run_suite
+
+WORDS = ("ternary weights keep a scale per matrix while float models keep sixteen bits for every weight and "
+         "the suite compares them by parameters and by bits").split()
+
+
+def _corpus(folder, n_docs=24, words=120):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        text = " ".join(WORDS[(i * 7 + k * (1 + i % 3)) % len(WORDS)] for k in range(words))
+        (folder / f"doc{i:02d}.txt").write_text(text + ".")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def token_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite-data")
+    src = _corpus(root / "text")
+    tokenizer = train_tokenizer([p.read_text() for p in sorted(src.iterdir())], 320)
+    return ingest([str(src)], root / "tokens", tokenizer, val_fraction=0.2, progress=False)
+
+
+def _config(**overrides):
+    settings = dict(sizes=["tiny-xs", "tiny-s"], kinds=["float", "trilm", "quant"], quant_bits=[4, 8], seqlen=32,
+                    train={"steps": 3, "micro_batch_size": 2}, eval_datasets=[], calib_samples=4)
+    settings.update(overrides)
+    return SuiteConfig(**settings)
+
+
+def test_a_suite_trains_quantizes_evaluates_and_reports_and_a_rerun_reuses_it(tmp_path, token_folder):
+    messages = []
+    paths, entries = run_suite(_config(), token_folder.path, tmp_path, progress=False, log=messages.append)
+    families = [(e.family, e.size) for e in entries]
+    assert families == [(f, s) for s in ("tiny-xs", "tiny-s")
+                        for f in ("FloatLM", "TriLM", "QuantLM-4bit", "QuantLM-8bit")]
+    by = {(e.family, e.size): e for e in entries}
+    for size in ("tiny-xs", "tiny-s"):
+        floatlm, trilm, q4 = by["FloatLM", size], by["TriLM", size], by["QuantLM-4bit", size]
+        assert floatlm.params == trilm.params and floatlm.linear_params == trilm.linear_params
+        # same parameters, fewer bits: ternary linears are 1.6 bits, 4-bit codes 4 (+ scales)
+        assert trilm.bits < q4.bits < floatlm.bits
+        assert floatlm.tokens == trilm.tokens == 3 * 2 * 32 and trilm.mfu > 0
+        assert by["QuantLM-8bit", size].val_loss == pytest.approx(floatlm.val_loss, abs=0.02)
+    assert by["TriLM", "tiny-s"].linear_params > by["TriLM", "tiny-xs"].linear_params
+    report = paths.report.read_text()
+    assert "TriLM" in report and "QuantLM-4bit" in report and paths.figures
+    assert [e.to_dict() for e in load_suite(tmp_path)] == [e.to_dict() for e in entries]
+    # the TriLM folder is a plain Llama checkpoint
+    config = json.loads((tmp_path / "tiny-s/trilm/model/config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["tritium_spectra"]["unpacked"]
+
+    messages.clear()
+    _, again = run_suite(_config(), token_folder.path, tmp_path, progress=False, log=messages.append)
+    assert not any("training" in m or "GPTQ" in m for m in messages)  # every piece was on disk
+    assert [e.to_dict() for e in again] == [e.to_dict() for e in entries]
+
+
+def test_quantlm_follows_spectra_grids_and_bad_suites_fail_clearly(token_folder, tmp_path):
+    assert quantlm_grid(3).group == 128 and quantlm_grid(4).symmetric
+    assert quantlm_grid(6).group == "channel" and quantlm_grid(8).group == "channel"
+    with pytest.raises(SpectraConfigError, match="add 'float'"):
+        SuiteConfig(sizes=["tiny-xs"], kinds=["trilm", "quant"])
+    with pytest.raises(SpectraConfigError, match="Spectra's"):
+        SuiteConfig(sizes=["tiny-xs"], quant_bits=[5])
+    with pytest.raises(SpectraConfigError, match="size 'mega'"):
+        SuiteConfig(sizes=["mega"])
+    with pytest.raises(SpectraConfigError, match="architecture 'octal'"):
+        SuiteConfig(sizes=["tiny-xs"], kinds=["octal"])
+    with pytest.raises(Exception, match="fewer than one sequence"):
+        run_suite(_config(seqlen=100_000), token_folder.path, tmp_path, progress=False)
+
+
+def test_the_cli_pretrains_from_raw_text_and_runs_a_suite(tmp_path, capsys):
+    src = _corpus(tmp_path / "text")
+    code = main(["pretrain", "--arch", "trilm", "--size", "tiny-xs", "--data", str(src), "--train-tokenizer", "320",
+                 "--steps", "2", "--seqlen", "32", "--micro-batch-size", "2", "--eval", "none", "--out",
+                 str(tmp_path / "one"), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "TriLM tiny-xs: held-out loss" in out and "MFU" in out
+    assert TokenFolder.is_folder(tmp_path / "one/tokens") and (tmp_path / "one/report.md").is_file()
+    code = main(["suite", "--sizes", "tiny-xs", "--kinds", "float,tri", "--data", str(tmp_path / "one/tokens"),
+                 "--steps", "2", "--seqlen", "32", "--micro-batch-size", "2", "--eval", "none", "--out",
+                 str(tmp_path / "suite"), "--no-progress"])
+    assert code == 0
+    assert "| FloatLM" in capsys.readouterr().out
+    assert main(["pretrain", "--arch", "quinary", "--size", "tiny-xs", "--data", str(src)]) == 2
+    assert "architecture 'quinary' is unknown" in capsys.readouterr().err
+    assert main(["pretrain", "--arch", "trilm", "--size", "tiny-xs", "--data", str(tmp_path / "one/tokens"),
+                 "--seqlen", "100000", "--steps", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "fewer than one sequence" in capsys.readouterr().err
