@@ -60,6 +60,7 @@ def test_a_trilm_run_follows_the_schedule_it_was_given(tmp_path):
     summary = json.loads((tmp_path / "pretrain.json").read_text())
     assert summary["arch"] == "trilm" and summary["tokens"] == 8 * 2 * 32
     assert summary["val_loss"] == pytest.approx(result.val_loss) and 0 < summary["mfu"] < 1
+    assert all(0 < r["mfu"] < 1 and r["tokens_per_second"] > 0 for r in result.train.records)  # in the log
     # a FloatLM gets the cosine schedule and keeps its weight decay
     float_run = pretrain(_config("float", steps=4), sequences, tmp_path / "float", VOCAB)
     assert all(r["weight_decay"] == 0.1 for r in float_run.train.records)

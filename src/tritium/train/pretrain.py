@@ -210,10 +210,11 @@ class PretrainResult:
     flops_per_token: float
     peak_flops: float
     peak_source: str
+    world: int = 1  # processes: tokens/s counts all of them, the peak is one device's
 
     @property
     def mfu(self) -> float:
-        return self.flops_per_token * self.train.tokens_per_second / self.peak_flops
+        return self.flops_per_token * self.train.tokens_per_second / (self.peak_flops * self.world)
 
     def summary(self) -> dict:
         return {"arch": self.arch, "size": self.size, "params": self.params, "steps": self.train.steps,
@@ -250,17 +251,20 @@ def pretrain(config: PretrainConfig, train_sequences: Tensor, out_dir, vocab_siz
     if config.effective_schedule == "spectra":
         lr_lambda = spectra_lr_lambda(total, optim, config.lr_drop_at, config.lr_drop_factor)
         wd_lambda = weight_decay_lambda(total, config.weight_decay_off_at)
+    flops = flops_per_token(model, config.seqlen)
+    device = torch.device(train.device) if train.device != "auto" else \
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak, source = peak_flops(device)
     trainer = Trainer(model, LanguageModelLoss(), train_sequences, train_config, out_dir, eval_ids=val_tokens,
-                      lr_lambda=lr_lambda, weight_decay_lambda=wd_lambda, callbacks=callbacks)
+                      lr_lambda=lr_lambda, weight_decay_lambda=wd_lambda, callbacks=callbacks,
+                      flops_per_token=flops, peak_flops=peak)
     result = trainer.run()
     val_loss = None
     finals = [r for r in result.records if "eval_ppl" in r]
     if finals:
         val_loss = math.log(finals[-1]["eval_ppl"])
-    flops = flops_per_token(trainer.model, config.seqlen)
-    peak, source = peak_flops(trainer.device)
     trained = PretrainResult(config.arch, config.size, out_dir, count_parameters(trainer.model), result, val_loss,
-                             flops, peak, source)
+                             flops, peak, source, trainer.world)
     if trainer.rank == 0:
         save_spectra_model(trainer.model.cpu().eval(), out_dir / "model", tokenizer)
         atomic_write_json(out_dir / "pretrain.json", {"config": _jsonable(asdict(config)), **trained.summary()})

@@ -226,7 +226,8 @@ class Trainer:
                  param_groups: list[dict] | None = None, eval_ids: Tensor | None = None,
                  lr_lambda: Callable[[int], float] | None = None,
                  weight_decay_lambda: Callable[[int], float] | None = None, callbacks: Iterable[Callback] = (),
-                 after_backward: Iterable[Callable[["Trainer"], None]] = ()):
+                 after_backward: Iterable[Callable[["Trainer"], None]] = (),
+                 flops_per_token: float | None = None, peak_flops: float | None = None):
         if sequences.dim() != 2 or sequences.shape[0] == 0:
             raise TrainDataError(f"training sequences must be a non-empty [n, seqlen] tensor, got {tuple(sequences.shape)}")
         check_context(model, sequences.shape[1])
@@ -239,6 +240,9 @@ class Trainer:
         self.loss_fn = loss_fn
         self.eval_ids = eval_ids
         self.callbacks = list(callbacks)
+        # with both, every log record carries the model FLOPs utilisation beside tokens/s
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
         self.after_backward = list(after_backward)
         self.device = self._pick_device(config.device)
         self.distributed = self._distributed_mode(config.distributed)
@@ -519,6 +523,9 @@ class Trainer:
             record = self.train_step()
             train_seconds += record["step_seconds"]
             record["tokens_per_second"] = (self.tokens - start_tokens) / train_seconds
+            if self.flops_per_token and self.peak_flops:
+                # tokens/s counts every process; the peak is one device's
+                record["mfu"] = self.flops_per_token * record["tokens_per_second"] / (self.peak_flops * self.world)
             end = self.step == self.total_steps
             if self.eval_ids is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or end):
                 record |= self.evaluate()
@@ -529,7 +536,7 @@ class Trainer:
                 callback(self, record)
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.4g}" for k in record
-                             if k in ("loss", "off", "kl", "ce", "eval_ppl", "tokens_per_second")}, refresh=False)
+                             if k in ("loss", "off", "kl", "ce", "eval_ppl", "tokens_per_second", "mfu")}, refresh=False)
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or end:
                 self.save_checkpoint()
         bar.close()
