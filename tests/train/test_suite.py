@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from tritium.cli import main
 from tritium.data.tokens import TokenFolder, ingest, train_tokenizer
