@@ -42,6 +42,20 @@ def _run(out_dir, micro_batch_size, distributed):
             "params": {k: _full(v.detach()).clone() for k, v in student.state_dict().items()}}
 
 
+def _pretrain(out_dir, micro_batch_size, distributed):
+    """A TriLM pretraining run (Spectra's schedule) through the same trainer."""
+    from tritium.train.pretrain import pretrain, pretrain_config
+
+    seqs = torch.randint(0, 300, (8, 16), generator=torch.Generator().manual_seed(1))
+    config = pretrain_config("trilm", "tiny-xs", seqlen=16, train=dict(
+        steps=3, micro_batch_size=micro_batch_size, grad_accum=2, seed=5, progress=False, distributed=distributed))
+    result = pretrain(config, seqs, out_dir, vocab_size=300)
+    from safetensors.torch import load_file
+
+    return {"losses": result.train.losses(), "saved": load_file(os.path.join(out_dir, "model", "model.safetensors"))
+            if int(os.environ.get("RANK", 0)) == 0 else None}
+
+
 def _worker(rank, world, port, out_dir, modes):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -51,7 +65,8 @@ def _worker(rank, world, port, out_dir, modes):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         for mode in modes:  # one spawn for both modes: starting processes costs more than the runs
-            out = _run(os.path.join(out_dir, mode), micro_batch_size=1, distributed=mode)
+            run = _pretrain if mode.startswith("pretrain-") else _run
+            out = run(os.path.join(out_dir, mode), micro_batch_size=1, distributed=mode.removeprefix("pretrain-"))
             if rank == 0:
                 torch.save(out, os.path.join(out_dir, f"{mode}.pt"))
     finally:
@@ -65,14 +80,16 @@ def _free_port():
 
 
 MODES = ("ddp", "fsdp")
+PRETRAIN_MODES = ("pretrain-fsdp",)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp), MODES), nprocs=2, join=True)
-    out = {mode: torch.load(tmp / f"{mode}.pt") for mode in MODES}
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp), MODES + PRETRAIN_MODES), nprocs=2, join=True)
+    out = {mode: torch.load(tmp / f"{mode}.pt") for mode in MODES + PRETRAIN_MODES}
     out["single"] = _run(tmp / "single", micro_batch_size=2, distributed="none")
+    out["pretrain-single"] = _pretrain(tmp / "pretrain-single", micro_batch_size=2, distributed="none")
     return out
 
 
@@ -87,3 +104,13 @@ def test_two_processes_equal_one(runs, mode):
             torch.testing.assert_close(step_p[name], step_s[name], rtol=1e-4, atol=1e-6, msg=name)
     for name, value in single["params"].items():
         torch.testing.assert_close(parallel["params"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_trilm_pretraining_under_fsdp_equals_one_process(runs):
+    """The Spectra path too: ternary linears sharded by FSDP, the schedule, and a saved model gathered whole."""
+    parallel, single = runs["pretrain-fsdp"], runs["pretrain-single"]
+    assert len(single["losses"]) == 3
+    assert parallel["losses"] == pytest.approx(single["losses"], rel=1e-5)
+    assert parallel["saved"].keys() == single["saved"].keys()
+    for name, value in single["saved"].items():
+        torch.testing.assert_close(parallel["saved"][name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -265,8 +265,11 @@ def pretrain(config: PretrainConfig, train_sequences: Tensor, out_dir, vocab_siz
         val_loss = math.log(finals[-1]["eval_ppl"])
     trained = PretrainResult(config.arch, config.size, out_dir, count_parameters(trainer.model), result, val_loss,
                              flops, peak, source, trainer.world)
+    state = trainer.full_model_state()  # every rank takes part; FSDP holds shards, not the model
     if trainer.rank == 0:
-        save_spectra_model(trainer.model.cpu().eval(), out_dir / "model", tokenizer)
+        final = build_model(config.arch, config.size, vocab_size, context=config.seqlen, shards=config.shards)
+        final.load_state_dict(state)
+        save_spectra_model(final.eval(), out_dir / "model", tokenizer)
         atomic_write_json(out_dir / "pretrain.json", {"config": _jsonable(asdict(config)), **trained.summary()})
     return trained
 

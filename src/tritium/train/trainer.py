@@ -453,6 +453,12 @@ class Trainer:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_state_dict(self.model, self.optimizer, options=options)
 
+    def full_model_state(self) -> dict:
+        """The whole model's state on the CPU, gathered from every shard (a collective under FSDP)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def checkpoint_dir(self, step: int) -> Path:
         return self.out_dir / self.CHECKPOINTS / f"step-{step:08d}"
 
