@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -61,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder of the data sets (default $TRITIUM_DATA)")
     p.add_argument("--out", help="result folder (default runs/bench-distill-<time>)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="training precision of every variant and of the throughput baselines (bf16: autocast, "
+                        "which uses AMX on CPUs that have it); evaluation stays fp32")
     return p.parse_args(argv)
 
 
@@ -89,8 +91,9 @@ def wikitext_ppl(model, eval_ids, limit) -> float:
     return perplexity(model, eval_ids, seqlen=2048, limit=limit, progress=False).ppl
 
 
-def bare_float_tokens_per_second(model, sequences, micro_batch, steps, device) -> float:
-    """Forward, CE, backward, AdamW on a float model: what any training loop must at least cost."""
+def bare_float_tokens_per_second(model, sequences, micro_batch, steps, device, bf16: bool = False) -> float:
+    """Forward, CE, backward, AdamW on a float model: what any training loop must at least cost
+    (under the same bf16 autocast as the trainer when ``bf16``)."""
     model = copy.deepcopy(model).to(device).train()
     model.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95))
@@ -99,7 +102,8 @@ def bare_float_tokens_per_second(model, sequences, micro_batch, steps, device) -
     for step in range(steps + 1):  # the first step warms up allocators and is not timed
         batch = sequences[torch.randint(0, sequences.shape[0], (micro_batch,), generator=gen)].to(device)
         start = time.perf_counter()
-        loss = next_token_ce(model(batch, use_cache=False).logits, batch)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss = next_token_ce(model(batch, use_cache=False).logits, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -108,14 +112,15 @@ def bare_float_tokens_per_second(model, sequences, micro_batch, steps, device) -
     return steps * micro_batch * sequences.shape[1] / seconds
 
 
-def trainer_tokens_per_second(model, sequences, micro_batch, steps, out, loss_fn=None, quantize=None) -> float:
+def trainer_tokens_per_second(model, sequences, micro_batch, steps, out, loss_fn=None, quantize=None,
+                              precision: str = "auto") -> float:
     """The trainer on the same model and batch; the first step is left out as warmup."""
     model = copy.deepcopy(model).train()
     model.requires_grad_(True)
     if quantize == "dlt":
         to_dlt_(model, DLTConfig(group=128, ragged_groups=True))
     config = TrainConfig(steps=steps + 1, micro_batch_size=micro_batch, progress=False, device="cpu",
-                         optim=OptimConfig(lr=1e-5, schedule="constant"))
+                         precision=precision, optim=OptimConfig(lr=1e-5, schedule="constant"))
     result = Trainer(model, loss_fn or LanguageModelLoss(), sequences, config, out).run(resume=False)
     timed = result.records[1:]
     return sum(micro_batch * sequences.shape[1] for _ in timed) / sum(r["step_seconds"] for r in timed)
@@ -123,7 +128,7 @@ def trainer_tokens_per_second(model, sequences, micro_batch, steps, out, loss_fn
 
 def variant_config(name: str, args) -> DistillConfig:
     train = {"tokens": args.tokens, "micro_batch_size": args.micro_batch_size, "grad_accum": args.grad_accum,
-             "checkpoint_every": 0, "device": args.device, "precision": "auto", "progress": True,
+             "checkpoint_every": 0, "device": args.device, "precision": args.precision, "progress": True,
              "optim": {"lr": args.lr, "lr_quant": args.lr_quant, "schedule": "cosine", "warmup_steps": 2,
                        "min_lr_ratio": 0.1}}
     if name == "absmean":
@@ -174,9 +179,12 @@ def main(argv=None) -> int:
 
     print("bench: throughput", file=sys.stderr)
     mb, steps = args.micro_batch_size, args.throughput_steps
-    bare = bare_float_tokens_per_second(model, sequences, mb, steps, args.device)
-    trainer_float = trainer_tokens_per_second(model, sequences, mb, steps, out / "throughput-float")
-    throughput = {"batch": f"{mb}x{args.seqlen}", "steps": steps, "bare_float_tok_s": round(bare, 1),
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.device(args.device).type == "cuda")
+    bare = bare_float_tokens_per_second(model, sequences, mb, steps, args.device, bf16)
+    trainer_float = trainer_tokens_per_second(model, sequences, mb, steps, out / "throughput-float",
+                                              precision=args.precision)
+    throughput = {"batch": f"{mb}x{args.seqlen}", "steps": steps, "precision": "bf16" if bf16 else "fp32",
+                  "bare_float_tok_s": round(bare, 1),
                   "trainer_float_tok_s": round(trainer_float, 1),
                   "trainer_overhead": round(bare / trainer_float, 3)}
     print(f"bench: {throughput}", file=sys.stderr)
