@@ -13,6 +13,7 @@ from tritium.train.pretrain import (
     pretrain,
     pretrain_config,
     spectra_lr_lambda,
+    total_steps_for,
     weight_decay_lambda,
 )
 from tritium.train.trainer import OptimConfig
@@ -124,6 +125,13 @@ def test_the_shipped_recipes_carry_spectras_schedules_and_per_size_rates():
     assert trilm.peak_lr > 2 * floatlm.peak_lr  # TriLM trains at a higher rate
     assert pretrain_config("trilm", "3.9b", train=dict(steps=1)).peak_lr < trilm.peak_lr  # falling with size
     assert pretrain_config("trilm", "99m", lr=1e-3, train=dict(steps=1)).peak_lr == 1e-3  # a flag wins
+
+
+def test_a_token_budget_is_shared_by_every_process():
+    config = pretrain_config("trilm", "tiny-xs", seqlen=32, train=dict(tokens=6400, micro_batch_size=2))
+    assert total_steps_for(config, world=1) == 100 and total_steps_for(config, world=2) == 50
+    with pytest.raises(SpectraConfigError, match="less than one step"):
+        total_steps_for(pretrain_config("trilm", "tiny-xs", seqlen=32, train=dict(tokens=10)))
 
 
 def test_flops_per_token_counts_matrices_and_attention():

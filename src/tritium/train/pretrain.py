@@ -147,12 +147,19 @@ def weight_decay_lambda(total_steps: int, off_at: float | None):
     return lambda step: 0.0 if off_step is not None and step >= off_step else 1.0
 
 
-def total_steps_for(config: PretrainConfig, n_sequences: int, world: int = 1) -> int:
+def total_steps_for(config: PretrainConfig, world: int | None = None) -> int:
+    """Optimizer steps of the run; a token budget counts every process's batches (torchrun's WORLD_SIZE)."""
+    import os
+
+    world = world or int(os.environ.get("WORLD_SIZE", 1))
     train = config.train
     if train.steps is not None:
         return train.steps
     per_step = world * train.micro_batch_size * train.grad_accum * config.seqlen
-    return max(1, train.tokens // per_step)
+    if train.tokens < per_step:
+        raise SpectraConfigError(f"a budget of {train.tokens} tokens is less than one step of {per_step} tokens: "
+                                 "raise --tokens or shrink the batch")
+    return train.tokens // per_step
 
 
 # --------------------------------------------------------------------------- throughput accounting
@@ -242,7 +249,7 @@ def pretrain(config: PretrainConfig, train_sequences: Tensor, out_dir, vocab_siz
     train = config.train
     seed = train.seed if seed is None else seed
     model = build_model(config.arch, config.size, vocab_size, context=config.seqlen, shards=config.shards, seed=seed)
-    total = total_steps_for(config, train_sequences.shape[0])
+    total = total_steps_for(config)
     optim = config.optim(total)
     train_config = TrainConfig(**{**asdict(train), "optim": optim, "steps": total, "tokens": None,
                                   "eval_seqlen": config.seqlen})

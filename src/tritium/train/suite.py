@@ -71,7 +71,7 @@ def quantlm_grid(bits: int, group: int = 128) -> UniformGrid:
     return UniformGrid(bits, group=group if bits <= 4 else "channel", symmetric=True, ragged_groups=True)
 
 
-def make_quantlm(float_model, bits: int, calibration: torch.Tensor, group: int = 128, progress: bool = False):
+def make_quantlm(float_model, bits: int, calibration: torch.Tensor, group: int = 128):
     """GPTQ the FloatLM in place to ``bits``; returns the QuantizationResult."""
     from ..methods import quantize_
     from ..methods.gptq import GPTQConfig
