@@ -80,10 +80,12 @@ def test_cli_distill_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["distill", "--model", str(folder), "--recipe", "ternaryllm-cpu", "--steps", "3", "--data",
                  str(tmp_path / "train.jsonl"), "--train-seqlen", "16", "--micro-batch-size", "2", "--group", "32",
-                 "--eval", str(tmp_path / "eval.txt"), "--seqlen", "32", "--out", str(out), "--no-progress"])
+                 "--eval", str(tmp_path / "eval.txt"), "--seqlen", "32", "--out", str(out), "--no-progress",
+                 "--precision", "bf16"])
     assert code == 0
     report = json.loads((out / "results.json").read_text())
     assert [r["model"] for r in report["rows"]] == ["float", "quantized"] and report["training"]["steps"] == 3
+    assert report["recipe"]["method_args"]["train"]["precision"] == "bf16"  # the flag reached the trainer's recipe
     assert report["rows"][1]["method"] == "dlt"
     assert (out / "model" / "config.json").is_file() and (out / "train" / "log.jsonl").is_file()
     reloaded, _, _ = load_model(out / "model")
