@@ -11,13 +11,15 @@ training step (forward, CE, backward, AdamW: no trainer) against the trainer run
 model and batch, and against the DLT+OFF distillation step, all measured in this run.
 
   python bench/bench_distill.py --tokens 20000 --limit 2          # a smoke run (minutes)
-  python bench/bench_distill.py --tokens 1M --limit 40            # the issue's CPU budget (hours)
+  python bench/bench_distill.py --tokens 1M --limit 40 --precision bf16 --resume --out runs/ablation-1M
+                                                                  # the issue's CPU budget (hours; rerun to resume)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import datetime as dt
 import os
 import platform
@@ -60,6 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder of the data sets (default $TRITIUM_DATA)")
     p.add_argument("--out", help="result folder (default runs/bench-distill-<time>)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true",
+                   help="keep each finished piece (float row, throughput, variant rows) in --out and each variant's "
+                        "training checkpoints there; a rerun with the same --out skips or resumes them")
+    p.add_argument("--checkpoint-every", type=int, default=25, help="with --resume: steps between checkpoints")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="training precision of every variant and of the throughput baselines (bf16: autocast, "
                         "which uses AMX on CPUs that have it); evaluation stays fp32")
@@ -126,9 +132,20 @@ def trainer_tokens_per_second(model, sequences, micro_batch, steps, out, loss_fn
     return sum(micro_batch * sequences.shape[1] for _ in timed) / sum(r["step_seconds"] for r in timed)
 
 
+def cached(path: Path, enabled: bool, compute):
+    """``compute()``, kept as JSON at ``path`` when ``enabled`` so that a rerun reads it back."""
+    if enabled and path.is_file():
+        print(f"bench: reusing {path}", file=sys.stderr)
+        return json.loads(path.read_text())
+    value = compute()
+    if enabled:
+        atomic_write_json(path, value)
+    return value
+
+
 def variant_config(name: str, args) -> DistillConfig:
     train = {"tokens": args.tokens, "micro_batch_size": args.micro_batch_size, "grad_accum": args.grad_accum,
-             "checkpoint_every": 0, "device": args.device, "precision": args.precision, "progress": True,
+             "checkpoint_every": args.checkpoint_every if args.resume else 0, "device": args.device, "precision": args.precision, "progress": True,
              "optim": {"lr": args.lr, "lr_quant": args.lr_quant, "schedule": "cosine", "warmup_steps": 2,
                        "min_lr_ratio": 0.1}}
     if name == "absmean":
@@ -171,44 +188,55 @@ def main(argv=None) -> int:
     print(f"bench: {sequences.shape[0]} training sequences of {args.seqlen} tokens from {args.data}", file=sys.stderr)
 
     rows = []
-    t0 = time.perf_counter()
-    float_ppl = wikitext_ppl(model, eval_ids, args.limit)
-    rows.append({"variant": "float", "tokens": 0, "ppl_start": None, "ppl": round(float_ppl, 3),
-                 "vs_float": 1.0, "train_tok_s": None, "seconds": round(time.perf_counter() - t0, 1)})
+
+    def float_row():
+        t0 = time.perf_counter()
+        ppl = wikitext_ppl(model, eval_ids, args.limit)
+        return {"variant": "float", "tokens": 0, "ppl_start": None, "ppl": round(ppl, 3), "vs_float": 1.0,
+                "train_tok_s": None, "seconds": round(time.perf_counter() - t0, 1)}
+
+    rows.append(cached(out / "float.json", args.resume, float_row))
+    float_ppl = rows[0]["ppl"]
     print(f"bench: float ppl {float_ppl:.3f}", file=sys.stderr)
 
     print("bench: throughput", file=sys.stderr)
     mb, steps = args.micro_batch_size, args.throughput_steps
     bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.device(args.device).type == "cuda")
-    bare = bare_float_tokens_per_second(model, sequences, mb, steps, args.device, bf16)
-    trainer_float = trainer_tokens_per_second(model, sequences, mb, steps, out / "throughput-float",
-                                              precision=args.precision)
-    throughput = {"batch": f"{mb}x{args.seqlen}", "steps": steps, "precision": "bf16" if bf16 else "fp32",
-                  "bare_float_tok_s": round(bare, 1),
-                  "trainer_float_tok_s": round(trainer_float, 1),
-                  "trainer_overhead": round(bare / trainer_float, 3)}
+
+    def measure_throughput():
+        bare = bare_float_tokens_per_second(model, sequences, mb, steps, args.device, bf16)
+        trainer_float = trainer_tokens_per_second(model, sequences, mb, steps, out / "throughput-float",
+                                                  precision=args.precision)
+        return {"batch": f"{mb}x{args.seqlen}", "steps": steps, "precision": "bf16" if bf16 else "fp32",
+                "bare_float_tok_s": round(bare, 1), "trainer_float_tok_s": round(trainer_float, 1),
+                "trainer_overhead": round(bare / trainer_float, 3)}
+
+    throughput = cached(out / "throughput.json", args.resume, measure_throughput)
+    bare = throughput["bare_float_tok_s"]
     print(f"bench: {throughput}", file=sys.stderr)
 
-    results = {}
     for name in variants:
         config = variant_config(name, args)
-        t0 = time.perf_counter()
-        start_ppl = untrained_ppl(model, config, eval_ids, args.limit) if name != "dlt-off-ptq" else None
-        student = copy.deepcopy(model)
-        folded, train = distill(student, tokenizer, config, out / name, sequences=sequences, teacher=model,
-                                resume=False)
-        ppl = wikitext_ppl(student, eval_ids, args.limit)
-        results[name] = train
-        rows.append({"variant": name, "tokens": train.tokens,
-                     "ppl_start": round(start_ppl, 3) if start_ppl else None, "ppl": round(ppl, 3),
-                     "vs_float": round(ppl / float_ppl, 3), "train_tok_s": round(train.tokens_per_second, 1),
-                     "first_loss": round(train.losses()[0], 4), "last_loss": round(train.losses()[-1], 4),
-                     "seconds": round(time.perf_counter() - t0, 1)})
+
+        def run_variant():
+            t0 = time.perf_counter()
+            start_ppl = untrained_ppl(model, config, eval_ids, args.limit) if name != "dlt-off-ptq" else None
+            student = copy.deepcopy(model)
+            _, train = distill(student, tokenizer, config, out / name, sequences=sequences, teacher=model,
+                               resume=args.resume)
+            ppl = wikitext_ppl(student, eval_ids, args.limit)
+            # a resumed run's tokens/s covers only its own steps: the rate, not a total
+            return {"variant": name, "tokens": train.tokens,
+                    "ppl_start": round(start_ppl, 3) if start_ppl else None, "ppl": round(ppl, 3),
+                    "vs_float": round(ppl / float_ppl, 3), "train_tok_s": round(train.tokens_per_second, 1),
+                    "first_loss": round(train.losses()[0], 4), "last_loss": round(train.losses()[-1], 4),
+                    "resumed_from_step": train.resumed_from, "seconds": round(time.perf_counter() - t0, 1)}
+
+        rows.append(cached(out / name / "row.json", args.resume, run_variant))
         print(f"bench: {rows[-1]}", file=sys.stderr)
-        del student
-    if "dlt-off" in results:
-        throughput["dlt_off_distill_tok_s"] = round(results["dlt-off"].tokens_per_second, 1)
-        throughput["dlt_off_vs_bare_float"] = round(bare / results["dlt-off"].tokens_per_second, 3)
+        if name == "dlt-off":
+            throughput["dlt_off_distill_tok_s"] = rows[-1]["train_tok_s"]
+            throughput["dlt_off_vs_bare_float"] = round(bare / rows[-1]["train_tok_s"], 3)
 
     command = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
     report = {"command": command, "date": started.isoformat(timespec="seconds"), "machine": machine(),
