@@ -97,3 +97,14 @@ def test_the_cli_pretrains_from_raw_text_and_runs_a_suite(tmp_path, capsys):
     assert main(["pretrain", "--arch", "trilm", "--size", "tiny-xs", "--data", str(tmp_path / "one/tokens"),
                  "--seqlen", "100000", "--steps", "1", "--out", str(tmp_path / "bad")]) == 2
     assert "fewer than one sequence" in capsys.readouterr().err
+
+
+def test_the_shipped_suite_recipes_load():
+    from tritium.train.suite import suite_config_from_recipe
+
+    cpu = suite_config_from_recipe("suite-cpu")
+    assert len(cpu.sizes) >= 3 and cpu.kinds == ["float", "trilm", "quant"] and cpu.quant_bits == [3, 4]
+    gpu = suite_config_from_recipe("suite-gpu", sizes=["tiny-xs"], train={"tokens": 1000})
+    assert gpu.sizes == ["tiny-xs"] and gpu.train["tokens"] == 1000 and gpu.train["micro_batch_size"] == 32
+    with pytest.raises(SpectraConfigError, match="sizes"):
+        suite_config_from_recipe(None)
