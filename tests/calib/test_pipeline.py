@@ -54,6 +54,7 @@ def _weights(model):
 
 RESUMABLE = {
     "gptq": dict(act_order=True, forward_batch_size=2),
+    "awq": dict(n_grid=3, clip_n_grid=3, search_tokens=32, clip_tokens=16),
     # Random batch draws, AWQ token sampling and Adam all must replay identically.
     "tesseraq": dict(soft_fractions=(0.5,), steps_per_stage=3, batch_size=2, n_grid=3, clip_n_grid=3,
                      search_tokens=32, clip_tokens=16),
@@ -95,6 +96,15 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     quantize_(tiny_model(), config_from_dict("gptq", GRID, checkpoint_dir=folder), calibration(seed=0))
     with pytest.raises(CalibrationInputError, match="holds a different run"):
         quantize_(tiny_model(), config_from_dict("gptq", GRID, checkpoint_dir=folder), calibration(seed=1))
+
+
+def test_checkpoint_of_an_older_algorithm_is_refused(tmp_path, monkeypatch):
+    folder = str(tmp_path / "ckpt")
+    monkeypatch.setattr(pipeline_module, "CHECKPOINT_VERSION", pipeline_module.CHECKPOINT_VERSION - 1)
+    quantize_(tiny_model(), config_from_dict("gptq", GRID, checkpoint_dir=folder), calibration())
+    monkeypatch.undo()
+    with pytest.raises(CalibrationInputError, match="holds a different run"):
+        quantize_(tiny_model(), config_from_dict("gptq", GRID, checkpoint_dir=folder), calibration())
 
 
 def test_non_finite_activations_name_the_block_and_layer():

@@ -1,12 +1,16 @@
+import copy
+
 import pytest
 import torch
 
+from tritium.calib import BlockResult, PipelineSettings, run_blockwise
 from tritium.methods import config_from_dict, quantize_
-from tritium.methods.awq import AWQConfig, clip_ratios, fold_scale
+from tritium.methods.awq import AWQConfig, clip_ratios, fold_scale, inspected_module, scale_objective
+from tritium.methods.base import selected_linears
 from tritium.models import decoder_layout, tiny_model
-from tritium.quant.grids import TernaryGrid, UniformGrid
+from tritium.quant.grids import TernaryGrid, UniformGrid, quantize_weight
 
-from tiny_outliers import hidden_error, outlier_model
+from tiny_outliers import calibration_ids, hidden_error, outlier_model
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma"])
@@ -52,3 +56,45 @@ def test_awq_lowers_block_output_error_against_rtn(family, grid, calib_ids):
     assert not torch.equal(decoder_layout(awq).blocks[0].input_layernorm.weight,
                            decoder_layout(reference).blocks[0].input_layernorm.weight) or \
         result.details["blocks"][0]["input_layernorm.alpha"] is None
+
+
+def test_the_scale_search_inspects_the_module_that_holds_the_group():
+    groups = {g.producer: inspected_module(g.consumers) for g in decoder_layout(tiny_model()).scale_groups}
+    assert groups == {"input_layernorm": "self_attn", None: "self_attn.o_proj",
+                      "post_attention_layernorm": "mlp", "mlp.up_proj": "mlp.down_proj"}
+
+
+@pytest.mark.parametrize("producer,module", [("input_layernorm", "self_attn"), ("post_attention_layernorm", "mlp")])
+def test_the_scale_objective_is_the_error_of_the_whole_module_output(producer, module):
+    """At s = 1 the objective is the MSE of the attention (or MLP) output with its consumers
+    RTN-quantized, measured here independently on a copy of the block: the error goes through
+    the softmax and the gate, not just through each linear's own output."""
+    grid = UniformGrid(bits=2, group=16)
+    model = outlier_model()
+    layout = decoder_layout(model)
+    seen = []
+
+    def spy(ctx):
+        if ctx.index == 0:
+            group = next(g for g in ctx.scale_groups if g.producer == producer)
+            objective = scale_objective(ctx, group.consumers, list(group.consumers), grid, ctx.quant_inputs)
+            width = ctx.block.get_submodule(group.consumers[0]).in_features
+            quantized = copy.deepcopy(ctx.block)
+            for name in group.consumers:
+                linear = quantized.get_submodule(name)
+                linear.weight.data = quantize_weight(linear.weight, grid).dequantize()
+            outputs = []
+            for block in (ctx.block, quantized):
+                handle = block.get_submodule(module).register_forward_hook(
+                    lambda m, args, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+                with torch.no_grad():
+                    block(ctx.quant_inputs, **ctx.kwargs)
+                handle.remove()
+            expected = float((outputs[1] - outputs[0]).pow(2).mean())
+            seen.append((objective(torch.ones(width)), expected))
+        return BlockResult({})
+
+    run_blockwise(model, layout, selected_linears(layout, ()), calibration_ids(), spy, PipelineSettings(),
+                  grid, "spy", progress=False)
+    (got, expected), = seen
+    assert expected > 0 and got == pytest.approx(expected, rel=1e-5)

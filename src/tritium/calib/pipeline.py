@@ -44,7 +44,10 @@ from .capture import (
     move_kwargs,
 )
 
-CHECKPOINT_VERSION = 1
+# Part of every run's fingerprint: raise it whenever a method's algorithm changes, so that
+# blocks checkpointed by the old algorithm are never mixed into a resumed run.
+# 2: AWQ's scale search (also TesseraQ's initialisation) scores the whole module's output.
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -126,10 +129,12 @@ class BlockContext:
         with torch.no_grad(), finite_guard(self.block, self.name, self.index, what):
             return block_forward(self.block, hidden, self.kwargs, self.forward_batch_size, self.device)
 
-    def forward_observed(self, hidden: Tensor, names, make_hook, what: str) -> None:
+    def forward_observed(self, hidden: Tensor, names, make_hook, what: str, with_kwargs: bool = False) -> None:
         """Run ``hidden`` through the block with ``make_hook(name)`` as a forward hook on each
-        named submodule; the hooks are removed however the pass ends."""
-        handles = [self.block.get_submodule(name).register_forward_hook(make_hook(name)) for name in names]
+        named submodule (``with_kwargs``: the hook also gets the call's keyword arguments);
+        the hooks are removed however the pass ends."""
+        handles = [self.block.get_submodule(name).register_forward_hook(make_hook(name), with_kwargs=with_kwargs)
+                   for name in names]
         try:
             self.forward(hidden, what)
         finally:
@@ -201,7 +206,7 @@ def load_progress(folder: Path, fingerprint: str) -> int:
     if progress.get("fingerprint") != fingerprint:
         raise CalibrationInputError(
             f"the checkpoint folder {folder} holds a different run (another model, method setting or calibration "
-            "set): pass a new checkpoint folder, or delete this one to start over"
+            "set, or an older tritium): pass a new checkpoint folder, or delete this one to start over"
         )
     return int(progress["finished_blocks"])
 
@@ -225,7 +230,7 @@ def run_fingerprint(method: str, method_args: dict, grid: Grid, layout: DecoderL
     """Identifies a run: same model weights, method settings, grid and calibration set."""
     digest = hashlib.sha256()
     settings = {k: v for k, v in method_args.items() if k not in ("checkpoint_dir", "device", "offload_dir")}
-    digest.update(json.dumps([method, repr(grid), sorted(settings.items()), sorted(linear_names)],
+    digest.update(json.dumps([CHECKPOINT_VERSION, method, repr(grid), sorted(settings.items()), sorted(linear_names)],
                              default=str).encode())
     digest.update(input_ids.cpu().numpy().tobytes())
     # The first block's weights identify the float model cheaply (a resumed run must load the same one).

@@ -2,27 +2,30 @@
 
 For each group of linears that read the same input (``DecoderLayout.scale_groups``),
 search s = x̄^α / w̄^(1−α) over a grid of α, where x̄ is the mean |activation| of each
-input channel and w̄ the mean group-normalised |weight|. The winner minimises the
-consumers' output error ‖(x/s)·Q(W·s)ᵀ − x·Wᵀ‖² on sampled calibration tokens; s = 1
-(plain RTN) is always a candidate, so the search never does worse on its objective.
+input channel and w̄ the mean group-normalised |weight|. As in AWQ, a candidate is scored
+on the output of the module that holds the group (:func:`inspected_module`: the whole
+attention for q/k/v, so the error goes through the softmax; the whole MLP for gate/up;
+the linear itself for o and down), with the consumers' weights replaced by Q(W·s)/s and
+everything else in float, against that module's float output on calibration samples.
+s = 1 (plain RTN) is always a candidate, so the search never does worse on its objective.
 The scale folds into the producer (a norm, respecting Gemma's 1 + w offset, or a
 linear), its inverse into the consumers, leaving the float function unchanged.
 Without a producer (v→o under grouped-query attention) the group is left unscaled.
 
 Then, per linear, a clipping search shrinks each group's range (uniform) or scales its
-α (ternary) by the ratio that minimises that group's contribution to the output error.
-
-The objective uses the consumers' own outputs rather than the whole attention module's
-output (the reference inspects the parent module); it keeps the search generic across
-families at the cost of ignoring the softmax.
+α (ternary) by the ratio that minimises that group's contribution to the linear's output
+error (AWQ's clipping objective is per linear too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..calib.pipeline import BlockContext, BlockResult
 from ..quant.grids import Grid, GroupLayout, QuantConfigError, TernaryGrid
@@ -37,7 +40,9 @@ SCALE_FLOOR = 1e-4  # keeps s^(−1) finite for channels that never activate
 class AWQConfig(CalibratedConfig):
     n_grid: int = 20  # α ∈ {0, 1/n, ..., (n−1)/n}
     duo_scaling: bool = True  # s = x̄^α / w̄^(1−α); False: s = x̄^α
-    search_tokens: int = 4096  # calibration tokens sampled for the scale search
+    # Calibration tokens for the scale search, taken as whole samples (the attention needs
+    # whole sequences): ceil(search_tokens / seqlen) samples, at least one.
+    search_tokens: int = 4096
     clip: bool = True  # run the clipping search after scaling
     clip_n_grid: int = 20
     clip_max_shrink: float = 0.5  # uniform: ranges shrink to (1 − i/n) for i < max_shrink·n
@@ -51,6 +56,71 @@ def _sampled_rows(total: int, keep: int, seed: int) -> Tensor:
         return torch.arange(total)
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(total, generator=generator)[:keep].sort().values
+
+
+def search_samples(n_samples: int, seqlen: int, tokens: int, seed: int) -> Tensor:
+    """Indices of the whole calibration samples that hold about ``tokens`` tokens, drawn at random."""
+    count = min(n_samples, max(1, math.ceil(tokens / seqlen)))
+    return _sampled_rows(n_samples, count, seed)
+
+
+def inspected_module(consumers: tuple[str, ...]) -> str:
+    """The deepest module holding every consumer, whose output AWQ's scale search scores:
+    ``self_attn`` for q/k/v, ``mlp`` for gate/up, the linear itself when it is alone."""
+    common = []
+    for parts in zip(*(name.split(".") for name in consumers)):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+def scale_objective(ctx: BlockContext, consumers: tuple[str, ...], selected: list[str], grid: Grid,
+                    hidden: Tensor):
+    """AWQ's scale objective for one scale group, as a function of the scale s.
+
+    Runs the block once on ``hidden`` (block inputs) to record the calls and float outputs
+    of the module holding ``consumers``; the returned function replays those calls with
+    each selected consumer's weight W replaced by Q(W·s)/s (that is (x/s)·Q(W·s)ᵀ, what the
+    folded model computes) and gives the mean squared error of the module's output.
+    """
+    root = inspected_module(consumers)
+    module = ctx.block.get_submodule(root)
+    calls = []
+
+    def hook(_name):
+        def record(_module, args, kwargs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            calls.append((args, dict(kwargs), out.detach()))
+        return record
+
+    ctx.forward_observed(hidden, [root], hook, "recording the AWQ scale search's module", with_kwargs=True)
+
+    def relative_key(name: str) -> str:  # the weight's name inside the inspected module
+        if name == root:
+            return "weight"
+        return (name[len(root) + 1:] if root else name) + ".weight"
+
+    keys = {name: relative_key(name) for name in selected}
+    weights = {name: ctx.block.get_submodule(name).weight.detach() for name in selected}
+    layouts = {name: layout_for(w, grid) for name, w in weights.items()}
+
+    @torch.no_grad()
+    def loss_for(s: Tensor) -> float:
+        overrides = {}
+        for name, w in weights.items():
+            scaled = w.float() * s
+            q = fake_quant_with(scaled, rtn_params(scaled, grid, layouts[name]), grid, layouts[name]) / s
+            overrides[keys[name]] = q.to(w.dtype)
+        total, count = 0.0, 0
+        for args, kwargs, target in calls:
+            out = functional_call(module, overrides, args, kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            total += float((out.float() - target.float()).pow(2).sum())
+            count += target.numel()
+        return total / count
+
+    return loss_for
 
 
 def collect_inputs(ctx: BlockContext, names: list[str], keep_tokens: int, seed: int):
@@ -90,22 +160,11 @@ def _group_normalised_weight_mean(weights: list[Tensor], grid: Grid) -> Tensor:
     return torch.cat(parts).mean(0)
 
 
-def search_scale(x: Tensor, x_mean: Tensor, weights: list[Tensor], grid: Grid, n_grid: int, duo_scaling: bool):
-    """The per-input-channel scale s that minimises the consumers' quantized output error.
+def search_scale(loss_for, x_mean: Tensor, weights: list[Tensor], grid: Grid, n_grid: int, duo_scaling: bool):
+    """The per-input-channel scale s among AWQ's candidates that minimises ``loss_for(s)``.
 
     Returns ``(s, α or None for the identity, loss, identity_loss)``.
     """
-    reference = [x @ w.float().t() for w in weights]
-    layouts = [layout_for(w, grid) for w in weights]
-
-    def loss_for(s: Tensor) -> float:
-        total = 0.0
-        for w, layout, y in zip(weights, layouts, reference):
-            scaled = w.float() * s
-            q = fake_quant_with(scaled, rtn_params(scaled, grid, layout), grid, layout)
-            total += float(((x / s) @ q.t() - y).pow(2).mean())
-        return total
-
     identity = torch.ones_like(x_mean)
     best_loss = identity_loss = loss_for(identity)
     best_scale, best_alpha = identity, None
@@ -186,15 +245,20 @@ def awq_transform(ctx: BlockContext, config: AWQConfig) -> tuple[dict[str, Group
     names = [n for group in ctx.scale_groups for n in group.consumers if n in ctx.linears]
     if not names:
         return {}, stats
-    inputs = collect_inputs(ctx, names, max(config.search_tokens, config.clip_tokens), ctx.seed)
+    inputs = collect_inputs(ctx, names, config.clip_tokens, ctx.seed)
+    n, seqlen = ctx.quant_inputs.shape[:2]
+    samples = search_samples(n, seqlen, config.search_tokens, ctx.seed + 2).to(ctx.quant_inputs.device)
+    hidden = ctx.quant_inputs[samples]
     for group in ctx.scale_groups:
         selected = [n for n in group.consumers if n in ctx.linears]
         if group.producer is None or not selected:
             continue
-        x_mean, x = inputs[selected[0]]
-        x = x[: config.search_tokens]
+        x_mean = inputs[selected[0]][0]
         weights = [ctx.block.get_submodule(n).weight.detach() for n in selected]
-        s, alpha, loss, identity_loss = search_scale(x, x_mean, weights, grid, config.n_grid, config.duo_scaling)
+        # Recorded after the earlier groups' folds, so the module sees its inputs as they now are.
+        loss_for = scale_objective(ctx, group.consumers, selected, grid, hidden)
+        s, alpha, loss, identity_loss = search_scale(loss_for, x_mean, weights, grid, config.n_grid,
+                                                     config.duo_scaling)
         ctx.check_finite(s, "AWQ scales", layer=group.producer)
         fold_scale(ctx.block, group.producer, group.consumers, s, ctx.norm_weight_offset)
         for name in selected:  # the consumers now read x / s
