@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -32,15 +34,35 @@ def test_gptq_lowers_the_hessian_weighted_error_of_correlated_inputs():
         assert gptq_error < 0.8 * rtn_error
 
 
-def test_act_order_keeps_groups_contiguous_with_parameters_from_the_original_weights():
+@pytest.mark.parametrize("order", [dict(act_order=True), dict(static_groups=True)])
+def test_static_groups_keep_groups_contiguous_with_parameters_from_the_original_weights(order):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(256, 32, generator=generator) * torch.linspace(0.1, 3, 32)
     w = torch.randn(8, 32, generator=generator)
     grid = UniformGrid(bits=3, group=8)
-    qweight, _ = gptq_quantize(w, 2 * x.t() @ x / 256, grid, act_order=True)
+    hessian = 2 * x.t() @ x / 256
+    qweight, _ = gptq_quantize(w, hessian, grid, **order)
     rtn = quantize_weight(w, grid)
     assert torch.equal(qweight.scale, rtn.scale) and torch.equal(qweight.zero, rtn.zero)
     assert qweight.layout == rtn.layout
+    # Without static groups a group's parameters come from its columns after the earlier updates.
+    dynamic, _ = gptq_quantize(w, hessian, grid)
+    assert not torch.equal(dynamic.scale, rtn.scale)
+
+
+def test_dampening_lets_a_singular_hessian_through():
+    # Fewer tokens than columns, plus an input that never fires: XᵀX is singular.
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 32, generator=generator)
+    x[:, 5] = 0
+    w = torch.randn(16, 32, generator=generator)
+    hessian = 2 * x.t() @ x / x.shape[0]
+    grid = UniformGrid(bits=3, group=8)
+    qweight, loss = gptq_quantize(w, hessian, grid, damp_percent=0.01)
+    assert torch.isfinite(qweight.dequantize()).all() and math.isfinite(loss)
+    assert torch.all(qweight.dequantize()[:, 5] == 0)  # a dead input's weights are zeroed, as in GPTQ
+    with pytest.raises(QuantConfigError, match="not positive definite"):
+        gptq_quantize(w, hessian, grid, damp_percent=0.0)
 
 
 def test_mismatched_hessian_is_refused():

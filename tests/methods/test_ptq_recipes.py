@@ -2,15 +2,15 @@ from dataclasses import fields
 
 import pytest
 
-from tritium.methods import config_from_dict, method_names
+from tritium.methods import config_from_dict, get_method, method_names
 from tritium.methods.tesseraq import TesseraQConfig
 from tritium.models import tiny_model, tiny_tokenizer
 from tritium.recipes import load_recipe, recipe_names
 from tritium.runner import quantize_model
 
 PTQ_RECIPES = [n for n in recipe_names() if any(m in n for m in ("gptq", "awq", "tesseraq"))]
-PIPELINE_ONLY = {"grid", "skip", "device", "checkpoint_dir", "offload_activations", "offload_dir", "seed", "clip_skip",
-                 "duo_scaling", "clip", "clip_max_shrink", "ternary_scale_range"}
+# How a run executes, not what it computes: these may stay at their defaults in a recipe.
+PIPELINE_ONLY = {"grid", "skip", "device", "checkpoint_dir", "offload_activations", "offload_dir", "seed"}
 
 
 def test_the_calibrated_methods_are_registered_beside_rtn():
@@ -31,11 +31,22 @@ def test_ptq_recipes_build_their_configs(name):
     assert recipe["calib"]["samples"] >= 1
 
 
-@pytest.mark.parametrize("name", ["w2g128-tesseraq", "w2g128-tesseraq-cpu"])
-def test_tesseraq_recipes_spell_out_every_hyperparameter(name):
-    listed = set(load_recipe(name)["method_args"])
-    missing = {f.name for f in fields(TesseraQConfig)} - PIPELINE_ONLY - listed
+@pytest.mark.parametrize("name", PTQ_RECIPES)
+def test_ptq_recipes_spell_out_every_hyperparameter(name):
+    """TesseraQ's recipes list AWQ's initialisation settings too: a recipe alone says what was run."""
+    recipe = load_recipe(name)
+    listed = set(recipe["method_args"])
+    missing = {f.name for f in fields(get_method(recipe["method"]).config_class)} - PIPELINE_ONLY - listed
     assert not missing
+
+
+def test_the_tesseraq_paper_recipes_hold_the_papers_settings():
+    for name in ("w2g128-tesseraq", "w3g128-tesseraq"):
+        args = load_recipe(name)["method_args"]
+        assert len(args["soft_fractions"]) == 20 and args["soft_fractions"][0] == 0.8
+        assert args["soft_fractions"][-1] == 0.005  # 99.5% hard at the last stage, then all
+        assert (args["lr"], args["steps_per_stage"], args["batch_size"], args["dst"]) == (1e-3, 250, 4, True)
+        assert args["awq_init"] and tuple(args["soft_fractions"]) == TesseraQConfig().soft_fractions
 
 
 def test_a_cpu_recipe_runs_end_to_end_through_the_runner(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tritium.calib import PipelineSettings, run_blockwise
+from tritium.calib import NonFiniteError, PipelineSettings, run_blockwise
 from tritium.methods import config_from_dict, quantize_
 from tritium.methods.base import selected_linears
 from tritium.methods.grid_params import GroupParams, nearest_codes
@@ -97,3 +97,20 @@ def test_tesseraq_lowers_block_output_error_against_rtn(grid, calib_ids):
 def test_a_schedule_that_softens_again_is_refused():
     with pytest.raises(QuantConfigError, match="must decrease"):
         TesseraQConfig(soft_fractions=(0.2, 0.5))
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_block(calib_ids):
+    """Finite activations can still overflow the loss (a target of 1e30, squared): the run stops there."""
+    model = outlier_model()
+    layout = decoder_layout(model)
+    config = TesseraQConfig(grid=UniformGrid(bits=2, group=16), **QUICK)
+
+    def method(ctx):
+        if ctx.index == 1:
+            ctx.float_targets = ctx.float_targets.clone()
+            ctx.float_targets[:, 0, 0] = 1e30
+        return tesseraq_block(ctx, config)
+
+    with pytest.raises(NonFiniteError, match=r"TesseraQ loss at stage 0, step 0 in block 1 \(model\.layers\.1\)"):
+        run_blockwise(model, layout, selected_linears(layout, ()), calib_ids, method, PipelineSettings(), config.grid,
+                      "tesseraq", progress=False)
