@@ -83,6 +83,7 @@ def test_dst_factors_stay_within_zero_and_two(calib_ids):
 @pytest.mark.parametrize("grid", [
     {"kind": "uniform", "bits": 2, "group": 16},
     {"kind": "ternary", "variant": "absmean", "group": 16},
+    {"kind": "ternary", "variant": "dlt", "group": 16},  # ternary with a shift
 ])
 def test_tesseraq_lowers_block_output_error_against_rtn(grid, calib_ids):
     reference = outlier_model()
