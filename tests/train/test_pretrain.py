@@ -67,6 +67,25 @@ def test_a_trilm_run_follows_the_schedule_it_was_given(tmp_path):
     assert all(r["weight_decay"] == 0.1 for r in float_run.train.records)
 
 
+def test_the_shipped_trilm_recipe_halves_the_rate_at_half_and_drops_weight_decay_at_two_thirds(tmp_path):
+    sequences, _ = _data()
+    config = pretrain_config("trilm", "tiny-xs", seqlen=32, train=dict(steps=6, micro_batch_size=2, progress=False))
+    betas = []
+    result = pretrain(config, sequences, tmp_path, VOCAB,
+                      callbacks=[lambda trainer, record: betas.append(trainer.optimizer.param_groups[0]["betas"])])
+    # the recipe's warmup (5% of 6 steps) rounds to none: linear decay from the peak, halved from step 3 = 6 / 2
+    ratio = config.min_lr_ratio
+    expected = [config.peak_lr * (ratio + (1 - ratio) * (1 - s / 6)) * (config.lr_drop_factor if s >= 3 else 1)
+                for s in range(6)]
+    assert [r["lr"]["float"] for r in result.train.records] == pytest.approx(expected)
+    # removed from step 4 = 2/3 · 6 exactly (a recipe value of 0.6667 would have kept it one step longer)
+    assert [r["weight_decay"] for r in result.train.records] == [0.1] * 4 + [0.0] * 2
+    assert set(betas) == {(0.9, 0.95)}  # AdamW's β as the recipe sets them
+    # the log on disk, not only the in-memory records, carries throughput and MFU at every step
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(logged) == 6 and all(r["tokens_per_second"] > 0 and 0 < r["mfu"] < 1 for r in logged)
+
+
 def test_training_lowers_the_loss_and_saves_a_plain_llama(tmp_path):
     sequences, val = _data()
     result = pretrain(_config(steps=12, micro_batch_size=4), sequences, tmp_path, VOCAB, val_tokens=val)
@@ -110,6 +129,12 @@ def test_bad_inputs_fail_clearly(tmp_path):
         PretrainConfig(size="7b")
     with pytest.raises(SpectraConfigError, match="fraction"):
         PretrainConfig(lr_drop_at=1.5)
+    with pytest.raises(SpectraConfigError, match="such as 0.5 or 2/3, got 'two thirds'"):
+        PretrainConfig(weight_decay_off_at="two thirds")
+    with pytest.raises(SpectraConfigError, match="in \\[0, 1\\], got '3/1'"):
+        PretrainConfig(weight_decay_off_at="3/1")
+    with pytest.raises(SpectraConfigError, match="betas"):
+        PretrainConfig(betas=(0.9, 1.5))
     with pytest.raises(SpectraConfigError, match="no learning rate for size 'tiny-xs'"):
         pretrain(PretrainConfig(size="tiny-xs", seqlen=32, train=dict(steps=1)), sequences, tmp_path, VOCAB)
     with pytest.raises(SpectraConfigError, match="not found"):
@@ -120,11 +145,25 @@ def test_the_shipped_recipes_carry_spectras_schedules_and_per_size_rates():
     trilm = pretrain_config("trilm", "99m", train=dict(steps=10))
     floatlm = pretrain_config("float", "99m", train=dict(steps=10))
     assert trilm.effective_schedule == "spectra" and floatlm.effective_schedule == "cosine"
-    assert trilm.lr_drop_at == 0.5 and trilm.weight_decay_off_at == pytest.approx(2 / 3, abs=1e-3)
+    assert trilm.lr_drop_at == 0.5 and trilm.weight_decay_off_at == 2 / 3  # "2/3" in the YAML, read exactly
     assert floatlm.weight_decay_off_at is None
+    assert trilm.optim(10).betas == floatlm.optim(10).betas == (0.9, 0.95)  # AdamW as Spectra sets it
     assert trilm.peak_lr > 2 * floatlm.peak_lr  # TriLM trains at a higher rate
     assert pretrain_config("trilm", "3.9b", train=dict(steps=1)).peak_lr < trilm.peak_lr  # falling with size
     assert pretrain_config("trilm", "99m", lr=1e-3, train=dict(steps=1)).peak_lr == 1e-3  # a flag wins
+
+
+def test_every_pretraining_recipe_ships_in_the_package():
+    """`tritium pretrain` falls back on spectra-<arch>.yaml: a wheel without the folder fails at once."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tritium"]
+    package = root / "src" / "tritium"
+    packaged = {path for pattern in patterns for path in package.glob(pattern)}
+    recipes = set((package / "recipes" / "pretrain").glob("*.yaml"))
+    assert recipes and recipes <= packaged, sorted(p.name for p in recipes - packaged)
 
 
 def test_a_token_budget_is_shared_by_every_process():

@@ -15,6 +15,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -33,6 +34,33 @@ from .losses import LanguageModelLoss
 from .trainer import OptimConfig, TrainConfig, Trainer, TrainResult, build_dataclass, lr_multiplier
 
 SCHEDULES = ("auto", "spectra", "cosine")
+FRACTIONS = ("warmup_fraction", "lr_drop_at", "weight_decay_off_at")
+
+
+def _fraction_of_run(name: str, value) -> float | None:
+    """A fraction of the run given as a number or as a ratio such as "2/3".
+
+    A recipe cannot write two thirds as an exact decimal, and a rounded-up 0.6667 lands a step
+    (or more) late on every run whose length divides by 3; "2/3" gives the step exactly.
+    """
+    if value is None:
+        return None
+    number = value
+    if isinstance(value, str):
+        try:
+            number = Fraction(value.strip())
+        except (ValueError, ZeroDivisionError):
+            raise SpectraConfigError(
+                f"{name} must be a fraction of the run such as 0.5 or 2/3, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float, Fraction)) or not 0 <= number <= 1:
+        raise SpectraConfigError(f"{name} must be a fraction of the run in [0, 1], got {value!r}")
+    return float(number)
+
+
+def step_at(fraction: float, total_steps: int) -> int:
+    """The first step at or past ``fraction`` of the run. The tolerance absorbs float rounding only
+    (a product that should be a whole step can come out a hair above it), never a real part of a step."""
+    return math.ceil(fraction * total_steps - 1e-9)
 
 
 @dataclass
@@ -49,7 +77,9 @@ class PretrainConfig:
     lr_drop_at: float = 0.5  # TriLM: fraction of the run where the peak rate drops
     lr_drop_factor: float = 0.5
     weight_decay: float = 0.1
-    weight_decay_off_at: float | None = 2 / 3  # TriLM: fraction of the run where weight decay stops
+    # TriLM: fraction of the run where weight decay stops; these fractions also take "2/3" strings
+    weight_decay_off_at: float | None = 2 / 3
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's, Spectra's for both families
     train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=1_000_000, micro_batch_size=8))
 
     def __post_init__(self):
@@ -62,11 +92,14 @@ class PretrainConfig:
         size_preset(self.size)
         if self.schedule not in SCHEDULES:
             raise SpectraConfigError(f"schedule {self.schedule!r} is unknown: use one of {SCHEDULES}")
+        for name in FRACTIONS:
+            setattr(self, name, _fraction_of_run(name, getattr(self, name)))
         for name in ("lr_drop_at", "warmup_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise SpectraConfigError(f"{name} must be a fraction of the run in [0, 1], got {getattr(self, name)}")
-        if self.weight_decay_off_at is not None and not 0 <= self.weight_decay_off_at <= 1:
-            raise SpectraConfigError(f"weight_decay_off_at must be in [0, 1] or null, got {self.weight_decay_off_at}")
+            if getattr(self, name) is None:
+                raise SpectraConfigError(f"{name} must be a fraction of the run in [0, 1], got None")
+        self.betas = tuple(self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise SpectraConfigError(f"betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {list(self.betas)}")
         if self.seqlen < 2:
             raise SpectraConfigError(f"seqlen must be at least 2, got {self.seqlen}")
 
@@ -87,7 +120,7 @@ class PretrainConfig:
 
     def optim(self, total_steps: int) -> OptimConfig:
         warmup = self.train.optim.warmup_steps or int(self.warmup_fraction * total_steps)
-        return OptimConfig(lr=self.peak_lr, weight_decay=self.weight_decay, betas=(0.9, 0.95),
+        return OptimConfig(lr=self.peak_lr, weight_decay=self.weight_decay, betas=self.betas,
                            schedule="cosine" if self.effective_schedule == "cosine" else "linear",
                            warmup_steps=min(warmup, max(0, total_steps - 1)), min_lr_ratio=self.min_lr_ratio,
                            max_grad_norm=self.train.optim.max_grad_norm)
@@ -132,7 +165,7 @@ def pretrain_config(arch: str, size: str, recipe: str | None = None, train: dict
 def spectra_lr_lambda(total_steps: int, optim: OptimConfig, drop_at: float = 0.5, drop_factor: float = 0.5):
     """TriLM's multiplier: warmup, linear decay, and the whole curve scaled by ``drop_factor``
     from step ``drop_at · total`` on."""
-    drop_step = math.ceil(drop_at * total_steps)
+    drop_step = step_at(drop_at, total_steps)
 
     def multiplier(step: int) -> float:
         base = lr_multiplier(step, total_steps, optim)
@@ -143,7 +176,7 @@ def spectra_lr_lambda(total_steps: int, optim: OptimConfig, drop_at: float = 0.5
 
 def weight_decay_lambda(total_steps: int, off_at: float | None):
     """1 before step ``off_at · total``, 0 from it on (None keeps weight decay throughout)."""
-    off_step = math.ceil(off_at * total_steps) if off_at is not None else None
+    off_step = step_at(off_at, total_steps) if off_at is not None else None
     return lambda step: 0.0 if off_step is not None and step >= off_step else 1.0
 
 
