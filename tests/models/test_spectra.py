@@ -1,8 +1,12 @@
+import math
+from dataclasses import astuple
+
 import pytest
 import torch
 from transformers import LlamaForCausalLM
 
 from tritium.models.spectra import (
+    SPECTRA_SIZES,
     BitLinear,
     SpectraConfigError,
     TriLinear,
@@ -117,3 +121,27 @@ def test_unknown_sizes_and_architectures_fail_clearly():
         build_model("trilm", "huge", vocab_size=100)
     with pytest.raises(SpectraConfigError, match="architecture 'binary'.*trilm"):
         build_model("binary", "tiny-xs", vocab_size=100)
+
+
+# Spectra's table of the suite (hidden / GLU / heads / layers), as the released checkpoints' config.json
+# files have it; typed in here from the paper, not from the code, so a wrong preset fails.
+SPECTRA_TABLE = {"99m": (512, 1280, 8, 16), "190m": (768, 2048, 12, 16), "390m": (1024, 2560, 16, 24),
+                 "560m": (1280, 3072, 20, 24), "830m": (1536, 4096, 24, 24), "1.1b": (1792, 5120, 28, 24),
+                 "1.5b": (2048, 6144, 32, 24), "2.4b": (2304, 7680, 36, 30), "3.9b": (3072, 9216, 24, 30)}
+SPECTRA_VOCAB = 50304  # the released models' (GPT-NeoX's tokenizer, padded)
+
+
+def _two_significant_digits(count: int) -> float:
+    unit = 10 ** (int(math.log10(count)) - 1)
+    return count // unit * unit
+
+
+def test_size_presets_are_spectras_table_and_count_what_their_names_say():
+    assert {name: astuple(preset) for name, preset in SPECTRA_SIZES.items()} == SPECTRA_TABLE
+    for name in SPECTRA_TABLE:
+        with torch.device("meta"):  # shapes only: the 3.9B model allocates nothing
+            model = build_model("float", name, vocab_size=SPECTRA_VOCAB)
+        total = count_parameters(model)["total"]
+        # Spectra names each model by its parameter count cut to two digits: 99.7M is "99m", 1.15B "1.1b"
+        nominal = float(name[:-1]) * {"m": 1e6, "b": 1e9}[name[-1]]
+        assert _two_significant_digits(total) == pytest.approx(nominal), (name, total)

@@ -1,12 +1,16 @@
+import copy
 import json
+import math
 
 import pytest
+import torch
 
 from tritium.cli import main
 from tritium.data.tokens import TokenFolder, ingest, train_tokenizer
 from tritium.eval.scaling import load_suite
-from tritium.models.spectra import SpectraConfigError
-from tritium.train.suite import SuiteConfig, quantlm_grid, run_suite
+from tritium.eval.size import size_report
+from tritium.models.spectra import SpectraConfigError, build_model
+from tritium.train.suite import SPECTRA_QUANT_BITS, SuiteConfig, make_quantlm, quantlm_grid, run_suite
 
 WORDS = ("ternary weights keep a scale per matrix while float models keep sixteen bits for every weight and "
          "the suite compares them by parameters and by bits").split()
@@ -64,7 +68,8 @@ def test_a_suite_trains_quantizes_evaluates_and_reports_and_a_rerun_reuses_it(tm
 
 
 def test_quantlm_follows_spectra_grids_and_bad_suites_fail_clearly(token_folder, tmp_path):
-    assert quantlm_grid(3).group == 128 and quantlm_grid(4).symmetric
+    assert all(quantlm_grid(b).bits == b and quantlm_grid(b).symmetric for b in (3, 4, 6, 8))
+    assert quantlm_grid(3).group == quantlm_grid(4).group == 128
     assert quantlm_grid(6).group == "channel" and quantlm_grid(8).group == "channel"
     with pytest.raises(SpectraConfigError, match="add 'float'"):
         SuiteConfig(sizes=["tiny-xs"], kinds=["trilm", "quant"])
@@ -76,6 +81,27 @@ def test_quantlm_follows_spectra_grids_and_bad_suites_fail_clearly(token_folder,
         SuiteConfig(sizes=["tiny-xs"], kinds=["octal"])
     with pytest.raises(Exception, match="fewer than one sequence"):
         run_suite(_config(seqlen=100_000), token_folder.path, tmp_path, progress=False)
+
+
+def test_quantlm_is_symmetric_gptq_at_3_4_6_and_8_bits_with_groups_of_128_at_3_and_4():
+    assert SPECTRA_QUANT_BITS == (3, 4, 6, 8)
+    floatlm = build_model("float", "tiny-xs", vocab_size=300, context=32, seed=0).eval()
+    calibration = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
+    bits_per_weight = {}
+    for bits in SPECTRA_QUANT_BITS:
+        model = copy.deepcopy(floatlm)
+        result = make_quantlm(model, bits, calibration)
+        assert result.method == "gptq" and len(result.weights) == 2 * 7  # every decoder linear of both layers
+        modules = dict(model.named_modules())
+        for name, q in result.weights.items():
+            linear = modules[name]
+            assert 0 <= int(q.codes.min()) and int(q.codes.max()) <= 2**bits - 1
+            assert torch.all(q.zero == 2 ** (bits - 1))  # symmetric: the zero point sits mid-grid, never fitted
+            # g128 at 3 and 4 bits (a 160-wide input gets a shorter second group), one scale per row at 6 and 8
+            assert q.layout.n_groups == (math.ceil(linear.in_features / 128) if bits <= 4 else 1)
+            torch.testing.assert_close(linear.weight.data, q.dequantize())  # the model now holds the grid's values
+        bits_per_weight[bits] = size_report(model, result.grid, result.weights).linear_bits_per_weight
+    assert bits_per_weight[3] < bits_per_weight[4] < bits_per_weight[6] < bits_per_weight[8] < 16
 
 
 def test_the_cli_pretrains_from_raw_text_and_runs_a_suite(tmp_path, capsys):
