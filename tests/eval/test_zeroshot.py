@@ -78,3 +78,16 @@ def test_task_formats_follow_lm_eval(data_dir):
     lam = TASKS["lambada_openai"].load(data_dir)[0]
     first = json.loads((data_dir / "lambada_openai" / "lambada_test.jsonl").open().readline())["text"]
     assert lam.contexts[0] + lam.continuations[0] == first
+
+
+def test_a_continuation_longer_than_the_context_window_scores_the_part_the_window_predicts(llama, tokenizer):
+    # A small model's context (256 for the Spectra miniatures) is shorter than some PIQA answers.
+    window = 6
+    context, continuation = "Question: how?\nAnswer:", " first you take the small one and then the large one"
+    ctx, cont = encode_pair(tokenizer, context, continuation)
+    assert len(cont) > window + 1
+    (score, _), = loglikelihoods(llama, tokenizer, [(context, continuation)], max_length=window, progress=False)
+    kept = (ctx + cont)[-(window + 1):]  # all continuation tokens: the first has no prediction
+    logprobs = torch.log_softmax(llama(torch.tensor([kept[:-1]])).logits[0].double(), -1)
+    expected = sum(logprobs[i, t].item() for i, t in enumerate(kept[1:]))
+    assert score == pytest.approx(expected, abs=1e-4)

@@ -167,7 +167,9 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
             raise ValueError(f"continuation {continuation!r} encodes to no tokens")
         # Keep the last max_length+1 tokens; the final token is only ever a target.
         tokens = (ctx + cont)[-(max_length + 1):]
-        encoded.append((tokens[:-1], cont))
+        # A continuation longer than the window is scored on the tokens the window predicts;
+        # indexing its whole length would start before the window (a crash, or the wrong span).
+        encoded.append((tokens[:-1], cont[-(len(tokens) - 1):]))
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     results: list[tuple[float, bool] | None] = [None] * len(encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
