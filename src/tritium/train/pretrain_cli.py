@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 
+DEFAULT_VAL_FRACTION = 0.05
+
+
 def _csv(value: str) -> list[str]:
     return [] if value.lower() in ("", "none") else [v.strip() for v in value.split(",") if v.strip()]
 
@@ -27,7 +30,7 @@ def _add_shared(p, token_count) -> None:
                                       "tokenizer folder")
     p.add_argument("--train-tokenizer", type=int, metavar="VOCAB", help="for raw text: train a byte-level BPE of "
                                                                          "this size on the corpus instead")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="for raw text: documents held out (0.05)")
+    p.add_argument("--val-fraction", type=float, help=f"for raw text: documents held out ({DEFAULT_VAL_FRACTION})")
     p.add_argument("--tokens", type=token_count, help="training tokens per model (e.g. 1M, 300B)")
     p.add_argument("--steps", type=int, help="optimizer steps per model (instead of --tokens)")
     p.add_argument("--seqlen", type=int, help="training context (default 256)")
@@ -66,18 +69,44 @@ def add_pretrain_parsers(sub, token_count) -> None:
 def _token_folder(args, out: Path):
     """The token folder to train on: given, or made from raw text under ``out/tokens`` (reused on a rerun)."""
     from ..data.tokens import TokenFolder, ingest, load_tokenizer_spec, train_tokenizer, training_documents
+    from .data import TrainDataError
 
     if len(args.data) == 1 and TokenFolder.is_folder(args.data[0]):
-        return TokenFolder.open(args.data[0])
+        tokens = TokenFolder.open(args.data[0])
+        if args.train_tokenizer:
+            raise TrainDataError(f"{tokens.path} is a token folder: it was tokenized already, with "
+                                 f"{tokens.meta.get('tokenizer')!r}, so --train-tokenizer cannot apply to it. Drop "
+                                 f"--train-tokenizer to train on it, or pass the raw text to tokenize it again")
+        _refuse_other_tokenization(args, tokens)
+        return tokens
     folder = out / "tokens"
-    if TokenFolder.is_folder(folder):
-        return TokenFolder.open(folder)
+    if TokenFolder.is_folder(folder):  # a rerun: the first run tokenized the text with the same flags
+        tokens = TokenFolder.open(folder)
+        _refuse_other_tokenization(args, tokens)
+        print(f"tritium: reusing {folder}, tokenized by an earlier run (delete it to tokenize again)", file=sys.stderr)
+        return tokens
+    val_fraction = args.val_fraction if args.val_fraction is not None else DEFAULT_VAL_FRACTION
     if args.train_tokenizer:  # learnt from the training documents only: the held-out ones stay unseen
-        tokenizer = train_tokenizer(training_documents(args.data, args.val_fraction), args.train_tokenizer)
+        tokenizer = train_tokenizer(training_documents(args.data, val_fraction), args.train_tokenizer)
     else:
         tokenizer = load_tokenizer_spec(args.tokenizer or "smollm2-135m")
     print(f"tritium: tokenizing {', '.join(args.data)} into {folder}", file=sys.stderr)
-    return ingest(args.data, folder, tokenizer, val_fraction=args.val_fraction, progress=not args.no_progress)
+    return ingest(args.data, folder, tokenizer, val_fraction=val_fraction, progress=not args.no_progress)
+
+
+def _refuse_other_tokenization(args, tokens) -> None:
+    """A token folder fixes the tokenizer and the held-out split. Asking for others must fail: training on the
+    folder anyway would silently give a model, and a report, of something other than what was asked for."""
+    from ..data.tokens import load_tokenizer_spec
+    from .data import TrainDataError
+
+    redo = "pass the raw text (and a new --out) to tokenize it that way"
+    if args.tokenizer and load_tokenizer_spec(args.tokenizer).get_vocab() != tokens.tokenizer().get_vocab():
+        raise TrainDataError(f"{tokens.path} was tokenized with {tokens.meta.get('tokenizer')!r}, not with "
+                             f"{args.tokenizer!r}: the token folder fixes the tokenizer. Drop --tokenizer, or {redo}")
+    if args.val_fraction is not None and args.val_fraction != tokens.meta.get("val_fraction"):
+        raise TrainDataError(f"{tokens.path} holds out {tokens.meta.get('val_fraction')} of its documents, not "
+                             f"{args.val_fraction}: the token folder fixes the split. Drop --val-fraction, or {redo}")
 
 
 def _train_overrides(args) -> dict:
