@@ -79,6 +79,8 @@ def test_quantlm_follows_spectra_grids_and_bad_suites_fail_clearly(token_folder,
         SuiteConfig(sizes=["mega"])
     with pytest.raises(SpectraConfigError, match="architecture 'octal'"):
         SuiteConfig(sizes=["tiny-xs"], kinds=["octal"])
+    with pytest.raises(SpectraConfigError, match=r"unknown zero-shot task\(s\) \['pika'\]"):
+        SuiteConfig(sizes=["tiny-xs"], zeroshot=["piqa", "pika"])
     with pytest.raises(Exception, match="fewer than one sequence"):
         run_suite(_config(seqlen=100_000), token_folder.path, tmp_path, progress=False)
 
@@ -130,7 +132,31 @@ def test_the_shipped_suite_recipes_load():
 
     cpu = suite_config_from_recipe("suite-cpu")
     assert len(cpu.sizes) >= 3 and cpu.kinds == ["float", "trilm", "quant"] and cpu.quant_bits == [3, 4]
+    assert cpu.zeroshot and cpu.zeroshot_limit  # the issue asks for zero-shot accuracy in the report
     gpu = suite_config_from_recipe("suite-gpu", sizes=["tiny-xs"], train={"tokens": 1000})
     assert gpu.sizes == ["tiny-xs"] and gpu.train["tokens"] == 1000 and gpu.train["micro_batch_size"] == 32
     with pytest.raises(SpectraConfigError, match="sizes"):
         suite_config_from_recipe(None)
+
+
+def test_a_token_folder_refuses_a_tokenizer_or_split_other_than_its_own(tmp_path, token_folder, capsys):
+    run = ["pretrain", "--arch", "trilm", "--size", "tiny-xs", "--data", str(token_folder.path), "--steps", "1",
+           "--seqlen", "32", "--micro-batch-size", "2", "--eval", "none", "--no-progress"]
+    assert main(run + ["--train-tokenizer", "320", "--out", str(tmp_path / "a")]) == 2
+    assert "--train-tokenizer cannot apply" in capsys.readouterr().err
+    assert main(run + ["--tokenizer", "smollm2-135m", "--out", str(tmp_path / "b")]) == 2
+    assert "fixes the tokenizer" in capsys.readouterr().err
+    assert main(run + ["--val-fraction", "0.5", "--out", str(tmp_path / "c")]) == 2
+    assert "fixes the split" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abc")  # refused before any training
+    # naming the folder's own tokenizer and split is no contradiction
+    assert main(run + ["--tokenizer", str(token_folder.path), "--val-fraction", "0.2", "--out", str(tmp_path / "d")]) == 0
+
+
+def test_a_rerun_on_raw_text_refuses_another_tokenizer_for_the_tokens_it_made(tmp_path, capsys):
+    src = _corpus(tmp_path / "text")
+    run = ["pretrain", "--arch", "float", "--size", "tiny-xs", "--data", str(src), "--steps", "1", "--seqlen", "32",
+           "--micro-batch-size", "2", "--eval", "none", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(run + ["--train-tokenizer", "320"]) == 0
+    assert main(run + ["--tokenizer", "smollm2-135m"]) == 2
+    assert "fixes the tokenizer" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import torch
 from ..eval.perplexity import perplexity
 from ..eval.scaling import SuiteEntry, write_suite_report
 from ..eval.size import size_report
+from ..eval.zeroshot import TASKS as ZEROSHOT_TASKS
 from ..models.spectra import SpectraConfigError, canonical_arch, load_spectra_model, size_preset
 from ..quant.grids import TernaryGrid, UniformGrid
 from ..utils.io import atomic_write_json
@@ -60,6 +61,10 @@ class SuiteConfig:
         bad = [b for b in self.quant_bits if b not in SPECTRA_QUANT_BITS]
         if bad:
             raise SpectraConfigError(f"QuantLM bits {bad} are not Spectra's: use some of {SPECTRA_QUANT_BITS}")
+        # checked here, not when the first model is evaluated: a typo would otherwise cost a whole training run
+        unknown = [t for t in self.zeroshot if t not in ZEROSHOT_TASKS]
+        if unknown:
+            raise SpectraConfigError(f"unknown zero-shot task(s) {unknown}: choose from {', '.join(ZEROSHOT_TASKS)}")
 
     def trained_kinds(self) -> list[str]:
         return [k for k in ("float", "trilm", "bitnet") if k in self.kinds]
