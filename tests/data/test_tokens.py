@@ -256,6 +256,26 @@ def test_folder_reads_rst_md_html_and_jsonl_but_not_links_or_assets(tmp_path):
         list(iter_documents([str(tmp_path / "missing-*.txt")]))
 
 
+def test_parquet_rows_round_trip_as_documents_and_a_missing_text_column_fails_clearly(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [doc_text(i) for i in range(20)]
+    # a null row is no document; other columns are ignored
+    pq.write_table(pa.table({"id": list(range(21)), "text": texts[:7] + [None] + texts[7:]}), tmp_path / "c.parquet")
+    folder = ingest([str(tmp_path / "c.parquet")], tmp_path / "tok", tokenizer, val_fraction=0.25, progress=False)
+    eos = tokenizer.eos_token_id
+    got = split_documents(folder.train_tokens(), eos) + split_documents(folder.val_tokens(), eos)
+    assert sorted(tokenizer.decode(d[:-1]) for d in got) == sorted(texts)
+    assert folder.n_documents("train") + folder.n_documents("val") == 20 and folder.n_documents("val") > 0
+
+    pq.write_table(pa.table({"body": texts}), tmp_path / "body.parquet")
+    with pytest.raises(TrainDataError, match=r"has no 'text' column; its columns are \['body'\]"):
+        ingest([str(tmp_path / "body.parquet")], tmp_path / "tok2", tokenizer, progress=False)
+    assert not (tmp_path / "tok2").exists()
+    assert list(iter_documents([str(tmp_path / "body.parquet")], text_field="body")) == texts
+
+
 def test_corpus_smaller_than_one_sequence_fails_clearly(tmp_path, tokenizer):
     folder = ingest([str(write_docs(tmp_path / "src", 3))], tmp_path / "tok", tokenizer, val_fraction=0.5,
                     progress=False)

@@ -113,8 +113,13 @@ def read_documents(path: Path, text_field: str = "text") -> Iterator[str]:
             import pyarrow.parquet as pq
         except ImportError as err:
             raise TrainDataError(f"reading {path} needs pyarrow: run `pip install pyarrow`") from err
+        columns = pq.read_schema(path).names  # pyarrow's own error for a missing column lists its internal fields
+        if text_field not in columns:
+            raise TrainDataError(f"{path} has no {text_field!r} column; its columns are {columns}: rename the text "
+                                 f"column to {text_field!r}, or pass text_field= the right one")
         table = pq.read_table(path, columns=[text_field])
-        yield from (str(t) for t in table.column(text_field).to_pylist())
+        # a null row is no document (str() would make it the text "None")
+        yield from (str(t) for t in table.column(text_field).to_pylist() if t is not None)
     else:
         yield path.read_text(encoding="utf-8")
 
