@@ -34,15 +34,22 @@ GRIDS = [
 ]
 
 
-def _args(out, in_features, grid, layout="base3", seed=0):
+def _args(out, in_features, grid, layout="base3", seed=0, scale_dtype="float16"):
     w = torch.randn(out, in_features, generator=torch.Generator().manual_seed(seed))
     qw = quantize_weight(w, grid)
-    pw = pack_quantized(qw, ternary_layout=layout)
+    if qw.shift is not None:  # RTN leaves DLT's shift at zero, which would leave the γ·Σx term untested
+        qw.shift = torch.randn(qw.shift.shape, generator=torch.Generator().manual_seed(seed + 7)).half().float()
+    if scale_dtype == "bfloat16":  # the methods round to fp16 values; bf16 storage needs bf16 values
+        qw.scale, qw.shift = qw.scale.bfloat16().float(), None if qw.shift is None else qw.shift.bfloat16().float()
+    pw = pack_quantized(qw, ternary_layout=layout, scale_dtype=scale_dtype)
     return qw, (pw.packed, pw.scale, pw.zero, pw.shift, pw.radix, pw.in_features, pw.group_size, pw.implicit_zero)
 
 
 def _tolerance(dtype):
-    return {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}[dtype]
+    # The kernels and the reference both compute in fp32 and round once to the input's dtype:
+    # they differ by the summation order, then at most about one unit of that dtype's last place.
+    return {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=2e-3, atol=2e-3),
+            torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}[dtype]
 
 
 def test_reference_is_x_times_dequantized_weight():
@@ -55,9 +62,29 @@ def test_cpu_kernel_builds_here():
     assert load_cpu_kernel(), f"the C++ kernel did not build: {cpu_kernel_status()['error']}"
 
 
+def test_ternary_op_is_scale_times_trit_product_plus_shift_times_input_sum():
+    """α·(x·Tᵀ) + γ·Σx per group, written out from the codes, not through the packed weight."""
+    load_cpu_kernel()
+    grid = TernaryGrid("dlt", group=16, ragged_groups=True)
+    qw, args = _args(13, 70, grid)
+    trits, alpha, gamma = qw.codes.float(), qw.scale.float(), qw.shift.float()
+    assert bool((gamma != 0).any()) and bool((trits == -1).any()) and bool((trits == 1).any())
+    x = torch.randn(3, 70)
+    want = torch.zeros(3, 13)
+    for g, start in enumerate(range(0, 70, 16)):
+        xg, tg = x[:, start:start + 16], trits[:, start:start + 16]
+        want += alpha[:, g] * (xg @ tg.T) + gamma[:, g] * xg.sum(1, keepdim=True)
+    for rows in (1, 3):  # the lookup path, then through the reference
+        torch.testing.assert_close(packed_linear(x[:rows], *args), want[:rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed_linear_reference(x, *args), want, rtol=1e-5, atol=1e-5)
+    if planes_available():
+        planes = bit_planes(args[0], args[4], args[5], args[6])
+        torch.testing.assert_close(packed_linear(x, *args, planes), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.describe())
-@pytest.mark.parametrize("rows", [1, 3, 7])  # 1-4 rows take the lookup path, more the decode + GEMM path
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 7, 64])  # 1-4 rows take the lookup path, more the decode + GEMM path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cpu_kernel_matches_reference(grid, rows, dtype):
     load_cpu_kernel()
     qw, args = _args(37, 133, grid, seed=rows)
@@ -67,14 +94,31 @@ def test_cpu_kernel_matches_reference(grid, rows, dtype):
     torch.testing.assert_close(got, want, **_tolerance(dtype))
 
 
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.describe())
+@pytest.mark.parametrize("scale_dtype", ["bfloat16", "float32"])
+def test_cpu_kernel_reads_bf16_and_fp32_scales(grid, scale_dtype):
+    # The C++ kernel reads the group parameters in their stored dtype: every path must read each one right.
+    load_cpu_kernel()
+    _, args = _args(37, 133, grid, seed=3, scale_dtype=scale_dtype)
+    assert args[1].dtype == getattr(torch, scale_dtype)
+    planes = bit_planes(args[0], args[4], args[5], args[6]) if planes_available() and args[4] <= 16 else None
+    for rows in (1, 7):
+        x = torch.randn(rows, 133)
+        want = packed_linear_reference(x, *args)
+        torch.testing.assert_close(packed_linear(x, *args), want, **_tolerance(torch.float32))
+        if planes is not None:
+            torch.testing.assert_close(packed_linear(x, *args, planes), want, **_tolerance(torch.float32))
+
+
 @pytest.mark.skipif(not planes_available(), reason="the CPU has no AVX-512: the bit-plane path is not built")
 @pytest.mark.parametrize("grid", [g for g in GRIDS if getattr(g, "bits", 0) != 8], ids=lambda g: g.describe())
 @pytest.mark.parametrize("layout", ["base3", "2bit"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cpu_bit_plane_path_matches_reference(grid, layout, dtype):
     _, args = _args(37, 133, grid, layout=layout)
     planes = bit_planes(args[0], args[4], args[5], args[6])
-    for rows in (1, 4):
+    # up to 32 rows take the bit planes (1 and 4 also have a lookup path without them), more decode + GEMM
+    for rows in (1, 4, 20, 33):
         x = torch.randn(rows, 133).to(dtype)
         torch.testing.assert_close(packed_linear(x, *args, planes), packed_linear_reference(x, *args),
                                    **_tolerance(dtype))
@@ -145,6 +189,34 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path):
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
+def test_disabled_kernel_falls_back_with_one_warning(tmp_path):
+    code = textwrap.dedent("""
+        import warnings, torch
+        from tritium.kernels import packed_linear, packed_linear_reference, cpu_kernel_status, planes_available
+        from tritium.pack import pack_quantized
+        from tritium.quant import TernaryGrid, quantize_weight
+        pw = pack_quantized(quantize_weight(torch.randn(6, 20), TernaryGrid("absmean", group=8, ragged_groups=True)))
+        args = (pw.packed, pw.scale, pw.zero, pw.shift, pw.radix, pw.in_features, pw.group_size, pw.implicit_zero)
+        x = torch.randn(1, 20)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = packed_linear(x, *args)
+            b = packed_linear(x, *args)
+            assert not planes_available()
+        msgs = [str(w.message) for w in caught if "CPU kernel" in str(w.message)]
+        assert len(msgs) == 1, msgs
+        assert "TRITIUM_DISABLE_CPU_KERNEL" in msgs[0] and "reference" in msgs[0]
+        status = cpu_kernel_status()
+        assert not status["loaded"] and status["error"] == "disabled by TRITIUM_DISABLE_CPU_KERNEL"
+        assert torch.equal(a, packed_linear_reference(x, *args)) and torch.equal(a, b)
+        print("ok")
+    """)
+    env = dict(os.environ, TRITIUM_DISABLE_CPU_KERNEL="1", TRITIUM_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    assert not (tmp_path / "cache").exists()  # nothing was compiled
+
+
 @pytest.mark.skipif(not triton_kernels.AVAILABLE, reason="triton is not installed")
 def test_triton_kernel_matches_reference_in_the_interpreter():
     # TRITON_INTERPRET runs the kernel's own code on CPU tensors; it must be set before triton loads.
@@ -161,10 +233,19 @@ def test_triton_kernel_matches_reference_in_the_interpreter():
             torch.manual_seed(i)
             pw = pack_quantized(quantize_weight(torch.randn(35, 77), grid), ternary_layout=layout)
             args = (pw.packed, pw.scale, pw.zero, pw.shift, pw.radix, pw.in_features, pw.group_size, pw.implicit_zero)
-            for dtype in (torch.float32, torch.bfloat16):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
                 x = torch.randn(rows, 77).to(dtype)
-                tol = 1e-4 if dtype == torch.float32 else 2e-2
+                tol = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
                 torch.testing.assert_close(packed_linear_triton(x, *args), packed_linear_reference(x, *args), rtol=tol, atol=tol)
+        # bf16 and fp32 group parameters, a DLT shift with real values
+        qw = quantize_weight(torch.randn(35, 77), TernaryGrid("dlt", group=16, ragged_groups=True))
+        qw.scale, qw.shift = qw.scale.bfloat16().float(), torch.randn(qw.shift.shape).bfloat16().float()
+        for scale_dtype in ("bfloat16", "float32"):
+            pw = pack_quantized(qw, scale_dtype=scale_dtype)
+            args = (pw.packed, pw.scale, pw.zero, pw.shift, pw.radix, pw.in_features, pw.group_size, pw.implicit_zero)
+            x = torch.randn(4, 77)
+            want = packed_linear_reference(x, *args)
+            torch.testing.assert_close(packed_linear_triton(x, *args), want, rtol=1e-4, atol=1e-4)
         print("ok")
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -67,6 +67,11 @@ def load_cpu_kernel(verbose: bool = False) -> bool:
             return _state["loaded"]
         if os.environ.get("TRITIUM_DISABLE_CPU_KERNEL"):
             _state.update(tried=True, error="disabled by TRITIUM_DISABLE_CPU_KERNEL")
+            # Warned although asked for: a variable left set (say, by a benchmark) would otherwise make
+            # every packed model slow without a word.
+            warnings.warn("tritium: the CPU kernel of tritium::packed_linear is disabled by "
+                          "TRITIUM_DISABLE_CPU_KERNEL; packed layers on the CPU use the slow reference implementation.",
+                          RuntimeWarning, stacklevel=2)
             return False
         from . import ops  # noqa: F401  (the op must exist before the library registers into it)
 
