@@ -50,6 +50,13 @@ def test_base3_is_five_trits_per_byte_little_endian():
     assert packed.tolist() == [[200, 0]]
 
 
+def test_2bit_ternary_is_four_per_byte_little_endian():
+    codes = torch.tensor([[1, -1, 0, 0, 1]], dtype=torch.int8)
+    packed = pack_ternary(codes, "2bit")
+    # digits t+1 = 2,0,1,1 | 2 → 2 + 0·4 + 1·16 + 1·64 = 82, then 2 (+ zero padding)
+    assert packed.tolist() == [[82, 2]]
+
+
 @settings(max_examples=60, deadline=None)
 @given(shape=shapes, bits=st.sampled_from([2, 3, 4, 8]), seed=st.integers(0, 2**31))
 def test_uniform_round_trip(shape, bits, seed):

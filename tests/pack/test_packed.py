@@ -57,3 +57,28 @@ def test_scales_that_are_not_fp16_values_are_refused():
     with pytest.raises(PackError, match="not exactly representable"):
         pack_quantized(qw)
     assert torch.equal(pack_quantized(qw, scale_dtype="float32").dequantize(), qw.dequantize())
+
+
+def _bf16_values(t):
+    return None if t is None else t.bfloat16().float()
+
+
+@pytest.mark.parametrize("grid", [TernaryGrid("dlt", group=32, ragged_groups=True),
+                                  TernaryGrid("absmean", group="channel"),
+                                  UniformGrid(4, group=32, ragged_groups=True),
+                                  UniformGrid(3, group=24, symmetric=True, ragged_groups=True)],
+                         ids=lambda g: g.describe())
+def test_bf16_scales_store_exactly(grid):
+    qw = quantize_weight(torch.randn(6, 100, generator=torch.Generator().manual_seed(0)), grid)
+    if qw.shift is not None:  # RTN leaves DLT's shift at zero: give it values to keep
+        qw.shift = torch.randn(qw.shift.shape, generator=torch.Generator().manual_seed(1))
+    # tritium's methods round scales to fp16 values, which bf16 (8 mantissa bits) mostly cannot hold
+    with pytest.raises(PackError, match="not exactly representable in torch.bfloat16"):
+        pack_quantized(qw, scale_dtype="bfloat16")
+    qw.scale, qw.zero, qw.shift = _bf16_values(qw.scale), _bf16_values(qw.zero), _bf16_values(qw.shift)
+    pw = pack_quantized(qw, scale_dtype="bfloat16")
+    assert pw.scale.dtype == torch.bfloat16
+    assert all(t is None or t.dtype == torch.bfloat16 for t in (pw.zero, pw.shift))
+    assert torch.equal(pw.dequantize(), qw.dequantize())
+    report = bits_per_weight(pw)
+    assert report["scale_bits_per_weight"] == pytest.approx(16 * pw.scale.numel() / (6 * 100))
