@@ -89,9 +89,19 @@ def verify_packed_model(model: nn.Module, checksums: dict[str, str] | None = Non
         if values < 256 and module.packed.numel() and int(module.packed.max()) >= values:
             raise PackError(f"{name}: the packed codes hold byte values no radix-{module.radix} digits make: "
                             "the file is corrupt")
+        if isinstance(module, TernaryLinear) and module.radix == 4 and _has_digit_3(module.packed):
+            # Every byte is valid 2-bit data, but a trit is never 3: such a weight would silently read as 2·α.
+            raise PackError(f"{name}: the 2-bit ternary codes hold the digit 3, which no trit makes: the file is "
+                            "corrupt")
         if checksums is not None and name in checksums and module_checksum(module) != checksums[name]:
             raise PackError(f"{name}: the loaded packed weights do not match the checksum recorded when they were "
                             "saved: the file is corrupt, truncated or from another model. Re-export it.")
+
+
+def _has_digit_3(packed: Tensor) -> bool:
+    """True when some 2-bit field of the bytes is 3 (both of its bits set)."""
+    both = packed & (packed >> 1) & 0x55  # bit 2i set where field i is 3
+    return bool(both.any())
 
 
 def packed_to_quantized(weight: PackedWeight | PackedLinear, grid, name: str = "weight") -> QuantizedWeight:
