@@ -135,8 +135,11 @@ def test_export_gguf_reads_back_and_llama_cpp_agrees(ternary_run, tmp_path, caps
     assert main(["export", str(ternary_run / source), "--gguf", str(path), "--type", ttype, "--no-fallback"]) == 0
     out = capsys.readouterr().out
     assert f"{expected} 14" in out and f"{bits:.4f} bits/weight" in out and "read-back max error" in out
-    types = [t.tensor_type.name for t in GGUFReader(path).tensors]
-    assert types.count(expected) == 14
+    tensors = GGUFReader(path).tensors
+    assert [t.tensor_type.name for t in tensors].count(expected) == 14
+    total = float(re.search(r"all tensors: ([\d.]+) bits/weight", out).group(1))
+    assert total == pytest.approx(8 * sum(int(t.n_bytes) for t in tensors) / sum(int(t.n_elements) for t in tensors),
+                                  abs=1e-4)
     pytest.importorskip("llama_cpp")
     theirs = torch.tensor(np.asarray(llama_cpp_logits(path, IDS[0].tolist())))
     _, ours = _logits(ternary_run / "packed")

@@ -67,3 +67,48 @@ def test_bad_requests_fail_clearly_and_leave_the_old_file(tmp_path, tokenizer):
         write_gguf(qwen, target, {}, "tq1_0", tokenizer=tokenizer)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+
+
+@pytest.mark.parametrize("embedding_type, qtype, rel_error", [("f16", "F16", 1e-3), ("q8_0", "Q8_0", 1 / 127),
+                                                               ("f32", "F32", 0.0)])
+def test_embeddings_and_output_take_the_chosen_type(tmp_path, tokenizer, embedding_type, qtype, rel_error):
+    import numpy as np
+    from gguf import GGUFReader
+
+    from tritium.export.gguf_tensors import decode_tensor
+
+    model, result = ternary_llama(hidden=256)
+    report = write_gguf(model, tmp_path / "m.gguf", result.weights, "tq1_0", embedding_type=embedding_type,
+                        tokenizer=tokenizer)
+    assert report.tensor_types["token_embd.weight"] == report.tensor_types["output.weight"] == qtype
+    assert report.tensor_types["blk.0.attn_norm.weight"] == "F32"
+    tensors = {t.name: t for t in GGUFReader(tmp_path / "m.gguf").tensors}
+    assert {name: t.tensor_type.name for name, t in tensors.items()} == report.tensor_types
+    tables = {"token_embd.weight": model.model.embed_tokens.weight, "output.weight": model.lm_head.weight}
+    for name, weight in tables.items():
+        want = weight.detach().numpy()
+        got = decode_tensor(np.asarray(tensors[name].data), tensors[name].tensor_type).reshape(want.shape)
+        assert np.abs(got - want).max() <= rel_error * np.abs(want).max()
+    # The report's totals are the file's own: every tensor's bytes over every tensor's weights.
+    assert report.total_params == sum(int(t.n_elements) for t in tensors.values())
+    assert report.total_bits_per_weight == pytest.approx(
+        8 * sum(int(t.n_bytes) for t in tensors.values()) / report.total_params)
+    assert report.linear_bits_per_weight == pytest.approx(1.6875)
+
+
+def test_read_back_validation_catches_a_wrong_tensor(tmp_path, tokenizer, monkeypatch):
+    import tritium.export.gguf as gguf_export
+
+    model, result = ternary_llama(hidden=256)
+    target = tmp_path / "m.gguf"
+    encode = gguf_export.encode_tensor
+
+    def damaged(qw, qtype):  # an encoder bug: the first bytes of every row's first block are lost
+        raw = encode(qw, qtype).copy()
+        raw[:, :8] = 0
+        return raw
+
+    monkeypatch.setattr(gguf_export, "encode_tensor", damaged)
+    with pytest.raises(GGUFExportError, match=r"blk\.0\..*reads back with error"):
+        write_gguf(model, target, result.weights, "tq1_0", tokenizer=tokenizer)
+    assert not target.exists() and not list(tmp_path.iterdir())

@@ -247,8 +247,8 @@ def cmd_export(args) -> int:
                         embedding_type=args.embedding_type, tokenizer=tokenizer)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
     print(f"wrote {report.path}: {_megabytes(report.file_bytes)}; tensor types: {counts}")
-    print(f"decoder linears: {report.linear_bits_per_weight:.4f} bits/weight; read-back max error "
-          f"{report.max_abs_error:.3g}")
+    print(f"decoder linears: {report.linear_bits_per_weight:.4f} bits/weight; all tensors: "
+          f"{report.total_bits_per_weight:.4f} bits/weight; read-back max error {report.max_abs_error:.3g}")
     for name, reason in sorted(report.fallback_reasons.items())[:5]:
         print(f"  fallback {name}: {reason}")
     if len(report.fallback_reasons) > 5:

@@ -39,12 +39,19 @@ class GGUFReport:
     fallback_reasons: dict[str, str] = field(default_factory=dict)
     linear_bits: float = 0.0
     linear_params: int = 0
+    total_bits: float = 0.0  # every tensor's data: linears, embeddings, output head, norms
+    total_params: int = 0
     file_bytes: int = 0
     max_abs_error: float = 0.0
 
     @property
     def linear_bits_per_weight(self) -> float:
         return self.linear_bits / max(self.linear_params, 1)
+
+    @property
+    def total_bits_per_weight(self) -> float:
+        """Bits per weight over all the file's tensors (the header and vocabulary not counted)."""
+        return self.total_bits / max(self.total_params, 1)
 
     def type_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -194,6 +201,8 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
                     report.fallback_reasons[gguf_name] = choice.reason
                 report.linear_bits += raw.size * 8
                 report.linear_params += qw.codes.numel()
+                report.total_bits += raw.size * 8
+                report.total_params += qw.codes.numel()
                 continue
             is_table = hf_name.startswith(("model.embed_tokens", "lm_head"))
             qtype = EMBEDDING_TYPES[embedding_type] if is_table else (
@@ -201,6 +210,8 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
             array = _float_tensor(param, qtype)
             writer.add_tensor(gguf_name, array, raw_dtype=qtype if qtype == GGMLQuantizationType.Q8_0 else None)
             report.tensor_types[gguf_name] = qtype.name
+            report.total_bits += array.nbytes * 8
+            report.total_params += param.numel()
             if not is_table and param.dim() == 2:  # a decoder linear left in float
                 report.linear_bits += array.nbytes * 8
                 report.linear_params += param.numel()
