@@ -82,6 +82,24 @@ def test_ternary_op_is_scale_times_trit_product_plus_shift_times_input_sum():
         torch.testing.assert_close(packed_linear(x, *args, planes), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 7])  # the lookup table, then decode + GEMM
+def test_cpu_kernel_turns_an_invalid_base3_byte_into_nan_not_a_number(rows):
+    # 5 trits fill only 243 of a byte's 256 values; a byte past them is corruption, and the op called
+    # directly (no load-time checks in between) must not return plausible numbers for it.
+    load_cpu_kernel()
+    _, args = _args(6, 40, TernaryGrid("absmean", group="channel"))
+    packed = args[0].clone()
+    packed[2, 0, 3] = 250
+    corrupt = (packed, *args[1:])
+    x = torch.randn(rows, 40)
+    got = packed_linear(x, *corrupt)
+    assert torch.isnan(got[:, 2]).all()
+    healthy = [r for r in range(6) if r != 2]
+    torch.testing.assert_close(got[:, healthy], packed_linear_reference(x, *args)[:, healthy], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="corrupt"):
+        packed_linear_reference(x, *corrupt)
+
+
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.describe())
 @pytest.mark.parametrize("rows", [1, 3, 7, 64])  # 1-4 rows take the lookup path, more the decode + GEMM path
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

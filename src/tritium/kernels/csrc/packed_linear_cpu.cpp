@@ -19,6 +19,7 @@
 #endif
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace tritium_cpu {
@@ -125,6 +126,9 @@ void lookup_row(const Problem& p, const float* x, float* y) {
         }
         span *= radix;
       }
+      // Bytes past radix^k are no valid code (a corrupt buffer): make them poison the result
+      // with NaN instead of reading a stale slot that looks like a number.
+      for (int64_t b = span; b < kTableStride; ++b) t[b] = std::numeric_limits<float>::quiet_NaN();
     }
   });
   // Rows split across threads; within a thread, byte positions go in tiles whose table
@@ -254,7 +258,9 @@ at::Tensor dequantize(const Problem& p) {
   std::vector<float> digit(256 * k);
   for (int64_t b = 0; b < 256; ++b) {
     int64_t v = b;
-    for (int64_t i = 0; i < k; ++i, v /= radix) digit[b * k + i] = static_cast<float>(v % radix);
+    // As in the lookup table: a byte past radix^k is no code, so it turns its weights into NaN.
+    for (int64_t i = 0; i < k; ++i, v /= radix)
+      digit[b * k + i] = b < p.dg.values ? static_cast<float>(v % radix) : std::numeric_limits<float>::quiet_NaN();
   }
   at::parallel_for(0, p.out, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> buf(p.bytes_per_group * k);
