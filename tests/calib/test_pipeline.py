@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -164,3 +166,32 @@ def test_a_failing_block_still_brings_the_offloaded_model_back(tmp_path):
                       PipelineSettings(offload_dir=str(tmp_path / "offload")), GRID, "x", progress=False)
     for name, p in model.named_parameters():
         assert not p.is_meta and torch.equal(p, before[name]), name
+
+
+def test_short_memory_puts_the_blocks_on_disk_by_itself(monkeypatch):
+    """No --offload-dir, but less memory available than the blocks take: they wait on disk anyway."""
+    ids = calibration()
+    reference = tiny_model(num_hidden_layers=3)
+    reference_layout = decoder_layout(reference)
+    expected, roomy = run_blockwise(reference, reference_layout, selected_linears(reference_layout, ()), ids,
+                                    rtn_block, PipelineSettings(forward_batch_size=2), GRID, "rtn", progress=False)
+    assert roomy["auto_offload"] is False  # this machine has room for a tiny model
+    model = tiny_model(num_hidden_layers=3)
+    layout = decoder_layout(model)
+    monkeypatch.setattr(pipeline_module, "memory_available_bytes", lambda: pipeline_module.blocks_bytes(layout) // 2)
+    in_memory = []
+
+    def spy(ctx):
+        in_memory.append([not any(p.is_meta for p in b.parameters()) for b in layout.blocks])
+        return rtn_block(ctx)
+
+    with pytest.warns(RuntimeWarning, match="memory is short"):
+        weights, details = run_blockwise(model, layout, selected_linears(layout, ()), ids, spy,
+                                         PipelineSettings(forward_batch_size=2), GRID, "rtn", progress=False)
+    assert details["auto_offload"] is True
+    assert in_memory == [[True, False, False], [False, True, False], [False, False, True]]
+    assert Path(details["offload_dir"]).name.startswith("tritium-offload-")
+    assert not Path(details["offload_dir"]).exists()  # the temporary folder is gone afterwards
+    for name, qweight in expected.items():
+        assert torch.equal(weights[name].codes, qweight.codes)
+    assert not any(p.is_meta for p in model.parameters())

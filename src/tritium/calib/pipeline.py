@@ -23,7 +23,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +66,28 @@ class PipelineSettings:
     # A folder: the blocks not being calibrated wait on disk there, so CPU memory holds about one
     # block plus the activations whatever the depth; they all come back when the run ends.
     offload_dir: str | None = None
+    # With no offload_dir: put the blocks on disk anyway (a temporary folder, removed afterwards) when
+    # less memory is available than the blocks themselves take, since the walk then has no room left
+    # for its per-block copies and would run the machine out of memory.
+    auto_offload: bool = True
     seed: int = 0
+
+
+def memory_available_bytes() -> int | None:
+    """Memory the kernel can hand out without swapping (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def blocks_bytes(layout: DecoderLayout) -> int:
+    return sum(t.numel() * t.element_size() for block in layout.blocks
+               for t in [*block.parameters(), *block.buffers()] if not t.is_meta)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -282,10 +306,20 @@ def run_blockwise(model: nn.Module, layout: DecoderLayout, linears: dict[str, nn
 
         iterator = tqdm(iterator, desc=method_name, unit="block", leave=False, mininterval=2)
     offloader = None
-    if settings.offload_dir:
+    offload_dir, temporary_offload = settings.offload_dir, None
+    if offload_dir is None and settings.auto_offload:
+        needed, available = blocks_bytes(layout), memory_available_bytes()
+        if available is not None and available < needed:
+            temporary_offload = tempfile.mkdtemp(prefix="tritium-offload-",
+                                                 dir=folder if folder is not None and folder.is_dir() else None)
+            offload_dir = temporary_offload
+            warnings.warn(f"memory is short ({available / 2**30:.2f} GiB available, the decoder blocks take "
+                          f"{needed / 2**30:.2f} GiB): the blocks wait on disk in {offload_dir} while one is "
+                          "calibrated; pass --offload-dir to choose the folder", RuntimeWarning, stacklevel=2)
+    if offload_dir:
         from .offload import BlockOffloader
 
-        offloader = BlockOffloader(settings.offload_dir, list(layout.blocks))
+        offloader = BlockOffloader(offload_dir, list(layout.blocks))
         for index in range(layout.num_blocks):
             offloader.offload(index)
     try:
@@ -294,9 +328,11 @@ def run_blockwise(model: nn.Module, layout: DecoderLayout, linears: dict[str, nn
     finally:  # the caller's model comes back whole, even when a block fails
         if offloader is not None:
             offloader.restore_all()
+        if temporary_offload is not None:
+            shutil.rmtree(temporary_offload, ignore_errors=True)
     details = {"device": str(device), "resumed_from_block": finished, "calibration_shape": list(input_ids.shape),
                "pipeline_seconds": round(time.perf_counter() - start_time, 3), "blocks": block_stats,
-               "offload_dir": settings.offload_dir}
+               "offload_dir": offload_dir, "auto_offload": temporary_offload is not None}
     return weights, details
 
 
