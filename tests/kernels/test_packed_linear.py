@@ -180,58 +180,47 @@ def test_meta_tensors_give_the_output_shape():
     assert out.shape == (5, 8) and out.device.type == "meta"
 
 
-def test_no_compiler_falls_back_with_one_warning(tmp_path):
-    # A fresh interpreter whose compiler does not exist: the op still works, through the reference.
-    code = textwrap.dedent("""
-        import warnings, torch
-        from tritium.kernels import packed_linear, packed_linear_reference, cpu_kernel_status
-        from tritium.pack import pack_quantized
-        from tritium.quant import TernaryGrid, quantize_weight
-        pw = pack_quantized(quantize_weight(torch.randn(6, 20), TernaryGrid("dlt", group=8, ragged_groups=True)))
-        args = (pw.packed, pw.scale, pw.zero, pw.shift, pw.radix, pw.in_features, pw.group_size, pw.implicit_zero)
-        x = torch.randn(2, 20)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            a = packed_linear(x, *args)
-            b = packed_linear(x, *args)
-        msgs = [str(w.message) for w in caught if "CPU kernel" in str(w.message)]
-        assert len(msgs) == 1, msgs
-        assert "reference" in msgs[0] and "compiler" in msgs[0]
-        assert not cpu_kernel_status()["loaded"]
-        assert torch.equal(a, packed_linear_reference(x, *args)) and torch.equal(a, b)
-        print("ok")
-    """)
-    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), CC=str(tmp_path / "no-such-cc"),
-               TRITIUM_CACHE=str(tmp_path / "cache"))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
-
-
-def test_disabled_kernel_falls_back_with_one_warning(tmp_path):
+def _fallback_in_fresh_interpreter(grid: str, rows: int, checks: str, env: dict) -> None:
+    """Run two packed_linear calls in a fresh interpreter under ``env``, record the CPU-kernel warnings as
+    ``msgs``, check they equal the reference, then run ``checks``."""
     code = textwrap.dedent("""
         import warnings, torch
         from tritium.kernels import packed_linear, packed_linear_reference, cpu_kernel_status, planes_available
         from tritium.pack import pack_quantized
         from tritium.quant import TernaryGrid, quantize_weight
-        pw = pack_quantized(quantize_weight(torch.randn(6, 20), TernaryGrid("absmean", group=8, ragged_groups=True)))
+        pw = pack_quantized(quantize_weight(torch.randn(6, 20), GRID))
         args = (pw.packed, pw.scale, pw.zero, pw.shift, pw.radix, pw.in_features, pw.group_size, pw.implicit_zero)
-        x = torch.randn(1, 20)
+        x = torch.randn(ROWS, 20)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             a = packed_linear(x, *args)
             b = packed_linear(x, *args)
-            assert not planes_available()
         msgs = [str(w.message) for w in caught if "CPU kernel" in str(w.message)]
+        assert torch.equal(a, packed_linear_reference(x, *args)) and torch.equal(a, b)
+    """).replace("GRID", grid).replace("ROWS", str(rows)) + textwrap.dedent(checks) + "\nprint('ok')\n"
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path):
+    # A fresh interpreter whose compiler does not exist: the op still works, through the reference.
+    _fallback_in_fresh_interpreter('TernaryGrid("dlt", group=8, ragged_groups=True)', 2, """
+        assert len(msgs) == 1, msgs
+        assert "reference" in msgs[0] and "compiler" in msgs[0]
+        assert not cpu_kernel_status()["loaded"]
+    """, {"CXX": str(tmp_path / "no-such-compiler"), "CC": str(tmp_path / "no-such-cc"),
+          "TRITIUM_CACHE": str(tmp_path / "cache")})
+
+
+def test_disabled_kernel_falls_back_with_one_warning(tmp_path):
+    _fallback_in_fresh_interpreter('TernaryGrid("absmean", group=8, ragged_groups=True)', 1, """
+        assert not planes_available()
         assert len(msgs) == 1, msgs
         assert "TRITIUM_DISABLE_CPU_KERNEL" in msgs[0] and "reference" in msgs[0]
         status = cpu_kernel_status()
         assert not status["loaded"] and status["error"] == "disabled by TRITIUM_DISABLE_CPU_KERNEL"
-        assert torch.equal(a, packed_linear_reference(x, *args)) and torch.equal(a, b)
-        print("ok")
-    """)
-    env = dict(os.environ, TRITIUM_DISABLE_CPU_KERNEL="1", TRITIUM_CACHE=str(tmp_path / "cache"))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    """, {"TRITIUM_DISABLE_CPU_KERNEL": "1", "TRITIUM_CACHE": str(tmp_path / "cache")})
     assert not (tmp_path / "cache").exists()  # nothing was compiled
 
 
