@@ -117,3 +117,17 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
         assert student.is_activation_checkpointing == checkpointing  # it really recomputes
         runs.append(trainer.run().losses())
     assert runs[1] == pytest.approx(runs[0], rel=1e-5)
+
+
+def test_a_cpu_run_says_when_its_precision_is_the_slow_choice(tmp_path, monkeypatch, capsys):
+    import tritium.utils.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setenv("GLIBC_TUNABLES", hardware.HUGE_PAGE_TUNABLE)  # only the precision hint is under test
+    student, loss = _student_and_loss()
+    Trainer(student, loss, _sequences(), _config(steps=1, progress=True, checkpoint_every=0, precision="fp32"),
+            tmp_path / "fp32").run()
+    assert "--precision bf16" in capsys.readouterr().err
+    Trainer(student, loss, _sequences(), _config(steps=1, progress=True, checkpoint_every=0, precision="bf16"),
+            tmp_path / "bf16").run()
+    assert "tritium:" not in capsys.readouterr().err

@@ -27,16 +27,11 @@ def cache_dir() -> Path:
 
 def _cpu_tag() -> str:
     # -march=native code must not be reused on another CPU: key the build on the CPU's flags.
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
     import torch
 
+    from ..utils.hardware import cpu_flags
+
+    flags = " ".join(sorted(cpu_flags()))
     extra = os.environ.get("TRITIUM_CPU_KERNEL_FLAGS", "")
     text = f"{platform.machine()}|{flags}|{torch.__version__}|{extra}|{SOURCE.read_bytes().hex()}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
