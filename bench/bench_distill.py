@@ -51,9 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--group", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-5, help="latent-weight learning rate (DLT)")
-    p.add_argument("--lr-quant", type=float, default=1e-4, help="α/γ learning rate (DLT)")
-    p.add_argument("--lr-absmean", type=float, default=5e-5, help="latent-weight learning rate of the absmean run")
+    p.add_argument("--lr", type=float, default=3e-4, help="latent-weight learning rate (DLT)")
+    p.add_argument("--lr-quant", type=float, default=6e-4, help="α/γ learning rate (DLT)")
+    p.add_argument("--lr-absmean", type=float, default=3e-4, help="latent-weight learning rate of the absmean run")
     p.add_argument("--variants", default="absmean,dlt-kl,dlt-off", help="comma separated; dlt-off-ptq needs "
                    "--ptq-start")
     p.add_argument("--ptq-start", help="a saved PTQ result (tritium model folder) to start dlt-off-ptq from")
