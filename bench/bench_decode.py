@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -148,13 +147,6 @@ def child(kind: str, folder: Path, threads: int, new_tokens: int, profile_steps:
     return result
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -188,6 +180,8 @@ def main(argv=None) -> int:
             print(kind, {k: v for k, v in runs[kind][-1].items() if k != "profile"}, file=sys.stderr, flush=True)
     loops = ("hf_generate_tokens_per_s", "lean_tokens_per_s", "lean_fp16_head_tokens_per_s")
     median = {loop: {kind: statistics.median(r[loop] for r in rs) for kind, rs in runs.items()} for loop in loops}
+    from tritium.utils.hardware import cpu_name
+
     summary = {
         "command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs", "threads": args.threads,

@@ -39,6 +39,7 @@ from tritium.train.distill import DistillConfig, distill
 from tritium.train.dlt import DLTConfig, to_dlt_, to_fake_quant_
 from tritium.train.losses import LanguageModelLoss, next_token_ce
 from tritium.train.trainer import OptimConfig, TrainConfig, Trainer
+from tritium.utils.hardware import cpu_name
 from tritium.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -80,15 +81,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

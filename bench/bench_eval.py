@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from tritium.eval import perplexity, size_report, tokenize_eval_text
 from tritium.methods import RTNConfig, quantize_
 from tritium.models import load_model
 from tritium.quant import TernaryGrid, UniformGrid
+from tritium.utils.hardware import cpu_name
 from tritium.utils.io import atomic_write_json, atomic_write_text
 
 SETTINGS = {
@@ -39,16 +39,6 @@ SETTINGS = {
     "rtn-w2g128": UniformGrid(bits=2, group=128, ragged_groups=True),
     "rtn-ternary-absmean-perchannel": TernaryGrid(variant="absmean", group="channel"),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def independent_gptq_ppl(model, tokenizer, test_file: Path, seqlen: int, nsamples: int) -> float:

@@ -37,20 +37,11 @@ from tritium.kernels import (  # noqa: E402
 )
 from tritium.pack import bits_per_weight, pack_quantized  # noqa: E402
 from tritium.quant import TernaryGrid, quantize_weight  # noqa: E402
+from tritium.utils.hardware import cpu_name  # noqa: E402
 
 # (in_features, out_features): SmolLM2-135M's q/o (576→576), k/v (576→192), gate/up (576→1536), down (1536→576),
 # then q/k/v fused (576→960) and gate/up fused (576→3072) as tritium's decode loop calls them, and 4096×4096.
 SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 960), (576, 3072), (4096, 4096)]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_calls(fn, calls: int) -> float:

@@ -9,16 +9,28 @@ from pathlib import Path
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` line of /proc/cpuinfo; None where the system does not list it (not Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The ``flags`` of /proc/cpuinfo; empty where the system does not list them (not Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for benchmark reports."""
+    import platform
+
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def native_bf16(device) -> bool:
