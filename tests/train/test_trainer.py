@@ -123,7 +123,6 @@ def test_a_cpu_run_says_when_its_precision_is_the_slow_choice(tmp_path, monkeypa
     import tritium.utils.hardware as hardware
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    monkeypatch.setenv("GLIBC_TUNABLES", hardware.HUGE_PAGE_TUNABLE)  # only the precision hint is under test
     student, loss = _student_and_loss()
     Trainer(student, loss, _sequences(), _config(steps=1, progress=True, checkpoint_every=0, precision="fp32"),
             tmp_path / "fp32").run()

@@ -39,16 +39,3 @@ def test_cpu_flags_reads_this_machine():
     found = hardware.cpu_flags()
     assert isinstance(found, frozenset)
     assert all(isinstance(f, str) and f and " " not in f for f in found)
-
-
-def test_allocator_hint_only_where_glibc_has_the_tunable_and_it_is_unset(monkeypatch):
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.setattr("platform.libc_ver", lambda: ("glibc", "2.36"))
-    assert hardware.HUGE_PAGE_TUNABLE in hardware.cpu_allocator_hint()
-    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.arena_max=2:{hardware.HUGE_PAGE_TUNABLE}")
-    assert hardware.cpu_allocator_hint() is None
-    monkeypatch.delenv("GLIBC_TUNABLES")
-    monkeypatch.setattr("platform.libc_ver", lambda: ("glibc", "2.31"))  # before the tunable existed
-    assert hardware.cpu_allocator_hint() is None
-    monkeypatch.setattr("platform.libc_ver", lambda: ("", ""))  # musl, macOS
-    assert hardware.cpu_allocator_hint() is None

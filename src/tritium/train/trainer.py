@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..utils.hardware import cpu_allocator_hint, cpu_precision_hint
+from ..utils.hardware import cpu_precision_hint
 from ..utils.io import atomic_directory, atomic_write_text
 from .data import SequenceSampler, TrainDataError, check_context
 
@@ -528,9 +528,9 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                    disable=not cfg.progress or self.rank != 0, dynamic_ncols=True)
         if self.device.type == "cpu" and cfg.progress and self.rank == 0:
-            for hint in (cpu_precision_hint(cfg.precision), cpu_allocator_hint()):
-                if hint:
-                    bar.write(f"tritium: {hint}", file=sys.stderr)
+            hint = cpu_precision_hint(cfg.precision)
+            if hint:
+                bar.write(f"tritium: {hint}", file=sys.stderr)
         while self.step < self.total_steps:
             record = self.train_step()
             train_seconds += record["step_seconds"]
