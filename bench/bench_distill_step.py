@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 
-from tritium.utils.hardware import HUGE_PAGE_TUNABLE, cpu_flags, cpu_name
+from tritium.utils.hardware import cpu_flags, cpu_name
 from tritium.utils.io import atomic_write_json, atomic_write_text
 
+# glibc ≥ 2.35: back large allocations by transparent huge pages (read at process start only)
+HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 SETTINGS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
 
 

@@ -60,7 +60,3 @@ def cpu_precision_hint(precision: str) -> str | None:
                 "use --precision fp32 here")
     return None
 
-
-# Backs glibc's large allocations by transparent huge pages. bench/bench_distill_step.py measures it: ~100x
-# fewer page faults per distillation step, but no faster step on the 2-core EPYC, so nothing recommends it.
-HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
