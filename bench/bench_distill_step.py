@@ -41,7 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--group", type=int, default=128)
-    p.add_argument("--settings", default=",".join(f"{p}{'+hugetlb' if h else ''}" for p, h in SETTINGS),
+    p.add_argument("--settings", default=",".join(f"{prec}{'+hugetlb' if huge else ''}" for prec, huge in SETTINGS),
                    help="comma separated, each fp32 or bf16 with an optional +hugetlb")
     p.add_argument("--out", help="result folder (default runs/bench-distill-step-<time>)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one setting, in this process
