@@ -90,23 +90,35 @@ def wikitext_ppl(model, eval_ids, limit) -> float:
     return perplexity(model, eval_ids, seqlen=2048, limit=limit, progress=False).ppl
 
 
-def bare_float_tokens_per_second(model, sequences, micro_batch, steps, device, bf16: bool = False) -> float:
-    """Forward, CE, backward, AdamW on a float model: what any training loop must at least cost
-    (under the same bf16 autocast as the trainer when ``bf16``)."""
+def bare_float_step(model, device, bf16: bool = False):
+    """``step(batch)``, a batch on ``device``: forward, CE, backward, AdamW on a float copy of ``model``, no trainer.
+
+    What any training loop must at least cost (under the same bf16 autocast as the trainer when ``bf16``).
+    """
     model = copy.deepcopy(model).to(device).train()
     model.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(0)
-    seconds = 0.0
-    for step in range(steps + 1):  # the first step warms up allocators and is not timed
-        batch = sequences[torch.randint(0, sequences.shape[0], (micro_batch,), generator=gen)].to(device)
-        start = time.perf_counter()
+
+    def step(batch):
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = next_token_ce(model(batch, use_cache=False).logits, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step:
+
+    return step
+
+
+def bare_float_tokens_per_second(model, sequences, micro_batch, steps, device, bf16: bool = False) -> float:
+    """Tokens/s of :func:`bare_float_step` on random batches; the first step warms up allocators and is not timed."""
+    step = bare_float_step(model, device, bf16)
+    gen = torch.Generator().manual_seed(0)
+    seconds = 0.0
+    for i in range(steps + 1):
+        batch = sequences[torch.randint(0, sequences.shape[0], (micro_batch,), generator=gen)].to(device)
+        start = time.perf_counter()
+        step(batch)
+        if i:
             seconds += time.perf_counter() - start
     return steps * micro_batch * sequences.shape[1] / seconds
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from tritium.utils.hardware import cpu_flags, cpu_name
+from bench_distill import bare_float_step, markdown_table  # this folder: the same baseline and table
+from tritium.utils.hardware import NATIVE_BF16_CPU_FLAGS, cpu_flags, cpu_name
 from tritium.utils.io import atomic_write_json, atomic_write_text
 
 # glibc ≥ 2.35: back large allocations by transparent huge pages (read at process start only)
@@ -34,13 +35,20 @@ HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 SETTINGS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="a model name or folder load_model accepts")
-    p.add_argument("--steps", type=int, default=4, help="timed steps per setting (after one warmup step)")
-    p.add_argument("--seqlen", type=int, default=256)
-    p.add_argument("--micro-batch-size", type=int, default=4)
-    p.add_argument("--group", type=int, default=128)
+    p.add_argument("--steps", type=positive_int, default=4, help="timed steps per setting (after one warmup step)")
+    p.add_argument("--seqlen", type=positive_int, default=256)
+    p.add_argument("--micro-batch-size", type=positive_int, default=4)
+    p.add_argument("--group", type=positive_int, default=128)
     p.add_argument("--settings", default=",".join(f"{prec}{'+hugetlb' if huge else ''}" for prec, huge in SETTINGS),
                    help="comma separated, each fp32 or bf16 with an optional +hugetlb")
     p.add_argument("--out", help="result folder (default runs/bench-distill-step-<time>)")
@@ -72,24 +80,10 @@ def timed_steps(step, steps: int) -> dict:
 
 
 def timed_bare_float_steps(model, sequences, args) -> dict:
-    """The baseline: forward, CE, backward, AdamW on a float copy; the least any training loop must do."""
-    import copy
-
-    from tritium.train.losses import next_token_ce
-
-    bare = copy.deepcopy(model).train().requires_grad_(True)
-    opt = torch.optim.AdamW(bare.parameters(), lr=1e-5)
+    """The baseline, bench_distill's bare float step (forward, CE, backward, AdamW; no trainer)."""
+    step = bare_float_step(model, "cpu", bf16=args.precision == "bf16")
     batches = iter(sequences.split(args.micro_batch_size))
-
-    def step():
-        batch = next(batches)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            loss = next_token_ce(bare(batch, use_cache=False).logits, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return timed_steps(step, args.steps)
+    return timed_steps(lambda: step(next(batches)), args.steps)
 
 
 def run_child(args) -> dict:
@@ -164,13 +158,6 @@ def rows_of(results: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -184,7 +171,7 @@ def main(argv=None) -> int:
         results.append(run_setting(args, precision, hugetlb))
     rows = rows_of(results)
     command = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
-    native = sorted(f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags())
+    native = [flag for flag in NATIVE_BF16_CPU_FLAGS if flag in cpu_flags()]
     report = {"command": command, "date": started.isoformat(timespec="seconds"),
               "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": native,
                           "torch": torch.__version__},
