@@ -86,6 +86,14 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def save_report(out: Path, stem: str, report: dict, text: str) -> None:
+    """Write ``<stem>.json`` and ``<stem>.md`` atomically under ``out`` and print the table and where it went."""
+    atomic_write_json(out / f"{stem}.json", report)
+    atomic_write_text(out / f"{stem}.md", text)
+    print(text)
+    print(f"results: {out / f'{stem}.md'}")
+
+
 def wikitext_ppl(model, eval_ids, limit) -> float:
     return perplexity(model, eval_ids, seqlen=2048, limit=limit, progress=False).ppl
 
@@ -253,10 +261,7 @@ def main(argv=None) -> int:
             f"({report['machine']['cores']} cores, torch {report['machine']['torch']})  \n"
             f"eval: {report['eval']}; training text: {args.data}\n\n{markdown_table(rows)}\n"
             f"throughput ({throughput['batch']} per step):\n\n{markdown_table([throughput])}\n")
-    atomic_write_json(out / "bench_distill.json", report)
-    atomic_write_text(out / "bench_distill.md", text)
-    print(text)
-    print(f"results: {out / 'bench_distill.md'}")
+    save_report(out, "bench_distill", report, text)
     return 0
 
 

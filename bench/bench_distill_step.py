@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from bench_distill import bare_float_step, markdown_table  # this folder: the same baseline and table
-from tritium.utils.hardware import NATIVE_BF16_CPU_FLAGS, cpu_flags, cpu_name
-from tritium.utils.io import atomic_write_json, atomic_write_text
+# this folder: the same baseline step, table, machine facts and report writer
+from bench_distill import bare_float_step, machine, markdown_table, save_report
+from tritium.utils.hardware import NATIVE_BF16_CPU_FLAGS, cpu_flags
 
 # glibc ≥ 2.35: back large allocations by transparent huge pages (read at process start only)
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
@@ -173,18 +173,14 @@ def main(argv=None) -> int:
     command = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
     native = [flag for flag in NATIVE_BF16_CPU_FLAGS if flag in cpu_flags()]
     report = {"command": command, "date": started.isoformat(timespec="seconds"),
-              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": native,
-                          "torch": torch.__version__},
+              "machine": {**machine(), "native_bf16": native},
               "model": args.model, "batch": f"{args.micro_batch_size}x{args.seqlen}", "results": results}
     text = (f"# bench_distill_step\n\n`{command}`  \n{report['date']} on {report['machine']['cpu']} "
             f"({report['machine']['cores']} cores, native bf16: {', '.join(native) or 'none'}, torch "
             f"{torch.__version__})  \nmodel {args.model}, batch {report['batch']}, {args.steps} timed steps "
             f"after one warmup step, each setting in its own process\n\n{markdown_table(rows)}")
     out = Path(args.out or f"runs/bench-distill-step-{time.strftime('%Y%m%d-%H%M%S')}")
-    atomic_write_json(out / "bench_distill_step.json", report)
-    atomic_write_text(out / "bench_distill_step.md", text)
-    print(text)
-    print(f"results: {out / 'bench_distill_step.md'}")
+    save_report(out, "bench_distill_step", report, text)
     return 0
 
 
