@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -34,6 +33,9 @@ GRIDS = {
     "ternary-dlt-g128": {"kind": "ternary", "variant": "dlt", "group": 128, "ragged_groups": True},
 }
 METHODS = ("rtn", "gptq", "awq", "tesseraq")
+# "<method>+rot" rows run the same recipe on the rotated model (norms folded, QuaRot R1/R2 Hadamards).
+ROTATED = "+rot"
+ROWS = tuple(m for base in METHODS for m in (base, base + ROTATED))
 
 
 def recipe_name(method: str, recipes: str) -> str:
@@ -48,8 +50,11 @@ def recipe_name(method: str, recipes: str) -> str:
 def machine() -> str:
     import torch
 
+    from tritium.utils.hardware import cpu_flags, cpu_name
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
+    simd = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))) or "no AVX flags listed"
+    return f"{cpu_name()} ({simd}), {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
 
 
 # --------------------------------------------------------------------------- one cell (child process)
@@ -73,13 +78,16 @@ def run_cell(args) -> dict:
     out = {"method": args.cell_method, "grid": args.cell_grid}
     quantize_seconds = None
     if args.cell_method != "float":
-        recipe = load_recipe(recipe_name(args.cell_method, args.recipes))
+        method = args.cell_method.removesuffix(ROTATED)
+        recipe = load_recipe(recipe_name(method, args.recipes))
+        recipe["rotate"] = args.cell_method.endswith(ROTATED)
         recipe["grid"] = dict(GRIDS[args.cell_grid])
-        if args.checkpoint_root and args.cell_method != "rtn":  # RTN has no calibration to checkpoint
+        if args.checkpoint_root and method != "rtn":  # RTN has no calibration to checkpoint
             recipe["method_args"] = {**recipe.get("method_args", {}),
                                      "checkpoint_dir": str(Path(args.checkpoint_root) / f"{args.cell_method}-{args.cell_grid}")}
         if recipe["method"] == "rtn":
             recipe.pop("calib", None)
+        out["rotate"] = recipe["rotate"]
         start = time.perf_counter()
         result, _ = quantize_model(model, tokenizer, recipe, args.data)
         quantize_seconds = time.perf_counter() - start
@@ -191,7 +199,8 @@ def markdown(args, float_cell: dict, cells: dict, grids: list[str], methods: lis
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"rows, from {', '.join(ROWS)} ('{ROTATED}': the same recipe on the rotated model)")
     parser.add_argument("--grids", default="w3g128,w2g128,w2-perchannel,ternary-g128",
                         help=f"columns, from {', '.join(GRIDS)}")
     parser.add_argument("--recipes", default="cpu", help="cpu, full, or the suffix of other shipped recipes (cpu-long)")
@@ -214,14 +223,14 @@ def main(argv=None) -> int:
         return estimate(args)
     methods = [m for m in args.methods.split(",") if m]
     grids = [g for g in args.grids.split(",") if g]
-    unknown = [g for g in grids if g not in GRIDS] + [m for m in methods if m not in METHODS]
+    unknown = [g for g in grids if g not in GRIDS] + [m for m in methods if m not in ROWS]
     if unknown:
-        parser.error(f"unknown grid/method {unknown}: grids are {list(GRIDS)}, methods {list(METHODS)}")
+        parser.error(f"unknown grid/method {unknown}: grids are {list(GRIDS)}, methods {list(ROWS)}")
     out = Path(args.out)
     saved = json.loads(out.with_suffix(".json").read_text()) if args.resume and out.with_suffix(".json").exists() else {}
     float_cell = saved.get("float") or cell(args, "float", grids[0])
     cells = {(c["method"], c["grid"]): c for c in saved.get("cells", []) if "error" not in c}
-    shown = sorted(methods, key=METHODS.index)  # rows in the usual order, whatever order they ran in
+    shown = sorted(methods, key=ROWS.index)  # rows in the usual order, whatever order they ran in
     # Grid-major order: the most telling column (the first grid) fills in first on a long run.
     for grid in grids:
         for method in methods:

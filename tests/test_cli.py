@@ -138,3 +138,44 @@ def test_a_bare_method_starts_from_its_shipped_recipe(tiny_folder, tiny_data, tm
     recipe = json.loads((out / "results.json").read_text())["recipe"]
     assert recipe["method"] == "tesseraq" and recipe["method_args"]["steps_per_stage"] == 10
     assert recipe["grid"]["group"] == 32 and recipe["grid"]["ragged_groups"] is True
+
+
+@pytest.mark.parametrize("save_format", ["fake", "packed"])
+def test_rotated_quantize_saves_a_model_that_reloads_to_the_same_figure(tmp_path, tokenizer, tiny_data, save_format):
+    folder = tmp_path / "tied"
+    tiny_model("llama", tie_word_embeddings=True).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "run"
+    assert main(["quantize", "--model", str(folder), "--recipe", "w4g128-rtn", "--group", "32", "--rotate",
+                 "--format", save_format, "--eval", "wikitext2", "--seqlen", "64", "--limit", "3",
+                 "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    float_row, quant_row = results["rows"]
+    assert quant_row["method"] == "rtn + rotation"
+    assert results["recipe"]["rotate"] is True
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False  # the head absorbed the final norm
+    assert main(["eval", "--model", str(out / "model"), "--eval", "wikitext2", "--seqlen", "64", "--limit", "3",
+                 "--out", str(tmp_path / "reeval"), "--no-progress"]) == 0
+    again = json.loads((tmp_path / "reeval" / "results.json").read_text())["rows"][0]
+    assert again["perplexity"]["wikitext2"]["ppl"] == pytest.approx(quant_row["perplexity"]["wikitext2"]["ppl"],
+                                                                     rel=1e-4)
+
+
+def test_rotation_of_an_unsupported_layout_is_refused_before_the_float_evaluation(tmp_path, tokenizer, tiny_data,
+                                                                                   monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    import tritium.runner
+
+    folder = tmp_path / "gemma2"
+    config = Gemma2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    evaluated = []
+    monkeypatch.setattr(tritium.runner, "evaluate", lambda *a, **k: evaluated.append(1))
+    assert main(["quantize", "--model", str(folder), "--recipe", "w4g128-rtn", "--group", "32", "--rotate",
+                 "--eval", "wikitext2", "--out", str(tmp_path / "run")]) == 2
+    assert "without --rotate" in capsys.readouterr().err
+    assert not evaluated and not (tmp_path / "run").exists()

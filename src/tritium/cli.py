@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ragged-groups", action=argparse.BooleanOptionalAction, default=None,
                    help="allow a shorter last group when the group size does not divide a width")
     q.add_argument("--skip", type=_csv, help="module-name patterns kept in float, comma separated")
+    q.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold the norms and rotate the weights (QuaRot R1/R2, Hadamard) before quantizing: the same "
+                        "model, weights with fewer outliers; a tied head is untied")
     q.add_argument("--calib", help="calibration source, e.g. wikitext2-valid or a text file")
     q.add_argument("--calib-samples", type=int)
     q.add_argument("--checkpoint-dir", help="calibrated methods: checkpoint each block here; rerun to resume")
@@ -141,6 +144,8 @@ def _recipe_from_args(args) -> dict:
     recipe["grid"] = grid
     if args.method:
         recipe["method"] = args.method
+    if args.rotate is not None:
+        recipe["rotate"] = (recipe.get("rotate") or True) if args.rotate else False
     if args.skip is not None:
         recipe["method_args"] = {**recipe.get("method_args", {}), "skip": args.skip}
     if args.checkpoint_dir:
@@ -172,15 +177,19 @@ def cmd_quantize(args) -> int:
     from .models import load_model
     from .quant.grids import grid_from_dict, grid_to_dict
     from .runner import default_run_folder, evaluate, float_row, peak_rss_megabytes, quantize_model, quantized_row
+    from .models.rotation import check_rotatable, rotation_settings
     from .utils.io import folder_bytes
 
     recipe = _recipe_from_args(args)
     grid = grid_from_dict(recipe["grid"])  # fail on a bad grid before the model loads
+    rotation = rotation_settings(recipe.get("rotate"))
     tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}"
     out = Path(args.out) if args.out else default_run_folder(args.model, tag)
     progress = not args.no_progress
     print(f"tritium: loading {args.model}", file=sys.stderr)
     model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
+    if rotation is not None:
+        check_rotatable(model)  # before the float evaluation, not after it
     rows, token_cache = [], {}
     if not args.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)

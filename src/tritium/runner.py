@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from .eval.perplexity import perplexity, tokenize_eval_text
 from .eval.size import size_report
 from .eval.zeroshot import evaluate_task
 from .methods import config_from_dict, get_method, quantize_
+from .models.rotation import check_rotatable, rotate_model_, rotation_settings
 from .quant.grids import grid_from_dict
 
 
@@ -40,20 +42,38 @@ def float_row(model, tokenizer, settings, data_path=None, progress=True, token_c
 
 
 def quantize_model(model, tokenizer, recipe: dict, data_path=None):
-    """Quantize ``model`` in place as ``recipe`` says; returns the QuantizationResult and the config."""
+    """Quantize ``model`` in place as ``recipe`` says; returns the QuantizationResult and the config.
+
+    With ``rotate`` set, the norms are folded and the weights rotated first (the same function,
+    weights that quantize better); the result's details say how."""
     grid = grid_from_dict(recipe["grid"])
     config = config_from_dict(recipe["method"], grid, **dict(recipe.get("method_args") or {}))
+    rotation = rotation_settings(recipe.get("rotate"))
+    if rotation is not None:
+        check_rotatable(model)
     calibration = None
     if get_method(recipe["method"]).needs_calibration:
         calib = recipe["calib"]
         calibration = calibration_samples(tokenizer, calib["source"], calib["samples"], calib["seqlen"],
                                           calib.get("seed", 0), data_path)
-    return quantize_(model, config, calibration), config
+    report = None
+    if rotation is not None:
+        start = time.perf_counter()
+        report = rotate_model_(model, rotation)
+        for note in report.notes:
+            print(f"tritium: note: {note}", file=sys.stderr)
+        rotate_seconds = time.perf_counter() - start
+    result = quantize_(model, config, calibration)
+    if report is not None:
+        result.details["rotation"] = report.to_dict() | {"seconds": rotate_seconds}
+        result.seconds += rotate_seconds
+    return result, config
 
 
 def quantized_row(model, result, evaluation: dict, file_bytes: int | None, seconds: float) -> dict:
     group = result.grid.group
-    return {"model": "quantized", "method": result.method, "bits": round(float(result.grid.bits), 2),
+    method = result.method + (" + rotation" if "rotation" in result.details else "")
+    return {"model": "quantized", "method": method, "bits": round(float(result.grid.bits), 2),
             "grid": result.grid.describe(), "group": group, **evaluation,
             "size": size_report(model, result.grid, result.weights).to_dict(), "file_bytes": file_bytes,
             "quantize_seconds": result.seconds, "seconds": seconds}

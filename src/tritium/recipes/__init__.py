@@ -8,12 +8,14 @@ from pathlib import Path
 import yaml
 
 RECIPE_DIR = Path(__file__).parent
-RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib"}
+RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib", "rotate"}
 DEFAULT_RECIPE = {
     "description": "",
     "method": "rtn",
     "grid": {"kind": "uniform", "bits": 4, "group": 128},
     "method_args": {},
+    # false, true, or {seed, kind, heads}: fold norms and rotate the weights first (tritium.models.rotation)
+    "rotate": False,
     "eval": {"datasets": ["wikitext2"], "seqlen": 2048, "limit": None, "zeroshot": [], "zeroshot_limit": None,
              "batch_size": 1},
     "calib": {"source": "wikitext2-valid", "samples": 128, "seqlen": 2048, "seed": 0},
