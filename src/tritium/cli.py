@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ragged-groups", action=argparse.BooleanOptionalAction, default=None,
                    help="allow a shorter last group when the group size does not divide a width")
     q.add_argument("--skip", type=_csv, help="module-name patterns kept in float, comma separated")
+    q.add_argument("--bits-budget", type=float,
+                   help="mixed precision: average bits per weight to spend, scales and zero points included (e.g. "
+                        "2.5); each linear gets ternary, 2, 3 or 4 bits at the recipe's group, where it hurts least")
     q.add_argument("--calib", help="calibration source, e.g. wikitext2-valid or a text file")
     q.add_argument("--calib-samples", type=int)
     q.add_argument("--checkpoint-dir", help="calibrated methods: checkpoint each block here; rerun to resume")
@@ -147,6 +150,8 @@ def _recipe_from_args(args) -> dict:
         recipe["method_args"] = {**recipe.get("method_args", {}), "checkpoint_dir": args.checkpoint_dir}
     if args.offload_dir:
         recipe["method_args"] = {**recipe.get("method_args", {}), "offload_dir": args.offload_dir}
+    if args.bits_budget is not None:
+        recipe["method_args"] = {**recipe.get("method_args", {}), "bits_budget": args.bits_budget}
     for key, value in [("source", args.calib), ("samples", args.calib_samples), ("seqlen", args.calib_seqlen)]:
         if value is not None:
             recipe["calib"][key] = value
@@ -171,7 +176,8 @@ def cmd_quantize(args) -> int:
     from .eval.report import write_report
     from .models import load_model
     from .quant.grids import grid_from_dict, grid_to_dict
-    from .runner import default_run_folder, evaluate, float_row, peak_rss_megabytes, quantize_model, quantized_row
+    from .runner import (default_run_folder, evaluate, float_row, peak_rss_megabytes, prepare_config, quantize_model,
+                         quantized_row)
     from .utils.io import folder_bytes
 
     recipe = _recipe_from_args(args)
@@ -181,6 +187,7 @@ def cmd_quantize(args) -> int:
     progress = not args.no_progress
     print(f"tritium: loading {args.model}", file=sys.stderr)
     model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
+    prepare_config(model, recipe)  # e.g. a bit budget the model cannot reach fails before any evaluation
     rows, token_cache = [], {}
     if not args.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)
@@ -198,10 +205,11 @@ def cmd_quantize(args) -> int:
 
             pack_model(model, result.weights)
             save_packed(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid), config.skip,
-                        result.method_args, float_dtype=args.float_dtype)
+                        result.method_args, float_dtype=args.float_dtype, grid_overrides=result.grid_overrides_dict())
         else:
             save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
-                                config.skip, result.method_args, weights=result.weights)
+                                config.skip, result.method_args, weights=result.weights,
+                                grid_overrides=result.grid_overrides_dict())
         rows[-1]["file_bytes"] = folder_bytes(out / "model")
     notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; " + (
         "the saved model holds those packed codes (tritium.nn modules)" if args.format == "packed" else
@@ -233,11 +241,14 @@ def cmd_eval(args) -> int:
     model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
     qconfig = read_quantization_config(source.location) if source.kind == "folder" else None
     if qconfig:
-        grid = grid_from_dict(qconfig["grid"])
+        from .export.hf import grids_from_dicts
+
+        grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
         names = selected_linears(decoder_layout(model), tuple(qconfig.get("modules_not_quantized") or ()))
-        size = size_report(model, grid, names)
+        size = size_report(model, grid, names, overrides)
         row = {"model": "quantized", "method": qconfig["method"], "bits": round(float(grid.bits), 2),
-               "grid": grid.describe(), "group": grid.group}
+               "grid": grid.describe() + (f" ({len(overrides)} linears on their own grids)" if overrides else ""),
+               "group": grid.group}
     else:
         size = size_report(model)
         row = {"model": "float", "method": "none", "bits": 16, "group": None}
