@@ -159,3 +159,51 @@ def test_the_report_shows_the_allocation_per_layer(tmp_path, calib_ids):
     text = md_path.read_text()
     assert "| block | q_proj | k_proj | v_proj | o_proj | gate_proj | up_proj | down_proj | bits/weight |" in text
     assert "| model.layers.1 |" in text and "Bit allocation: budget 3" in text
+
+
+MIXED = {"*.mlp.down_proj": UniformGrid(4, GROUP), "*.self_attn.q_proj": TernaryGrid("twn", GROUP),
+         "model.layers.1.mlp.gate_proj": UniformGrid(3, GROUP)}
+
+
+def _awq():
+    from tritium.methods.awq import AWQConfig
+
+    return AWQConfig(grid=UniformGrid(2, GROUP), grid_overrides=MIXED, n_grid=4, clip_n_grid=4)
+
+
+def _tesseraq():
+    from tritium.methods.tesseraq import TesseraQConfig
+
+    return TesseraQConfig(grid=UniformGrid(2, GROUP), grid_overrides=MIXED, soft_fractions=(0.5,), steps_per_stage=4,
+                          batch_size=4, n_grid=4, clip_n_grid=4)
+
+
+@pytest.mark.parametrize("make_config", [_awq, _tesseraq], ids=["awq", "tesseraq"])
+def test_awq_and_tesseraq_quantize_each_linear_on_its_own_grid(make_config, calib_ids):
+    model = tiny_model("llama")
+    result = quantize_(model, make_config(), calib_ids)
+    for name, module in decoder_layout(model).quantizable_linears().items():
+        qweight = result.weights[name]
+        expected = RTNConfig(grid=UniformGrid(2, GROUP), grid_overrides=MIXED).grid_for(name)
+        assert qweight.grid == expected
+        lo, hi = (-1, 1) if isinstance(expected, TernaryGrid) else (0, 2 ** expected.bits - 1)
+        assert int(qweight.codes.min()) >= lo and int(qweight.codes.max()) <= hi
+        assert torch.equal(module.weight, qweight.dequantize())
+    # The 4-bit down_proj uses more than 4 levels somewhere; the 2-bit up_proj never more than 4.
+    assert len(torch.unique(result.weights["model.layers.0.mlp.down_proj"].codes)) > 4
+    assert len(torch.unique(result.weights["model.layers.0.mlp.up_proj"].codes)) <= 4
+
+
+def test_a_resumed_mixed_run_keeps_every_linears_grid(calib_ids, tmp_path):
+    config = GPTQConfig(grid=UniformGrid(2, GROUP), grid_overrides=MIXED, checkpoint_dir=str(tmp_path))
+    first = quantize_(tiny_model("llama"), config, calib_ids)
+    resumed = quantize_(tiny_model("llama"), config, calib_ids)  # every block replays from its checkpoint
+    assert resumed.details["resumed_from_block"] == 2
+    for name, qweight in first.weights.items():
+        assert resumed.weights[name].grid == qweight.grid
+        assert torch.equal(resumed.weights[name].codes, qweight.codes)
+    # Other per-linear grids make another run: the checkpoint is refused, not mixed in.
+    other = GPTQConfig(grid=UniformGrid(2, GROUP), grid_overrides={"*.mlp.down_proj": UniformGrid(3, GROUP)},
+                       checkpoint_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="holds a different run"):
+        quantize_(tiny_model("llama"), other, calib_ids)
