@@ -52,6 +52,7 @@ def test_bits_budget_allocates_reports_saves_and_reevaluates(tiny_folder, tiny_d
                  "--out", str(tmp_path / "again"), "--no-progress"]) == 0
     again = json.loads((tmp_path / "again" / "results.json").read_text())["rows"][0]
     assert again["size"]["linear_bits_per_weight"] == pytest.approx(row["size"]["linear_bits_per_weight"])
+    assert again["bits"] == row["bits"] != 2  # the mean code bits over the linears, not the recipe grid's
     assert again["perplexity"]["wikitext2"]["ppl"] == pytest.approx(row["perplexity"]["wikitext2"]["ppl"], rel=1e-4)
 
 

@@ -192,7 +192,9 @@ def cmd_quantize(args) -> int:
     if not args.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)
         rows.append(float_row(model, tokenizer, recipe["eval"], args.data, progress, token_cache))
-    print(f"tritium: quantizing with {recipe['method']} on {grid.describe()}", file=sys.stderr)
+    budget = (recipe.get("method_args") or {}).get("bits_budget")
+    print(f"tritium: quantizing with {recipe['method']} on {grid.describe()}"
+          + (f", mixed precision under a {budget:g}-bit budget" if budget is not None else ""), file=sys.stderr)
     start = time.perf_counter()
     result, config = quantize_model(model, tokenizer, recipe, args.data)
     print("tritium: evaluating the quantized model", file=sys.stderr)
@@ -246,7 +248,9 @@ def cmd_eval(args) -> int:
         grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
         names = selected_linears(decoder_layout(model), tuple(qconfig.get("modules_not_quantized") or ()))
         size = size_report(model, grid, names, overrides)
-        row = {"model": "quantized", "method": qconfig["method"], "bits": round(float(grid.bits), 2),
+        weights = {n: m.out_features * m.in_features for n, m in names.items()}
+        bits = sum(float(overrides.get(n, grid).bits) * count for n, count in weights.items()) / sum(weights.values())
+        row = {"model": "quantized", "method": qconfig["method"], "bits": round(bits, 2),
                "grid": grid.describe() + (f" ({len(overrides)} linears on their own grids)" if overrides else ""),
                "group": grid.group}
     else:

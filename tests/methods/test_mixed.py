@@ -72,7 +72,8 @@ def test_sensitivity_is_the_rtn_error_weighted_by_input_second_moments(calib_ids
     assert torch.allclose(moments[name], x.pow(2).mean(0), rtol=1e-5)
     w = linears[name].weight.detach()
     error = quantize_weight(w, UniformGrid(3, GROUP)).dequantize() - w
-    assert rtn_sensitivity(w, moments[name], UniformGrid(3, GROUP)) == pytest.approx(float((error.pow(2) * x.pow(2).mean(0)).sum()), rel=1e-4)
+    expected = float((error.pow(2) * x.pow(2).mean(0)).sum())
+    assert rtn_sensitivity(w, moments[name], UniformGrid(3, GROUP)) == pytest.approx(expected, rel=1e-4)
     # Fewer bits, more error.
     errors = [rtn_sensitivity(w, moments[name], g) for g in CANDIDATES[1:]]
     assert errors == sorted(errors, reverse=True)
@@ -144,6 +145,8 @@ def test_quantize_rejects_bad_mixed_precision_settings_before_touching_the_model
         quantize_(model, RTNConfig(grid=grid, grid_overrides={"*.mlp.gate": grid}))
     with pytest.raises(QuantConfigError, match="not both"):
         quantize_(model, RTNConfig(grid=grid, bits_budget=2.5, grid_overrides={"*.down_proj": grid}), calib_ids)
+    with pytest.raises(QuantConfigError, match="set bits_budget too"):
+        quantize_(model, RTNConfig(grid=grid, candidate_grids=(grid,)))
     with pytest.raises(QuantConfigError, match="does not divide"):  # a candidate's group is checked up front
         quantize_(model, RTNConfig(grid=grid, bits_budget=3.0, candidate_grids=(UniformGrid(2, 48),)), calib_ids)
     assert all(torch.equal(v, snapshot[k]) for k, v in model.state_dict().items())
@@ -154,7 +157,8 @@ def test_the_report_shows_the_allocation_per_layer(tmp_path, calib_ids):
     result = quantize_(model, RTNConfig(grid=UniformGrid(2, GROUP), bits_budget=3.0), calib_ids)
     row = runner.quantized_row(model, result, {}, None, 1.0)
     assert row["mixed_precision"]["layers"]["model.layers.0.mlp.up_proj"]["label"] in ("T", "W2", "W3", "W4")
-    assert row["grid"].startswith("mixed ") and row["size"]["linear_bits_per_weight"] == pytest.approx(average_bits(result))
+    assert row["grid"].startswith("mixed ")
+    assert row["size"]["linear_bits_per_weight"] == pytest.approx(average_bits(result))
     _, md_path = write_report(tmp_path, {"title": "t"}, [row])
     text = md_path.read_text()
     assert "| block | q_proj | k_proj | v_proj | o_proj | gate_proj | up_proj | down_proj | bits/weight |" in text
@@ -207,3 +211,22 @@ def test_a_resumed_mixed_run_keeps_every_linears_grid(calib_ids, tmp_path):
                        checkpoint_dir=str(tmp_path))
     with pytest.raises(ValueError, match="holds a different run"):
         quantize_(tiny_model("llama"), other, calib_ids)
+
+
+def test_a_method_that_reads_one_grid_refuses_mixed_precision(calib_ids):
+    config = config_from_dict("dlt", {"kind": "ternary", "variant": "dlt", "group": GROUP}, bits_budget=2.5)
+    with pytest.raises(QuantConfigError, match="quantizes every linear on one grid"):
+        quantize_(tiny_model("llama"), config, calib_ids)
+
+
+def test_the_allocation_costs_less_sensitivity_than_one_grid_for_all_at_the_same_bits(calib_ids):
+    model = tiny_model("llama", num_hidden_layers=4)
+    linears = decoder_layout(model).quantizable_linears()
+    n_weights = sum(m.weight.numel() for m in linears.values())
+    uniform = quantize_(tiny_model("llama", num_hidden_layers=4), RTNConfig(grid=UniformGrid(3, GROUP)))
+    budget = sum(q.storage_bits() for q in uniform.weights.values()) / n_weights  # all-W3 fits exactly
+    result = quantize_(model, RTNConfig(grid=UniformGrid(3, GROUP), bits_budget=budget), calib_ids)
+    layers = result.details["mixed_precision"]["layers"]
+    chosen = sum(layer["sensitivity"][layer["grid"]] for layer in layers.values())
+    all_w3 = sum(layer["sensitivity"]["W3g32"] for layer in layers.values())
+    assert chosen < all_w3 and average_bits(result) <= budget + 1e-9

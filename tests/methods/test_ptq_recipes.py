@@ -38,7 +38,8 @@ def test_ptq_recipes_spell_out_every_hyperparameter(name):
     """TesseraQ's recipes list AWQ's initialisation settings too: a recipe alone says what was run."""
     recipe = load_recipe(name)
     listed = set(recipe["method_args"])
-    missing = {f.name for f in fields(get_method(recipe["method"]).config_class)} - PIPELINE_ONLY - MIXED_PRECISION - listed
+    options = {f.name for f in fields(get_method(recipe["method"]).config_class)}
+    missing = options - PIPELINE_ONLY - MIXED_PRECISION - listed
     assert not missing
 
 

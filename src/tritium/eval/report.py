@@ -54,7 +54,8 @@ def allocation_table(mixed_precision: dict) -> str:
         lines.append("| " + " | ".join([block or "–", *cells, f"{bits:.3f}"]) + " |")
     counts = ", ".join(f"{label} ×{n}" for label, n in mixed_precision["counts"].items())
     return (f"Bit allocation: budget {mixed_precision['bits_budget']:g}, reached "
-            f"{mixed_precision['achieved_bits_per_weight']:.4f} bits per weight ({counts})\n\n" + "\n".join(lines) + "\n")
+            f"{mixed_precision['achieved_bits_per_weight']:.4f} bits per weight ({counts})\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def write_report(folder: str | Path, summary: dict, rows: list[dict]) -> tuple[Path, Path]:

@@ -41,7 +41,8 @@ def default_candidates(grid: Grid) -> tuple[Grid, ...]:
 
 
 def candidates_of(config) -> tuple[Grid, ...]:
-    candidates = tuple(config.candidate_grids) if config.candidate_grids is not None else default_candidates(config.grid)
+    candidates = config.candidate_grids
+    candidates = tuple(candidates) if candidates is not None else default_candidates(config.grid)
     if not candidates:
         raise QuantConfigError("candidate_grids is empty: list at least one grid, or leave it unset for "
                                "ternary and 2/3/4-bit at the recipe's group")
@@ -75,6 +76,8 @@ def check_mixed_precision(config, entry, linears: dict[str, nn.Linear]) -> None:
     """Reject mixed-precision settings that cannot work, before any calibration or evaluation:
     a method that reads one grid, overrides naming no linear, and a budget outside the reachable range."""
     budget, overrides = config.bits_budget, config.grid_overrides
+    if budget is None and config.candidate_grids is not None:
+        raise QuantConfigError("candidate_grids only matter under a bit budget: set bits_budget too (--bits-budget)")
     if budget is None and not overrides:
         return
     if not entry.per_linear_grids:
@@ -162,7 +165,8 @@ def allocate(bits: list[list[float]], errors: list[list[float]], budget_bits: fl
     choice = [min(range(len(b)), key=lambda j: (b[j], e[j])) for b, e in zip(bits, errors)]
     total = sum(b[j] for b, j in zip(bits, choice))
     if total > budget_bits:
-        raise QuantConfigError(f"the cheapest allocation takes {total:.0f} bits, more than the budget {budget_bits:.0f}")
+        raise QuantConfigError(f"the cheapest allocation takes {total:.0f} bits, more than the budget "
+                               f"{budget_bits:.0f}")
     while True:
         best = None  # (gain per bit, item, option)
         for i, (b, e) in enumerate(zip(bits, errors)):
