@@ -86,3 +86,16 @@ def test_tritium_pack_packs_a_mixed_fake_folder(tmp_path):
     pack_model(model, result.weights)  # the same packed modules, built in memory
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+
+
+def test_unpacking_a_mixed_model_gives_back_every_linears_codes():
+    from tritium.nn import unpack_model
+
+    model, result = _mixed()
+    pack_model(model, result.weights)
+    weights = unpack_model(model, result.grid, result.grid_overrides)
+    assert not packed_modules(model) and set(weights) == set(result.weights)
+    for name, qweight in weights.items():
+        assert qweight.grid == result.grid_for(name)
+        assert torch.equal(qweight.dequantize(), result.weights[name].dequantize())
+        assert torch.equal(model.get_submodule(name).weight, qweight.dequantize())
