@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
                    help="fold the norms and rotate the weights (QuaRot R1/R2, Hadamard) before quantizing: the same "
                         "model, weights with fewer outliers; a tied head is untied")
+    q.add_argument("--bits-budget", type=float,
+                   help="mixed precision: average bits per weight to spend, scales and zero points included (e.g. "
+                        "2.5); each linear gets ternary, 2, 3 or 4 bits at the recipe's group, where it hurts least")
     q.add_argument("--calib", help="calibration source, e.g. wikitext2-valid or a text file")
     q.add_argument("--calib-samples", type=int)
     q.add_argument("--checkpoint-dir", help="calibrated methods: checkpoint each block here; rerun to resume")
@@ -152,6 +155,8 @@ def _recipe_from_args(args) -> dict:
         recipe["method_args"] = {**recipe.get("method_args", {}), "checkpoint_dir": args.checkpoint_dir}
     if args.offload_dir:
         recipe["method_args"] = {**recipe.get("method_args", {}), "offload_dir": args.offload_dir}
+    if args.bits_budget is not None:
+        recipe["method_args"] = {**recipe.get("method_args", {}), "bits_budget": args.bits_budget}
     for key, value in [("source", args.calib), ("samples", args.calib_samples), ("seqlen", args.calib_seqlen)]:
         if value is not None:
             recipe["calib"][key] = value
@@ -176,25 +181,28 @@ def cmd_quantize(args) -> int:
     from .eval.report import write_report
     from .models import load_model
     from .quant.grids import grid_from_dict, grid_to_dict
-    from .runner import default_run_folder, evaluate, float_row, peak_rss_megabytes, quantize_model, quantized_row
-    from .models.rotation import check_rotatable, rotation_settings
+    from .runner import (default_run_folder, evaluate, float_row, peak_rss_megabytes, prepare_config, quantize_model,
+                         quantized_row)
+    from .models.rotation import rotation_settings
     from .utils.io import folder_bytes
 
     recipe = _recipe_from_args(args)
     grid = grid_from_dict(recipe["grid"])  # fail on a bad grid before the model loads
-    rotation = rotation_settings(recipe.get("rotate"))
+    rotation_settings(recipe.get("rotate"))  # a bad rotate value fails before the model loads
     tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}"
     out = Path(args.out) if args.out else default_run_folder(args.model, tag)
     progress = not args.no_progress
     print(f"tritium: loading {args.model}", file=sys.stderr)
     model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
-    if rotation is not None:
-        check_rotatable(model)  # before the float evaluation, not after it
+    # e.g. a bit budget the model cannot reach, or a layout that cannot be rotated, fails before any evaluation
+    prepare_config(model, recipe)
     rows, token_cache = [], {}
     if not args.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)
         rows.append(float_row(model, tokenizer, recipe["eval"], args.data, progress, token_cache))
-    print(f"tritium: quantizing with {recipe['method']} on {grid.describe()}", file=sys.stderr)
+    budget = (recipe.get("method_args") or {}).get("bits_budget")
+    print(f"tritium: quantizing with {recipe['method']} on {grid.describe()}"
+          + (f", mixed precision under a {budget:g}-bit budget" if budget is not None else ""), file=sys.stderr)
     start = time.perf_counter()
     result, config = quantize_model(model, tokenizer, recipe, args.data)
     print("tritium: evaluating the quantized model", file=sys.stderr)
@@ -207,10 +215,11 @@ def cmd_quantize(args) -> int:
 
             pack_model(model, result.weights)
             save_packed(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid), config.skip,
-                        result.method_args, float_dtype=args.float_dtype)
+                        result.method_args, float_dtype=args.float_dtype, grid_overrides=result.grid_overrides_dict())
         else:
             save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid),
-                                config.skip, result.method_args, weights=result.weights)
+                                config.skip, result.method_args, weights=result.weights,
+                                grid_overrides=result.grid_overrides_dict())
         rows[-1]["file_bytes"] = folder_bytes(out / "model")
     notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; " + (
         "the saved model holds those packed codes (tritium.nn modules)" if args.format == "packed" else
@@ -242,11 +251,16 @@ def cmd_eval(args) -> int:
     model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
     qconfig = read_quantization_config(source.location) if source.kind == "folder" else None
     if qconfig:
-        grid = grid_from_dict(qconfig["grid"])
+        from .export.hf import grids_from_dicts
+
+        grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
         names = selected_linears(decoder_layout(model), tuple(qconfig.get("modules_not_quantized") or ()))
-        size = size_report(model, grid, names)
-        row = {"model": "quantized", "method": qconfig["method"], "bits": round(float(grid.bits), 2),
-               "grid": grid.describe(), "group": grid.group}
+        size = size_report(model, grid, names, overrides)
+        weights = {n: m.out_features * m.in_features for n, m in names.items()}
+        bits = sum(float(overrides.get(n, grid).bits) * count for n, count in weights.items()) / sum(weights.values())
+        row = {"model": "quantized", "method": qconfig["method"], "bits": round(bits, 2),
+               "grid": grid.describe() + (f" ({len(overrides)} linears on their own grids)" if overrides else ""),
+               "group": grid.group}
     else:
         size = size_report(model)
         row = {"model": "float", "method": "none", "bits": 16, "group": None}

@@ -11,6 +11,9 @@ from .eval.perplexity import perplexity, tokenize_eval_text
 from .eval.size import size_report
 from .eval.zeroshot import evaluate_task
 from .methods import config_from_dict, get_method, quantize_
+from .methods.base import MethodConfig, selected_linears
+from .methods.mixed import check_mixed_precision
+from .models.adapters import decoder_layout
 from .models.rotation import check_rotatable, rotate_model_, rotation_settings
 from .quant.grids import grid_from_dict
 
@@ -41,20 +44,32 @@ def float_row(model, tokenizer, settings, data_path=None, progress=True, token_c
             "size": size_report(model).to_dict(), "file_bytes": None, "seconds": time.perf_counter() - start}
 
 
+def prepare_config(model, recipe: dict) -> MethodConfig:
+    """The recipe's method config, checked against ``model``: settings it cannot apply, such as a bit
+    budget outside what its linears can reach or a rotation its layout cannot absorb, fail here,
+    before any calibration or evaluation."""
+    grid = grid_from_dict(recipe["grid"])
+    config = config_from_dict(recipe["method"], grid, **dict(recipe.get("method_args") or {}))
+    check_mixed_precision(config, get_method(recipe["method"]), selected_linears(decoder_layout(model), config.skip))
+    if rotation_settings(recipe.get("rotate")) is not None:
+        check_rotatable(model)
+    return config
+
+
 def quantize_model(model, tokenizer, recipe: dict, data_path=None):
     """Quantize ``model`` in place as ``recipe`` says; returns the QuantizationResult and the config.
 
     With ``rotate`` set, the norms are folded and the weights rotated first (the same function,
-    weights that quantize better); the result's details say how."""
-    grid = grid_from_dict(recipe["grid"])
-    config = config_from_dict(recipe["method"], grid, **dict(recipe.get("method_args") or {}))
+    other weights); the result's details say how."""
+    config = prepare_config(model, recipe)
     rotation = rotation_settings(recipe.get("rotate"))
-    if rotation is not None:
-        check_rotatable(model)
     calibration = None
-    if get_method(recipe["method"]).needs_calibration:
+    needs_calibration = get_method(recipe["method"]).needs_calibration
+    if needs_calibration or config.bits_budget is not None:
         calib = recipe["calib"]
-        calibration = calibration_samples(tokenizer, calib["source"], calib["samples"], calib["seqlen"],
+        # A method without calibration reads only the samples the bit allocator measures sensitivity on.
+        samples = calib["samples"] if needs_calibration else min(calib["samples"], config.sensitivity_samples)
+        calibration = calibration_samples(tokenizer, calib["source"], samples, calib["seqlen"],
                                           calib.get("seed", 0), data_path)
     report = None
     if rotation is not None:
@@ -72,11 +87,15 @@ def quantize_model(model, tokenizer, recipe: dict, data_path=None):
 
 def quantized_row(model, result, evaluation: dict, file_bytes: int | None, seconds: float) -> dict:
     group = result.grid.group
+    bits = result.mean_code_bits() if result.grid_overrides else float(result.grid.bits)
     method = result.method + (" + rotation" if "rotation" in result.details else "")
-    return {"model": "quantized", "method": method, "bits": round(float(result.grid.bits), 2),
-            "grid": result.grid.describe(), "group": group, **evaluation,
-            "size": size_report(model, result.grid, result.weights).to_dict(), "file_bytes": file_bytes,
-            "quantize_seconds": result.seconds, "seconds": seconds}
+    row = {"model": "quantized", "method": method, "bits": round(bits, 2),
+           "grid": result.describe_grids(), "group": group, **evaluation,
+           "size": size_report(model, result.grid, result.weights, result.grid_overrides).to_dict(),
+           "file_bytes": file_bytes, "quantize_seconds": result.seconds, "seconds": seconds}
+    if "mixed_precision" in result.details:  # the bit allocation per layer, for results.json and results.md
+        row["mixed_precision"] = result.details["mixed_precision"]
+    return row
 
 
 def peak_rss_megabytes() -> float:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.adapters import DecoderLayout
-from ..quant.grids import Grid, GroupLayout, QuantizedWeight
+from ..quant.grids import Grid, GroupLayout, QuantizedWeight, grid_from_dict, grid_to_dict
 from ..utils.io import atomic_write_bytes, atomic_write_json
 from .capture import (
     BlockInputs,
@@ -192,12 +192,14 @@ BlockMethod = Callable[[BlockContext], BlockResult]
 
 def _qweight_to_state(q: QuantizedWeight) -> dict:
     layout = q.layout
-    return {"codes": q.codes, "scale": q.scale, "zero": q.zero, "shift": q.shift,
+    return {"codes": q.codes, "scale": q.scale, "zero": q.zero, "shift": q.shift, "grid": grid_to_dict(q.grid),
             "layout": [layout.out_features, layout.in_features, layout.group_size, layout.per_tensor]}
 
 
 def _qweight_from_state(state: dict, grid: Grid) -> QuantizedWeight:
     out_f, in_f, gs, per_tensor = state["layout"]
+    # Each weight records its own grid (mixed precision); checkpoints from before that hold the run's one grid.
+    grid = grid_from_dict(state["grid"]) if "grid" in state else grid
     return QuantizedWeight(state["codes"], state["scale"], grid, GroupLayout(out_f, in_f, gs, bool(per_tensor)),
                            zero=state["zero"], shift=state["shift"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..utils.io import atomic_write_json, atomic_write_text
@@ -34,9 +35,35 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def allocation_table(mixed_precision: dict) -> str:
+    """A bit allocation (``QuantizationResult.details["mixed_precision"]``) as one row per decoder block:
+    each linear's grid (T ternary, W2..W4) and the block's bits per weight, scales included."""
+    blocks: dict[str, dict[str, dict]] = {}
+    for name, layer in mixed_precision["layers"].items():
+        match = re.match(r"^(.*?\.\d+)\.(.+)$", name)
+        block, short = (match.group(1), match.group(2)) if match else ("", name)
+        blocks.setdefault(block, {})[short] = layer
+    shorts = list(dict.fromkeys(short for layers in blocks.values() for short in layers))
+    header = ["block", *[s.rsplit(".", 1)[-1] for s in shorts], "bits/weight"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for block, layers in blocks.items():
+        # Weighted by each linear's size, so the column adds up the way the budget does.
+        weight = {s: layers[s].get("weights", 1) for s in layers}
+        bits = sum(layers[s]["bits_per_weight"] * weight[s] for s in layers) / sum(weight.values())
+        cells = [layers[s]["label"] if s in layers else "–" for s in shorts]
+        lines.append("| " + " | ".join([block or "–", *cells, f"{bits:.3f}"]) + " |")
+    counts = ", ".join(f"{label} ×{n}" for label, n in mixed_precision["counts"].items())
+    return (f"Bit allocation: budget {mixed_precision['bits_budget']:g}, reached "
+            f"{mixed_precision['achieved_bits_per_weight']:.4f} bits per weight ({counts})\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def write_report(folder: str | Path, summary: dict, rows: list[dict]) -> tuple[Path, Path]:
     folder = Path(folder)
     table = markdown_table(rows)
+    for row in rows:
+        if row.get("mixed_precision"):
+            table += "\n" + allocation_table(row["mixed_precision"])
     json_path = atomic_write_json(folder / "results.json", {**summary, "rows": rows})
     notes = "".join(f"- {n}\n" for n in summary.get("notes", []))
     md_path = atomic_write_text(folder / "results.md", f"# tritium run: {summary.get('title', '')}\n\n{table}\n{notes}")

@@ -43,8 +43,10 @@ class SizeReport:
         }
 
 
-def size_report(model: nn.Module, grid: Grid | None = None, quantized: Iterable[str] = ()) -> SizeReport:
-    """Size of ``model`` with the linears named in ``quantized`` stored on ``grid``, the rest at 16 bits."""
+def size_report(model: nn.Module, grid: Grid | None = None, quantized: Iterable[str] = (),
+                grid_overrides: dict[str, Grid] | None = None) -> SizeReport:
+    """Size of ``model`` with the linears named in ``quantized`` stored on ``grid`` (or on their own grid in
+    ``grid_overrides``, mixed precision), the rest at 16 bits."""
     quantized = set(quantized)
     layout = decoder_layout(model)
     linears = layout.quantizable_linears()
@@ -59,9 +61,10 @@ def size_report(model: nn.Module, grid: Grid | None = None, quantized: Iterable[
         n_weight = module.out_features * module.in_features  # packed linears have no .weight
         linear_params += n_weight + n_bias
         if name in quantized:
-            group_layout = GroupLayout.for_weight((module.out_features, module.in_features), grid.group,
-                                                  grid.ragged_groups, name)
-            linear_bits += storage_bits(group_layout, grid) + FLOAT_BITS * n_bias
+            own = (grid_overrides or {}).get(name, grid)
+            group_layout = GroupLayout.for_weight((module.out_features, module.in_features), own.group,
+                                                  own.ragged_groups, name)
+            linear_bits += storage_bits(group_layout, own) + FLOAT_BITS * n_bias
         else:
             linear_bits += FLOAT_BITS * (n_weight + n_bias)
     embedding = layout.embed_tokens.weight

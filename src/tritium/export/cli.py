@@ -85,7 +85,7 @@ def _megabytes(n: int) -> str:
 
 def cmd_pack(args) -> int:
     from ..export.codes import load_codes
-    from ..export.hf import save_packed
+    from ..export.hf import grids_from_dicts, save_packed
     from ..models import load_model
     from ..models.loader import read_quantization_config
     from ..nn import pack_with_codes, packed_bits_report
@@ -106,14 +106,15 @@ def cmd_pack(args) -> int:
         if existing.get("format") != "packed":  # replacing an earlier `tritium pack` is fine, anything else is not
             raise ValueError(f"{out} exists and is not a packed tritium folder; choose another --out or remove it")
     codes = load_codes(folder)
-    if codes.grid != qconfig.get("grid"):
+    if codes.grid != qconfig.get("grid") or codes.grid_overrides != (qconfig.get("grid_overrides") or {}):
         raise ValueError(f"{folder}: the codes were made on grid {codes.grid} but config.json says "
-                         f"{qconfig.get('grid')}: the folder is inconsistent; re-run `tritium quantize`")
-    grid = grid_from_dict(qconfig["grid"])
+                         f"{qconfig.get('grid')} (or their per-linear grids differ): the folder is inconsistent; "
+                         "re-run `tritium quantize`")
+    grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
     print(f"tritium: loading {folder}", file=sys.stderr)
     model, tokenizer, _ = load_model(folder, dtype="auto")
     try:
-        pack_with_codes(model, codes.weights, grid, args.ternary_layout, args.scale_dtype)
+        pack_with_codes(model, codes.weights, grid, args.ternary_layout, args.scale_dtype, grid_overrides=overrides)
     except PackError as err:
         if "not exactly representable" not in str(err):
             raise
@@ -122,10 +123,12 @@ def cmd_pack(args) -> int:
                         "scales to)") from err
     save_packed(model, tokenizer, out, qconfig.get("method", "unknown"), qconfig["grid"],
                 qconfig.get("modules_not_quantized") or (), qconfig.get("method_args") or {},
-                ternary_layout=args.ternary_layout, scale_dtype=args.scale_dtype, float_dtype=args.float_dtype)
+                ternary_layout=args.ternary_layout, scale_dtype=args.scale_dtype, float_dtype=args.float_dtype,
+                grid_overrides=qconfig.get("grid_overrides"))
     report = packed_bits_report(model)
     fake_bytes, packed_bytes = folder_bytes(folder), folder_bytes(out)
-    print(f"packed {len(report['layers'])} linears on {grid.describe()} ({args.ternary_layout}, {args.scale_dtype} "
+    on = grid.describe() + (f" ({len(overrides)} on their own grids)" if overrides else "")
+    print(f"packed {len(report['layers'])} linears on {on} ({args.ternary_layout}, {args.scale_dtype} "
           f"scales): {report['bits_per_weight']:.3f} bits/weight ({report['code_bits_per_weight']:.3f} for the codes), "
           f"{_megabytes(report['bytes'])} of packed weights")
     print(f"folder size: fake {_megabytes(fake_bytes)} -> packed {_megabytes(packed_bytes)} "
@@ -218,13 +221,14 @@ def cmd_run(args) -> int:
 def cmd_export(args) -> int:
     from ..export.codes import has_codes, load_codes
     from ..export.gguf import write_gguf
+    from ..export.hf import grids_from_dicts
     from ..models import load_model
     from ..nn import check_against_weight, packed_modules, packed_to_quantized, unpack_model
     from ..quant.grids import TernaryGrid, grid_from_dict
 
     folder, _ = _model_folder(args.model)
     qconfig = _quantization_config(folder, "export")
-    grid = grid_from_dict(qconfig["grid"])
+    grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
     if not isinstance(grid, TernaryGrid):
         print(f"tritium: note: {grid.describe()} is not ternary; TQ types cannot hold it, so its linears go to the "
               "exact fallback types", file=sys.stderr)
@@ -236,13 +240,13 @@ def cmd_export(args) -> int:
     if qconfig.get("format") == "packed":
         if not packed_modules(model):
             raise ValueError(f"{folder}: config.json says packed but the model holds no packed modules")
-        weights = unpack_model(model, grid)  # write_gguf reads float linears beside the codes
+        weights = unpack_model(model, grid, overrides)  # write_gguf reads float linears beside the codes
     else:
         codes = load_codes(folder)
         weights = {}
         for name, weight in codes.weights.items():
             check_against_weight(name, weight, model.get_submodule(name).weight)
-            weights[name] = packed_to_quantized(weight, grid, name)
+            weights[name] = packed_to_quantized(weight, overrides.get(name, grid), name)
     report = write_gguf(model, args.gguf, weights, args.type, allow_fallback=not args.no_fallback,
                         embedding_type=args.embedding_type, tokenizer=tokenizer)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..pack.layouts import PackError
@@ -37,6 +37,7 @@ class CodesError(ValueError):
 class Codes:
     weights: dict[str, PackedWeight]  # full linear name -> its packed codes
     grid: dict  # the grid they were quantized on, as grid_to_dict writes it
+    grid_overrides: dict = field(default_factory=dict)  # mixed precision: linear name -> its own grid mapping
 
     def grid_object(self):
         return grid_from_dict(self.grid)
@@ -53,7 +54,7 @@ def pack_for_sidecar(weights: dict[str, QuantizedWeight]) -> dict[str, PackedWei
     return packed
 
 
-def codes_bytes(weights: dict[str, PackedWeight], grid: dict) -> bytes:
+def codes_bytes(weights: dict[str, PackedWeight], grid: dict, grid_overrides: dict | None = None) -> bytes:
     from safetensors.torch import save
 
     tensors, modules = {}, {}
@@ -66,14 +67,19 @@ def codes_bytes(weights: dict[str, PackedWeight], grid: dict) -> bytes:
                          "implicit_zero": weight.implicit_zero}
     metadata = {"format": CODES_FORMAT, "version": CODES_VERSION, "grid": json.dumps(grid),
                 "modules": json.dumps(modules)}
+    if grid_overrides:
+        metadata["grid_overrides"] = json.dumps(grid_overrides)
     return save(tensors, metadata=metadata)
 
 
-def write_codes(folder: str | os.PathLike, weights: dict[str, QuantizedWeight], grid: dict) -> Path:
-    """Write the sidecar of ``weights`` (a QuantizationResult's weights) into ``folder``, atomically."""
+def write_codes(folder: str | os.PathLike, weights: dict[str, QuantizedWeight], grid: dict,
+                grid_overrides: dict | None = None) -> Path:
+    """Write the sidecar of ``weights`` (a QuantizationResult's weights) into ``folder``, atomically;
+    ``grid_overrides`` names the linears on a grid other than ``grid`` (mixed precision)."""
     from ..utils.io import atomic_write_bytes
 
-    return atomic_write_bytes(Path(folder) / CODES_FILE, codes_bytes(pack_for_sidecar(weights), grid))
+    data = codes_bytes(pack_for_sidecar(weights), grid, grid_overrides)
+    return atomic_write_bytes(Path(folder) / CODES_FILE, data)
 
 
 def has_codes(folder: str | os.PathLike) -> bool:
@@ -98,6 +104,7 @@ def load_codes(folder: str | os.PathLike) -> Codes:
                 raise CodesError(f"{path} has codes version {metadata.get('version')!r}; this tritium reads version "
                                  f"{CODES_VERSION}: upgrade tritium or re-run `tritium quantize`")
             grid, modules = json.loads(metadata["grid"]), json.loads(metadata["modules"])
+            overrides = json.loads(metadata.get("grid_overrides", "{}"))
             keys = set(f.keys())
             weights = {}
             for name, info in modules.items():
@@ -116,4 +123,4 @@ def load_codes(folder: str | os.PathLike) -> Codes:
         raise CodesError(f"{damaged} ({err})") from err
     if not weights:
         raise CodesError(f"{path} lists no quantized linears; re-run `tritium quantize`")
-    return Codes(weights, grid)
+    return Codes(weights, grid, overrides)

@@ -23,10 +23,13 @@ class TritiumConfig(QuantizationConfigMixin):
     def __init__(self, method: str = "rtn", grid: dict | None = None, format: str = "fake",
                  modules_not_quantized: list[str] | None = None, method_args: dict | None = None,
                  packed_modules: list[str] | None = None, ternary_layout: str = "base3",
-                 scale_dtype: str = "float16", checksums: dict[str, str] | None = None, **kwargs):
+                 scale_dtype: str = "float16", checksums: dict[str, str] | None = None,
+                 grid_overrides: dict[str, dict] | None = None, **kwargs):
         self.quant_method = QUANT_METHOD
         self.method = method
         self.grid = grid or {}
+        # Mixed precision: full linear name -> its grid, for the linears not on ``grid``.
+        self.grid_overrides = dict(grid_overrides or {})
         self.format = format
         self.modules_not_quantized = modules_not_quantized or []
         self.method_args = method_args or {}
@@ -50,6 +53,8 @@ class TritiumConfig(QuantizationConfigMixin):
             "modules_not_quantized": self.modules_not_quantized,
             "method_args": self.method_args,
         }
+        if self.grid_overrides:
+            out["grid_overrides"] = self.grid_overrides
         if self.format == "packed":
             out |= {"packed_modules": self.packed_modules, "ternary_layout": self.ternary_layout,
                     "scale_dtype": self.scale_dtype, "checksums": self.checksums}
@@ -70,7 +75,8 @@ class TritiumHfQuantizer(HfQuantizer):
                 raise ValueError("this tritium packed checkpoint lists no packed_modules in its quantization_config: "
                                  "the config.json is damaged; re-export the model with tritium")
             replace_with_empty_packed(model, config.packed_modules, grid_from_dict(config.grid),
-                                      config.ternary_layout, config.scale_dtype)
+                                      config.ternary_layout, config.scale_dtype,
+                                      grid_overrides=grids_from_dicts(config.grid_overrides))
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -88,25 +94,34 @@ class TritiumHfQuantizer(HfQuantizer):
         return False
 
 
+def grids_from_dicts(grid_overrides: dict | None) -> dict:
+    """A saved ``grid_overrides`` mapping (linear name -> grid mapping) as grid objects; {} for None."""
+    from ..quant.grids import grid_from_dict
+
+    return {name: grid_from_dict(spec) for name, spec in (grid_overrides or {}).items()}
+
+
 def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None,
-                        weights: dict | None = None):
+                        weights: dict | None = None, grid_overrides: dict[str, dict] | None = None):
     """Save ``model`` (already fake-quantized in place) with its ``quantization_config``, atomically.
 
     With ``weights`` (a QuantizationResult's weights) the folder also gets their packed codes
-    (:mod:`tritium.export.codes`), so ``tritium pack`` can later pack it exactly.
+    (:mod:`tritium.export.codes`), so ``tritium pack`` can later pack it exactly. ``grid_overrides``
+    (linear name -> grid mapping) records the linears quantized on a grid other than ``grid``.
     """
     from ..utils.io import atomic_directory
     from .codes import write_codes
 
     model.config.quantization_config = TritiumConfig(
-        method=method, grid=grid, format="fake", modules_not_quantized=list(skip), method_args=method_args or {}
+        method=method, grid=grid, format="fake", modules_not_quantized=list(skip), method_args=method_args or {},
+        grid_overrides=grid_overrides,
     )
     with atomic_directory(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if weights:
-            write_codes(tmp, weights, grid)
+            write_codes(tmp, weights, grid, grid_overrides)
     return folder
 
 
@@ -127,12 +142,14 @@ def _state_dict_in(model, modules: dict, dtype) -> dict:
 
 
 def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None,
-                ternary_layout: str = "base3", scale_dtype: str = "float16", float_dtype: str | None = None):
+                ternary_layout: str = "base3", scale_dtype: str = "float16", float_dtype: str | None = None,
+                grid_overrides: dict[str, dict] | None = None):
     """Save a model packed by :func:`tritium.nn.pack_model` so that ``from_pretrained`` rebuilds it, atomically.
 
     ``float_dtype`` ("float16" or "bfloat16") stores the parts that are not packed (embeddings, norms,
     a separate LM head) in 16 bits, as float checkpoints usually are; the config keeps the model's
-    compute dtype, so they load back in it. None stores them as they are.
+    compute dtype, so they load back in it. None stores them as they are. ``grid_overrides`` (linear
+    name -> grid mapping) records the linears packed on a grid other than ``grid``.
     """
     import torch
 
@@ -145,7 +162,7 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
     model.config.quantization_config = TritiumConfig(
         method=method, grid=grid, format="packed", modules_not_quantized=list(skip), method_args=method_args or {},
         packed_modules=sorted(modules), ternary_layout=ternary_layout, scale_dtype=scale_dtype,
-        checksums={name: module_checksum(m) for name, m in sorted(modules.items())},
+        checksums={name: module_checksum(m) for name, m in sorted(modules.items())}, grid_overrides=grid_overrides,
     )
     state_dict = None
     if float_dtype is not None:

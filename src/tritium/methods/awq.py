@@ -30,7 +30,7 @@ from torch.func import functional_call
 from ..calib.pipeline import BlockContext, BlockResult
 from ..quant.grids import Grid, GroupLayout, QuantConfigError, TernaryGrid
 from .base import register_method
-from .calibrated import CalibratedConfig, run_calibrated
+from .calibrated import CalibratedConfig, block_grids, run_calibrated
 from .grid_params import GroupParams, fake_quant_with, layout_for, nearest_codes, pack, rtn_params
 
 SCALE_FLOOR = 1e-4  # keeps s^(−1) finite for channels that never activate
@@ -75,15 +75,17 @@ def inspected_module(consumers: tuple[str, ...]) -> str:
     return ".".join(common)
 
 
-def scale_objective(ctx: BlockContext, consumers: tuple[str, ...], selected: list[str], grid: Grid,
-                    hidden: Tensor):
+def scale_objective(ctx: BlockContext, consumers: tuple[str, ...], selected: list[str],
+                    grid: Grid | dict[str, Grid], hidden: Tensor):
     """AWQ's scale objective for one scale group, as a function of the scale s.
 
     Runs the block once on ``hidden`` (block inputs) to record the calls and float outputs
     of the module holding ``consumers``; the returned function replays those calls with
     each selected consumer's weight W replaced by Q(W·s)/s (that is (x/s)·Q(W·s)ᵀ, what the
     folded model computes) and gives the mean squared error of the module's output.
+    ``grid`` is one grid for every consumer, or each consumer's own (mixed precision).
     """
+    grids = grid if isinstance(grid, dict) else {name: grid for name in selected}
     root = inspected_module(consumers)
     module = ctx.block.get_submodule(root)
     calls = []
@@ -103,14 +105,15 @@ def scale_objective(ctx: BlockContext, consumers: tuple[str, ...], selected: lis
 
     keys = {name: relative_key(name) for name in selected}
     weights = {name: ctx.block.get_submodule(name).weight.detach() for name in selected}
-    layouts = {name: layout_for(w, grid) for name, w in weights.items()}
+    layouts = {name: layout_for(w, grids[name]) for name, w in weights.items()}
 
     @torch.no_grad()
     def loss_for(s: Tensor) -> float:
         overrides = {}
         for name, w in weights.items():
             scaled = w.float() * s
-            q = fake_quant_with(scaled, rtn_params(scaled, grid, layouts[name]), grid, layouts[name]) / s
+            g, layout = grids[name], layouts[name]
+            q = fake_quant_with(scaled, rtn_params(scaled, g, layout), g, layout) / s
             overrides[keys[name]] = q.to(w.dtype)
         total, count = 0.0, 0
         for args, kwargs, target in calls:
@@ -150,9 +153,9 @@ def collect_inputs(ctx: BlockContext, names: list[str], keep_tokens: int, seed: 
     return {name: (s["abs_sum"] / s["count"], torch.cat(s["rows"])[shuffle.to(ctx.device)]) for name, s in state.items()}
 
 
-def _group_normalised_weight_mean(weights: list[Tensor], grid: Grid) -> Tensor:
+def _group_normalised_weight_mean(weights: list[Tensor], grids: list[Grid]) -> Tensor:
     parts = []
-    for w in weights:
+    for w, grid in zip(weights, grids):
         layout = layout_for(w, grid)
         absolute = w.abs().float()
         group_max = layout.expand(layout.reduce(absolute, lambda g: g.amax(-1))).clamp_min(1e-12)
@@ -160,15 +163,16 @@ def _group_normalised_weight_mean(weights: list[Tensor], grid: Grid) -> Tensor:
     return torch.cat(parts).mean(0)
 
 
-def search_scale(loss_for, x_mean: Tensor, weights: list[Tensor], grid: Grid, n_grid: int, duo_scaling: bool):
-    """The per-input-channel scale s among AWQ's candidates that minimises ``loss_for(s)``.
+def search_scale(loss_for, x_mean: Tensor, weights: list[Tensor], grids: list[Grid], n_grid: int, duo_scaling: bool):
+    """The per-input-channel scale s among AWQ's candidates that minimises ``loss_for(s)``;
+    ``grids`` holds each weight's grid.
 
     Returns ``(s, α or None for the identity, loss, identity_loss)``.
     """
     identity = torch.ones_like(x_mean)
     best_loss = identity_loss = loss_for(identity)
     best_scale, best_alpha = identity, None
-    w_mean = _group_normalised_weight_mean(weights, grid) if duo_scaling else None
+    w_mean = _group_normalised_weight_mean(weights, grids) if duo_scaling else None
     for step in range(n_grid):
         alpha = step / n_grid
         s = x_mean.clamp_min(SCALE_FLOOR).pow(alpha)
@@ -241,7 +245,7 @@ def awq_transform(ctx: BlockContext, config: AWQConfig) -> tuple[dict[str, Group
     Modifies ``ctx.block`` in place (the folds) and returns each selected linear's
     quantization parameters for its now-scaled weight.
     """
-    grid, stats = config.grid, {}
+    grids, stats = block_grids(ctx, config), {}
     names = [n for group in ctx.scale_groups for n in group.consumers if n in ctx.linears]
     if not names:
         return {}, stats
@@ -256,8 +260,9 @@ def awq_transform(ctx: BlockContext, config: AWQConfig) -> tuple[dict[str, Group
         x_mean = inputs[selected[0]][0]
         weights = [ctx.block.get_submodule(n).weight.detach() for n in selected]
         # Recorded after the earlier groups' folds, so the module sees its inputs as they now are.
-        loss_for = scale_objective(ctx, group.consumers, selected, grid, hidden)
-        s, alpha, loss, identity_loss = search_scale(loss_for, x_mean, weights, grid, config.n_grid,
+        loss_for = scale_objective(ctx, group.consumers, selected, {n: grids[n] for n in selected}, hidden)
+        s, alpha, loss, identity_loss = search_scale(loss_for, x_mean, weights, [grids[n] for n in selected],
+                                                     config.n_grid,
                                                      config.duo_scaling)
         ctx.check_finite(s, "AWQ scales", layer=group.producer)
         fold_scale(ctx.block, group.producer, group.consumers, s, ctx.norm_weight_offset)
@@ -268,7 +273,7 @@ def awq_transform(ctx: BlockContext, config: AWQConfig) -> tuple[dict[str, Group
         stats[f"{group.producer}.loss_ratio"] = loss / identity_loss if identity_loss > 0 else 1.0
     params = {}
     for name in names:
-        w = ctx.block.get_submodule(name).weight.detach().float()
+        w, grid = ctx.block.get_submodule(name).weight.detach().float(), grids[name]
         layout = layout_for(w, grid, f"{ctx.name}.{name}")
         clip: Tensor | float = 1.0
         if config.clip and name not in config.clip_skip:
@@ -280,14 +285,14 @@ def awq_transform(ctx: BlockContext, config: AWQConfig) -> tuple[dict[str, Group
 
 def awq_block(ctx: BlockContext, config: AWQConfig) -> BlockResult:
     params, stats = awq_transform(ctx, config)
-    weights = {}
+    weights, grids = {}, block_grids(ctx, config)
     for name, p in params.items():
-        w = ctx.block.get_submodule(name).weight.detach().float()
-        layout = layout_for(w, config.grid, name)
-        weights[name] = pack(nearest_codes(w, p, config.grid, layout), p, config.grid, layout)
+        w, grid = ctx.block.get_submodule(name).weight.detach().float(), grids[name]
+        layout = layout_for(w, grid, name)
+        weights[name] = pack(nearest_codes(w, p, grid, layout), p, grid, layout)
     return BlockResult(weights, stats)
 
 
-@register_method("awq", AWQConfig, needs_calibration=True)
+@register_method("awq", AWQConfig, needs_calibration=True, per_linear_grids=True)
 def awq(model, layout, config: AWQConfig, linears, calibration):
     return run_calibrated("awq", lambda ctx: awq_block(ctx, config), model, layout, config, linears, calibration)

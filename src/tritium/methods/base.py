@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import torch
@@ -26,9 +26,37 @@ class MethodConfig:
     grid: Grid = field(default_factory=lambda: UniformGrid(bits=4, group=128))
     # Module-name patterns (fnmatch) kept in float, e.g. "*.mlp.down_proj".
     skip: tuple[str, ...] = ()
+    # Mixed precision by hand: module name or fnmatch pattern -> the grid that linear uses instead of
+    # ``grid``; the first matching key wins (e.g. {"*.mlp.down_proj": UniformGrid(4, 128)}).
+    grid_overrides: dict[str, Grid] = field(default_factory=dict)
+    # Mixed precision under a budget (methods/mixed.py): the average bits per quantized weight, scales and
+    # zero points included, to spend; each linear gets one of ``candidate_grids`` (None: ternary and
+    # 2/3/4-bit at ``grid``'s group), chosen to minimise the summed sensitivity measured on
+    # ``sensitivity_samples`` calibration samples.
+    bits_budget: float | None = None
+    candidate_grids: tuple[Grid, ...] | None = None
+    sensitivity_samples: int = 16
+
+    def grid_for(self, name: str) -> Grid:
+        """The grid the linear ``name`` (its full module name) is quantized on."""
+        if name in self.grid_overrides:
+            return self.grid_overrides[name]
+        for pattern, grid in self.grid_overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return grid
+        return self.grid
 
     def method_args(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("grid", "skip")}
+        args = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("grid", "skip", "grid_overrides")}
+        if self.bits_budget is None:  # the mixed-precision settings mean nothing without a budget
+            for key in MIXED_PRECISION_ARGS:
+                args.pop(key, None)
+        elif self.candidate_grids is not None:
+            args["candidate_grids"] = [grid_to_dict(g) for g in self.candidate_grids]
+        return args
+
+
+MIXED_PRECISION_ARGS = ("bits_budget", "candidate_grids", "sensitivity_samples")
 
 
 @dataclass
@@ -39,11 +67,36 @@ class QuantizationResult:
     seconds: float
     method_args: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    # Full linear name -> its grid, for the linears not on ``grid`` (mixed precision).
+    grid_overrides: dict[str, Grid] = field(default_factory=dict)
+
+    def grid_for(self, name: str) -> Grid:
+        return self.grid_overrides.get(name, self.grid)
+
+    def grid_overrides_dict(self) -> dict[str, dict]:
+        """The overrides as recipe/config.json mappings."""
+        return {name: grid_to_dict(grid) for name, grid in sorted(self.grid_overrides.items())}
+
+    def describe_grids(self) -> str:
+        """``grid.describe()``, or for mixed precision how many linears sit on each grid."""
+        if not self.grid_overrides:
+            return self.grid.describe()
+        counts: dict[str, int] = {}
+        for name in self.weights:
+            label = self.grid_for(name).describe()
+            counts[label] = counts.get(label, 0) + 1
+        return "mixed " + ", ".join(f"{label}×{n}" for label, n in sorted(counts.items()))
+
+    def mean_code_bits(self) -> float:
+        """Code bits per weight (1.58 for ternary, k for k-bit), averaged over the quantized weights."""
+        total = sum(q.codes.numel() for q in self.weights.values())
+        return sum(float(self.grid_for(n).bits) * q.codes.numel() for n, q in self.weights.items()) / total
 
     def summary(self) -> dict:
         return {
             "method": self.method,
             "grid": grid_to_dict(self.grid),
+            **({"grid_overrides": self.grid_overrides_dict()} if self.grid_overrides else {}),
             "method_args": self.method_args,
             "quantized_layers": len(self.weights),
             "seconds": self.seconds,
@@ -61,18 +114,24 @@ class MethodEntry:
     config_class: type[MethodConfig]
     handler: Handler
     needs_calibration: bool
+    # The handler quantizes each linear on ``config.grid_for(name)``, so mixed precision works with it.
+    per_linear_grids: bool = False
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, config_class: type[MethodConfig], needs_calibration: bool = False):
-    """Decorator: register ``handler(model, layout, config, linears, calibration) -> (weights, details)``."""
+def register_method(name: str, config_class: type[MethodConfig], needs_calibration: bool = False,
+                    per_linear_grids: bool = False):
+    """Decorator: register ``handler(model, layout, config, linears, calibration) -> (weights, details)``.
+
+    ``per_linear_grids``: the handler reads each linear's grid from ``config.grid_for(name)``.
+    """
 
     def wrap(handler: Handler) -> Handler:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = MethodEntry(name, config_class, handler, needs_calibration)
+        _REGISTRY[name] = MethodEntry(name, config_class, handler, needs_calibration, per_linear_grids)
         return handler
 
     return wrap
@@ -108,6 +167,17 @@ def config_from_dict(method: str, grid: dict | Grid, **method_args) -> MethodCon
         )
     if "skip" in method_args:
         method_args["skip"] = tuple(method_args["skip"] or ())
+    if method_args.get("grid_overrides") is not None:
+        overrides = method_args["grid_overrides"]
+        if not isinstance(overrides, dict):
+            raise QuantConfigError(f"grid_overrides must map module names (or patterns) to grids, got {overrides!r}")
+        method_args["grid_overrides"] = {name: g if not isinstance(g, dict) else grid_from_dict(g)
+                                         for name, g in overrides.items()}
+    if method_args.get("candidate_grids") is not None:
+        candidates = method_args["candidate_grids"]
+        if not isinstance(candidates, (list, tuple)):
+            raise QuantConfigError(f"candidate_grids must be a list of grids, got {candidates!r}")
+        method_args["candidate_grids"] = tuple(g if not isinstance(g, dict) else grid_from_dict(g) for g in candidates)
     grid_obj = grid if not isinstance(grid, dict) else grid_from_dict(grid)
     return entry.config_class(grid=grid_obj, **method_args)
 
@@ -127,15 +197,29 @@ def quantize_(model: nn.Module, config: MethodConfig, calibration: torch.Tensor 
     Each selected linear's weight is replaced by its dequantized value (fake quant);
     the returned result holds the codes and scales for packing, export and sizing.
     """
+    from . import mixed  # mixed precision builds on this module
+
     entry = _entry_for_config(config)
     layout = decoder_layout(model)
     linears = selected_linears(layout, config.skip)
-    if entry.needs_calibration and calibration is None:
-        raise QuantConfigError(f"method {entry.name!r} needs calibration data: pass calibration token ids")
+    mixed.check_mixed_precision(config, entry, linears)  # a bad budget fails before any calibration
+    if (entry.needs_calibration or config.bits_budget is not None) and calibration is None:
+        why = "to measure each linear's sensitivity for bits_budget" if not entry.needs_calibration else ""
+        raise QuantConfigError(f"method {entry.name!r} needs calibration data{' ' + why if why else ''}: "
+                               "pass calibration token ids")
     start = time.perf_counter()
+    mixed_details = {}
+    if config.bits_budget is not None:
+        allocation = mixed.allocate_grids(model, layout, linears, config, calibration)
+        config = replace(config, grid_overrides=allocation.grids)
+        mixed_details = {"mixed_precision": allocation.report()}
+    elif config.grid_overrides:
+        config = replace(config, grid_overrides={name: config.grid_for(name) for name in linears})
     weights, details = entry.handler(model, layout, config, linears, calibration)
     for name, qweight in weights.items():
         module = linears[name]
         module.weight.data.copy_(qweight.dequantize(module.weight.dtype).to(module.weight.device))
+    overrides = {name: q.grid for name, q in weights.items() if q.grid != config.grid}
     return QuantizationResult(entry.name, config.grid, weights, time.perf_counter() - start,
-                              method_args=config.method_args(), details=details)
+                              method_args=config.method_args(), details={**details, **mixed_details},
+                              grid_overrides=overrides)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..calib.pipeline import BlockMethod, PipelineSettings, run_blockwise
+from ..calib.pipeline import BlockContext, BlockMethod, PipelineSettings, run_blockwise
+from ..quant.grids import Grid, grid_to_dict
 from .base import MethodConfig
 
 
@@ -24,7 +25,15 @@ class CalibratedConfig(MethodConfig):
                                 offload_dir=self.offload_dir, seed=self.seed)
 
 
+def block_grids(ctx: BlockContext, config: MethodConfig) -> dict[str, Grid]:
+    """The grid of each selected linear of the block, by short name (mixed precision gives each its own)."""
+    return {short: config.grid_for(f"{ctx.name}.{short}") for short in ctx.linears}
+
+
 def run_calibrated(name: str, block_method: BlockMethod, model, layout, config: CalibratedConfig, linears,
                    calibration, progress: bool = True):
+    method_args = config.method_args()
+    if config.grid_overrides:  # part of the run's identity, so a resumed run keeps every linear's grid
+        method_args["grid_overrides"] = {n: grid_to_dict(g) for n, g in sorted(config.grid_overrides.items())}
     return run_blockwise(model, layout, linears, calibration, block_method, config.pipeline_settings(), config.grid,
-                         name, method_args=config.method_args(), progress=progress)
+                         name, method_args=method_args, progress=progress)

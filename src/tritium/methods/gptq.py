@@ -25,7 +25,7 @@ from ..calib.pipeline import BlockContext, BlockResult
 from ..models.adapters import ATTENTION_LINEARS, MLP_LINEARS
 from ..quant.grids import Grid, GroupLayout, QuantConfigError, TernaryGrid, UniformGrid
 from .base import register_method
-from .calibrated import CalibratedConfig, run_calibrated
+from .calibrated import CalibratedConfig, block_grids, run_calibrated
 from .grid_params import GroupParams, code_range, layout_for, pack, rtn_params
 
 # Linears that read the same input are quantized together, in the order data flows.
@@ -177,7 +177,7 @@ def collect_hessians(ctx: BlockContext, names: tuple[str, ...]) -> dict[str, tup
 
 def gptq_block(ctx: BlockContext, config: GPTQConfig) -> BlockResult:
     groups = SEQUENTIAL_GROUPS if config.true_sequential else (sum(SEQUENTIAL_GROUPS, ()),)
-    weights, stats = {}, {}
+    weights, stats, grids = {}, {}, block_grids(ctx, config)
     for group in groups:
         names = tuple(n for n in group if n in ctx.linears)
         if not names:
@@ -188,7 +188,7 @@ def gptq_block(ctx: BlockContext, config: GPTQConfig) -> BlockResult:
             hessian = 2 * xtx / count
             ctx.check_finite(hessian, "Hessian", layer=name)
             module = ctx.linears[name]
-            qweight, loss = gptq_quantize(module.weight, hessian, config.grid, config.damp_percent, config.act_order,
+            qweight, loss = gptq_quantize(module.weight, hessian, grids[name], config.damp_percent, config.act_order,
                                           config.static_groups, config.block_size, name=f"{ctx.name}.{name}")
             # Later groups see this group's quantized outputs.
             module.weight.data.copy_(qweight.dequantize(module.weight.dtype).to(module.weight.device))
@@ -197,6 +197,6 @@ def gptq_block(ctx: BlockContext, config: GPTQConfig) -> BlockResult:
     return BlockResult(weights, stats)
 
 
-@register_method("gptq", GPTQConfig, needs_calibration=True)
+@register_method("gptq", GPTQConfig, needs_calibration=True, per_linear_grids=True)
 def gptq(model, layout, config: GPTQConfig, linears, calibration):
     return run_calibrated("gptq", lambda ctx: gptq_block(ctx, config), model, layout, config, linears, calibration)

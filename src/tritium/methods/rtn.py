@@ -15,10 +15,10 @@ class RTNConfig(MethodConfig):
     pass
 
 
-@register_method("rtn", RTNConfig)
+@register_method("rtn", RTNConfig, per_linear_grids=True)
 def rtn(model, layout, config: RTNConfig, linears, calibration):
     weights = {
-        name: quantize_weight(module.weight.detach(), config.grid, name=name)
+        name: quantize_weight(module.weight.detach(), config.grid_for(name), name=name)
         for name, module in tqdm(linears.items(), desc="rtn", unit="layer", leave=False, mininterval=2)
     }
     return weights, {}

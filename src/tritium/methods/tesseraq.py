@@ -35,7 +35,7 @@ from ..calib.capture import NonFiniteError
 from ..quant.grids import QuantConfigError, as_fp16_values
 from .awq import AWQConfig, awq_transform
 from .base import register_method
-from .calibrated import run_calibrated
+from .calibrated import block_grids, run_calibrated
 from .grid_params import GroupParams, code_range, from_levels, layout_for, pack, rtn_params, to_levels
 
 # Fraction of each linear's rounding variables left soft after each stage's hardening
@@ -172,8 +172,9 @@ class BlockReconstruction:
 
     def __init__(self, ctx: BlockContext, config: TesseraQConfig, params: dict[str, GroupParams]):
         self.ctx, self.config = ctx, config
+        grids = block_grids(ctx, config)
         self.states = {name: RoundingState(f"{ctx.name}.{name}", ctx.block.get_submodule(name).weight, params[name],
-                                           config.grid, ctx.device, config.dst) for name in params}
+                                           grids[name], ctx.device, config.dst) for name in params}
         self.dtype = next(ctx.block.parameters()).dtype
         self.generator = torch.Generator().manual_seed(ctx.seed)
         self.losses: list[float] = []
@@ -259,7 +260,8 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
         params, awq_stats = awq_transform(ctx, config)
         stats.update({f"awq.{k}": v for k, v in awq_stats.items()})
     else:
-        params = {name: rtn_params(m.weight.detach().float(), config.grid, layout_for(m.weight, config.grid, name))
+        grids = block_grids(ctx, config)
+        params = {name: rtn_params(m.weight.detach().float(), grids[name], layout_for(m.weight, grids[name], name))
                   for name, m in ctx.linears.items()}
     stats["init_seconds"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
@@ -274,7 +276,7 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
     return BlockResult(weights, stats)
 
 
-@register_method("tesseraq", TesseraQConfig, needs_calibration=True)
+@register_method("tesseraq", TesseraQConfig, needs_calibration=True, per_linear_grids=True)
 def tesseraq(model, layout, config: TesseraQConfig, linears, calibration):
     return run_calibrated("tesseraq", lambda ctx: tesseraq_block(ctx, config), model, layout, config, linears,
                           calibration)

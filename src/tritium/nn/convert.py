@@ -52,8 +52,10 @@ def packed_bits_report(model: nn.Module) -> dict:
 
 
 def replace_with_empty_packed(model: nn.Module, names: list[str], grid, ternary_layout: str = "base3",
-                              scale_dtype: str = "float16") -> nn.Module:
-    """Swap the named linears for empty packed modules of the right shapes (before a state dict loads)."""
+                              scale_dtype: str = "float16", grid_overrides: dict | None = None) -> nn.Module:
+    """Swap the named linears for empty packed modules of the right shapes (before a state dict loads);
+    each on ``grid``, or on its own grid in ``grid_overrides`` (mixed precision)."""
+    grid_overrides = grid_overrides or {}
     for name in names:
         try:
             linear = model.get_submodule(name)
@@ -62,7 +64,8 @@ def replace_with_empty_packed(model: nn.Module, names: list[str], grid, ternary_
         if not isinstance(linear, nn.Linear):
             raise PackError(f"{name}: expected an nn.Linear to replace, found {type(linear).__name__}")
         device = linear.weight.device
-        model.set_submodule(name, empty_packed_linear(linear, grid, ternary_layout, scale_dtype, name, device=device))
+        own = grid_overrides.get(name, grid)
+        model.set_submodule(name, empty_packed_linear(linear, own, ternary_layout, scale_dtype, name, device=device))
     return model
 
 
@@ -171,8 +174,9 @@ def check_against_weight(name: str, weight: PackedWeight, reference: Tensor) -> 
 
 @torch.no_grad()
 def pack_with_codes(model: nn.Module, codes: dict[str, PackedWeight], grid, ternary_layout: str = "base3",
-                    scale_dtype: str = "float16") -> nn.Module:
-    """Swap each fake-quant linear named in ``codes`` for the packed module those codes make, in place.
+                    scale_dtype: str = "float16", grid_overrides: dict | None = None) -> nn.Module:
+    """Swap each fake-quant linear named in ``codes`` for the packed module those codes make, in place;
+    each linear is on ``grid`` or on its own grid in ``grid_overrides`` (mixed precision).
 
     Each packed module is checked first against the float weight it replaces, so a model
     and codes that do not belong together are refused instead of silently changed.
@@ -181,10 +185,11 @@ def pack_with_codes(model: nn.Module, codes: dict[str, PackedWeight], grid, tern
         raise PackError("no codes to pack with")
     if scale_dtype not in SCALE_DTYPES:
         raise PackError(f"scale_dtype {scale_dtype!r} is unknown: choose one of {sorted(SCALE_DTYPES)}")
-    ternary = isinstance(grid, TernaryGrid)
-    radix = ternary_radix(ternary_layout) if ternary else None
-    target = TernaryLinear if ternary else QuantLinear
     for name, weight in codes.items():
+        own = (grid_overrides or {}).get(name, grid)
+        ternary = isinstance(own, TernaryGrid)
+        radix = ternary_radix(ternary_layout) if ternary else None
+        target = TernaryLinear if ternary else QuantLinear
         try:
             linear = model.get_submodule(name)
         except AttributeError as err:
@@ -197,22 +202,23 @@ def pack_with_codes(model: nn.Module, codes: dict[str, PackedWeight], grid, tern
         check_against_weight(name, weight, linear.weight)
         same_layout = (radix is None or weight.radix == radix) and weight.scale.dtype == SCALE_DTYPES[scale_dtype]
         if not same_layout:
-            weight = pack_quantized(packed_to_quantized(weight, grid, name), ternary_layout, scale_dtype, name)
+            weight = pack_quantized(packed_to_quantized(weight, own, name), ternary_layout, scale_dtype, name)
         module = target.from_packed(weight, linear.bias)
         model.set_submodule(name, module.to(linear.weight.device))
     return model
 
 
 @torch.no_grad()
-def unpack_model(model: nn.Module, grid) -> dict[str, QuantizedWeight]:
-    """Replace every packed module by an ``nn.Linear`` holding its dequantized weight, in place.
+def unpack_model(model: nn.Module, grid, grid_overrides: dict | None = None) -> dict[str, QuantizedWeight]:
+    """Replace every packed module by an ``nn.Linear`` holding its dequantized weight, in place;
+    each module is on ``grid`` or on its own grid in ``grid_overrides`` (mixed precision).
 
     Returns the modules' quantized weights (full name → QuantizedWeight), as a
     QuantizationResult holds them, for exporters that read float linears plus codes.
     """
     weights = {}
     for name, module in packed_modules(model).items():
-        qweight = packed_to_quantized(module, grid, name)
+        qweight = packed_to_quantized(module, (grid_overrides or {}).get(name, grid), name)
         dtype = module.bias.dtype if module.bias is not None else torch.float32
         linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                            device=module.packed.device, dtype=dtype)
