@@ -185,18 +185,25 @@ class TokenRecorder:
         self._handle.remove()
 
 
-class BlockLosses(logging.Handler):
-    """Reads auto-round's per-block summary line: the block loss at its RTN start and at its best iteration."""
+class AutoRoundLog(logging.Handler):
+    """Reads auto-round's log: each block's summary line (the loss at its RTN start and at its best
+    iteration) and every warning, since auto-round reports settings it overrode only there
+    (e.g. QuaRot's R1 turned off for a hidden size that is not a power of 2)."""
 
     PATTERN = re.compile(r"loss iter 0: (\S+) -> iter (\d+): (\S+)")
 
     def __init__(self):
         super().__init__()
         self.blocks: list[dict] = []
+        self.warnings: list[str] = []
         self._logger = logging.getLogger("autoround")
         self._logger.addHandler(self)
 
     def emit(self, record):
+        if record.levelno >= logging.WARNING:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()).strip()
+            if text not in self.warnings:
+                self.warnings.append(text)
         found = self.PATTERN.search(record.getMessage())
         if found:
             self.blocks.append({"start_loss": float(found[1]), "best_iter": int(found[2]),
@@ -269,7 +276,7 @@ def autoround_row(float_model, tokenizer, bits: int, calibration: torch.Tensor, 
     signround = SignRoundConfig(iters=args.iters)
     alg_configs = signround if args.alg == "signround" else [signround, "quarot"]
     compile_flag = {"on": True, "off": False, "auto": None}[args.torch_compile]
-    clock, recorder, losses = StepClock(), TokenRecorder(model.get_input_embeddings()), BlockLosses()
+    clock, recorder, losses = StepClock(), TokenRecorder(model.get_input_embeddings()), AutoRoundLog()
     start = time.perf_counter()
     try:
         compressor = AutoRound(
@@ -304,7 +311,7 @@ def autoround_row(float_model, tokenizer, bits: int, calibration: torch.Tensor, 
                      "model_dtype_after": left_dtype, "torch_compile": args.torch_compile, "seed": args.ar_seed,
                      "lr": "auto-round default (1/iters)", "nsamples": len(samples), "seqlen": calibration.shape[1]},
         "calibration_tokens_seen": int(seen.shape[0]), "calibration_tokens_identical": bool(same_tokens),
-        "block_losses": losses.summary(), "grid_check": check, "linear_bits_per_weight": size.linear_bits_per_weight,
+        "block_losses": losses.summary(), "autoround_warnings": losses.warnings, "grid_check": check, "linear_bits_per_weight": size.linear_bits_per_weight,
         **score(quantized_model, eval_ids, args),
     }
     del model, quantized_model, compressor
@@ -342,9 +349,13 @@ def markdown(report: dict) -> str:
         c = r["grid_check"]
         median = r["block_losses"]["median_best_over_start_loss"]
         ratio = f"{median:.3f}" if median is not None else "–"
+        if r["seconds_per_iter"] is not None:
+            rate = (f"{r['seconds_per_iter']:.2f} s/iter, about {r['fixed_seconds']:.0f} s outside the steps); at this "
+                    f"rate {r['iters_for_budget']} iters fit the {r['time_budget']:.0f} s budget. ")
+        else:
+            rate = "too few steps to time an iteration). "
         lines += ["", f"auto-round {r['bits']}-bit: {r['optimizer_steps']} SignRound steps over {r['blocks']} blocks in "
-                  f"{r['quantize_seconds']:.0f} s ({r['seconds_per_iter']:.2f} s/iter, about {r['fixed_seconds']:.0f} s "
-                  f"outside the steps); at this rate {r['iters_for_budget']} iters fit the {r['time_budget']} s budget. "
+                  f"{r['quantize_seconds']:.0f} s ({rate}"
                   f"Blocks whose best SignRound iteration beat the RTN start (iteration 0): "
                   f"{r['block_losses']['blocks_improved_on_start']}/{r['block_losses']['blocks_logged']} (median best/start "
                   f"block loss {ratio}). "
@@ -354,6 +365,10 @@ def markdown(report: dict) -> str:
                   f"{', '.join(c['ragged_widths']) or 'no'}-wide row included), left in float: "
                   f"{', '.join(c['left_float']) or 'none'}, off grid: {'; '.join(c['off_grid']) or 'none'}. "
                   f"Settings: {r['settings']}."]
+        rotation = [w for w in r["autoround_warnings"] if "SpinQuant" in w or "rotation" in w.lower()]
+        if rotation:
+            # auto-round turns R1/R2 off (a warning, not an error) where a width is not a power of 2.
+            lines += ["", "auto-round's rotation warnings: " + " ".join(f"“{w}”" for w in rotation)]
     lines += ["", *report["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -380,7 +395,9 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, required=True,
                         help="SignRound iterations per block (auto-round's default is 200: far over 30 min on 2 cores)")
     parser.add_argument("--alg", default="signround", choices=ALGORITHMS,
-                        help="signround: auto-round's default; quarot: its QuaRot rotation, then SignRound")
+                        help="signround: auto-round's default; quarot: its QuaRot rotation, then SignRound. "
+                             "auto-round 0.16 turns R1 off (a warning) where the hidden size is not a power of 2, "
+                             "SmolLM2's 576 included, leaving only R2; the report lists its warnings")
     parser.add_argument("--nsamples", type=int, default=32, help="calibration samples (tritium's cpu-long recipe: 32)")
     parser.add_argument("--seqlen", type=int, default=512, help="calibration tokens per sample")
     parser.add_argument("--calib-seed", type=int, default=0, help="seed of tritium's calibration sampler")
@@ -415,7 +432,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    command = ["python", "bench/bench_autoround.py", *(sys.argv[1:] if argv is None else argv)]
+    report = {"command": " ".join(command), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "model": args.model, "machine": machine(), "versions": versions(auto_round), "rows": [],
               "notes": NOTES}
     float_model, tokenizer, _ = load_model(args.model, dtype=torch.float32, device="cpu")
@@ -452,6 +470,9 @@ def main(argv=None) -> int:
         save()
         if not row["calibration_tokens_identical"]:
             log(f"warning: auto-round saw {row['calibration_tokens_seen']} samples that differ from tritium's")
+        for warning in row["autoround_warnings"]:
+            if "SpinQuant" in warning:
+                log(f"warning from auto-round's rotation: {warning}")
         if not row["grid_check"]["ok"]:
             log(f"warning: grid check failed: {row['grid_check']}")
     print(out.with_suffix(".md").read_text())

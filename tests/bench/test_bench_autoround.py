@@ -75,3 +75,4 @@ def test_tiny_run_feeds_our_tokens_and_leaves_weights_on_the_grid(bench, tiny_da
     assert 2 < ar["linear_bits_per_weight"] < 2.2
     assert all(math.isfinite(row["ppl"]) and row["n_chunks"] == 2 for row in rows.values())
     assert report["versions"]["auto_round"] and report["calibration"]["digest"]
+    assert report["command"].endswith(f"--out {out}")  # the command as run, not the test runner's argv
