@@ -405,9 +405,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="auto-round's tuning batch (its default, 8)")
     parser.add_argument("--amp", action="store_true",
                         help="auto-round's CPU default: cast the model to bf16 and tune under autocast. Off by default "
-                             "so that every row is fp32 (no faster here: ~2 s/iter either way on 2 cores)")
+                             "so that every row is fp32 (no faster in a one-block SmolLM2 probe on 2 shared cores: 2-3 s/iter either way)")
     parser.add_argument("--torch-compile", default="off", choices=("off", "on", "auto"),
-                        help="auto-round's torch.compile (auto: its own choice, on from 10 iters). Off by default: on "
+                        help="auto-round's torch.compile (auto: its own choice, on from 10 iters). Off by default: in a one-block probe on "
                              "2 cores it cost ~80 s of compiling and no faster iterations")
     parser.add_argument("--time-budget", type=float, default=1800, help="seconds the quantization should fit in")
     parser.add_argument("--limit", type=int, help="score only the first N chunks of WikiText-2 test (same for every row)")
