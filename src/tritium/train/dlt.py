@@ -30,6 +30,7 @@ from ..quant.grids import (
     fake_quantize,
     quantize_ternary,
     quantize_weight,
+    straight_through,
     ternary_codes_threshold,
 )
 from .qat import UniformQATLinear
@@ -187,10 +188,19 @@ class DLTLinear(nn.Linear):
         if self.bias is not None:
             self.bias.requires_grad_(False)
 
+    def _frozen_scale_shift(self) -> tuple[Tensor, Tensor]:
+        """With frozen codes, α and γ as they are stored (α > 0, both fp16), straight-through to the parameters:
+        so the exported codes stay the frozen ones (no sign flip) and the export equals the forward exactly."""
+        alpha = self.alpha.clamp_min(SCALE_EPS)
+        return (straight_through(alpha, as_fp16_values(alpha.detach())),
+                straight_through(self.shift, as_fp16_values(self.shift.detach())))
+
     def quantized_weight(self) -> Tensor:
-        alpha, shift = self.alpha.to(self.weight.dtype), self.shift.to(self.weight.dtype)
         if self.frozen_codes is not None:
-            return self.layout.expand(alpha) * self.frozen_codes.to(alpha.dtype) + self.layout.expand(shift)
+            alpha, shift = self._frozen_scale_shift()
+            t = self.frozen_codes.to(self.weight.dtype)
+            return self.layout.expand(alpha.to(t.dtype)) * t + self.layout.expand(shift.to(t.dtype))
+        alpha, shift = self.alpha.to(self.weight.dtype), self.shift.to(self.weight.dtype)
         return dlt_weight(self.weight, alpha, shift, self.layout, self.ste_clip)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -202,11 +212,13 @@ class DLTLinear(nn.Linear):
 
         The codes are the ones the last forward used; α and γ are rounded to fp16 (so the stored weight
         differs from the training forward by that rounding only). A negative α flips its group's codes.
+        With frozen codes the forward already uses the stored α and γ, so the export equals it exactly.
         """
+        if self.frozen_codes is not None:
+            alpha, shift = (t.detach().float() for t in self._frozen_scale_shift())
+            return QuantizedWeight(self.frozen_codes, alpha, self.grid, self.layout, shift=shift)
         shift = self.shift.detach().float()
-        codes = self.frozen_codes
-        if codes is None:
-            codes = dlt_codes(self.weight.detach().float(), shift, self.layout)
+        codes = dlt_codes(self.weight.detach().float(), shift, self.layout)
         alpha = self.alpha.detach().float()
         sign = torch.where(alpha < 0, -1, 1).to(torch.int8)
         codes = codes * self.layout.expand(sign)
