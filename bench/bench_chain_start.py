@@ -121,7 +121,8 @@ def describe_start(name: str, students: dict, ptq) -> dict:
     d = torch.cat(distances)
     d = d[~torch.isnan(d)]
     quantile = lambda p: round(float(torch.quantile(d[torch.randperm(d.numel())[:1_000_000]], p)), 4)  # noqa: E731
-    return {"start": name, "codes ≠ PTQ": f"{differ / total:.2%}", "weight rel. error": f"{(err_num / err_den) ** .5:.4f}",
+    return {"start": name, "codes ≠ PTQ": f"{differ / total:.2%}",
+            "weight rel. error": f"{(err_num / err_den) ** .5:.4f}",
             "distance p10": quantile(0.1), "distance median": quantile(0.5),
             "< 0.05 from a threshold": f"{float((d < 0.05).float().mean()):.2%}",
             "outside STE clip": f"{float(torch.cat(outside).float().mean()):.2%}"}

@@ -1,6 +1,5 @@
 """Starting a student from a PTQ result (the QAT chain), and end-to-end scale tuning (E2E-QP)."""
 
-import copy
 import json
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 from tritium.cli import main
 from tritium.export.hf import save_fake_quantized
 from tritium.models import load_model, tiny_model, tiny_tokenizer
-from tritium.quant.grids import QuantConfigError, TernaryGrid, UniformGrid, grid_from_dict, grid_to_dict
+from tritium.quant.grids import QuantConfigError, grid_from_dict, grid_to_dict
 from tritium.recipes import load_recipe
 from tritium.runner import quantize_model
 from tritium.train.distill import DistillConfig, distill, prepare_student
@@ -165,3 +164,8 @@ def test_cli_chain_and_scale_tuning(tmp_path, capsys):
     assert "loading" not in err and not (tmp_path / "wrong").exists()  # before the model loads or evaluates
     assert main([*distill_args, "--train", "scales", "--out", str(tmp_path / "noinit")]) == 2
     assert "needs codes to keep" in capsys.readouterr().err
+    assert main([*distill_args, "--bits", "3", "--init-from", str(ptq_run), "--out", str(tmp_path / "w3")]) == 2
+    err = capsys.readouterr().err
+    assert "quantized on W2g48" in err and "trains on W3g48" in err
+    assert main([*distill_args[:4], "ternaryllm-cpu", *distill_args[5:], "--bits", "4"]) == 2
+    assert "--bits applies to a uniform grid" in capsys.readouterr().err

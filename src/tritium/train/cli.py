@@ -39,6 +39,7 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--lr", type=float, help="learning rate of the latent weights")
     d.add_argument("--lr-quant", type=float, help="learning rate of the scales, zero points and shifts (DLT α, γ)")
     d.add_argument("--group", type=group_type, help="group size, 'channel' or 'tensor'")
+    d.add_argument("--bits", type=int, help="bits of a uniform recipe's grid (2, 3 or 4), e.g. qat-w2g128-cpu --bits 4")
     d.add_argument("--variant", help="student quantizer: dlt (default) or absmean/twn (plain STE baseline)")
     d.add_argument("--off-weight", type=float)
     d.add_argument("--kl-weight", type=float)
@@ -73,6 +74,13 @@ def _recipe_from_args(args) -> dict:
         grid["group"] = args.group
     if args.variant:
         grid["variant"] = args.variant
+    if args.bits is not None:
+        if grid.get("kind", "uniform") != "uniform":
+            from ..recipes import RecipeError
+
+            raise RecipeError(f"--bits applies to a uniform grid; recipe {args.recipe!r} trains "
+                              f"{grid.get('kind')}: use a qat-* recipe such as qat-w2g128-cpu")
+        grid["bits"] = args.bits
     recipe["grid"] = grid
     margs = recipe["method_args"] = dict(recipe.get("method_args") or {})
     train = margs["train"] = dict(margs.get("train") or {})

@@ -1,9 +1,12 @@
-"""TernaryLLM distillation: a float teacher, a DLT (or plain-STE) student, OFF + KL (+ CE), the trainer.
+"""TernaryLLM distillation: a float teacher, a DLT ternary or uniform QAT (or plain-STE) student,
+OFF + KL (+ CE), the trainer.
 
-``distill(model, tokenizer, config, out_dir)`` turns ``model`` into its folded ternary student in
-place and returns the ``QuantizationResult`` (codes, fp16 scales and shifts) that packing and
-export read. The same run is registered as the method ``dlt``, so ``tritium quantize --method dlt``
-trains on its calibration samples, and ``tritium distill`` drives it with a token budget.
+``distill(model, tokenizer, config, out_dir)`` turns ``model`` into its folded quantized student in
+place and returns the ``QuantizationResult`` (codes, fp16 scales, zero points and shifts) that packing
+and export read. ``init_from`` continues a PTQ result exactly (the QAT chain), and ``trainable:
+scales`` tunes only its scales (EfficientQAT's E2E-QP). The same run is registered as the method
+``dlt``, so ``tritium quantize --method dlt`` trains on its calibration samples, and ``tritium distill``
+drives it with a token budget.
 """
 
 from __future__ import annotations

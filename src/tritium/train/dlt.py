@@ -182,7 +182,7 @@ class DLTLinear(nn.Linear):
 
     @torch.no_grad()
     def freeze_codes(self) -> None:
-        """Fix the current codes T; from now on only α and γ train (E2E-QP), exactly: ∂ŵ/∂α = T, ∂ŵ/∂γ = 1."""
+        """Fix the current codes T; from now on only α and γ train (E2E-QP), with exact gradients T and 1."""
         self.frozen_codes = dlt_codes(self.weight.float(), self.shift.float(), self.layout)
         self.weight.requires_grad_(False)
         if self.bias is not None:
