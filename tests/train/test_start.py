@@ -154,6 +154,13 @@ def test_cli_chain_and_scale_tuning(tmp_path, capsys):
     assert before.keys() == after.keys()
     assert all(torch.equal(before[n][0], after[n][0]) for n in before)  # the codes are the PTQ codes
     assert any(not torch.equal(before[n][1], after[n][1]) for n in before)  # the scales moved
+    # the tuned folder packs exactly: its export is what it trained
+    assert main(["pack", str(out), "--float-dtype", "float32"]) == 0
+    packed, _, _ = load_model(out / "packed")
+    tuned, _, _ = load_model(out / "model")
+    ids = torch.tensor([[1, 5, 9, 30]])
+    with torch.no_grad():
+        torch.testing.assert_close(packed(ids).logits, tuned(ids).logits, rtol=1e-4, atol=1e-4)
     capsys.readouterr()
 
     # the run folder works as well as its model folder; a ternary recipe names both grids and stops early
