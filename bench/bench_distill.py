@@ -4,7 +4,7 @@ Runs, at one token budget on the same WikiText-2 *validation* text (never the te
   absmean   absmean ternary per channel, plain STE, cross-entropy only (no KD)
   dlt-kl    DLT g128, logit KL only (no OFF)
   dlt-off   DLT g128, OFF + logit KL
-  dlt-off-ptq  DLT + OFF started from a saved PTQ result (--ptq-start, e.g. TesseraQ ternary), if given
+  dlt-off-ptq  DLT + OFF started from a saved PTQ result on the DLT grid (--ptq-start), if given
 and reports WikiText-2 test perplexity (GPTQ protocol, seqlen 2048, first --limit chunks) for the
 float model, each untrained start and each trained student. Throughput: tokens/s of a bare float
 training step (forward, CE, backward, AdamW: no trainer) against the trainer running the same float
@@ -57,7 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--lr-absmean", type=float, default=3e-4, help="latent-weight learning rate of the absmean run")
     p.add_argument("--variants", default="absmean,dlt-kl,dlt-off", help="comma separated; dlt-off-ptq needs "
                    "--ptq-start")
-    p.add_argument("--ptq-start", help="a saved PTQ result (tritium model folder) to start dlt-off-ptq from")
+    p.add_argument("--ptq-start", help="a saved PTQ result on the DLT grid (tritium model folder, e.g. `tritium "
+                   "quantize --grid ternary --variant dlt --group 128 --ragged-groups`) to start dlt-off-ptq from; "
+                   "it starts exactly from its codes, and a start on another grid is refused")
     p.add_argument("--throughput-steps", type=int, default=4, help="timed steps of each throughput measurement")
     p.add_argument("--data", default="wikitext2-valid", help="training text (never a test split)")
     p.add_argument("--data-dir", help="folder of the data sets (default $TRITIUM_DATA)")

@@ -1,4 +1,4 @@
-"""Training: DLT fake-quant linears, distillation losses, data streams, a generic trainer, TernaryLLM distillation."""
+"""Training: DLT and uniform QAT fake-quant linears, distillation losses, data streams, a generic trainer, TernaryLLM distillation."""
 
 from .data import (  # noqa: F401
     SequenceSampler,
@@ -19,6 +19,8 @@ from .dlt import (  # noqa: F401
     quant_parameters,
     to_dlt_,
     to_fake_quant_,
+    to_uniform_qat_,
 )
+from .qat import UniformQATLinear, uniform_qat_weight  # noqa: F401
 from .losses import DistillationInputError, DistillationLoss, LanguageModelLoss, LossConfig, kl_logits, off_loss  # noqa: F401
 from .trainer import OptimConfig, TrainConfig, TrainConfigError, Trainer, TrainResult, lr_multiplier  # noqa: F401

@@ -1,4 +1,5 @@
-"""``tritium distill``: TernaryLLM distillation from the command line (wired into tritium.cli)."""
+"""``tritium distill``: distillation into a ternary (DLT) or uniform QAT student from the command line
+(wired into tritium.cli)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def token_count(value: str) -> int:
 
 
 def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type) -> None:
-    d = sub.add_parser("distill", help="TernaryLLM: distill a float model into a trained ternary (DLT) student")
+    d = sub.add_parser("distill", help="distill a float model into a trained ternary (DLT) or uniform 2/3/4-bit "
+                       "QAT student, from scratch or from a PTQ result")
     add_model_args(d)
     d.add_argument("--recipe", default="ternaryllm", help="a YAML file or a shipped recipe (ternaryllm, "
-                   "ternaryllm-cpu)")
+                   "ternaryllm-cpu, qat-w2g128-cpu, qat-w3g128-cpu)")
     d.add_argument("--tokens", type=token_count, help="training budget in tokens (20000, 500k, 2M)")
     d.add_argument("--steps", type=int, help="training budget in optimizer steps (instead of --tokens)")
     d.add_argument("--data", dest="train_data", type=csv_type,
@@ -35,13 +37,18 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--micro-batch-size", type=int)
     d.add_argument("--grad-accum", type=int)
     d.add_argument("--lr", type=float, help="learning rate of the latent weights")
-    d.add_argument("--lr-quant", type=float, help="learning rate of DLT's scales and shifts")
+    d.add_argument("--lr-quant", type=float, help="learning rate of the scales, zero points and shifts (DLT α, γ)")
     d.add_argument("--group", type=group_type, help="group size, 'channel' or 'tensor'")
+    d.add_argument("--bits", type=int, help="bits of a uniform recipe's grid (2, 3 or 4), e.g. qat-w2g128-cpu --bits 4")
     d.add_argument("--variant", help="student quantizer: dlt (default) or absmean/twn (plain STE baseline)")
     d.add_argument("--off-weight", type=float)
     d.add_argument("--kl-weight", type=float)
     d.add_argument("--ce-weight", type=float)
-    d.add_argument("--init-from", help="start the student from a saved PTQ result (e.g. TesseraQ ternary)")
+    d.add_argument("--init-from", help="start the student from a saved PTQ result on the recipe's grid "
+                   "(runs/<run>/model): step 0 is exactly that model")
+    d.add_argument("--train", dest="trainable", choices=["all", "scales"],
+                   help="what trains: all (latent weights and quantizer parameters, the default) or scales "
+                        "(the --init-from codes stay fixed; only scales, zero points and shifts train: E2E-QP)")
     d.add_argument("--checkpoint-every", type=int)
     d.add_argument("--eval-every", type=int, help="perplexity every N steps during training")
     d.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
@@ -67,6 +74,13 @@ def _recipe_from_args(args) -> dict:
         grid["group"] = args.group
     if args.variant:
         grid["variant"] = args.variant
+    if args.bits is not None:
+        if grid.get("kind", "uniform") != "uniform":
+            from ..recipes import RecipeError
+
+            raise RecipeError(f"--bits applies to a uniform grid; recipe {args.recipe!r} trains "
+                              f"{grid.get('kind')}: use a qat-* recipe such as qat-w2g128-cpu")
+        grid["bits"] = args.bits
     recipe["grid"] = grid
     margs = recipe["method_args"] = dict(recipe.get("method_args") or {})
     train = margs["train"] = dict(margs.get("train") or {})
@@ -97,6 +111,8 @@ def _recipe_from_args(args) -> dict:
         data["seqlen"] = args.train_seqlen
     if args.init_from:
         margs["init_from"] = args.init_from
+    if args.trainable:
+        margs["trainable"] = args.trainable
     for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
                        ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
                        ("batch_size", args.batch_size)]:
@@ -120,7 +136,8 @@ def cmd_distill(args) -> int:
     from .distill import distill, train_result_summary
 
     recipe = _recipe_from_args(args)
-    config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])  # fails before the model loads
+    # fails before the model loads, as does an --init-from on another grid (only its config.json is read)
+    config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
     tag = recipe.get("name") or "distill"
     out = Path(args.out) if args.out else default_run_folder(args.model, tag)
     progress = not args.no_progress

@@ -1,9 +1,12 @@
-"""TernaryLLM distillation: a float teacher, a DLT (or plain-STE) student, OFF + KL (+ CE), the trainer.
+"""TernaryLLM distillation: a float teacher, a DLT ternary or uniform QAT (or plain-STE) student,
+OFF + KL (+ CE), the trainer.
 
-``distill(model, tokenizer, config, out_dir)`` turns ``model`` into its folded ternary student in
-place and returns the ``QuantizationResult`` (codes, fp16 scales and shifts) that packing and
-export read. The same run is registered as the method ``dlt``, so ``tritium quantize --method dlt``
-trains on its calibration samples, and ``tritium distill`` drives it with a token budget.
+``distill(model, tokenizer, config, out_dir)`` turns ``model`` into its folded quantized student in
+place and returns the ``QuantizationResult`` (codes, fp16 scales, zero points and shifts) that packing
+and export read. ``init_from`` continues a PTQ result exactly (the QAT chain), and ``trainable:
+scales`` tunes only its scales (EfficientQAT's E2E-QP). The same run is registered as the method
+``dlt``, so ``tritium quantize --method dlt`` trains on its calibration samples, and ``tritium distill``
+drives it with a token budget.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from torch import nn
 from ..methods.base import MethodConfig, register_method
 from ..quant.grids import QuantConfigError, TernaryGrid, UniformGrid
 from .data import TeacherSamplingConfig, TrainDataError, generate_teacher_corpus, load_sequences
-from .dlt import DLTConfig, _replace, fold_, to_dlt_, to_fake_quant_
+from .dlt import DLTConfig, _replace, fold_, to_dlt_, to_fake_quant_, to_uniform_qat_
 from .losses import DistillationLoss, LossConfig, check_same_vocabulary
+from .start import StartSource, load_initial_weights, load_start_codes, read_start
 from .trainer import TrainConfig, Trainer, TrainResult, build_dataclass
 
 TEACHER_SOURCE = "teacher"
 TRAIN_FLOAT = ("none", "norms", "all")
+# all: latent weights and quantizer parameters; scales: the codes stay fixed (EfficientQAT's E2E-QP)
+TRAINABLE = ("all", "scales")
 
 
 @dataclass
@@ -42,10 +48,11 @@ class DataConfig:
 
 @dataclass
 class DistillConfig(MethodConfig):
-    """Every hyperparameter of a TernaryLLM run; ``grid`` picks the student's quantizer.
+    """Every hyperparameter of a distillation run; ``grid`` picks the student's quantizer.
 
-    A ternary ``dlt`` grid trains DLT linears; any other grid (absmean, twn, uniform) trains plain
-    straight-through fake quant, the baseline of the ablation.
+    A ternary ``dlt`` grid trains DLT linears (learnable α, γ); a uniform grid trains uniform QAT
+    linears (learnable scale and zero point, LSQ style); the other ternary grids (absmean, twn) train
+    plain straight-through fake quant, the baseline of the ablation.
     """
 
     grid: TernaryGrid | UniformGrid = field(default_factory=lambda: TernaryGrid(variant="dlt", group=128))
@@ -55,8 +62,11 @@ class DistillConfig(MethodConfig):
     quantize_lm_head: bool = False
     # Float parameters that train beside the quantized ones: none, the norms, or all (embeddings too).
     train_float: str = "none"
-    # A saved model (e.g. the TesseraQ ternary result) whose weights start the student; the teacher stays float.
+    # A saved model whose weights start the student; the teacher stays float. A tritium PTQ folder on the
+    # student's grid starts it exactly (step 0 is the PTQ model); a float folder gives its weights only.
     init_from: str | None = None
+    # Which quantized parameters train: all, or only the scales, zero points and shifts (codes frozen, E2E-QP).
+    trainable: str = "all"
     # Where `tritium quantize --method dlt` keeps checkpoints and the log (a rerun resumes); default a temp folder.
     run_dir: str | None = None
     loss: dict = field(default_factory=dict)
@@ -66,9 +76,19 @@ class DistillConfig(MethodConfig):
     def __post_init__(self):
         if self.train_float not in TRAIN_FLOAT:
             raise QuantConfigError(f"train_float={self.train_float!r} is unknown: use one of {TRAIN_FLOAT}")
+        if self.trainable not in TRAINABLE:
+            raise QuantConfigError(f"trainable={self.trainable!r} is unknown: use one of {TRAINABLE}")
         self.skip = tuple(self.skip or ())
         # Build every part once now so a bad option fails before a model loads.
         self.dlt_config(), self.loss_config(), self.train_config(), self.data_config()
+        if self.trainable == "scales":
+            if not self.init_from:
+                raise QuantConfigError("training only the scales (trainable: scales, --train scales) needs codes to "
+                                       "keep: give the PTQ result to start from with init_from (--init-from)")
+            if self.student_kind == "ste":
+                raise QuantConfigError(f"trainable: scales needs learnable scales, which the plain-STE student on "
+                                       f"{self.grid.describe()} has not: use a ternary dlt or a uniform grid")
+        self.start_source()  # reads only the start's config.json: a wrong grid fails here, before any work
 
     def dlt_config(self) -> DLTConfig:
         return DLTConfig(group=self.grid.group, ragged_groups=self.grid.ragged_groups, shift_init=self.shift_init,
@@ -88,16 +108,35 @@ class DistillConfig(MethodConfig):
     def uses_dlt(self) -> bool:
         return isinstance(self.grid, TernaryGrid) and self.grid.variant == "dlt"
 
+    @property
+    def student_kind(self) -> str:
+        """dlt, qat (uniform grid, learnable scale and zero) or ste (plain straight-through baseline)."""
+        return "dlt" if self.uses_dlt else "qat" if isinstance(self.grid, UniformGrid) else "ste"
 
-def _set_trainable(model: nn.Module, train_float: str) -> None:
-    """Latent weights and α/γ always train; the float rest as ``train_float`` says."""
+    def start_source(self) -> StartSource | None:
+        """The checked ``init_from`` (None without one); reads its config.json only."""
+        if not self.init_from:
+            return None
+        start = read_start(self.init_from, self.grid)
+        if self.trainable == "scales" and not start.quantized:
+            raise QuantConfigError(f"trainable: scales keeps the codes of its start, but init_from {self.init_from} "
+                                   "is a float model: start from a tritium PTQ folder")
+        return start
+
+
+def _set_trainable(model: nn.Module, train_float: str, trainable: str = "all") -> None:
+    """α/γ (or scale/zero) always train, latent weights unless ``trainable`` is scales; the float rest as
+    ``train_float`` says."""
     from .dlt import quant_parameters
 
     latent, quant = quant_parameters(model)
-    keep = {id(p) for p in latent + quant}
+    keep = {id(p) for p in quant}
+    latent_ids = {id(p) for p in latent}
     for name, p in model.named_parameters():
         if id(p) in keep:
             p.requires_grad_(True)
+        elif id(p) in latent_ids:
+            p.requires_grad_(trainable == "all")
         elif train_float == "all":
             p.requires_grad_(True)
         elif train_float == "norms":
@@ -106,25 +145,28 @@ def _set_trainable(model: nn.Module, train_float: str) -> None:
             p.requires_grad_(False)
 
 
-@torch.no_grad()
-def load_initial_weights(student: nn.Module, source: str) -> int:
-    """Copy the weights of a saved model (a PTQ result) into ``student``; returns how many tensors moved."""
-    from ..models import load_model
+def prepare_student(model: nn.Module, config: DistillConfig, start: StartSource | None = None) -> dict:
+    """Turn ``model`` into the untrained student in place (its step 0); returns its quantized linears by name.
 
-    start, _, _ = load_model(source)
-    own = student.state_dict()
-    theirs = start.state_dict()
-    copied = 0
-    for key, value in theirs.items():
-        if key in own:
-            if own[key].shape != value.shape:
-                raise QuantConfigError(f"init_from {source}: {key} has shape {tuple(value.shape)}, the student "
-                                       f"{tuple(own[key].shape)}: start from a result of the same model")
-            own[key].copy_(value)
-            copied += 1
-    if copied == 0:
-        raise QuantConfigError(f"init_from {source}: no parameter name matches the student; is it the same model?")
-    return copied
+    With a PTQ start on the student's grid the linears take its codes and scales, so the student computes
+    exactly the PTQ model; ``trainable: scales`` then freezes those codes.
+    """
+    if start is not None:
+        load_initial_weights(model, start.location)  # all tensors: methods may change norms too
+    kind = config.student_kind
+    if kind == "dlt":
+        students = to_dlt_(model, config.dlt_config())
+    elif kind == "qat":
+        students = to_uniform_qat_(model, config.grid, config.skip, config.quantize_lm_head)
+    else:
+        students = to_fake_quant_(model, config.grid, config.skip, config.quantize_lm_head)
+    if start is not None and start.quantized and kind != "ste":
+        load_start_codes(students, start.location)  # step 0 is the PTQ model, exactly
+    if config.trainable == "scales":
+        for module in students.values():
+            module.freeze_codes()
+    _set_trainable(model, config.train_float, config.trainable)
+    return students
 
 
 def training_sequences(model, tokenizer, data: DataConfig, tokens: int | None, out_dir: Path, data_path=None,
@@ -155,6 +197,7 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
     ``model`` taken before anything changes, unless one is given.
     """
     out_dir = Path(out_dir)
+    start = config.start_source()
     train_cfg = config.train_config()
     loss_cfg = config.loss_config()
     teacher = teacher if teacher is not None else (copy.deepcopy(model) if loss_cfg.needs_teacher else None)
@@ -163,13 +206,7 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
     if sequences is None:
         sequences = training_sequences(teacher if teacher is not None else model, tokenizer, config.data_config(),
                                        train_cfg.tokens, out_dir, data_path, train_cfg.progress)
-    if config.init_from:
-        load_initial_weights(model, config.init_from)
-    if config.uses_dlt:
-        to_dlt_(model, config.dlt_config())
-    else:
-        to_fake_quant_(model, config.grid, config.skip, config.quantize_lm_head)
-    _set_trainable(model, config.train_float)
+    prepare_student(model, config, start)
     loss_fn = DistillationLoss(teacher, loss_cfg, model)
     trainer = Trainer(model, loss_fn, sequences, train_cfg, out_dir, eval_ids=eval_ids, callbacks=callbacks)
     result = trainer.run(resume=resume)
@@ -182,7 +219,8 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
     details = {"train_steps": result.steps, "train_tokens": result.tokens,
                "train_tokens_per_second": result.tokens_per_second, "final_loss": result.losses()[-1],
                "resumed_from": result.resumed_from}
-    folded = fold_(model, method="dlt" if config.uses_dlt else "qat-ste", method_args=config.method_args(),
+    method = {"dlt": "dlt", "qat": "qat", "ste": "qat-ste"}[config.student_kind]
+    folded = fold_(model, method=method, method_args=config.method_args(),
                    details=details)
     model.requires_grad_(False)  # a finished model, as load_model returns it
     return folded, result

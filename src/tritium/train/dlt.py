@@ -30,8 +30,10 @@ from ..quant.grids import (
     fake_quantize,
     quantize_ternary,
     quantize_weight,
+    straight_through,
     ternary_codes_threshold,
 )
+from .qat import UniformQATLinear
 
 SHIFT_INITS = ("mean", "zero")
 
@@ -132,6 +134,7 @@ class DLTLinear(nn.Linear):
             self.shift = nn.Parameter(shift)
         else:
             self.register_buffer("shift", shift)
+        self.register_buffer("frozen_codes", None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: DLTConfig, name: str = "weight") -> "DLTLinear":
@@ -156,9 +159,49 @@ class DLTLinear(nn.Linear):
         self.alpha.copy_(fit.scale)
         self.shift.copy_(fit.shift if fit.shift is not None else torch.zeros_like(fit.scale))
 
+    @torch.no_grad()
+    def load_codes(self, codes: Tensor, alpha: Tensor, shift: Tensor) -> None:
+        """Start from a PTQ result: its α, γ and codes T, so the first forward is exactly α·T + γ.
+
+        The latent weights are placed at γ + c·α·T. Any c > 0 reproduces T (TWN's threshold
+        0.7·mean|W − γ| scales with the latents), so c puts the ±1 latents midway between that
+        threshold and the STE clip edge ``ste_clip·α``: there a step of either sign gets a gradient.
+        Latents exactly at α·T + γ (a copied dequantized weight) sit on the clip edge instead.
+        """
+        t = codes.float()
+        nonzero = self.layout.reduce(t.abs(), lambda g: g.mean(-1))
+        edge = self.ste_clip if self.ste_clip is not None else 1.0
+        # c·α = (Δ + edge·α)/2 with Δ = 0.7·f·c·α (f: the group's nonzero fraction)
+        c = edge / (2 - TWN_THRESHOLD_FACTOR * nonzero)
+        self.alpha.copy_(alpha)
+        self.shift.copy_(shift)
+        self.weight.copy_(self.layout.expand(shift) + self.layout.expand(c * alpha) * t)
+        if not torch.equal(dlt_codes(self.weight.float(), self.shift.float(), self.layout), codes.to(torch.int8)):
+            raise QuantConfigError("the start's codes could not be reproduced by the DLT threshold: "
+                                   "is its scale α positive in every group?")
+
+    @torch.no_grad()
+    def freeze_codes(self) -> None:
+        """Fix the current codes T; from now on only α and γ train (E2E-QP), with exact gradients T and 1."""
+        self.frozen_codes = dlt_codes(self.weight.float(), self.shift.float(), self.layout)
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+
+    def _frozen_scale_shift(self) -> tuple[Tensor, Tensor]:
+        """With frozen codes, α and γ as they are stored (α > 0, both fp16), straight-through to the parameters:
+        so the exported codes stay the frozen ones (no sign flip) and the export equals the forward exactly."""
+        alpha = self.alpha.clamp_min(SCALE_EPS)
+        return (straight_through(alpha, as_fp16_values(alpha.detach())),
+                straight_through(self.shift, as_fp16_values(self.shift.detach())))
+
     def quantized_weight(self) -> Tensor:
-        return dlt_weight(self.weight, self.alpha.to(self.weight.dtype), self.shift.to(self.weight.dtype),
-                          self.layout, self.ste_clip)
+        if self.frozen_codes is not None:
+            alpha, shift = self._frozen_scale_shift()
+            t = self.frozen_codes.to(self.weight.dtype)
+            return self.layout.expand(alpha.to(t.dtype)) * t + self.layout.expand(shift.to(t.dtype))
+        alpha, shift = self.alpha.to(self.weight.dtype), self.shift.to(self.weight.dtype)
+        return dlt_weight(self.weight, alpha, shift, self.layout, self.ste_clip)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
@@ -169,10 +212,13 @@ class DLTLinear(nn.Linear):
 
         The codes are the ones the last forward used; α and γ are rounded to fp16 (so the stored weight
         differs from the training forward by that rounding only). A negative α flips its group's codes.
+        With frozen codes the forward already uses the stored α and γ, so the export equals it exactly.
         """
-        w = self.weight.detach().float()
+        if self.frozen_codes is not None:
+            alpha, shift = (t.detach().float() for t in self._frozen_scale_shift())
+            return QuantizedWeight(self.frozen_codes, alpha, self.grid, self.layout, shift=shift)
         shift = self.shift.detach().float()
-        codes = dlt_codes(w, shift, self.layout)
+        codes = dlt_codes(self.weight.detach().float(), shift, self.layout)
         alpha = self.alpha.detach().float()
         sign = torch.where(alpha < 0, -1, 1).to(torch.int8)
         codes = codes * self.layout.expand(sign)
@@ -257,6 +303,14 @@ def to_fake_quant_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize_
                          lambda name, linear: FakeQuantLinear.from_linear(linear, grid, name=name))
 
 
+def to_uniform_qat_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize_lm_head: bool = False
+                    ) -> dict[str, UniformQATLinear]:
+    """Swap the decoder linears for uniform-grid QAT linears (learnable scale and zero point per group)."""
+    targets = _target_linears(model, tuple(skip), quantize_lm_head)
+    return _swap_linears(model, targets, grid.group, grid.ragged_groups,
+                         lambda name, linear: UniformQATLinear.from_linear(linear, grid, name=name))
+
+
 def _swap_linears(model: nn.Module, targets: dict[str, nn.Linear], group, ragged: bool, make) -> dict:
     """Replace each target with ``make(name, linear)``, after checking every layer's grouping,
     so a group size that does not fit one layer leaves the model untouched."""
@@ -269,20 +323,25 @@ def _swap_linears(model: nn.Module, targets: dict[str, nn.Linear], group, ragged
     return swapped
 
 
+TRAINABLE_LINEARS = (DLTLinear, FakeQuantLinear, UniformQATLinear)
+
+
 def quant_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(latent weights and biases of the fake-quant linears, their α/γ): the two optimizer groups."""
+    """(latent weights and biases of the fake-quant linears, their α/γ or scale/zero): the two optimizer groups."""
     latent, quant = [], []
     for module in model.modules():
-        if isinstance(module, (DLTLinear, FakeQuantLinear)):
+        if isinstance(module, TRAINABLE_LINEARS):
             latent += [p for p in (module.weight, module.bias) if p is not None]
             if isinstance(module, DLTLinear):
                 quant += [p for p in (module.alpha, module.shift) if isinstance(p, nn.Parameter)]
+            elif isinstance(module, UniformQATLinear):
+                quant += [p for p in (module.scale, module.zero) if isinstance(p, nn.Parameter)]
     return latent, quant
 
 
 @torch.no_grad()
 def fold_(model: nn.Module, method: str = "dlt", method_args: dict | None = None, details: dict | None = None):
-    """Replace every DLT / fake-quant linear by a plain ``nn.Linear`` holding its dequantized weight.
+    """Replace every DLT / uniform-QAT / fake-quant linear by a plain ``nn.Linear`` holding its dequantized weight.
 
     Returns a ``QuantizationResult`` whose weights (codes, fp16 scale, fp16 shift) feed packing and export;
     the folded model computes exactly ``QuantizedWeight.dequantize()``.
@@ -293,7 +352,7 @@ def fold_(model: nn.Module, method: str = "dlt", method_args: dict | None = None
     weights: dict[str, QuantizedWeight] = {}
     grid = None
     for name, module in list(model.named_modules()):
-        if not isinstance(module, (DLTLinear, FakeQuantLinear)):
+        if not isinstance(module, TRAINABLE_LINEARS):
             continue
         qweight = module.to_quantized()
         if grid is not None and qweight.grid != grid:
@@ -307,6 +366,6 @@ def fold_(model: nn.Module, method: str = "dlt", method_args: dict | None = None
         _replace(model, name, plain)
         weights[name] = qweight
     if grid is None:
-        raise QuantConfigError("the model holds no DLT or fake-quant linears to fold: call to_dlt_ first")
+        raise QuantConfigError("the model holds no DLT, QAT or fake-quant linears to fold: call to_dlt_ first")
     return QuantizationResult(method, grid, weights, time.perf_counter() - start,
                               method_args=dict(method_args or {}), details=dict(details or {}))

@@ -1,0 +1,149 @@
+"""Uniform 2/3/4-bit quantization-aware training (LSQ / OmniQuant style).
+
+Each quantization group holds a learnable scale ``s`` and zero point ``z`` over a latent float
+weight ``W``; the forward weight is
+
+    ŵ = s·(clamp(round(W/s) + round(z), 0, 2^b − 1) − round(z))
+
+with rounding straight-through (STE). Autograd then gives LSQ's gradients: to ``W`` the identity
+inside the clamp range and 0 outside; to ``s`` ``round(W/s) − W/s`` inside and the clamped code
+minus ``z`` outside; to ``z`` 0 inside and ``−s`` outside. The zero point is rounded in the forward
+because it is stored as a k-bit integer (grids.storage_bits), and the scale is rounded to fp16
+because it is stored in fp16: the forward computes exactly what :meth:`to_quantized` exports.
+
+``freeze_codes`` fixes the integer codes (EfficientQAT's end-to-end step E2E-QP): then only ``s``
+and ``z`` train, and ŵ = s·(codes − round(z)) has their exact gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..quant.grids import (
+    SCALE_EPS,
+    GroupLayout,
+    QuantConfigError,
+    QuantizedWeight,
+    UniformGrid,
+    as_fp16_values,
+    dequantize,
+    round_ste,
+    straight_through,
+    uniform_params,
+)
+
+
+def effective_scale_zero(scale: Tensor, zero: Tensor, grid: UniformGrid, fp16_scales: bool = True
+                         ) -> tuple[Tensor, Tensor]:
+    """The scale and zero point the forward uses (fp16 scale, integer zero), straight-through to the parameters."""
+    s = scale.clamp_min(SCALE_EPS)
+    if fp16_scales:
+        s = straight_through(s, as_fp16_values(s.detach()))
+    z = torch.clamp(round_ste(zero), 0, grid.max_code)
+    return s, z
+
+
+def uniform_qat_weight(latent: Tensor, scale: Tensor, zero: Tensor, layout: GroupLayout, grid: UniformGrid,
+                       codes: Tensor | None = None, fp16_scales: bool = True) -> Tensor:
+    """ŵ from the latent weight (or from fixed ``codes``), with LSQ's straight-through gradients.
+
+    ``fp16_scales=False`` skips the fp16 rounding of the scale, so that float64 gradient checks see a
+    smooth function of it; training always rounds (that is what gets stored).
+    """
+    s, z = effective_scale_zero(scale.to(latent.dtype), zero.to(latent.dtype), grid, fp16_scales)
+    s_full, z_full = layout.expand(s), layout.expand(z)
+    if codes is None:
+        q = torch.clamp(round_ste(latent / s_full) + z_full, 0, grid.max_code)
+    else:
+        q = codes.to(latent.dtype)
+    # (q − z)·s in this order, as grids.dequantize computes it, so export reproduces it bit for bit
+    return (q - z_full) * s_full
+
+
+class UniformQATLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward weight is on a uniform k-bit grid with learnable scale and zero point.
+
+    ``weight`` holds the latent floats; it stays an ``nn.Linear`` so adapters and evaluation see the usual layout.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, grid: UniformGrid, device=None,
+                 dtype=None, name: str = "weight"):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if not isinstance(grid, UniformGrid):
+            raise QuantConfigError(f"{name}: UniformQATLinear needs a uniform grid, got {grid.describe()}")
+        self.grid = grid
+        self.layout = GroupLayout.for_weight((out_features, in_features), grid.group, grid.ragged_groups, name=name)
+        shape = self.layout.scale_shape
+        self.scale = nn.Parameter(torch.ones(shape, device=device, dtype=torch.float32))
+        zero = torch.full(shape, float(2 ** (grid.bits - 1)), device=device, dtype=torch.float32)
+        if grid.symmetric:  # a symmetric grid's zero point is implicit: it never trains
+            self.register_buffer("zero", zero)
+        else:
+            self.zero = nn.Parameter(zero)
+        self.register_buffer("frozen_codes", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, grid: UniformGrid, name: str = "weight") -> "UniformQATLinear":
+        w = linear.weight.detach()
+        if not torch.isfinite(w).all():
+            raise QuantConfigError(f"{name}: the weight holds NaN or Inf values; fix the checkpoint before training")
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, grid, device=w.device,
+                     dtype=w.dtype, name=name)
+        with torch.no_grad():
+            module.weight.copy_(w)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias)
+            module.reset_quantizer()
+        return module
+
+    @torch.no_grad()
+    def reset_quantizer(self) -> None:
+        """Scale and zero point of round-to-nearest (grids' min/max rule), so the first forward is RTN."""
+        scale, zero = uniform_params(self.weight.float(), self.grid, self.layout)
+        self.scale.copy_(scale)
+        self.zero.copy_(zero)
+
+    @torch.no_grad()
+    def load_codes(self, codes: Tensor, scale: Tensor, zero: Tensor) -> None:
+        """Start from a PTQ result: its scale and zero point, and each latent weight at the centre of
+        its code's rounding cell (the dequantized value), half a step from either threshold."""
+        if not torch.equal(scale.float(), as_fp16_values(scale.float())):
+            raise QuantConfigError("the start's scales are not fp16 values, which the QAT forward uses: "
+                                   "re-quantize it with fp16 scales")
+        self.scale.copy_(scale)
+        self.zero.copy_(zero)
+        self.weight.copy_(dequantize(codes, scale.float(), self.layout, zero=zero.float()))
+
+    @torch.no_grad()
+    def freeze_codes(self) -> None:
+        """Fix the current codes; from now on only the scale and zero point train (E2E-QP)."""
+        self.frozen_codes = self.codes()
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+
+    @torch.no_grad()
+    def codes(self) -> Tensor:
+        if self.frozen_codes is not None:
+            return self.frozen_codes
+        s, z = effective_scale_zero(self.scale.float(), self.zero.float(), self.grid)
+        q = torch.round(self.weight.float() / self.layout.expand(s)) + self.layout.expand(z)
+        return q.clamp_(0, self.grid.max_code).to(torch.uint8)
+
+    def quantized_weight(self) -> Tensor:
+        return uniform_qat_weight(self.weight, self.scale, self.zero, self.layout, self.grid, self.frozen_codes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    @torch.no_grad()
+    def to_quantized(self) -> QuantizedWeight:
+        """Codes, fp16 scales and integer zero points: ``dequantize()`` equals the forward weight exactly."""
+        s, z = effective_scale_zero(self.scale.detach().float(), self.zero.detach().float(), self.grid)
+        return QuantizedWeight(self.codes(), s.detach(), self.grid, self.layout, zero=z.detach())
+
+    def extra_repr(self) -> str:
+        frozen = ", codes frozen" if self.frozen_codes is not None else ""
+        return f"{super().extra_repr()}, qat {self.grid.describe()}{frozen}"

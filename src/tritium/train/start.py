@@ -1,0 +1,144 @@
+"""Where a student starts (``init_from``): a PTQ result, exactly, or the weights of a float model.
+
+A fake-quant folder that ``tritium quantize`` saved holds the exact codes, scales, zero points and
+shifts of every quantized linear beside its dequantized weights (``tritium_codes.safetensors``). A
+student started from it takes those values, so its forward at step 0 is the PTQ model's. Copying
+only the dequantized weights and re-fitting the quantizer to them (what tritium did before) changes
+the codes and scales a little, and puts every latent weight on a rounding or clip edge.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..quant.grids import Grid, QuantConfigError, TernaryGrid, grid_from_dict
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class StartSource:
+    """A checked ``init_from``: where its weights are and, for a PTQ result, its grid."""
+
+    location: str  # a model folder, or any source load_model resolves (a float model)
+    grid: Grid | None = None  # None: float weights, with no codes to start from
+
+    @property
+    def quantized(self) -> bool:
+        return self.grid is not None
+
+
+def read_start(source: str, student_grid: Grid) -> StartSource:
+    """Check ``source`` against the student's grid without loading any weights.
+
+    A tritium folder must be quantized on the student's grid and hold its codes; anything else is an
+    error that names what to change. A folder without a ``quantization_config`` is a float model.
+    """
+    from ..export.codes import CODES_FILE  # the sidecar format is export's; reading it is not exporting
+
+    folder = Path(source).expanduser()
+    if folder.is_dir() and not (folder / CONFIG_FILE).is_file() and (folder / "model" / CONFIG_FILE).is_file():
+        folder = folder / "model"  # a run folder: start from the model it saved
+    if not folder.is_dir():
+        return StartSource(str(source))  # a named model or hub id: float weights, checked when loaded
+    if not (folder / CONFIG_FILE).is_file():
+        raise QuantConfigError(f"init_from {source}: the folder holds no {CONFIG_FILE}; give the model folder that "
+                               "`tritium quantize` saved (runs/<run>/model)")
+    qconfig = json.loads((folder / CONFIG_FILE).read_text()).get("quantization_config")
+    if not qconfig:
+        return StartSource(str(folder))
+    if qconfig.get("quant_method") != "tritium" or "grid" not in qconfig:
+        raise QuantConfigError(f"init_from {source} was quantized by {qconfig.get('quant_method')!r}, not tritium: "
+                               "start from a tritium fake-quant folder or a float model")
+    if qconfig.get("format") != "fake":
+        raise QuantConfigError(f"init_from {source} is a {qconfig.get('format')!r} folder; start from the fake-quant "
+                               "folder that `tritium quantize` saved (runs/<run>/model), which keeps the codes")
+    grid = grid_from_dict(qconfig["grid"])
+    if grid.describe() != student_grid.describe():
+        raise QuantConfigError(
+            f"init_from {source} was quantized on {grid.describe()}, but the student trains on "
+            f"{student_grid.describe()}: use a recipe (or --group/--variant) with the start's grid {grid.describe()}, "
+            f"or quantize the start on {student_grid.describe()}"
+        )
+    if not (folder / CODES_FILE).is_file():
+        raise QuantConfigError(f"init_from {source} holds no {CODES_FILE}, the exact codes a start needs: re-run "
+                               "`tritium quantize` on it (it writes them beside fake-quant weights)")
+    return StartSource(str(folder), grid)
+
+
+@torch.no_grad()
+def load_initial_weights(student: nn.Module, source: str) -> int:
+    """Copy the weights of a saved model (all of them: a method may change norms too) into ``student``;
+    returns how many tensors moved."""
+    from ..models import load_model
+
+    start, _, _ = load_model(source)
+    own = student.state_dict()
+    copied = 0
+    for key, value in start.state_dict().items():
+        if key in own:
+            if own[key].shape != value.shape:
+                raise QuantConfigError(f"init_from {source}: {key} has shape {tuple(value.shape)}, the student "
+                                       f"{tuple(own[key].shape)}: start from a result of the same model")
+            own[key].copy_(value)
+            copied += 1
+    if copied == 0:
+        raise QuantConfigError(f"init_from {source}: no parameter name matches the student; is it the same model?")
+    return copied
+
+
+def start_codes(folder: str) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+    """Each quantized linear's (codes, scale, zero, shift) from the folder's sidecar, as float32 per group;
+    ternary codes in {−1, 0, 1} (int8), uniform codes as uint8."""
+    from ..export.codes import load_codes
+
+    codes = load_codes(folder)
+    is_ternary = isinstance(codes.grid_object(), TernaryGrid)
+    out = {}
+    for name, packed in codes.weights.items():
+        scale, zero, shift = packed.group_params()
+        digits = packed.digits()
+        if is_ternary:
+            out[name] = ((digits.to(torch.int16) - int(packed.implicit_zero)).to(torch.int8), scale, zero, shift)
+        else:
+            out[name] = (digits.to(torch.uint8), scale, zero, shift)
+    return out
+
+
+def _per_layout(t: Tensor, layout, name: str, part: str) -> Tensor:
+    """The sidecar stores per-group values ``[out, n_groups]``; a per-tensor layout keeps one."""
+    if tuple(t.shape) == layout.scale_shape:
+        return t
+    if layout.per_tensor and bool((t == t.flatten()[0]).all()):
+        return t.flatten()[:1].reshape(1, 1)
+    raise QuantConfigError(f"init_from: {name}'s {part} has shape {tuple(t.shape)}, the student's groups "
+                           f"{layout.scale_shape}: quantize the start with the student's group size")
+
+
+@torch.no_grad()
+def load_start_codes(students: dict[str, nn.Module], folder: str) -> None:
+    """Give every student linear its PTQ codes, scales and zero points (or α and γ); their forward then
+    equals the PTQ model's. Each student linear needs codes in the folder."""
+    from .dlt import DLTLinear
+
+    found = start_codes(folder)
+    missing = sorted(set(students) - set(found))
+    if missing:
+        raise QuantConfigError(f"init_from {folder} has no codes for {len(missing)} of the student's linears (e.g. "
+                               f"{missing[0]}): it kept them in float; give the student the same skip list")
+    for name, module in students.items():
+        codes, scale, zero, shift = found[name]
+        if tuple(codes.shape) != tuple(module.weight.shape):
+            raise QuantConfigError(f"init_from {folder}: {name} has codes of shape {tuple(codes.shape)}, the student "
+                                   f"{tuple(module.weight.shape)}: start from a result of the same model")
+        scale = _per_layout(scale, module.layout, name, "scale")
+        if isinstance(module, DLTLinear):
+            shift = torch.zeros_like(scale) if shift is None else _per_layout(shift, module.layout, name, "shift")
+            module.load_codes(codes, scale, shift)
+        else:
+            module.load_codes(codes, scale, _per_layout(zero, module.layout, name, "zero point"))

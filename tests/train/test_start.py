@@ -1,0 +1,178 @@
+"""Starting a student from a PTQ result (the QAT chain), and end-to-end scale tuning (E2E-QP)."""
+
+import json
+
+import pytest
+import torch
+
+from tritium.cli import main
+from tritium.export.hf import save_fake_quantized
+from tritium.models import load_model, tiny_model, tiny_tokenizer
+from tritium.quant.grids import QuantConfigError, grid_from_dict, grid_to_dict
+from tritium.recipes import load_recipe
+from tritium.runner import quantize_model
+from tritium.train.distill import DistillConfig, distill, prepare_student
+from tritium.train.dlt import DLTLinear, dlt_codes
+from tritium.train.start import start_codes
+
+TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." for i in range(200))
+W2_RAGGED = {"kind": "uniform", "bits": 2, "group": 48, "symmetric": False, "ragged_groups": True}
+W3_SYM = {"kind": "uniform", "bits": 3, "group": 32, "symmetric": True}
+DLT32 = {"kind": "ternary", "variant": "dlt", "group": 32}
+
+
+def _ptq_folder(tmp_path, arch, grid, method="rtn", seed=0):
+    """A fake-quant folder as `tritium quantize` saves it (weights, config, codes sidecar)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(arch, seed=seed)
+    recipe = load_recipe(None) | {"method": method, "grid": dict(grid)}
+    recipe["calib"] = {"source": "unused", "samples": 2, "seqlen": 32, "seed": 0}
+    if method != "rtn":
+        calibration = torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(0))
+        from tritium.methods import config_from_dict, quantize_
+
+        config = config_from_dict(method, grid)
+        result = quantize_(model, config, calibration)
+    else:
+        result, config = quantize_model(model, tokenizer, recipe)
+    folder = tmp_path / f"ptq-{arch}-{method}"
+    save_fake_quantized(model, tokenizer, folder, result.method, grid_to_dict(result.grid), config.skip,
+                        result.method_args, weights=result.weights)
+    return folder, result
+
+
+def _config(grid, **overrides):
+    base = dict(grid=grid_from_dict(grid), loss={"off_weight": 1.0, "kl_weight": 1.0},
+                train={"steps": 8, "micro_batch_size": 4, "progress": False,
+                       "optim": {"lr": 1e-3, "lr_quant": 1e-3, "schedule": "constant"}})
+    return DistillConfig(**(base | overrides))
+
+
+@pytest.mark.parametrize("arch, grid, method", [("llama", W2_RAGGED, "gptq"), ("llama", W3_SYM, "rtn"),
+                                                ("qwen2", DLT32, "gptq"), ("gemma", W2_RAGGED, "rtn")])
+def test_step_zero_is_exactly_the_ptq_model(tmp_path, arch, grid, method):
+    folder, ptq = _ptq_folder(tmp_path, arch, grid, method)
+    reference, _, _ = load_model(folder)
+    config = _config(grid, init_from=str(folder))
+    student = tiny_model(arch, seed=0)  # the float model distill would start from
+    students = prepare_student(student, config, config.start_source())
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids).logits, reference(ids).logits, rtol=1e-6, atol=1e-6)
+    for name, module in students.items():
+        q = module.to_quantized()
+        assert torch.equal(q.codes.to(torch.int16), ptq.weights[name].codes.to(torch.int16)), name
+        assert torch.equal(q.scale, ptq.weights[name].scale), name
+        assert torch.equal(q.dequantize(), module.quantized_weight().detach()), name
+
+
+def test_ptq_start_latents_sit_inside_their_cells(tmp_path):
+    """Away from the rounding threshold and inside the STE clip, where a copied dequantized weight is not."""
+    folder, _ = _ptq_folder(tmp_path, "llama", DLT32, "gptq")
+    config = _config(DLT32, init_from=str(folder))
+    students = prepare_student(tiny_model("llama", seed=0), config, config.start_source())
+    for module in students.values():
+        assert isinstance(module, DLTLinear)
+        w, shift, alpha = module.weight.detach(), module.shift.detach(), module.alpha.detach()
+        centered = (w - module.layout.expand(shift)).abs()
+        delta = 0.7 * module.layout.expand(module.layout.reduce(centered, lambda g: g.mean(-1)))
+        nonzero = dlt_codes(w, shift, module.layout) != 0
+        a = module.layout.expand(alpha)
+        assert bool((centered[nonzero] < a[nonzero]).all())  # strictly inside the clip: gradients pass
+        assert bool((centered[nonzero] - delta[nonzero] > 0.1 * a[nonzero]).all())
+        assert bool((delta[~nonzero] - centered[~nonzero] > 0.1 * a[~nonzero]).all())
+
+
+def test_a_start_on_another_grid_fails_before_any_work(tmp_path):
+    folder, _ = _ptq_folder(tmp_path, "llama", W2_RAGGED)
+    with pytest.raises(QuantConfigError, match=r"quantized on W2g48.*trains on ternary-dltg32"):
+        _config(DLT32, init_from=str(folder))
+    with pytest.raises(QuantConfigError, match=r"quantized on W2g48.*trains on W3g48"):
+        _config({**W2_RAGGED, "bits": 3}, init_from=str(folder))
+    with pytest.raises(QuantConfigError, match="init_from .*holds no config.json"):
+        _config(W2_RAGGED, init_from=str(tmp_path))
+    (folder / "tritium_codes.safetensors").unlink()
+    with pytest.raises(QuantConfigError, match="holds no tritium_codes.safetensors"):
+        _config(W2_RAGGED, init_from=str(folder))
+
+
+def test_training_only_scales_needs_a_quantized_start(tmp_path):
+    with pytest.raises(QuantConfigError, match="needs codes to keep"):
+        _config(W2_RAGGED, trainable="scales")
+    with pytest.raises(QuantConfigError, match="trainable='weights' is unknown"):
+        _config(W2_RAGGED, trainable="weights")
+    float_folder = tmp_path / "float"
+    tiny_model("llama").save_pretrained(float_folder)
+    with pytest.raises(QuantConfigError, match="is a float model"):
+        _config(W2_RAGGED, trainable="scales", init_from=str(float_folder))
+    with pytest.raises(QuantConfigError, match="plain-STE student"):
+        _config({"kind": "ternary", "variant": "twn", "group": 32}, trainable="scales",
+                init_from=str(float_folder))
+
+
+@pytest.mark.parametrize("grid", [W2_RAGGED, DLT32])
+def test_scale_tuning_keeps_the_codes_and_lowers_the_loss(tmp_path, grid):
+    folder, ptq = _ptq_folder(tmp_path, "llama", grid, "gptq")
+    model = tiny_model("llama", seed=0)
+    seqs = torch.randint(0, 500, (8, 16), generator=torch.Generator().manual_seed(0))
+    config = _config(grid, init_from=str(folder), trainable="scales",
+                     train={"steps": 12, "micro_batch_size": 4, "progress": False,
+                            "optim": {"lr": 1e-3, "lr_quant": 3e-3, "schedule": "constant"}})
+    result, train = distill(model, None, config, tmp_path / "run", sequences=seqs)
+    losses = train.losses()
+    assert sum(losses[-3:]) / 3 < 0.95 * losses[0]
+    changed = 0
+    for name, q in result.weights.items():
+        assert torch.equal(q.codes.to(torch.int16), ptq.weights[name].codes.to(torch.int16)), name
+        changed += int(not torch.equal(q.scale, ptq.weights[name].scale))
+    assert changed == len(result.weights)
+    # nothing but the quantizer parameters trained: the biases and the float parts are the start's
+    start, _, _ = load_model(folder)
+    assert torch.equal(model.model.norm.weight, start.model.norm.weight)
+
+
+def test_cli_chain_and_scale_tuning(tmp_path, capsys):
+    tokenizer = tiny_tokenizer()
+    float_folder = tmp_path / "tiny"
+    tiny_model("llama", seed=0).save_pretrained(float_folder)
+    tokenizer.save_pretrained(float_folder)
+    (tmp_path / "train.txt").write_text(TEXT)
+    (tmp_path / "eval.txt").write_text(TEXT)
+    ptq_run = tmp_path / "ptq"
+    common = ["--eval", str(tmp_path / "eval.txt"), "--seqlen", "32", "--no-progress"]
+    assert main(["quantize", "--model", str(float_folder), "--recipe", "w2g128-rtn", "--group", "48",
+                 "--ragged-groups", "--no-float", "--out", str(ptq_run), *common]) == 0
+    distill_args = ["distill", "--model", str(float_folder), "--recipe", "qat-w2g128-cpu", "--group", "48",
+                    "--steps", "2", "--data", str(tmp_path / "train.txt"), "--train-seqlen", "16",
+                    "--micro-batch-size", "2", *common]
+    out = tmp_path / "e2e"
+    assert main([*distill_args, "--init-from", str(ptq_run / "model"), "--train", "scales", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["recipe"]["method_args"]["trainable"] == "scales" and report["training"]["steps"] == 2
+    assert report["rows"][1]["method"] == "qat" and report["rows"][1]["grid"] == "W2g48"
+    before, after = start_codes(str(ptq_run / "model")), start_codes(str(out / "model"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[n][0], after[n][0]) for n in before)  # the codes are the PTQ codes
+    assert any(not torch.equal(before[n][1], after[n][1]) for n in before)  # the scales moved
+    # the tuned folder packs exactly: its export is what it trained
+    assert main(["pack", str(out), "--float-dtype", "float32"]) == 0
+    packed, _, _ = load_model(out / "packed")
+    tuned, _, _ = load_model(out / "model")
+    ids = torch.tensor([[1, 5, 9, 30]])
+    with torch.no_grad():
+        torch.testing.assert_close(packed(ids).logits, tuned(ids).logits, rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+
+    # the run folder works as well as its model folder; a ternary recipe names both grids and stops early
+    assert main([*distill_args[:4], "ternaryllm-cpu", *distill_args[5:], "--init-from", str(ptq_run),
+                 "--out", str(tmp_path / "wrong")]) == 2
+    err = capsys.readouterr().err
+    assert "quantized on W2g48" in err and "ternary-dltg48" in err
+    assert "loading" not in err and not (tmp_path / "wrong").exists()  # before the model loads or evaluates
+    assert main([*distill_args, "--train", "scales", "--out", str(tmp_path / "noinit")]) == 2
+    assert "needs codes to keep" in capsys.readouterr().err
+    assert main([*distill_args, "--bits", "3", "--init-from", str(ptq_run), "--out", str(tmp_path / "w3")]) == 2
+    err = capsys.readouterr().err
+    assert "quantized on W2g48" in err and "trains on W3g48" in err
+    assert main([*distill_args[:4], "ternaryllm-cpu", *distill_args[5:], "--bits", "4"]) == 2
+    assert "--bits applies to a uniform grid" in capsys.readouterr().err
