@@ -176,3 +176,54 @@ def test_cli_chain_and_scale_tuning(tmp_path, capsys):
     assert "quantized on W2g48" in err and "trains on W3g48" in err
     assert main([*distill_args[:4], "ternaryllm-cpu", *distill_args[5:], "--bits", "4"]) == 2
     assert "--bits applies to a uniform grid" in capsys.readouterr().err
+
+
+def _rotated_ptq_folder(tmp_path, grid):
+    """A rotated PTQ result of a tied tiny Llama, as `tritium quantize --rotate` saves it."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama", seed=0, tie_word_embeddings=True)
+    recipe = load_recipe(None) | {"method": "rtn", "grid": dict(grid), "rotate": True}
+    result, config = quantize_model(model, tokenizer, recipe)
+    folder = tmp_path / "ptq-rotated"
+    save_fake_quantized(model, tokenizer, folder, result.method, grid_to_dict(result.grid), config.skip,
+                        result.method_args, weights=result.weights)
+    return folder
+
+
+def test_a_rotated_start_rotates_the_student_and_its_teacher(tmp_path):
+    import copy
+
+    from tritium.models.rotation import RotationSettings, match_rotation_
+
+    folder = _rotated_ptq_folder(tmp_path, W3_SYM)
+    reference, _, _ = load_model(folder)
+    config = _config(W3_SYM, init_from=str(folder))
+    start = config.start_source()
+    assert start.rotation == RotationSettings()
+    float_model = tiny_model("llama", seed=0, tie_word_embeddings=True)
+    student = copy.deepcopy(float_model)
+    prepare_student(student, config, start)
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+        # The teacher distill copies is rotated alike: its hidden states share the student's basis,
+        # which OFF's cosine needs, and its logits are the float model's.
+        teacher = copy.deepcopy(float_model)
+        assert match_rotation_(teacher, start.rotation)
+        torch.testing.assert_close(teacher(ids).logits, float_model(ids).logits, rtol=1e-4, atol=1e-4)
+        last = lambda m: m(ids, output_hidden_states=True).hidden_states[-2].flatten(0, 1)  # noqa: E731
+        aligned = torch.cosine_similarity(last(student), last(teacher), dim=-1).mean()
+        unaligned = torch.cosine_similarity(last(student), last(float_model), dim=-1).mean()
+        assert aligned > 0.9 > unaligned + 0.3, (aligned, unaligned)
+
+
+def test_distill_from_a_rotated_start_trains(tmp_path):
+    folder = _rotated_ptq_folder(tmp_path, W3_SYM)
+    config = _config(W3_SYM, init_from=str(folder), train={"steps": 3, "micro_batch_size": 2, "progress": False,
+                                                             "optim": {"lr": 1e-3, "lr_quant": 1e-3,
+                                                                       "schedule": "constant"}})
+    model = tiny_model("llama", seed=0, tie_word_embeddings=True)
+    seqs = torch.randint(0, 500, (8, 24), generator=torch.Generator().manual_seed(0))
+    result, train = distill(model, None, config, tmp_path / "run", sequences=seqs)
+    assert model.config.tritium_rotation == {"seed": 0, "kind": "hadamard", "heads": True}
+    assert train.losses() and all(torch.isfinite(torch.tensor(train.losses())))

@@ -27,6 +27,7 @@ from ..quant.hadamard import orthogonal_matrix
 from .adapters import UnsupportedArchitectureError, decoder_layout
 
 ROTATION_KINDS = ("hadamard", "random")
+ROTATION_CONFIG_KEY = "tritium_rotation"
 # Norms that sit *after* a sublayer (Gemma 2/3's sandwich norms) scale the stream in the
 # unrotated basis, which no weight can absorb.
 _SANDWICH_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
@@ -76,6 +77,23 @@ class RotationReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def saved_rotation(config) -> RotationSettings | None:
+    """The rotation a model's weights carry (``tritium_rotation`` in its config), or None."""
+    value = config.get(ROTATION_CONFIG_KEY) if isinstance(config, dict) else getattr(config, ROTATION_CONFIG_KEY, None)
+    return rotation_settings(value) if value else None
+
+
+def match_rotation_(model: nn.Module, settings: RotationSettings | None) -> bool:
+    """Rotate ``model`` as ``settings`` say unless it already is; returns whether it rotated."""
+    if settings is None or saved_rotation(model.config) == settings:
+        return False
+    if saved_rotation(model.config) is not None:
+        raise ValueError(f"the model is already rotated with {saved_rotation(model.config)}, not {settings}: "
+                         "start from the unrotated model")
+    rotate_model_(model, settings)
+    return True
 
 
 def check_rotatable(model: nn.Module) -> None:
@@ -186,4 +204,7 @@ def rotate_model_(model: nn.Module, settings: RotationSettings | None = None) ->
                          "random orthogonal matrix")
         for block in layout.blocks:
             _rotate_heads(block.self_attn, q2, head_dim)
+    # Saved with the config, so a run that starts from these weights (distillation) can rotate its own
+    # float model the same way before copying them in.
+    setattr(model.config, ROTATION_CONFIG_KEY, asdict(settings))
     return RotationReport(hidden, kind1, head_dim, kind2, untied, settings.seed, notes)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..methods.base import MethodConfig, register_method
+from ..models.rotation import match_rotation_, saved_rotation
 from ..quant.grids import QuantConfigError, TernaryGrid, UniformGrid
 from .data import TeacherSamplingConfig, TrainDataError, generate_teacher_corpus, load_sequences
 from .dlt import DLTConfig, _replace, fold_, to_dlt_, to_fake_quant_, to_uniform_qat_
@@ -152,6 +153,7 @@ def prepare_student(model: nn.Module, config: DistillConfig, start: StartSource 
     exactly the PTQ model; ``trainable: scales`` then freezes those codes.
     """
     if start is not None:
+        match_rotation_(model, start.rotation)  # a rotated start's weights only fit a model rotated alike
         load_initial_weights(model, start.location)  # all tensors: methods may change norms too
     kind = config.student_kind
     if kind == "dlt":
@@ -200,6 +202,13 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
     start = config.start_source()
     train_cfg = config.train_config()
     loss_cfg = config.loss_config()
+    if start is not None:
+        # Before the teacher is copied, so that OFF compares hidden states in the start's (rotated) basis;
+        # the rotation leaves the function the same.
+        match_rotation_(model, start.rotation)
+        if teacher is not None and saved_rotation(teacher.config) != start.rotation:
+            teacher = copy.deepcopy(teacher)  # the caller's teacher stays as it was
+            match_rotation_(teacher, start.rotation)
     teacher = teacher if teacher is not None else (copy.deepcopy(model) if loss_cfg.needs_teacher else None)
     if teacher is not None:
         check_same_vocabulary(teacher, model, tokenizer)

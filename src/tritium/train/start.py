@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..models.rotation import RotationSettings, saved_rotation
 from ..quant.grids import Grid, QuantConfigError, TernaryGrid, grid_from_dict
 
 CONFIG_FILE = "config.json"
@@ -27,6 +28,9 @@ class StartSource:
 
     location: str  # a model folder, or any source load_model resolves (a float model)
     grid: Grid | None = None  # None: float weights, with no codes to start from
+    # The rotation the start's weights carry (tritium quantize --rotate); the student and its teacher
+    # are rotated the same way before the weights copy in.
+    rotation: RotationSettings | None = None
 
     @property
     def quantized(self) -> bool:
@@ -49,9 +53,11 @@ def read_start(source: str, student_grid: Grid) -> StartSource:
     if not (folder / CONFIG_FILE).is_file():
         raise QuantConfigError(f"init_from {source}: the folder holds no {CONFIG_FILE}; give the model folder that "
                                "`tritium quantize` saved (runs/<run>/model)")
-    qconfig = json.loads((folder / CONFIG_FILE).read_text()).get("quantization_config")
+    saved = json.loads((folder / CONFIG_FILE).read_text())
+    rotation = saved_rotation(saved)
+    qconfig = saved.get("quantization_config")
     if not qconfig:
-        return StartSource(str(folder))
+        return StartSource(str(folder), rotation=rotation)
     if qconfig.get("quant_method") != "tritium" or "grid" not in qconfig:
         raise QuantConfigError(f"init_from {source} was quantized by {qconfig.get('quant_method')!r}, not tritium: "
                                "start from a tritium fake-quant folder or a float model")
@@ -68,7 +74,7 @@ def read_start(source: str, student_grid: Grid) -> StartSource:
     if not (folder / CODES_FILE).is_file():
         raise QuantConfigError(f"init_from {source} holds no {CODES_FILE}, the exact codes a start needs: re-run "
                                "`tritium quantize` on it (it writes them beside fake-quant weights)")
-    return StartSource(str(folder), grid)
+    return StartSource(str(folder), grid, rotation)
 
 
 @torch.no_grad()
