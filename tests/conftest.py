@@ -30,6 +30,21 @@ def data_dir() -> Path:
     return path
 
 
+# Enough text for a few perplexity chunks and calibration samples of a tiny model.
+TINY_TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." for i in range(300))
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    """A WikiText-2 folder of repeated tiny text (test and valid splits), set as $TRITIUM_DATA."""
+    wiki = tmp_path / "data" / "wikitext-2-raw-v1"
+    wiki.mkdir(parents=True)
+    (wiki / "wiki.test.raw").write_text(TINY_TEXT)
+    (wiki / "wiki.valid.raw").write_text(TINY_TEXT)
+    monkeypatch.setenv("TRITIUM_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -7,7 +7,6 @@ import pytest
 from tritium.cli import main
 from tritium.models import tiny_model
 
-TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." for i in range(300))
 
 
 @pytest.fixture
@@ -16,16 +15,6 @@ def tiny_folder(tmp_path, tokenizer):
     tiny_model("llama").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-@pytest.fixture
-def tiny_data(tmp_path, monkeypatch):
-    wiki = tmp_path / "data" / "wikitext-2-raw-v1"
-    wiki.mkdir(parents=True)
-    (wiki / "wiki.test.raw").write_text(TEXT)
-    (wiki / "wiki.valid.raw").write_text(TEXT)
-    monkeypatch.setenv("TRITIUM_DATA", str(tmp_path / "data"))
-    return tmp_path / "data"
 
 
 def test_quantize_evaluates_side_by_side_saves_and_reloads(tiny_folder, tiny_data, tmp_path, capsys):

@@ -9,7 +9,6 @@ import tritium.runner as runner
 from tritium.cli import main
 from tritium.models import tiny_model
 
-TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." for i in range(300))
 CALIB = ["--calib-samples", "4", "--calib-seqlen", "32"]
 
 
@@ -19,16 +18,6 @@ def tiny_folder(tmp_path, tokenizer):
     tiny_model("llama", num_hidden_layers=4).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-@pytest.fixture
-def tiny_data(tmp_path, monkeypatch):
-    wiki = tmp_path / "data" / "wikitext-2-raw-v1"
-    wiki.mkdir(parents=True)
-    (wiki / "wiki.test.raw").write_text(TEXT)
-    (wiki / "wiki.valid.raw").write_text(TEXT)
-    monkeypatch.setenv("TRITIUM_DATA", str(tmp_path / "data"))
-    return tmp_path / "data"
 
 
 @pytest.mark.parametrize("fmt", ["fake", "packed"])
