@@ -126,10 +126,11 @@ def _fold_norm(norm: nn.Module, readers: list[nn.Linear], offset: float) -> None
 
 
 def _rotate_inputs(linear: nn.Module, q: torch.Tensor) -> None:
-    linear.weight.data = (linear.weight.detach().double() @ q).to(linear.weight.dtype)
+    linear.weight.data = (linear.weight.detach().double() @ q.to(linear.weight.device)).to(linear.weight.dtype)
 
 
 def _rotate_outputs(linear: nn.Linear, q: torch.Tensor) -> None:
+    q = q.to(linear.weight.device)
     linear.weight.data = (q.T @ linear.weight.detach().double()).to(linear.weight.dtype)
     if linear.bias is not None:
         linear.bias.data = (linear.bias.detach().double() @ q).to(linear.bias.dtype)
@@ -154,6 +155,7 @@ def _head_dim(model: nn.Module, attn: nn.Module) -> int:
 
 def _rotate_heads(attn: nn.Module, q2: torch.Tensor, head_dim: int) -> None:
     v, o = attn.v_proj, attn.o_proj
+    q2 = q2.to(v.weight.device)
     w_v = v.weight.detach().double().reshape(-1, head_dim, v.in_features)
     v.weight.data = torch.einsum("dk,hdi->hki", q2, w_v).reshape(v.weight.shape).to(v.weight.dtype)
     if v.bias is not None:
@@ -186,7 +188,7 @@ def rotate_model_(model: nn.Module, settings: RotationSettings | None = None) ->
         notes.append(f"no Hadamard matrix of order {hidden} is built here: the residual rotation is a seeded "
                      "random orthogonal matrix")
     embed = layout.embed_tokens
-    embed.weight.data = (embed.weight.detach().double() @ q1).to(embed.weight.dtype)
+    embed.weight.data = (embed.weight.detach().double() @ q1.to(embed.weight.device)).to(embed.weight.dtype)
     _rotate_inputs(layout.lm_head, q1)
     for block in layout.blocks:
         attn, mlp = block.self_attn, block.mlp
