@@ -87,11 +87,11 @@ def saved_rotation(config) -> RotationSettings | None:
 
 def match_rotation_(model: nn.Module, settings: RotationSettings | None) -> bool:
     """Rotate ``model`` as ``settings`` say unless it already is; returns whether it rotated."""
-    if settings is None or saved_rotation(model.config) == settings:
+    current = saved_rotation(model.config)
+    if settings is None or current == settings:
         return False
-    if saved_rotation(model.config) is not None:
-        raise ValueError(f"the model is already rotated with {saved_rotation(model.config)}, not {settings}: "
-                         "start from the unrotated model")
+    if current is not None:
+        raise ValueError(f"the model is already rotated with {current}, not {settings}: start from the unrotated model")
     rotate_model_(model, settings)
     return True
 
