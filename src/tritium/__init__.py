@@ -9,5 +9,6 @@ from .export import hf as _hf  # noqa: F401  (registers quant_method "tritium")
 from .methods import MethodConfig, QuantizationResult, RTNConfig, config_from_dict, quantize_  # noqa: F401
 from .models import decoder_layout, load_model  # noqa: F401
 from .quant import TernaryGrid, UniformGrid  # noqa: F401
+from .utils.errors import TritiumError  # noqa: F401
 
 __version__ = "0.1.0"

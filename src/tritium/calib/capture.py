@@ -15,17 +15,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..utils.errors import TritiumError
 from ..models.adapters import DecoderLayout
 
 # Keyword arguments that belong to generation-time caching, never to a calibration pass.
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "use_cache", "cache_position")
 
 
-class CalibrationInputError(ValueError):
+class CalibrationInputError(TritiumError, ValueError):
     """Calibration data that cannot drive the pipeline; the message says how to fix it."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(TritiumError, RuntimeError):
     """NaN or Inf appeared in activations or a loss; the message names the block and layer."""
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
+from ..utils.errors import TritiumError
 from .sources import DATASETS, load_text_rows
 
 
-class CalibrationError(ValueError):
+class CalibrationError(TritiumError, ValueError):
     """The calibration source or its size cannot work; the message says what to change."""
 
 

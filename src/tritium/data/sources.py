@@ -10,10 +10,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..utils.errors import TritiumError
+
 DATA_ENV = "TRITIUM_DATA"
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(TritiumError, FileNotFoundError):
     """No copy of a data set was found; the message lists every place tried."""
 
 

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..utils.errors import TritiumError
 
-class EvalInputError(ValueError):
+
+class EvalInputError(TritiumError, ValueError):
     """Evaluation settings that cannot work for this model or text."""
 
 

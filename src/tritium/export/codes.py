@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..utils.errors import TritiumError
 from ..pack.layouts import PackError
 from ..pack.packed import PackedWeight, pack_quantized
 from ..quant.grids import QuantizedWeight, grid_from_dict
@@ -29,7 +30,7 @@ CODES_VERSION = "1"
 PARTS = ("packed", "scale", "zero", "shift")
 
 
-class CodesError(ValueError):
+class CodesError(TritiumError, ValueError):
     """The codes sidecar is missing or unreadable; the message says how to get a good one."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
+from ..utils.errors import TritiumError
 from ..models.adapters import decoder_layout
 from ..quant.grids import QuantizedWeight
 from .gguf_tensors import TERNARY_TYPES, choose_tensor_type, decode_tensor, encode_tensor
@@ -28,7 +29,7 @@ EMBEDDING_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.
 FILE_TYPES = {"tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0, "tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0}
 
 
-class GGUFExportError(ValueError):
+class GGUFExportError(TritiumError, ValueError):
     """The model or the options cannot be written as GGUF; the message says what to change."""
 
 

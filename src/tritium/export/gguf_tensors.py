@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
+from ..utils.errors import TritiumError
 from ..quant.grids import QuantizedWeight, TernaryGrid, UniformGrid
 
 TQ_BLOCK = 256
@@ -26,7 +27,7 @@ Q4_BLOCK = 32
 TERNARY_TYPES = {"tq1_0": GGMLQuantizationType.TQ1_0, "tq2_0": GGMLQuantizationType.TQ2_0}
 
 
-class GGUFTypeError(ValueError):
+class GGUFTypeError(TritiumError, ValueError):
     """The requested GGUF type cannot hold a tensor exactly."""
 
 

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..utils.errors import TritiumError
+
 ATTENTION_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 MLP_LINEARS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 BLOCK_LINEARS = ATTENTION_LINEARS + MLP_LINEARS
 KNOWN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(TritiumError, ValueError):
     """The model's layout is not one tritium knows how to walk."""
 
 

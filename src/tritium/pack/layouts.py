@@ -20,8 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..utils.errors import TritiumError
 
-class PackError(ValueError):
+
+class PackError(TritiumError, ValueError):
     """Codes or packed bytes that cannot be packed or unpacked as asked; the message says why."""
 
 

@@ -18,6 +18,8 @@ from typing import Callable, Literal, Union
 import torch
 from torch import Tensor
 
+from ..utils.errors import TritiumError
+
 SUPPORTED_BITS = (2, 3, 4, 6, 8)  # 6: Spectra's QuantLM; fake quant and sizing only, no packed layout
 TERNARY_VARIANTS = ("absmean", "twn", "dlt")
 GroupSpec = Union[int, Literal["channel", "tensor"]]
@@ -30,7 +32,7 @@ TWN_THRESHOLD_FACTOR = 0.7
 SCALE_EPS = 1e-6
 
 
-class QuantConfigError(ValueError):
+class QuantConfigError(TritiumError, ValueError):
     """A quantization setting that cannot be applied; the message says how to fix it."""
 
 

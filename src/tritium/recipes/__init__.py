@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ..utils.errors import TritiumError
+
 RECIPE_DIR = Path(__file__).parent
 RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib", "rotate"}
 DEFAULT_RECIPE = {
@@ -22,7 +24,7 @@ DEFAULT_RECIPE = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(TritiumError, ValueError):
     """A recipe that cannot be found or read."""
 
 

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.errors import TritiumError
 from ..kernels import linear_half_weight
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
-class UnsupportedForFastDecode(ValueError):
+class UnsupportedForFastDecode(TritiumError, ValueError):
     """The model needs the generic Hugging Face ``generate`` path."""
 
 

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
+from ..utils.errors import TritiumError
 from ..utils.io import atomic_write_bytes, atomic_write_json
 
 TEXT_SUFFIXES = (".txt", ".raw", ".md", ".text")
@@ -34,7 +35,7 @@ TEACHER_SOURCE = "teacher"
 HF_PREFIX = "hf:"
 
 
-class TrainDataError(ValueError):
+class TrainDataError(TritiumError, ValueError):
     """Training data that cannot be used; the message says what to change."""
 
 

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.errors import TritiumError
 
-class DistillationInputError(ValueError):
+
+class DistillationInputError(TritiumError, ValueError):
     """Teacher and student that cannot be distilled into each other."""
 
 

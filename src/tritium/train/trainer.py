@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..utils.errors import TritiumError
 from ..utils.hardware import cpu_precision_hint
 from ..utils.io import atomic_directory, atomic_write_text
 from .data import SequenceSampler, TrainDataError, check_context
@@ -38,7 +39,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(TritiumError, ValueError):
     """A training setting that cannot work; the message says what to change."""
 
 
