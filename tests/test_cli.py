@@ -36,7 +36,8 @@ def test_quantize_evaluates_side_by_side_saves_and_reloads(tiny_folder, tiny_dat
     assert code == 0
     again = json.loads((tmp_path / "reeval" / "results.json").read_text())["rows"][0]
     assert again["method"] == "rtn" and again["bits"] == 2
-    assert again["perplexity"]["wikitext2"]["ppl"] == pytest.approx(quant_row["perplexity"]["wikitext2"]["ppl"], rel=1e-6)
+    # the default packed folder stores fp16 scales and float parts, the run measured fp32 ones
+    assert again["perplexity"]["wikitext2"]["ppl"] == pytest.approx(quant_row["perplexity"]["wikitext2"]["ppl"], rel=1e-4)
     assert again["size"]["linear_bits_per_weight"] == pytest.approx(quant_row["size"]["linear_bits_per_weight"])
 
 
@@ -168,3 +169,29 @@ def test_rotation_of_an_unsupported_layout_is_refused_before_the_float_evaluatio
                  "--eval", "wikitext2", "--out", str(tmp_path / "run")]) == 2
     assert "without --rotate" in capsys.readouterr().err
     assert not evaluated and not (tmp_path / "run").exists()
+
+
+def test_quantize_saves_packed_by_default_and_shows_a_greedy_generation(tiny_folder, tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["quantize", "--model", str(tiny_folder), "--recipe", "w4g128-rtn", "--group", "32", "--eval",
+                 "wikitext2", "--seqlen", "64", "--limit", "2", "--out", str(out), "--no-progress",
+                 "--generate", "the quick brown", "--generate-tokens", "5"]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "model" / "config.json").read_text())["quantization_config"]
+    assert saved["format"] == "packed"
+    generation = json.loads((out / "results.json").read_text())["generation"]
+    assert generation["prompt"] == "the quick brown" and generation["max_new_tokens"] == 5
+    assert generation["float"] and generation["quantized"]
+    assert f"quantized: the quick brown{generation['quantized']}" in printed
+    assert "Greedy continuation" in (out / "results.md").read_text()
+
+
+def test_a_grid_the_packed_default_cannot_hold_is_refused_before_loading(tiny_folder, tmp_path, monkeypatch, capsys):
+    import tritium.models
+
+    loaded = []
+    monkeypatch.setattr(tritium.models, "load_model", lambda *a, **k: loaded.append(1))
+    assert main(["quantize", "--model", str(tiny_folder), "--recipe", "w4g128-rtn", "--bits", "6", "--group", "32",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "--format fake" in capsys.readouterr().err
+    assert not loaded and not (tmp_path / "run").exists()

@@ -20,6 +20,7 @@ from tritium.quant import TernaryGrid, grid_to_dict
 
 IDS = torch.randint(3, 512, (1, 24), generator=torch.Generator().manual_seed(0))
 QUIET = ["--eval", "none", "--no-float", "--no-progress"]
+FAKE = ["--format", "fake"]  # these tests pack or export a fake-quant run themselves
 
 
 def _float_folder(folder, **overrides):
@@ -40,7 +41,7 @@ def ternary_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     float_folder = _float_folder(root / "float", hidden_size=256, intermediate_size=512)
     assert main(["quantize", "--model", str(float_folder), "--grid", "ternary", "--variant", "absmean",
-                 "--group", "channel", *QUIET, "--out", str(root / "run")]) == 0
+                 "--group", "channel", *QUIET, *FAKE, "--out", str(root / "run")]) == 0
     return root / "run"
 
 
@@ -86,7 +87,7 @@ def test_pack_in_another_layout_and_refuse_a_lossy_scale_dtype(ternary_run, tmp_
 def test_uniform_grid_packs_too(tmp_path):
     _float_folder(tmp_path / "float")
     assert main(["quantize", "--model", str(tmp_path / "float"), "--grid", "uniform", "--bits", "4", "--group", "32",
-                 *QUIET, "--out", str(tmp_path / "run")]) == 0
+                 *QUIET, *FAKE, "--out", str(tmp_path / "run")]) == 0
     assert main(["pack", str(tmp_path / "run"), "--float-dtype", "float32"]) == 0
     packed, packed_logits = _logits(tmp_path / "run" / "packed")
     assert all(isinstance(m, QuantLinear) for m in packed_modules(packed).values())

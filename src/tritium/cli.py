@@ -77,9 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-save", action="store_true", help="do not save the quantized model")
     q.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                    help="--format packed: storage of the parts left in float (embeddings, norms)")
-    q.add_argument("--format", choices=["fake", "packed"], default="fake",
-                   help="save float weights on the grid (fake) or packed codes + fp16 scales that run on tritium's "
-                        "kernels (packed)")
+    q.add_argument("--format", choices=["fake", "packed"], default="packed",
+                   help="save packed codes + fp16 scales that run on tritium's kernels (packed, the default) or "
+                        "float weights on the grid (fake)")
+    q.add_argument("--generate", metavar="PROMPT",
+                   help="end with the greedy continuation of PROMPT from the float and the quantized model")
+    q.add_argument("--generate-tokens", type=int, default=24, help="tokens --generate produces (default 24)")
     _add_eval_args(q)
 
     e = sub.add_parser("eval", help="evaluate a model (float or saved by tritium)")
@@ -181,14 +184,18 @@ def cmd_quantize(args) -> int:
     from .eval.report import write_report
     from .models import load_model
     from .quant.grids import grid_from_dict, grid_to_dict
-    from .runner import (default_run_folder, evaluate, float_row, peak_rss_megabytes, prepare_config, quantize_model,
-                         quantized_row)
+    from .runner import (check_save_format, default_run_folder, evaluate, float_row, greedy_text, peak_rss_megabytes,
+                         prepare_config, quantize_model, quantized_row)
     from .models.rotation import rotation_settings
     from .utils.io import folder_bytes
 
     recipe = _recipe_from_args(args)
     grid = grid_from_dict(recipe["grid"])  # fail on a bad grid before the model loads
     rotation_settings(recipe.get("rotate"))  # a bad rotate value fails before the model loads
+    if not args.no_save:
+        check_save_format(args.format, grid)
+    if args.generate is not None and (not args.generate.strip() or args.generate_tokens < 1):
+        raise ValueError("--generate needs a non-empty prompt and --generate-tokens of at least 1")
     tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}"
     out = Path(args.out) if args.out else default_run_folder(args.model, tag)
     progress = not args.no_progress
@@ -200,6 +207,8 @@ def cmd_quantize(args) -> int:
     if not args.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)
         rows.append(float_row(model, tokenizer, recipe["eval"], args.data, progress, token_cache))
+    # before quantizing: the model is quantized in place
+    float_text = greedy_text(model, tokenizer, args.generate, args.generate_tokens) if args.generate else None
     budget = (recipe.get("method_args") or {}).get("bits_budget")
     print(f"tritium: quantizing with {recipe['method']} on {grid.describe()}"
           + (f", mixed precision under a {budget:g}-bit budget" if budget is not None else ""), file=sys.stderr)
@@ -221,6 +230,8 @@ def cmd_quantize(args) -> int:
                                 config.skip, result.method_args, weights=result.weights,
                                 grid_overrides=result.grid_overrides_dict())
         rows[-1]["file_bytes"] = folder_bytes(out / "model")
+    # after packing, so the packed kernels produce the quantized text
+    quantized_text = greedy_text(model, tokenizer, args.generate, args.generate_tokens) if args.generate else None
     notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; " + (
         "the saved model holds those packed codes (tritium.nn modules)" if args.format == "packed" else
         "the saved model holds fake-quant float weights, so its file size is that of a float checkpoint")]
@@ -228,8 +239,16 @@ def cmd_quantize(args) -> int:
         notes.append("SmolLM2's shipped weights are already 4-bit with groups of 32: this result is trivially lossless")
     summary = {"title": f"{args.model} {tag}", "model": str(args.model), "source": source.describe(),
                "recipe": recipe, "peak_rss_mb": peak_rss_megabytes(), "notes": notes}
+    if args.generate:
+        summary["generation"] = {"prompt": args.generate, "max_new_tokens": args.generate_tokens,
+                                 "float": float_text, "quantized": quantized_text}
     json_path, md_path = write_report(out, summary, rows)
     _print_table(rows)
+    if args.generate:
+        print(f"\ngreedy continuation of {args.generate!r}:")
+        if float_text is not None:
+            print(f"  float:     {args.generate}{float_text}")
+        print(f"  quantized: {args.generate}{quantized_text}")
     print(f"\nresults: {md_path}  {json_path}" + ("" if args.no_save else f"\nmodel:   {out / 'model'}"))
     return 0
 

@@ -98,6 +98,32 @@ def quantized_row(model, result, evaluation: dict, file_bytes: int | None, secon
     return row
 
 
+def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """The greedy continuation of ``prompt``, so a user sees whether a quantized model still speaks."""
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def check_save_format(save_format: str, grid, overrides=None) -> None:
+    """Refuse, before any work, a grid that the packed format cannot store (6-bit has no layout)."""
+    from .pack.layouts import PackError, uniform_radix
+
+    if save_format != "packed":
+        return
+    for each in [grid, *(overrides or {}).values()]:
+        bits = getattr(each, "bits", None)
+        if getattr(each, "kind", "uniform") == "uniform" and bits is not None:
+            try:
+                uniform_radix(bits)
+            except PackError as err:
+                raise PackError(f"{err}; to save this grid anyway, pass --format fake (fake-quant float weights)") from None
+
+
 def peak_rss_megabytes() -> float:
     import resource
 

@@ -83,6 +83,32 @@ def test_ptq_start_latents_sit_inside_their_cells(tmp_path):
         assert bool((delta[~nonzero] - centered[~nonzero] > 0.1 * a[~nonzero]).all())
 
 
+@pytest.mark.parametrize("grid", [W2_RAGGED, DLT32])
+def test_step_zero_is_the_packed_ptq_model(tmp_path, grid):
+    # `tritium quantize` saves packed folders by default: a chain starts from one as from a fake-quant folder.
+    from tritium.export.hf import save_packed
+    from tritium.nn import pack_model
+
+    fake_folder, ptq = _ptq_folder(tmp_path, "llama", grid)
+    model, tokenizer, _ = load_model(fake_folder)
+    pack_model(model, ptq.weights)
+    folder = tmp_path / "packed"
+    save_packed(model, tokenizer, folder, ptq.method, grid_to_dict(ptq.grid), (), ptq.method_args,
+                float_dtype="float32")
+    reference, _, _ = load_model(folder)
+    config = _config(grid, init_from=str(folder))
+    student = tiny_model("llama", seed=0)
+    students = prepare_student(student, config, config.start_source())
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-4)
+    for name, module in students.items():
+        q = module.to_quantized()
+        assert torch.equal(q.codes.to(torch.int16), ptq.weights[name].codes.to(torch.int16)), name
+        # the packed folder stores fp16 scales: the student starts from exactly those
+        assert torch.equal(q.scale, ptq.weights[name].scale.half().float()), name
+
+
 def test_a_start_on_another_grid_fails_before_any_work(tmp_path):
     folder, _ = _ptq_folder(tmp_path, "llama", W2_RAGGED)
     with pytest.raises(QuantConfigError, match=r"quantized on W2g48.*trains on ternary-dltg32"):

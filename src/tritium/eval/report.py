@@ -66,5 +66,10 @@ def write_report(folder: str | Path, summary: dict, rows: list[dict]) -> tuple[P
             table += "\n" + allocation_table(row["mixed_precision"])
     json_path = atomic_write_json(folder / "results.json", {**summary, "rows": rows})
     notes = "".join(f"- {n}\n" for n in summary.get("notes", []))
+    generation = summary.get("generation")
+    if generation:
+        prompt = generation["prompt"]
+        notes += f"\nGreedy continuation of `{prompt}`:\n\n" + "".join(
+            f"- {who}: {prompt}{generation[who]}\n" for who in ("float", "quantized") if generation.get(who) is not None)
     md_path = atomic_write_text(folder / "results.md", f"# tritium run: {summary.get('title', '')}\n\n{table}\n{notes}")
     return json_path, md_path

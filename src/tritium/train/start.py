@@ -61,9 +61,9 @@ def read_start(source: str, student_grid: Grid) -> StartSource:
     if qconfig.get("quant_method") != "tritium" or "grid" not in qconfig:
         raise QuantConfigError(f"init_from {source} was quantized by {qconfig.get('quant_method')!r}, not tritium: "
                                "start from a tritium fake-quant folder or a float model")
-    if qconfig.get("format") != "fake":
-        raise QuantConfigError(f"init_from {source} is a {qconfig.get('format')!r} folder; start from the fake-quant "
-                               "folder that `tritium quantize` saved (runs/<run>/model), which keeps the codes")
+    if qconfig.get("format") not in ("fake", "packed"):
+        raise QuantConfigError(f"init_from {source} is a {qconfig.get('format')!r} folder; start from the packed or "
+                               "fake-quant folder that `tritium quantize` saved (runs/<run>/model), which keeps the codes")
     grid = grid_from_dict(qconfig["grid"])
     if grid.describe() != student_grid.describe():
         raise QuantConfigError(
@@ -71,7 +71,7 @@ def read_start(source: str, student_grid: Grid) -> StartSource:
             f"{student_grid.describe()}: use a recipe (or --group/--variant) with the start's grid {grid.describe()}, "
             f"or quantize the start on {student_grid.describe()}"
         )
-    if not (folder / CODES_FILE).is_file():
+    if qconfig.get("format") == "fake" and not (folder / CODES_FILE).is_file():
         raise QuantConfigError(f"init_from {source} holds no {CODES_FILE}, the exact codes a start needs: re-run "
                                "`tritium quantize` on it (it writes them beside fake-quant weights)")
     return StartSource(str(folder), grid, rotation)
@@ -101,12 +101,23 @@ def load_initial_weights(student: nn.Module, source: str) -> int:
 def start_codes(folder: str) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor | None]]:
     """Each quantized linear's (codes, scale, zero, shift) from the folder's sidecar, as float32 per group;
     ternary codes in {−1, 0, 1} (int8), uniform codes as uint8."""
-    from ..export.codes import load_codes
+    saved = json.loads((Path(folder) / CONFIG_FILE).read_text()).get("quantization_config") or {}
+    if saved.get("format") == "packed":
+        # A packed folder is its own record of the codes: read them from the packed modules.
+        from ..models import load_model
+        from ..nn import packed_modules
 
-    codes = load_codes(folder)
-    is_ternary = isinstance(codes.grid_object(), TernaryGrid)
+        model, _, _ = load_model(folder)
+        weights = {name: module.packed_weight() for name, module in packed_modules(model).items()}
+        is_ternary = isinstance(grid_from_dict(saved["grid"]), TernaryGrid)
+    else:
+        from ..export.codes import load_codes
+
+        codes = load_codes(folder)
+        weights = codes.weights
+        is_ternary = isinstance(codes.grid_object(), TernaryGrid)
     out = {}
-    for name, packed in codes.weights.items():
+    for name, packed in weights.items():
         scale, zero, shift = packed.group_params()
         digits = packed.digits()
         if is_ternary:
