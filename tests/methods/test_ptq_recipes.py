@@ -63,11 +63,11 @@ def test_a_cpu_recipe_runs_end_to_end_through_the_runner(tmp_path):
     assert result.details["calibration_shape"] == [2, 16]
 
 
-@pytest.mark.parametrize("name", ["w3g128-cpu", "w2g128-cpu"])
+@pytest.mark.parametrize("name", ["w4g128-cpu", "w3g128-cpu", "w2g128-cpu"])
 @pytest.mark.parametrize("family", ["qwen2", "gemma"])
 def test_the_best_cpu_recipes_run_unchanged_on_other_families(name, family, data_dir, tokenizer):
     recipe = load_recipe(name)
-    assert recipe["method"] == "tesseraq"
+    assert recipe["method"] == ("gptq" if name == "w4g128-cpu" else "tesseraq")
     model = tiny_model(family, max_position_embeddings=recipe["calib"]["seqlen"])
     result, config = quantize_model(model, tokenizer, recipe, data_dir)
     assert len(result.weights) == 14 and ("rotation" in result.details) == bool(recipe["rotate"])
