@@ -412,8 +412,9 @@ def claim_run_folder(out: str | os.PathLike | None, command: str, job: dict, ove
         created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
     lock = FolderLock(path / LOCK_FILE, f"the run folder {path}", command)
+    notes: list[str] = []
     try:
-        notes = lock.acquire()
+        notes += lock.acquire()
         notes += clean_stale_temporaries(path)
         record = _read_record(path)
         entries = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_FILE, RECORD_FILE))
@@ -446,6 +447,8 @@ def claim_run_folder(out: str | os.PathLike | None, command: str, job: dict, ove
         lock.release()
         if created and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
+        for note in notes:  # what was cleared before the refusal
+            _print_note(note)
         raise
     for note in notes:
         _print_note(note)
@@ -493,6 +496,8 @@ def claim_output(path: str | os.PathLike, command: str, overwrite: bool = False,
             raise RunFolderError(f"{path} exists already: pass --overwrite to replace it, or choose another {flag}")
     except BaseException:
         lock.release()
+        for note in notes:
+            _print_note(note)
         raise
     for note in notes:
         _print_note(note)
