@@ -41,8 +41,8 @@ def _add_eval_args(p, data_flag: str = "--data"):
     p.add_argument("--seqlen", type=int, help="perplexity chunk length (default 2048)")
     p.add_argument("--batch-size", type=int, help="chunks per forward pass")
     p.add_argument(data_flag, help="folder holding the evaluation data sets (overrides $TRITIUM_DATA)")
-    p.add_argument("--out", help="run folder (default: a new runs/<model>-<recipe>-<time>); one that holds a run "
-                                 "already is refused, unless it is this same job unfinished (it resumes) or --overwrite")
+    p.add_argument("--out", help="run folder (default: a new runs/<model>-<recipe>-<time>); one holding a run "
+                                 "already is refused unless it is this same job unfinished (it resumes) or --overwrite")
     p.add_argument("--overwrite", action="store_true", help="write into an --out that holds another or a finished run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -106,7 +106,7 @@ def cmd_pack(args) -> int:
         raise ValueError(f"--out {out} is the folder being packed; choose another folder")
     if out.exists() and any(out.iterdir()):
         existing = read_quantization_config(out) or {}
-        if existing.get("format") != "packed":  # replacing an earlier `tritium pack` is fine, anything else is not
+        if existing.get("format") != "packed":  # only an earlier `tritium pack` may be replaced (--overwrite)
             raise ValueError(f"{out} exists and is not a packed tritium folder; choose another --out or remove it")
     claim_output(out, "pack", args.overwrite)  # one writer at a time; an earlier pack is replaced only when told
     codes = load_codes(folder)
@@ -249,7 +249,6 @@ def cmd_export(args) -> int:
     from ..models import load_model
     from ..nn import check_against_weight, packed_modules, packed_to_quantized, unpack_model
     from ..quant.grids import TernaryGrid, grid_from_dict
-
     from ..utils.runs import claim_output
 
     folder, _ = _model_folder(args.model)
