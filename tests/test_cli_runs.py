@@ -128,7 +128,6 @@ def test_a_resumed_run_says_so_and_counts_the_whole_run(tiny_folder, tiny_data, 
 
     def killed_after_block_zero(folder, index, *args):
         original(folder, index, *args)
-        time.sleep(0.3)  # the first piece takes a while, so that its time shows in the total
         if index == 0:
             raise KeyboardInterrupt("simulated kill")
 
@@ -145,7 +144,7 @@ def test_a_resumed_run_says_so_and_counts_the_whole_run(tiny_folder, tiny_data, 
     assert row["resumed_from_block"] == 1 and row["num_blocks"] == 2
     first, second = row["pieces"]
     assert (first["from_block"], first["to_block"], second["from_block"], second["to_block"]) == (0, 1, 1, 2)
-    assert first["seconds"] >= 0.3
+    assert first["seconds"] > 0 and row["quantize_seconds"] > row["quantize_seconds_this_piece"]
     assert row["quantize_seconds"] == pytest.approx(row["quantize_seconds_this_piece"] + first["seconds"])
     assert row["seconds"] == pytest.approx(row["seconds_this_piece"] + first["seconds"])
     assert any("resumed from block 1 of 2" in note for note in results["notes"])
