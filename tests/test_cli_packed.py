@@ -27,5 +27,5 @@ def test_quantize_format_packed_then_load_and_eval(tmp_path, capsys):
     # `tritium eval` reads the packed folder too, and sizes it from its grid.
     assert main(["eval", "--model", str(tmp_path / "run" / "model"), "--eval", "none", "--no-progress",
                  "--out", str(tmp_path / "eval")]) == 0
-    report = json.loads(next((tmp_path / "eval").glob("*.json")).read_text())
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())  # beside it, run.json: the run's record
     assert "quantized" in json.dumps(report)

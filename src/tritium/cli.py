@@ -41,7 +41,9 @@ def _add_eval_args(p, data_flag: str = "--data"):
     p.add_argument("--seqlen", type=int, help="perplexity chunk length (default 2048)")
     p.add_argument("--batch-size", type=int, help="chunks per forward pass")
     p.add_argument(data_flag, help="folder holding the evaluation data sets (overrides $TRITIUM_DATA)")
-    p.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>)")
+    p.add_argument("--out", help="run folder (default: a new runs/<model>-<recipe>-<time>); one holding a run "
+                                 "already is refused unless it is this same job unfinished (it resumes) or --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out that holds another or a finished run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -184,8 +186,9 @@ def cmd_quantize(args) -> int:
     from .eval.report import write_report
     from .models import load_model
     from .quant.grids import grid_from_dict, grid_to_dict
-    from .runner import (check_save_format, default_run_folder, evaluate, float_row, greedy_text, peak_rss_megabytes,
-                         prepare_config, quantize_model, quantized_row)
+    from .runner import (check_save_format, evaluate, float_row, greedy_text, peak_rss_megabytes, prepare_config,
+                         quantize_model, quantized_row, resume_note)
+    from .utils.runs import claim_run_folder, job_settings
     from .models.rotation import rotation_settings
     from .utils.io import folder_bytes
 
@@ -197,7 +200,7 @@ def cmd_quantize(args) -> int:
     if args.generate is not None and (not args.generate.strip() or args.generate_tokens < 1):
         raise ValueError("--generate needs a non-empty prompt and --generate-tokens of at least 1")
     tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}"
-    out = Path(args.out) if args.out else default_run_folder(args.model, tag)
+    out = claim_run_folder(args.out, "quantize", job_settings(args), args.overwrite, (args.model, tag)).path
     progress = not args.no_progress
     print(f"tritium: loading {args.model}", file=sys.stderr)
     model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
@@ -237,6 +240,7 @@ def cmd_quantize(args) -> int:
         "the saved model holds fake-quant float weights, so its file size is that of a float checkpoint")]
     if "smollm2" in str(args.model).lower() and getattr(grid, "bits", None) == 4 and grid.group in (32, 16, 8):
         notes.append("SmolLM2's shipped weights are already 4-bit with groups of 32: this result is trivially lossless")
+    notes += [note for note in [resume_note(rows[-1])] if note]
     summary = {"title": f"{args.model} {tag}", "model": str(args.model), "source": source.describe(),
                "recipe": recipe, "peak_rss_mb": peak_rss_megabytes(), "notes": notes}
     if args.generate:
@@ -261,11 +265,12 @@ def cmd_eval(args) -> int:
     from .models.loader import read_quantization_config
     from .quant.grids import grid_from_dict
     from .recipes import DEFAULT_RECIPE
-    from .runner import default_run_folder, evaluate, peak_rss_megabytes
+    from .runner import evaluate, peak_rss_megabytes
     from .utils.io import folder_bytes
+    from .utils.runs import claim_run_folder, job_settings
 
     settings = _eval_settings(args, DEFAULT_RECIPE["eval"])
-    out = Path(args.out) if args.out else default_run_folder(args.model, "eval")
+    out = claim_run_folder(args.out, "eval", job_settings(args), args.overwrite, (args.model, "eval")).path
     start = time.perf_counter()
     model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
     qconfig = read_quantization_config(source.location) if source.kind == "folder" else None
@@ -338,9 +343,15 @@ def main(argv: list[str] | None = None) -> int:
                 "pack": cmd_pack, "run": cmd_run, "export": cmd_export, "data": cmd_data,
                 "pretrain": cmd_pretrain, "suite": cmd_suite}
     from .utils.errors import TritiumError
+    from .utils.progress import set_progress_bars
+    from .utils.runs import run_session
 
+    set_progress_bars(not getattr(args, "no_progress", False))  # every bar, tritium's and the libraries'
     try:
-        return handlers[args.command](args)
+        with run_session() as session:  # the run folders the command claims are closed however it ends
+            code = handlers[args.command](args)
+            session.failed = code != 0
+        return code
     # ValueError: older input checks not yet converted to a TritiumError subclass.
     except (TritiumError, ValueError) as err:
         print(f"tritium: error: {err}", file=sys.stderr)

@@ -11,7 +11,7 @@ from .eval.perplexity import perplexity, tokenize_eval_text
 from .eval.size import size_report
 from .eval.zeroshot import evaluate_task
 from .methods import config_from_dict, get_method, quantize_
-from .methods.base import MethodConfig, selected_linears
+from .methods.base import MethodConfig, selected_linears, unmatched_patterns
 from .methods.mixed import check_mixed_precision
 from .models.adapters import decoder_layout
 from .models.rotation import check_rotatable, rotate_model_, rotation_settings
@@ -44,16 +44,29 @@ def float_row(model, tokenizer, settings, data_path=None, progress=True, token_c
             "size": size_report(model).to_dict(), "file_bytes": None, "seconds": time.perf_counter() - start}
 
 
-def prepare_config(model, recipe: dict) -> MethodConfig:
+def prepare_config(model, recipe: dict, report: bool = True) -> MethodConfig:
     """The recipe's method config, checked against ``model``: settings it cannot apply, such as a bit
     budget outside what its linears can reach or a rotation its layout cannot absorb, fail here,
-    before any calibration or evaluation."""
+    before any calibration or evaluation. ``report``: warn (on stderr) about skip patterns that match
+    no linear, which would otherwise keep nothing in float without a word."""
     grid = grid_from_dict(recipe["grid"])
     config = config_from_dict(recipe["method"], grid, **dict(recipe.get("method_args") or {}))
+    if report:
+        for warning in unmatched_skip_warnings(decoder_layout(model), config.skip):
+            print(f"tritium: warning: {warning}", file=sys.stderr)
     check_mixed_precision(config, get_method(recipe["method"]), selected_linears(decoder_layout(model), config.skip))
     if rotation_settings(recipe.get("rotate")) is not None:
         check_rotatable(model)
     return config
+
+
+def unmatched_skip_warnings(layout, skip) -> list[str]:
+    """One warning per skip pattern that matches none of the quantizable linears, showing a few names."""
+    names = list(layout.quantizable_linears())
+    examples = ", ".join(names[i] for i in sorted({0, 1, len(names) // 2, len(names) - 1}) if i < len(names))
+    return [f"--skip pattern {pattern!r} matches none of the model's {len(names)} linears, so it keeps nothing in "
+            f"float; the names look like {examples} (patterns are fnmatch globs on the full name, e.g. "
+            "'*.mlp.down_proj' or 'model.layers.0.*')" for pattern in unmatched_patterns(names, skip)]
 
 
 def quantize_model(model, tokenizer, recipe: dict, data_path=None):
@@ -61,7 +74,7 @@ def quantize_model(model, tokenizer, recipe: dict, data_path=None):
 
     With ``rotate`` set, the norms are folded and the weights rotated first (the same function,
     other weights); the result's details say how."""
-    config = prepare_config(model, recipe)
+    config = prepare_config(model, recipe, report=False)  # the caller checked it (and warned) already
     rotation = rotation_settings(recipe.get("rotate"))
     calibration = None
     needs_calibration = get_method(recipe["method"]).needs_calibration
@@ -86,13 +99,21 @@ def quantize_model(model, tokenizer, recipe: dict, data_path=None):
 
 
 def quantized_row(model, result, evaluation: dict, file_bytes: int | None, seconds: float) -> dict:
+    """The quantized model's row. A run resumed from a checkpoint counts the whole run: ``quantize_seconds``
+    and ``seconds`` add the earlier pieces' calibration time (each up to its last checkpoint) to this piece's,
+    which ``quantize_seconds_this_piece`` and ``seconds_this_piece`` keep."""
     group = result.grid.group
     bits = result.mean_code_bits() if result.grid_overrides else float(result.grid.bits)
     method = result.method + (" + rotation" if "rotation" in result.details else "")
+    earlier = float(result.details.get("earlier_pieces_seconds") or 0.0)
     row = {"model": "quantized", "method": method, "bits": round(bits, 2),
            "grid": result.describe_grids(), "group": group, **evaluation,
            "size": size_report(model, result.grid, result.weights, result.grid_overrides).to_dict(),
-           "file_bytes": file_bytes, "quantize_seconds": result.seconds, "seconds": seconds}
+           "file_bytes": file_bytes, "quantize_seconds": result.seconds + earlier, "seconds": seconds + earlier}
+    if result.details.get("resumed_from_block"):
+        row |= {"resumed_from_block": result.details["resumed_from_block"],
+                "num_blocks": result.details.get("num_blocks"), "pieces": result.details.get("pieces"),
+                "quantize_seconds_this_piece": result.seconds, "seconds_this_piece": seconds}
     if "mixed_precision" in result.details:  # the bit allocation per layer, for results.json and results.md
         row["mixed_precision"] = result.details["mixed_precision"]
     return row
@@ -130,7 +151,20 @@ def peak_rss_megabytes() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def resume_note(row: dict) -> str | None:
+    """A line for the report of a run resumed from a checkpoint (None otherwise)."""
+    if not row.get("resumed_from_block"):
+        return None
+    pieces = row.get("pieces") or []
+    return (f"resumed from block {row['resumed_from_block']} of {row.get('num_blocks')}: the run was made in "
+            f"{len(pieces)} pieces; quantize_seconds {row['quantize_seconds']:.1f} and seconds {row['seconds']:.1f} "
+            f"count them all (earlier pieces up to their last checkpoint), this piece "
+            f"{row['quantize_seconds_this_piece']:.1f} and {row['seconds_this_piece']:.1f}")
+
+
 def default_run_folder(model: str, tag: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(str(model)).name)
-    return Path("runs") / f"{safe}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A new run folder ``runs/<model>-<tag>-<time>``, created (a suffix when two runs share the second)."""
+    from .utils.runs import new_run_folder
+
+    return new_run_folder(model, tag)
 

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -190,7 +191,8 @@ def test_short_memory_puts_the_blocks_on_disk_by_itself(monkeypatch):
                                          PipelineSettings(forward_batch_size=2), GRID, "rtn", progress=False)
     assert details["auto_offload"] is True
     assert in_memory == [[True, False, False], [False, True, False], [False, False, True]]
-    assert Path(details["offload_dir"]).name.startswith("tritium-offload-")
+    # named as tritium's temporaries are, so the next run clears one that a killed run left
+    assert Path(details["offload_dir"]).name.startswith(f".offload.tritium-{os.getpid()}.")
     assert not Path(details["offload_dir"]).exists()  # the temporary folder is gone afterwards
     for name, qweight in expected.items():
         assert torch.equal(weights[name].codes, qweight.codes)

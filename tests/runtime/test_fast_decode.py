@@ -101,3 +101,15 @@ def test_fusing_projections_keeps_the_weights_and_adds_no_copy():
     assert attn.k_proj.weight.untyped_storage().data_ptr() == attn.q_proj.weight.untyped_storage().data_ptr()
     assert attn.v_proj.bias.untyped_storage().data_ptr() == attn.q_proj.bias.untyped_storage().data_ptr()
     assert mlp.up_proj.weight.untyped_storage().data_ptr() == mlp.gate_proj.weight.untyped_storage().data_ptr()
+
+
+def test_generation_stops_at_the_model_s_context_with_a_warning():
+    """Positions past max_position_embeddings were never trained: the loop stops there and says so."""
+    model = tiny_model("llama", max_position_embeddings=16)
+    ids = prompt(length=6)
+    with pytest.warns(RuntimeWarning, match=r"prompt \(6 tokens\) plus max_new_tokens 40 exceeds the model's context"):
+        result = FastDecoder(model).generate(ids, 40)
+    assert result.tokens.shape[1] == 16 and result.new_tokens == 10
+    assert torch.equal(result.tokens, hf_greedy(model, ids, 10))
+    with pytest.raises(ValueError, match="no room is left"):
+        FastDecoder(model).generate(prompt(length=16), 1)

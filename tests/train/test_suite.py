@@ -158,5 +158,8 @@ def test_a_rerun_on_raw_text_refuses_another_tokenizer_for_the_tokens_it_made(tm
     run = ["pretrain", "--arch", "float", "--size", "tiny-xs", "--data", str(src), "--steps", "1", "--seqlen", "32",
            "--micro-batch-size", "2", "--eval", "none", "--out", str(tmp_path / "run"), "--no-progress"]
     assert main(run + ["--train-tokenizer", "320"]) == 0
-    assert main(run + ["--tokenizer", "smollm2-135m"]) == 2
+    capsys.readouterr()
+    assert main(run + ["--tokenizer", "smollm2-135m"]) == 2  # a finished run is never written over unasked
+    assert "already holds a finished `tritium pretrain` run with other settings" in capsys.readouterr().err
+    assert main(run + ["--tokenizer", "smollm2-135m", "--overwrite"]) == 2  # told to, the tokens it made still rule
     assert "fixes the tokenizer" in capsys.readouterr().err

@@ -16,6 +16,8 @@ USER_ERRORS = [
     ("tritium.quant.grids", "QuantConfigError"), ("tritium.recipes", "RecipeError"),
     ("tritium.runtime.fast_decode", "UnsupportedForFastDecode"), ("tritium.train.data", "TrainDataError"),
     ("tritium.train.losses", "DistillationInputError"), ("tritium.train.trainer", "TrainConfigError"),
+    ("tritium.utils.runs", "RunFolderError"), ("tritium.utils.runs", "RunFolderBusyError"),
+    ("tritium.runtime.fast_decode", "ContextLimitError"),
 ]
 
 

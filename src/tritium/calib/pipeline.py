@@ -15,7 +15,10 @@ the compute device; the rest of the model stays where it was loaded (the CPU).
 Resuming replays the finished blocks: the float stream through the float weights of a
 freshly loaded model, then the checkpointed block state for the quantized stream.
 Those are the same operations in the same order as the uninterrupted run, so the
-result is identical.
+result is identical. The checkpoint also records the pieces a run was made in (each
+one's calibration seconds up to its last checkpoint), so a resumed run reports the
+time of the whole run, not only of its last piece. One process at a time writes a
+checkpoint folder (a lock file, :mod:`tritium.utils.runs`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import io
 import json
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -37,7 +41,8 @@ from torch import Tensor, nn
 
 from ..models.adapters import DecoderLayout
 from ..quant.grids import Grid, GroupLayout, QuantizedWeight, grid_from_dict, grid_to_dict
-from ..utils.io import atomic_write_bytes, atomic_write_json
+from ..utils.io import TEMPORARY_SUFFIX, atomic_write_bytes, atomic_write_json, temporary_prefix
+from ..utils.progress import progress_bar
 from .capture import (
     BlockInputs,
     CalibrationInputError,
@@ -208,8 +213,10 @@ def _block_file(folder: Path, index: int) -> Path:
     return folder / f"block_{index:04d}.pt"
 
 
-def save_block_checkpoint(folder: Path, index: int, block: nn.Module, result: BlockResult, fingerprint: str) -> None:
-    """Write block ``index``'s state, then mark it finished; each file is replaced atomically."""
+def save_block_checkpoint(folder: Path, index: int, block: nn.Module, result: BlockResult, fingerprint: str,
+                          pieces: list[dict] | None = None) -> None:
+    """Write block ``index``'s state, then mark it finished; each file is replaced atomically.
+    ``pieces``: the run's pieces so far (see :func:`load_pieces`), the current one last."""
     buffer = io.BytesIO()
     torch.save({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
                 "block_state": {k: v.detach().cpu() for k, v in block.state_dict().items()},
@@ -217,7 +224,7 @@ def save_block_checkpoint(folder: Path, index: int, block: nn.Module, result: Bl
                 "stats": json.dumps(result.stats, default=float)}, buffer)
     atomic_write_bytes(_block_file(folder, index), buffer.getvalue())
     atomic_write_json(folder / "progress.json", {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
-                                                 "finished_blocks": index + 1})
+                                                 "finished_blocks": index + 1, "pieces": pieces or []})
 
 
 def load_progress(folder: Path, fingerprint: str) -> int:
@@ -235,6 +242,16 @@ def load_progress(folder: Path, fingerprint: str) -> int:
             "set, or an older tritium): pass a new checkpoint folder, or delete this one to start over"
         )
     return int(progress["finished_blocks"])
+
+
+def load_pieces(folder: Path) -> list[dict]:
+    """The pieces the checkpointed run was made in: each {"started", "from_block", "to_block", "seconds"},
+    its seconds counted up to its last checkpoint (the work it kept). Empty for checkpoints from before."""
+    try:
+        pieces = json.loads((folder / "progress.json").read_text()).get("pieces")
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [dict(p) for p in pieces] if isinstance(pieces, list) else []
 
 
 def load_block_checkpoint(folder: Path, index: int, fingerprint: str, grid: Grid) -> tuple[dict, BlockResult]:
@@ -296,23 +313,59 @@ def run_blockwise(model: nn.Module, layout: DecoderLayout, linears: dict[str, nn
     folder = Path(settings.checkpoint_dir) if settings.checkpoint_dir else None
     fingerprint = run_fingerprint(method_name, method_args or {}, grid, layout, input_ids,
                                   list(linears))
+    lock = _lock_checkpoint_folder(folder, method_name) if folder else None
+    try:
+        return _run_locked(model, layout, linears, input_ids, method, settings, grid, method_name, progress,
+                           start_time, device, inputs, float_stream, quant_stream, folder, fingerprint)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_checkpoint_folder(folder: Path, method_name: str):
+    """Lock ``folder`` against a second run checkpointing into it, and clear the temporaries killed runs left."""
+    from ..utils.runs import FolderLock, clean_stale_temporaries
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(folder / ".tritium.lock", f"the checkpoint folder {folder}", f"quantize ({method_name})")
+    notes = lock.acquire()
+    try:
+        notes += clean_stale_temporaries(folder, recursive=False)
+    except BaseException:
+        lock.release()
+        raise
+    for note in notes:
+        print(f"tritium: note: {note}", file=sys.stderr)
+    return lock
+
+
+def _run_locked(model, layout, linears, input_ids, method, settings, grid, method_name, progress, start_time, device,
+                inputs, float_stream, quant_stream, folder, fingerprint):
     finished = load_progress(folder, fingerprint) if folder else 0
     if finished > layout.num_blocks:
         raise CalibrationInputError(f"checkpoint {folder} claims {finished} blocks; the model has {layout.num_blocks}")
+    earlier = load_pieces(folder) if folder and finished else []
+    piece = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "from_block": finished, "to_block": finished,
+             "seconds": 0.0}
+    pieces = [*earlier, piece]
+    if finished:
+        earlier_seconds = sum(float(p.get("seconds") or 0) for p in earlier)
+        done = "block 0" if finished == 1 else f"blocks 0-{finished - 1}"
+        print(f"tritium: resumed from block {finished} of {layout.num_blocks}: {done} replayed from the checkpoint "
+              f"{folder}" + (f" ({len(earlier)} earlier piece(s), {earlier_seconds:.1f} s of calibration)"
+                             if earlier else ""), file=sys.stderr)
 
     weights: dict[str, QuantizedWeight] = {}
     block_stats: list[dict] = []
-    iterator = range(layout.num_blocks)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc=method_name, unit="block", leave=False, mininterval=2)
+    iterator = progress_bar(range(layout.num_blocks), enabled=progress, desc=method_name, unit="block", leave=False,
+                            mininterval=2)
     offloader = None
     offload_dir, temporary_offload = settings.offload_dir, None
     if offload_dir is None and settings.auto_offload:
         needed, available = blocks_bytes(layout), memory_available_bytes()
         if available is not None and available < needed:
-            temporary_offload = tempfile.mkdtemp(prefix="tritium-offload-",
+            # Named as tritium's temporaries are, so that one a killed run leaves is cleared by the next.
+            temporary_offload = tempfile.mkdtemp(prefix=temporary_prefix(Path("offload")), suffix=TEMPORARY_SUFFIX,
                                                  dir=folder if folder is not None and folder.is_dir() else None)
             offload_dir = temporary_offload
             warnings.warn(f"memory is short ({available / 2**30:.2f} GiB available, the decoder blocks take "
@@ -326,20 +379,22 @@ def run_blockwise(model: nn.Module, layout: DecoderLayout, linears: dict[str, nn
             offloader.offload(index)
     try:
         _walk(iterator, layout, linears, method, settings, grid, device, inputs, float_stream, quant_stream, folder,
-              fingerprint, finished, weights, block_stats, offloader)
+              fingerprint, finished, weights, block_stats, offloader, pieces, start_time)
     finally:  # the caller's model comes back whole, even when a block fails
         if offloader is not None:
             offloader.restore_all()
         if temporary_offload is not None:
             shutil.rmtree(temporary_offload, ignore_errors=True)
-    details = {"device": str(device), "resumed_from_block": finished, "calibration_shape": list(input_ids.shape),
-               "pipeline_seconds": round(time.perf_counter() - start_time, 3), "blocks": block_stats,
-               "offload_dir": offload_dir, "auto_offload": temporary_offload is not None}
+    piece["seconds"] = round(time.perf_counter() - start_time, 3)
+    details = {"device": str(device), "resumed_from_block": finished, "num_blocks": layout.num_blocks,
+               "calibration_shape": list(input_ids.shape), "pipeline_seconds": piece["seconds"],
+               "pieces": pieces, "earlier_pieces_seconds": round(sum(float(p.get("seconds") or 0) for p in earlier), 3),
+               "blocks": block_stats, "offload_dir": offload_dir, "auto_offload": temporary_offload is not None}
     return weights, details
 
 
 def _walk(iterator, layout, linears, method, settings, grid, device, inputs, float_stream, quant_stream, folder,
-          fingerprint, finished, weights, block_stats, offloader) -> None:
+          fingerprint, finished, weights, block_stats, offloader, pieces, start_time) -> None:
     for index in iterator:
         if offloader is not None:
             offloader.restore(index)
@@ -370,7 +425,8 @@ def _walk(iterator, layout, linears, method, settings, grid, device, inputs, flo
         # The block-output error along the quantized chain: what every method tries to lower.
         result.stats["output_mse"] = float((quant_stream.float() - float_targets.float()).pow(2).mean())
         if index >= finished and folder:
-            save_block_checkpoint(folder, index, block, result, fingerprint)
+            pieces[-1].update(to_block=index + 1, seconds=round(time.perf_counter() - start_time, 3))
+            save_block_checkpoint(folder, index, block, result, fingerprint, pieces)
         float_stream = float_targets
         block.to(home)
         if offloader is not None:

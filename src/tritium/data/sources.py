@@ -98,6 +98,9 @@ def _hub_rows(spec: DatasetSpec, split: str, tried: list[str]) -> list[str] | No
     except ImportError:
         tried.append(f"{where} (needs `pip install datasets`)")
         return None
+    from ..utils.progress import follow_progress_switch
+
+    follow_progress_switch(datasets)  # --no-progress reaches its download bars
     try:
         rows = datasets.load_dataset(spec.hub_path, spec.hub_config, split=spec.hub_splits[split])
     except Exception as err:  # no network, or the hub refused: report and fall through

@@ -385,7 +385,7 @@ def ingest(sources: Iterable[str] | str, out_dir, tokenizer, val_fraction: float
     splits get at least one: if the hash sent none to one split, the last document moves there.
     The folder appears whole or not at all.
     """
-    from tqdm.auto import tqdm
+    from ..utils.progress import progress_bar
 
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
     _check_fraction(val_fraction)
@@ -400,7 +400,7 @@ def ingest(sources: Iterable[str] | str, out_dir, tokenizer, val_fraction: float
     last = None  # where the latest document went, should a split end up empty
     with atomic_directory(out_dir) as tmp:
         files = {s: open(tmp / SPLIT_FILES[s], "wb") for s in SPLITS}
-        bar = tqdm(desc="tokenizing", unit="doc", disable=not progress)
+        bar = progress_bar(desc="tokenizing", unit="doc", enabled=progress)
         try:
             batch: list[tuple[int, str]] = []
             docs = _numbered_documents(iter_documents(sources, text_field))

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..utils.errors import TritiumError
+from ..utils.progress import progress_bar
 
 
 class EvalInputError(TritiumError, ValueError):
@@ -96,7 +96,7 @@ def perplexity(model, input_ids: torch.Tensor, seqlen: int = 2048, limit: int | 
     device = next(model.parameters()).device
     nlls: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(total=n_chunks, desc=f"ppl {dataset}", unit="chunk", disable=not progress, leave=False)
+    bar = progress_bar(total=n_chunks, desc=f"ppl {dataset}", unit="chunk", enabled=progress, leave=False)
     for i in range(0, n_chunks, batch_size):
         batch_nll = chunk_nll(model, chunks[i : i + batch_size].to(device))
         if not torch.isfinite(batch_nll).all():

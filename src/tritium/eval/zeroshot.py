@@ -18,9 +18,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data.sources import require_data_file
+from ..utils.progress import progress_bar
 
 
 @dataclass
@@ -173,8 +173,8 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     results: list[tuple[float, bool] | None] = [None] * len(encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in tqdm(range(0, len(order), batch_size), desc="loglikelihood", unit="batch", disable=not progress,
-                      leave=False):
+    for start in progress_bar(range(0, len(order), batch_size), desc="loglikelihood", unit="batch", enabled=progress,
+                              leave=False):
         batch = order[start : start + batch_size]
         width = max(len(encoded[i][0]) for i in batch)
         inputs = torch.full((len(batch), width), pad, dtype=torch.long)

@@ -16,6 +16,7 @@ def add_pack_parsers(sub) -> None:
     p.add_argument("--format", default="tritium", type=_pack_format,
                    help="tritium (packed modules that from_pretrained loads); for GGUF use `tritium export`")
     p.add_argument("--out", help="packed model folder (default RUN/packed, or MODEL-packed beside a model folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `tritium pack` output at --out")
     p.add_argument("--ternary-layout", choices=["base3", "2bit"], default="base3",
                    help="ternary codes as 5 trits per byte (1.6 bits) or 2 bits each")
     p.add_argument("--scale-dtype", choices=["float16", "bfloat16"], default="float16")
@@ -38,6 +39,7 @@ def add_pack_parsers(sub) -> None:
     e = sub.add_parser("export", help="write a packed (or fake-quant) ternary folder as a GGUF file for llama.cpp")
     e.add_argument("model", help="a folder written by `tritium pack` or `tritium quantize`")
     e.add_argument("--gguf", required=True, help="the .gguf file to write")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --gguf file")
     e.add_argument("--type", default="tq1_0", choices=["tq1_0", "tq2_0"], help="GGUF type of the decoder linears")
     e.add_argument("--embedding-type", default="f16", choices=["f16", "q8_0", "f32"],
                    help="GGUF type of the embedding and output head")
@@ -92,6 +94,7 @@ def cmd_pack(args) -> int:
     from ..pack import PackError
     from ..quant.grids import grid_from_dict
     from ..utils.io import folder_bytes
+    from ..utils.runs import claim_output
 
     folder, default_out = _model_folder(args.run)
     out = Path(args.out) if args.out else default_out
@@ -103,8 +106,9 @@ def cmd_pack(args) -> int:
         raise ValueError(f"--out {out} is the folder being packed; choose another folder")
     if out.exists() and any(out.iterdir()):
         existing = read_quantization_config(out) or {}
-        if existing.get("format") != "packed":  # replacing an earlier `tritium pack` is fine, anything else is not
+        if existing.get("format") != "packed":  # only an earlier `tritium pack` may be replaced (--overwrite)
             raise ValueError(f"{out} exists and is not a packed tritium folder; choose another --out or remove it")
+    claim_output(out, "pack", args.overwrite)  # one writer at a time; an earlier pack is replaced only when told
     codes = load_codes(folder)
     if codes.grid != qconfig.get("grid") or codes.grid_overrides != (qconfig.get("grid_overrides") or {}):
         raise ValueError(f"{folder}: the codes were made on grid {codes.grid} but config.json says "
@@ -174,6 +178,7 @@ def cmd_run(args) -> int:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    _refuse_run_folder(args.model)
     model, tokenizer, source = load_model(args.model, dtype=dtype, device=device)
     if args.chat:
         if not getattr(tokenizer, "chat_template", None):
@@ -185,15 +190,20 @@ def cmd_run(args) -> int:
     if ids.shape[1] == 0:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
     ids = ids.to(device)
-    from ..runtime import FastDecoder, fast_decode_unsupported_reason
+    from ..runtime import FastDecoder, fast_decode_unsupported_reason, new_tokens_within_context
+
+    # Past max_position_embeddings a model's output means nothing: both loops stop at that limit, with a warning.
+    max_new_tokens, warning = new_tokens_within_context(model, ids.shape[1], args.max_new_tokens, "--max-new-tokens")
+    if warning:
+        print(f"tritium: warning: {warning}", file=sys.stderr)
 
     reason = fast_decode_unsupported_reason(model)
     if args.loop == "fast" and reason:
         raise ValueError(f"--loop fast does not support {reason}; use --loop hf")
     if args.loop == "fast" or (args.loop == "auto" and reason is None):
         # The lean loop: same modules and tokens as generate, far fewer torch calls per token.
-        decoder = FastDecoder(model, max_length=ids.shape[1] + args.max_new_tokens, head_dtype="auto")
-        result = decoder.generate(ids, args.max_new_tokens, eos_token_id=model.generation_config.eos_token_id)
+        decoder = FastDecoder(model, max_length=ids.shape[1] + max_new_tokens, head_dtype="auto")
+        result = decoder.generate(ids, max_new_tokens, eos_token_id=model.generation_config.eos_token_id)
         new = result.tokens[0, ids.shape[1]:]
         prefill = result.prefill_seconds
         rate = f"{result.decode_tokens_per_second:.1f} tokens/s" if result.decode_seconds > 0 else "n/a (one token)"
@@ -203,7 +213,7 @@ def cmd_run(args) -> int:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         start = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, use_cache=True, pad_token_id=pad, streamer=clock)
         new = out[0, ids.shape[1]:]
         prefill = clock.times[1] - start if len(clock.times) > 1 else float("nan")
@@ -218,6 +228,20 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _refuse_run_folder(model: str) -> None:
+    """A `tritium quantize` run folder is not a model: name the model folders in it instead."""
+    from ..models import ModelSourceError
+
+    path = Path(model)
+    if not path.is_dir() or (path / "config.json").is_file():
+        return
+    inside = [path / name for name in ("model", "packed") if (path / name / "config.json").is_file()]
+    if inside:
+        kinds = {"model": "the quantized model", "packed": "its packed form, on tritium's kernels"}
+        options = " or ".join(f"`tritium run {p}` ({kinds[p.name]})" for p in inside)
+        raise ModelSourceError(f"{path} is a run folder, not a model folder: run {options}")
+
+
 def cmd_export(args) -> int:
     from ..export.codes import has_codes, load_codes
     from ..export.gguf import write_gguf
@@ -225,6 +249,7 @@ def cmd_export(args) -> int:
     from ..models import load_model
     from ..nn import check_against_weight, packed_modules, packed_to_quantized, unpack_model
     from ..quant.grids import TernaryGrid, grid_from_dict
+    from ..utils.runs import claim_output
 
     folder, _ = _model_folder(args.model)
     qconfig = _quantization_config(folder, "export")
@@ -235,6 +260,7 @@ def cmd_export(args) -> int:
     if qconfig.get("format") != "packed" and not has_codes(folder):
         raise ValueError(f"{folder} is a fake-quant folder without codes: re-run `tritium quantize` (it writes "
                          "tritium_codes.safetensors) or pack it with `tritium pack`, then export that")
+    claim_output(args.gguf, "export", args.overwrite, flag="--gguf")
     print(f"tritium: loading {folder}", file=sys.stderr)
     model, tokenizer, _ = load_model(folder, dtype="auto")
     if qconfig.get("format") == "packed":

@@ -10,6 +10,7 @@ dequantized with gguf's reference code and compared with the model's weights.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from ..utils.errors import TritiumError
+from ..utils.io import TEMPORARY_SUFFIX, temporary_prefix
 from ..models.adapters import decoder_layout
 from ..quant.grids import QuantizedWeight
 from .gguf_tensors import TERNARY_TYPES, choose_tensor_type, decode_tensor, encode_tensor
@@ -171,7 +173,7 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
     tied = layout.lm_head is None or layout.lm_head.weight is layout.embed_tokens.weight
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{temporary_prefix(path)}{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")  # cleaned if orphaned
     report = GGUFReport(str(path))
     expected: dict[str, np.ndarray] = {}
     writer = GGUFWriter(tmp, "llama")

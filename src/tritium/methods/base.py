@@ -182,6 +182,12 @@ def config_from_dict(method: str, grid: dict | Grid, **method_args) -> MethodCon
     return entry.config_class(grid=grid_obj, **method_args)
 
 
+def unmatched_patterns(names, patterns) -> list[str]:
+    """The fnmatch patterns of ``patterns`` that match none of ``names``."""
+    names = list(names)
+    return [p for p in patterns if not any(fnmatch.fnmatch(n, p) for n in names)]
+
+
 def selected_linears(layout: DecoderLayout, skip: tuple[str, ...]) -> dict[str, nn.Linear]:
     linears = layout.quantizable_linears()
     chosen = {n: m for n, m in linears.items() if not any(fnmatch.fnmatch(n, p) for p in skip)}

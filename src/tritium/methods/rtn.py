@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
 from ..quant.grids import quantize_weight
+from ..utils.progress import progress_bar
 from .base import MethodConfig, register_method
 
 
@@ -19,6 +18,6 @@ class RTNConfig(MethodConfig):
 def rtn(model, layout, config: RTNConfig, linears, calibration):
     weights = {
         name: quantize_weight(module.weight.detach(), config.grid_for(name), name=name)
-        for name, module in tqdm(linears.items(), desc="rtn", unit="layer", leave=False, mininterval=2)
+        for name, module in progress_bar(linears.items(), desc="rtn", unit="layer", leave=False, mininterval=2)
     }
     return weights, {}

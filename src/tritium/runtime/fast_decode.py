@@ -14,6 +14,7 @@ models both run through it, so comparisons stay fair. Its tokens equal
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +29,38 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 class UnsupportedForFastDecode(TritiumError, ValueError):
     """The model needs the generic Hugging Face ``generate`` path."""
+
+
+class ContextLimitError(TritiumError, ValueError):
+    """The prompt leaves no room in the model's context for a new token."""
+
+
+def context_limit(model: nn.Module) -> int | None:
+    """The longest sequence the model was made for (max_position_embeddings), None where it has none."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def fit_to_limit(prompt_tokens: int, max_new_tokens: int, limit: int | None, what: str,
+                 flag: str = "max_new_tokens") -> tuple[int, str | None]:
+    """How many of ``max_new_tokens`` fit after a prompt of ``prompt_tokens`` within ``limit`` tokens
+    (``what`` names the limit), and a warning when fewer than asked; generation stops at the limit rather
+    than run on positions the model never saw. A prompt that fills the limit already is refused."""
+    if limit is None or prompt_tokens + max_new_tokens <= limit:
+        return max_new_tokens, None
+    room = limit - prompt_tokens
+    if room < 1:
+        raise ContextLimitError(f"the prompt is {prompt_tokens} tokens and {what} is {limit}: no room is left for "
+                                "a new token; shorten the prompt")
+    return room, (f"the prompt ({prompt_tokens} tokens) plus {flag} {max_new_tokens} exceeds {what} of {limit} "
+                  f"tokens: generation stops at the limit, after at most {room} new tokens")
+
+
+def new_tokens_within_context(model: nn.Module, prompt_tokens: int, max_new_tokens: int,
+                              flag: str = "max_new_tokens") -> tuple[int, str | None]:
+    """:func:`fit_to_limit` against the model's context (max_position_embeddings)."""
+    return fit_to_limit(prompt_tokens, max_new_tokens, context_limit(model),
+                        "the model's context (max_position_embeddings)", flag)
 
 
 def fast_decode_unsupported_reason(model: nn.Module) -> str | None:
@@ -131,10 +164,15 @@ class FastDecoder:
         self.n_kv_heads = getattr(config, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.hidden = config.hidden_size
-        self.max_length = max_length or config.max_position_embeddings
+        # Generation stops at the model's context (and at a sliding window: past it the attention pattern
+        # changes), whatever max_length asks: positions past it were never trained.
+        self.limit, self.limit_name = context_limit(model), "the model's context (max_position_embeddings)"
         window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-        if window is not None and self.max_length > window:
-            self.max_length = window  # past the window the attention pattern changes: stop there
+        if window is not None and (self.limit is None or window < self.limit):
+            self.limit, self.limit_name = int(window), "the model's sliding window"
+        self.max_length = min(max_length or self.limit, self.limit) if self.limit else max_length
+        if not self.max_length:
+            raise UnsupportedForFastDecode("the model's config gives no max_position_embeddings: pass max_length")
         self.eps = [(b.input_layernorm.variance_epsilon, b.post_attention_layernorm.variance_epsilon)
                     for b in self.blocks]
         self.final_eps = model.model.norm.variance_epsilon
@@ -223,6 +261,10 @@ class FastDecoder:
             raise ValueError(f"the fast decode loop takes one prompt [1, T]; got shape {tuple(ids.shape)}")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if self.max_length == self.limit:  # the model's own limit: stop there (a smaller max_length is the caller's)
+            max_new_tokens, warning = fit_to_limit(ids.shape[1], max_new_tokens, self.limit, self.limit_name)
+            if warning:
+                warnings.warn(warning, RuntimeWarning, stacklevel=2)
         stop = set() if eos_token_id is None else {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
         device = self.model.model.embed_tokens.weight.device
         dtype = self.model.model.embed_tokens.weight.dtype

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 _SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
 
@@ -131,15 +130,17 @@ def cmd_distill(args) -> int:
     from ..models import load_model
     from ..quant.grids import grid_to_dict
     from ..data import load_eval_text
-    from ..runner import default_run_folder, evaluate, float_row, peak_rss_megabytes, quantized_row
+    from ..runner import evaluate, float_row, peak_rss_megabytes, quantized_row
     from ..utils.io import folder_bytes
+    from ..utils.runs import claim_run_folder, job_settings
     from .distill import distill, train_result_summary
 
     recipe = _recipe_from_args(args)
     # fails before the model loads, as does an --init-from on another grid (only its config.json is read)
     config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
     tag = recipe.get("name") or "distill"
-    out = Path(args.out) if args.out else default_run_folder(args.model, tag)
+    # The same job unfinished continues (the training checkpoint in it resumes, unless --no-resume).
+    out = claim_run_folder(args.out, "distill", job_settings(args), args.overwrite, (args.model, tag)).path
     progress = not args.no_progress
     print(f"tritium: loading {args.model}", file=sys.stderr)
     model, tokenizer, source = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)

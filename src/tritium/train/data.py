@@ -137,6 +137,9 @@ def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
         import datasets
     except ImportError as err:
         raise TrainDataError(f"{spec!r} needs the datasets library: run `pip install datasets`") from err
+    from ..utils.progress import follow_progress_switch
+
+    follow_progress_switch(datasets)  # --no-progress reaches its download bars
     try:
         rows = datasets.load_dataset(path, config, split=split)
     except Exception as err:  # no network, unknown set: say so plainly
@@ -415,8 +418,7 @@ def generate_teacher_corpus(model, tokenizer, folder, cfg: TeacherSamplingConfig
     finished corpus is reused; a folder made by another teacher or other settings is refused.
     """
     from safetensors.torch import save as save_safetensors
-    from tqdm.auto import tqdm
-
+    from ..utils.progress import progress_bar
     from .losses import check_same_vocabulary
 
     check_context(model, cfg.seqlen)
@@ -441,7 +443,7 @@ def generate_teacher_corpus(model, tokenizer, folder, cfg: TeacherSamplingConfig
     was_training = model.training
     model.eval()
     names = corpus.shard_names()
-    bar = tqdm(total=cfg.n_sequences, desc="teacher samples", unit="seq", disable=not progress)
+    bar = progress_bar(total=cfg.n_sequences, desc="teacher samples", unit="seq", enabled=progress)
     for index, name in enumerate(names):
         count = min(cfg.shard_size, cfg.n_sequences - index * cfg.shard_size)
         if (folder / name).is_file():

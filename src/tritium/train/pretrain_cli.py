@@ -46,7 +46,9 @@ def _add_shared(p, token_count) -> None:
     p.add_argument("--zeroshot", type=_csv, help="zero-shot tasks, comma separated (piqa, arc_easy, ...)")
     p.add_argument("--zeroshot-limit", type=int)
     p.add_argument("--data-dir", help="folder of the evaluation data sets (overrides $TRITIUM_DATA)")
-    p.add_argument("--out", help="run folder (default runs/<what>-<time>)")
+    p.add_argument("--out", help="run folder (default: a new runs/<what>-<time>); one that holds a run already is "
+                                 "refused, unless it is this same job unfinished (it resumes) or --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out that holds another or a finished run")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-progress", action="store_true")
 
@@ -128,14 +130,15 @@ def cmd_pretrain(args) -> int:
     from ..eval.size import size_report
     from ..models.spectra import load_spectra_model
     from ..quant.grids import TernaryGrid
-    from ..runner import default_run_folder
+    from ..utils.runs import claim_run_folder, job_settings
     from .pretrain import pretrain, pretrain_config
     from .suite import FAMILY, SuiteConfig, evaluate_model, model_linears
 
-    out = Path(args.out) if args.out else default_run_folder(f"{args.arch}-{args.size}", "pretrain")
     train = {"tokens": 1_000_000, "micro_batch_size": 8, **_train_overrides(args)}
     config = pretrain_config(args.arch, args.size, recipe=args.recipe, train=train, seqlen=args.seqlen or 256,
                              lr=args.lr, shards=args.shards)  # fails before any tokenizing
+    out = claim_run_folder(args.out, "pretrain", job_settings(args), args.overwrite,
+                           (f"{args.arch}-{args.size}", "pretrain")).path
     tokens = _token_folder(args, out)
     tokenizer = tokens.tokenizer()
     print(f"tritium: pretraining {FAMILY[config.arch]} {config.size} (peak lr {config.peak_lr:g}, "
@@ -164,15 +167,16 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from ..runner import default_run_folder
+    from ..utils.runs import claim_run_folder, job_settings
     from .suite import run_suite, suite_config_from_recipe
 
-    out = Path(args.out) if args.out else default_run_folder("spectra", "suite")
     config = suite_config_from_recipe(
         args.recipe, sizes=args.sizes, kinds=args.kinds, quant_bits=args.quant_bits, seqlen=args.seqlen,
         eval_datasets=args.eval, eval_limit=args.limit, zeroshot=args.zeroshot, zeroshot_limit=args.zeroshot_limit,
         seed=args.seed, train=_train_overrides(args),
         overrides={k: v for k, v in (("lr", args.lr), ("shards", args.shards)) if v is not None} or None)
+    # The same job unfinished continues where it stopped (the suite's own checkpoints).
+    out = claim_run_folder(args.out, "suite", job_settings(args), args.overwrite, ("spectra", "suite")).path
     tokens = _token_folder(args, out)
     paths, entries = run_suite(config, tokens.path, out, args.data_dir, progress=not args.no_progress,
                                log=lambda m: print(m, file=sys.stderr))

@@ -518,7 +518,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self, resume: bool = True) -> TrainResult:
-        from tqdm.auto import tqdm
+        from ..utils.progress import progress_bar
 
         cfg = self.config
         latest = self.latest_checkpoint() if resume else None
@@ -526,8 +526,8 @@ class Trainer:
             self.load_checkpoint(latest)
         start_tokens = self.tokens
         train_seconds = 0.0
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
-                   disable=not cfg.progress or self.rank != 0, dynamic_ncols=True)
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                           enabled=cfg.progress and self.rank == 0, dynamic_ncols=True)
         if self.device.type == "cpu" and cfg.progress and self.rank == 0:
             hint = cpu_precision_hint(cfg.precision)
             if hint:

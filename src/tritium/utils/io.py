@@ -1,9 +1,16 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic writes: a reader sees the old file or the new one, never half of either.
+
+Every temporary file or folder these helpers make is named ``.<name>.tritium-<pid>.<random>.tmp`` beside
+its target: hidden, never loaded, and removed on any failure, KeyboardInterrupt included. Only a process
+killed outright (SIGKILL, power loss) can leave one behind; the pid in the name lets the next run in that
+folder (:func:`tritium.utils.runs.clean_stale_temporaries`) tell an orphan from a live writer's file.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -16,10 +23,18 @@ def _umask() -> int:
     return mask
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_prefix(path: Path) -> str:
+    """The name every temporary of ``path`` starts with; the pid says which process owns it."""
+    return f".{path.name}.tritium-{os.getpid()}."
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -45,24 +60,30 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
 def atomic_directory(path: str | os.PathLike):
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole.
 
-    If the body raises, the temporary folder is removed and an existing ``path`` is untouched.
+    If the body raises (KeyboardInterrupt included), the temporary folder is removed and an existing
+    ``path`` is untouched; an interruption while swapping the folders puts the old ``path`` back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=path.parent))
     old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        try:
+            if path.exists():
+                old = path.with_name(f"{temporary_prefix(path)}old-{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None and not path.exists():
+                os.replace(old, path)  # interrupted halfway through the swap: the old folder comes back
+                old = None
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def folder_bytes(path: str | os.PathLike) -> int:

@@ -1,0 +1,44 @@
+"""One switch for every progress bar: tritium's own (:func:`progress_bar`) and those of transformers,
+huggingface_hub and datasets. ``--no-progress`` turns it off for the whole command."""
+
+from __future__ import annotations
+
+import sys
+
+_enabled = True
+
+
+def progress_bars_enabled() -> bool:
+    return _enabled
+
+
+def set_progress_bars(enabled: bool) -> None:
+    """Show (True) or hide (False) every progress bar of this process from now on."""
+    global _enabled
+    _enabled = bool(enabled)
+    # transformers' switch sets huggingface_hub's too. Importing it is needed only to turn bars off: a library
+    # imported later starts with them on. (Their environment variables are not used: once read, they would
+    # forbid turning the bars back on for the next command of the same process.)
+    if not _enabled or "transformers" in sys.modules:
+        try:
+            from transformers.utils import logging as transformers_logging
+        except ImportError:
+            pass
+        else:
+            (transformers_logging.enable_progress_bar if _enabled else transformers_logging.disable_progress_bar)()
+    if "datasets" in sys.modules:  # importing datasets only to switch its bars would cost seconds
+        follow_progress_switch(sys.modules["datasets"])
+
+
+def follow_progress_switch(datasets_module) -> None:
+    """Give ``datasets`` (just imported by the caller) the switch's state."""
+    switch = getattr(datasets_module, "enable_progress_bars" if _enabled else "disable_progress_bars", None)
+    if switch is not None:
+        switch()
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
+    """A tqdm bar, shown only when ``enabled`` and progress bars are on (:func:`set_progress_bars`)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not (enabled and _enabled), **kwargs)
