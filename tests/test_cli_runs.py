@@ -85,19 +85,33 @@ def test_default_run_folders_of_runs_started_in_the_same_second_differ(tiny_fold
         assert (tmp_path / "runs" / name / "results.json").is_file()
 
 
-def test_a_killed_save_leaves_nothing_that_loads_and_the_next_run_clears_leftovers(tiny_folder, tiny_data,
+@pytest.mark.parametrize("save_format", ["packed", "fake"])
+def test_a_killed_save_leaves_nothing_that_loads_and_the_next_run_clears_leftovers(tiny_folder, tiny_data, save_format,
                                                                                   tmp_path, monkeypatch, capsys):
+    import contextlib
+
     import tritium.export.codes as codes
+    import tritium.utils.io as io
     from tritium.models import load_model
 
     out = tmp_path / "run"
+    real_atomic_directory = io.atomic_directory
 
-    def killed(*args, **kwargs):  # the last step of the model's save
+    @contextlib.contextmanager
+    def killed_before_the_rename(folder):  # every file of the packed model written, the swap not yet done
+        with real_atomic_directory(folder) as tmp:
+            yield tmp
+            raise KeyboardInterrupt("killed while saving")
+
+    def killed(*args, **kwargs):  # the last step of the fake-quant model's save
         raise KeyboardInterrupt("killed while saving")
 
-    monkeypatch.setattr(codes, "write_codes", killed)
+    if save_format == "packed":
+        monkeypatch.setattr(io, "atomic_directory", killed_before_the_rename)
+    else:
+        monkeypatch.setattr(codes, "write_codes", killed)
     with pytest.raises(KeyboardInterrupt):
-        main(rtn(tiny_folder, "--out", str(out)))
+        main(rtn(tiny_folder, "--out", str(out), "--format", save_format))
     monkeypatch.undo()
     assert not out.exists()  # no half-written model, no temporary, no lock: the run had made the folder itself
     # a run killed outright (SIGKILL) leaves its lock and a temporary copy of the model behind
@@ -110,7 +124,7 @@ def test_a_killed_save_leaves_nothing_that_loads_and_the_next_run_clears_leftove
     (orphan / "config.json").write_text("{}")
     (orphan / "model.safetensors").write_bytes(b"\0" * 100_000)
     capsys.readouterr()
-    assert main(rtn(tiny_folder, "--out", str(out))) == 0
+    assert main(rtn(tiny_folder, "--out", str(out), "--format", save_format)) == 0
     err = capsys.readouterr().err
     assert "took over the lock" in err and f"removed {orphan}" in err
     assert sorted(p.name for p in out.iterdir()) == ["model", "results.json", "results.md", RECORD_FILE]
