@@ -72,7 +72,7 @@ def _model_folder(path: str) -> tuple[Path, Path]:
 def _quantization_config(folder: Path, command: str) -> dict:
     from ..models.loader import read_quantization_config
 
-    qconfig = read_quantization_config(folder)
+    qconfig = read_quantization_config(folder)  # the caller has checked the folder against its manifest
     if not qconfig or qconfig.get("quant_method") != "tritium":
         raise ValueError(f"{folder} is not a tritium-quantized model: quantize it first with "
                          f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
@@ -84,6 +84,14 @@ def _megabytes(n: int) -> str:
 
 
 def cmd_pack(args) -> int:
+    from ..utils.integrity import verified_folder
+
+    folder, default_out = _model_folder(args.run)
+    with verified_folder(folder):  # config.json and the codes are read before the model loads
+        return _pack(args, folder, default_out)
+
+
+def _pack(args, folder: Path, default_out: Path) -> int:
     from ..export.codes import load_codes
     from ..export.hf import grids_from_dicts, save_packed
     from ..models import load_model
@@ -93,7 +101,6 @@ def cmd_pack(args) -> int:
     from ..quant.grids import grid_from_dict
     from ..utils.io import folder_bytes
 
-    folder, default_out = _model_folder(args.run)
     out = Path(args.out) if args.out else default_out
     qconfig = _quantization_config(folder, "pack")
     if qconfig.get("format") == "packed":
@@ -219,6 +226,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from ..utils.integrity import verified_folder
+
+    folder, _ = _model_folder(args.model)
+    with verified_folder(folder):  # config.json and the codes are read before the model loads
+        return _export(args, folder)
+
+
+def _export(args, folder: Path) -> int:
     from ..export.codes import has_codes, load_codes
     from ..export.gguf import write_gguf
     from ..export.hf import grids_from_dicts
@@ -226,7 +241,6 @@ def cmd_export(args) -> int:
     from ..nn import check_against_weight, packed_modules, packed_to_quantized, unpack_model
     from ..quant.grids import TernaryGrid, grid_from_dict
 
-    folder, _ = _model_folder(args.model)
     qconfig = _quantization_config(folder, "export")
     grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
     if not isinstance(grid, TernaryGrid):
