@@ -178,3 +178,27 @@ def test_digest_file_covers_ranges_and_skips_exactly(tmp_path, monkeypatch):
     assert sha == hashlib.sha256(data[:1990] + data[2054:]).hexdigest()
     assert crcs == {"a": f"{zlib.crc32(data[10:2500]):08x}", "b": f"{zlib.crc32(b''):08x}",
                     "c": f"{zlib.crc32(data[99_000:128_000]):08x}"}
+
+
+def test_weights_hashed_in_the_background_are_still_checked_before_the_load_returns(packed_folder, copy_of,
+                                                                                    monkeypatch):
+    from tritium.pack import PackError
+
+    monkeypatch.setattr(integrity, "BACKGROUND_BYTES", 0)  # the tiny weights take the path large ones take
+    model, _, _ = load_model(packed_folder)
+    assert model is not None
+    ranges = safetensors_tensor_ranges(packed_folder / "model.safetensors")
+    codes = "model.layers.0.mlp.up_proj.packed"
+    for tensor, offset in [("model.embed_tokens.weight", ranges["model.embed_tokens.weight"][0] + 5),
+                           (codes, ranges[codes][0])]:
+        folder = copy_of(packed_folder)
+        _flip(folder / "model.safetensors", offset)
+        with pytest.raises(DamagedFileError, match=rf"{tensor}") as caught:
+            load_model(folder)
+        if tensor == codes:  # the load failed on the codes' own CRC first; the damaged file explains it
+            assert isinstance(caught.value.__cause__, PackError)
+        shutil.rmtree(folder)
+    folder = copy_of(packed_folder)
+    _flip(folder / "model.safetensors", 30)
+    with pytest.raises(DamagedFileError, match="its header"):  # refused before the load starts
+        load_model(folder)

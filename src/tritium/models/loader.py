@@ -151,7 +151,8 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
         from ..utils.gguf_file import check_gguf
 
         check_gguf(Path(resolved.location) / resolved.gguf_file)
-    scope = verified_folder(resolved.location) if resolved.kind == "folder" else nullcontext()
+    # The weights are hashed beside the load, which reads them too; leaving the block waits for it.
+    scope = verified_folder(resolved.location, background=True) if resolved.kind == "folder" else nullcontext()
     try:
         with scope as check:
             if resolved.kind == "folder":

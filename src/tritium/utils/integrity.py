@@ -5,8 +5,10 @@ written last and atomically. It records each file's size and sha256 and, for eve
 safetensors file, the byte range and CRC-32 of each tensor in it, whatever the tensor is
 (codes, scales, embeddings, norms, an LM head), so a damaged file is not only refused but
 the damaged tensors are named. Loading checks the whole folder in one read of each file
-(hashlib and zlib at memory speed); a folder with a manifest that does not match is always
-refused. A folder without one (written before manifests) loads with one warning.
+(hashlib and zlib at memory speed); ``tritium.models.load_model`` hashes the large weight files
+in a thread beside the load that reads them and waits for it before returning, so the check
+costs little wall time and is never skipped. A folder with a manifest that does not match is
+always refused. A folder without one (written before manifests) loads with one warning.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import re
 import struct
+import threading
 import warnings
 import zlib
 from contextlib import contextmanager
@@ -29,6 +32,8 @@ MANIFEST_FILE = "tritium_manifest.json"
 MANIFEST_FORMAT = "tritium-manifest"
 MANIFEST_VERSION = 1
 READ_CHUNK = 16 << 20  # large reads: hashing runs at memory speed, not at syscall speed
+# verify_folder(background=True) hashes files larger than this in a thread, beside the load that reads them
+BACKGROUND_BYTES = 8 << 20
 # Files a loader reads (weights, configs, tokenizers, chat templates, remote code): one that the
 # manifest does not list was added after saving and is refused. Other files (a README) are ignored.
 LOADER_INPUTS = re.compile(r".*\.(safetensors|bin|pt|pth|json|gguf|model|txt|jinja|py|tiktoken)$")
@@ -51,6 +56,20 @@ class UnsealedFolderWarning(UserWarning):
 class FolderCheck:
     folder: Path
     files: dict[str, int] = field(default_factory=dict)  # checked file -> bytes
+    _thread: threading.Thread | None = None  # hashing the large files, when the caller let it run in the background
+    _damage: list = field(default_factory=list)
+
+    def join(self) -> DamagedFileError | None:
+        """Wait for the background hashing; the damage it found, if any."""
+        if self._thread is not None:
+            self._thread.join()
+        return self._damage[0] if self._damage else None
+
+    def wait(self) -> None:
+        """Wait for the background hashing and raise what it found: the check is never skipped."""
+        damage = self.join()
+        if damage is not None:
+            raise damage
 
 
 # ----------------------------------------------------------------------------- safetensors layout
@@ -134,6 +153,14 @@ def digest_file(path: str | os.PathLike, ranges: dict[str, tuple[int, int]] | No
     return sha.hexdigest(), {name: f"{crc:08x}" for name, crc in crcs.items()}
 
 
+def _header_digest(path: Path) -> str:
+    """sha256 of a safetensors file's header (its length and JSON): checkable before the body is read."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+        return hashlib.sha256(head + f.read(min(length, 100 << 20))).hexdigest()
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -151,6 +178,7 @@ def manifest_of(folder: str | os.PathLike) -> dict:
         sha, crcs = digest_file(path, ranges)
         entry = {"bytes": path.stat().st_size, "sha256": sha}
         if ranges is not None:
+            entry["header_sha256"] = _header_digest(path)
             entry["tensors"] = {name: {"offsets": list(ranges[name]), "crc32": crcs[name]} for name in sorted(ranges)}
         files[path.relative_to(folder).as_posix()] = entry
     body = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "written_by": "tritium", "files": files}
@@ -195,7 +223,7 @@ def _read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def _check_file(folder: Path, name: str, entry: dict) -> int:
+def _check_size(folder: Path, name: str, entry: dict) -> int:
     path = folder / name
     if not path.is_file():
         raise DamagedFileError(f"{path} is missing: the folder's {MANIFEST_FILE} lists it; {REEXPORT}")
@@ -204,6 +232,18 @@ def _check_file(folder: Path, name: str, entry: dict) -> int:
         how = "truncated or was edited" if size < entry["bytes"] else "longer than written (damaged or edited)"
         raise DamagedFileError(f"{path} is {how}: {size} bytes, {entry['bytes']} in the {MANIFEST_FILE} written when "
                                f"tritium saved it; {REEXPORT}")
+    return size
+
+
+def _check_header(folder: Path, name: str, entry: dict) -> None:
+    if "header_sha256" in entry and _header_digest(folder / name) != entry["header_sha256"]:
+        raise DamagedFileError(f"{folder / name} does not match the sha256 recorded in {MANIFEST_FILE} when tritium "
+                               f"saved it (its header, the tensor names, shapes and dtypes, changed): the file is "
+                               f"damaged or was edited; {REEXPORT}")
+
+
+def _check_digest(folder: Path, name: str, entry: dict) -> None:
+    path = folder / name
     tensors = entry.get("tensors", {})
     try:
         ranges = {t: (int(info["offsets"][0]), int(info["offsets"][1])) for t, info in tensors.items()}
@@ -219,7 +259,6 @@ def _check_file(folder: Path, name: str, entry: dict) -> int:
                  "its bytes changed")
         raise DamagedFileError(f"{path} does not match the sha256 recorded in {MANIFEST_FILE} when tritium saved it "
                                f"({where}): the file is damaged or was edited; {REEXPORT}")
-    return size
 
 
 # Folders checked by an enclosing verified_folder() block, with what the check found (None: no manifest).
@@ -231,12 +270,15 @@ def has_manifest(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MANIFEST_FILE).is_file()
 
 
-def verify_folder(folder: str | os.PathLike) -> FolderCheck | None:
+def verify_folder(folder: str | os.PathLike, background: bool = False) -> FolderCheck | None:
     """Check every file of ``folder`` against its manifest; None when the folder has no manifest.
 
     Raises :class:`DamagedFileError` naming the first file that is missing, truncated, changed or
-    added after saving. Inside :func:`verified_folder` for the same folder, returns that block's
-    result at once instead of reading the files again."""
+    added after saving. With ``background``, files over :data:`BACKGROUND_BYTES` (the weights) are
+    hashed in a thread while the caller loads them: sizes, small files (config.json, tokenizer)
+    and safetensors headers are still checked first, and :meth:`FolderCheck.wait` must be called
+    before the load is trusted (:func:`verified_folder` does). Inside :func:`verified_folder` for
+    the same folder, returns that block's check at once instead of reading the files again."""
     folder = Path(folder)
     key = str(folder.resolve())
     if key in _VERIFIED.get():
@@ -246,13 +288,31 @@ def verify_folder(folder: str | os.PathLike) -> FolderCheck | None:
     files = _read_manifest(folder)["files"]
     check = FolderCheck(folder)
     for name, entry in files.items():
-        check.files[name] = _check_file(folder, name, entry)
+        check.files[name] = _check_size(folder, name, entry)
     added = [p.relative_to(folder).as_posix() for p in _listed_files(folder)
              if p.relative_to(folder).as_posix() not in files and LOADER_INPUTS.match(p.name)]
     if added:
         raise DamagedFileError(f"{folder} holds {', '.join(added[:3])}, which its {MANIFEST_FILE} does not list: "
                                f"the file was added after tritium saved the folder and would be read on load; remove "
                                f"it or {REEXPORT}")
+    later = [name for name in files if background and check.files[name] > BACKGROUND_BYTES]
+    for name, entry in files.items():
+        if name in later:
+            _check_header(folder, name, entry)
+        else:
+            _check_digest(folder, name, entry)
+    if later:
+        def hash_large_files():
+            try:
+                for name in later:
+                    _check_digest(folder, name, files[name])
+            except DamagedFileError as err:
+                check._damage.append(err)
+            except OSError as err:
+                check._damage.append(DamagedFileError(f"{folder}: reading it to check it failed ({err})"))
+
+        check._thread = threading.Thread(target=hash_large_files, name="tritium-verify", daemon=True)
+        check._thread.start()
     return check
 
 
@@ -269,13 +329,23 @@ def warn_unsealed(folder: str | os.PathLike) -> None:
 
 
 @contextmanager
-def verified_folder(folder: str | os.PathLike):
+def verified_folder(folder: str | os.PathLike, background: bool = False):
     """Verify ``folder`` once (see :func:`verify_folder`) and skip re-checking it inside the block.
 
-    Yields the :class:`FolderCheck`, or None when the folder has no manifest."""
-    check = verify_folder(folder)
+    Yields the :class:`FolderCheck`, or None when the folder has no manifest. With ``background``
+    the weights are hashed while the block runs and the block's exit waits for them: damage found
+    there is raised on leaving the block, in place of whatever the block raised (a damaged file
+    explains a failed load better than the failure does)."""
+    check = verify_folder(folder, background)
     token = _VERIFIED.set({**_VERIFIED.get(), str(Path(folder).resolve()): check})
     try:
         yield check
+    except BaseException as err:
+        damage = check.join() if check is not None else None
+        if damage is not None:
+            raise damage from err
+        raise
     finally:
         _VERIFIED.reset(token)
+    if check is not None:
+        check.wait()
