@@ -217,6 +217,6 @@ def test_eval_of_a_packed_folder_reports_the_bits_its_modules_hold(ternary_run, 
         assert main(["pack", str(ternary_run)]) == 0
     row, captured = _eval_row(capsys, ternary_run / "packed", tmp_path / "eval")
     real = packed_bits_report(AutoModelForCausalLM.from_pretrained(ternary_run / "packed"))["bits_per_weight"]
-    assert row["size"]["linear_bits_per_weight"] == pytest.approx(real)
+    assert row["stored_bits_per_weight"] == pytest.approx(real)
     assert row["storage"] == f"packed ternary base3 in 14 linears, {real:.2f} bits/weight"
     assert row["storage"] in captured.out

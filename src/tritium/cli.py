@@ -261,10 +261,10 @@ def cmd_eval(args) -> int:
         row = {"model": "quantized", "method": qconfig["method"], "bits": round(bits, 2),
                "grid": grid.describe() + (f" ({len(overrides)} linears on their own grids)" if overrides else ""),
                "group": grid.group, "storage": "fake-quant (float weights on the grid)"}
-        if qconfig.get("format") == "packed":  # sized from the bytes the packed modules really hold
-            from .eval.size import packed_size_report
+        if qconfig.get("format") == "packed":  # what the packed modules really hold, beside the Spectra count
+            from .eval.size import packed_storage
 
-            size, row["storage"] = packed_size_report(model)
+            row["stored_bits_per_weight"], row["storage"] = packed_storage(model)
     elif source.gguf_file:  # dequantized to float for the evaluation, but stored in GGUF types
         from .eval.size import gguf_size_report
 

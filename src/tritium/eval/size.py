@@ -75,38 +75,34 @@ def size_report(model: nn.Module, grid: Grid | None = None, quantized: Iterable[
     return SizeReport(linear_params, linear_bits, embedding.numel(), head_params, other, len(quantized))
 
 
-def packed_size_report(model: nn.Module) -> tuple[SizeReport, str]:
-    """Size of a model holding packed modules, counted from the bytes those modules hold (codes with
-    their padding, scales, zero points, shifts), and a one-line description of that storage."""
+def packed_storage(model: nn.Module) -> tuple[float, str]:
+    """Bits per weight the decoder linears of a model holding packed modules really take on disk (codes with
+    their layout's padding, scales, zero points, shifts; float linears at 16 bits), and a one-line description
+    such as "packed ternary base3 in 14 linears, 1.75 bits/weight". The Spectra count of :func:`size_report`
+    counts the grid's dense width instead, as the bit budget does."""
     from ..nn.convert import packed_modules
     from ..nn.packed_linear import TernaryLinear
     from ..pack.packed import bits_per_weight
 
-    layout = decoder_layout(model)
-    linears = layout.quantizable_linears()
+    linears = decoder_layout(model).quantizable_linears()
     packed = {name: m for name, m in packed_modules(model).items() if name in linears}
-    linear_params, linear_bits = 0, 0.0
+    weights, bits = 0, 0.0
     kinds: dict[str, int] = {}
     for name, module in linears.items():
-        n_bias = module.bias.numel() if module.bias is not None else 0
         n_weight = module.out_features * module.in_features
-        linear_params += n_weight + n_bias
+        weights += n_weight
         if name in packed:
-            linear_bits += bits_per_weight(packed[name].packed_weight())["bits_per_weight"] * n_weight
+            bits += bits_per_weight(packed[name].packed_weight())["bits_per_weight"] * n_weight
             radix = packed[name].radix
             label = (f"ternary {'base3' if radix == 3 else '2-bit'}" if isinstance(packed[name], TernaryLinear)
                      else f"{radix.bit_length() - 1}-bit")
             kinds[label] = kinds.get(label, 0) + 1
         else:
-            linear_bits += FLOAT_BITS * n_weight
-        linear_bits += FLOAT_BITS * n_bias
-    float_report = size_report(model)
-    report = SizeReport(linear_params, linear_bits, float_report.embedding_params, float_report.lm_head_params,
-                        float_report.other_params, len(packed))
-    codes = "/".join(sorted(kinds, key=lambda k: -kinds[k]))
+            bits += FLOAT_BITS * n_weight
+    per_weight = bits / max(weights, 1)
     left = len(linears) - len(packed)
-    return report, (f"packed {codes} in {len(packed)} linears" + (f", {left} float" if left else "")
-                    + f", {report.linear_bits_per_weight:.2f} bits/weight")
+    return per_weight, (f"packed {'/'.join(sorted(kinds, key=lambda k: -kinds[k]))} in {len(packed)} linears"
+                        + (f", {left} float" if left else "") + f", {per_weight:.2f} bits/weight")
 
 
 GGUF_LINEAR_NAMES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
