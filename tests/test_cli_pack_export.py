@@ -184,3 +184,40 @@ def test_pack_and_export_errors_are_clear(ternary_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["pack", str(ternary_run), "--format", "gguf"])
     assert "tritium export" in capsys.readouterr().err
+
+
+def _eval_row(capsys, model, out):
+    import json
+
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--eval", "none", "--no-progress", "--out", str(out)]) == 0
+    return json.loads((out / "results.json").read_text())["rows"][0], capsys.readouterr()
+
+
+def test_eval_of_a_gguf_reports_its_types_and_real_bits(tmp_path, capsys):
+    from tritium.export.gguf import write_gguf
+
+    # down_proj's 384-wide rows do not split into 256-blocks: Q4_0 there, TQ1_0 elsewhere
+    model = tiny_model("llama", hidden_size=256, intermediate_size=384)
+    result = quantize_(model, RTNConfig(grid=TernaryGrid("absmean", group="channel")))
+    write_gguf(model, tmp_path / "m.gguf", result.weights, "tq1_0", tokenizer=tiny_tokenizer())
+    linears = [t for t in GGUFReader(tmp_path / "m.gguf").tensors
+               if t.name.startswith("blk.") and len(t.shape) == 2]
+    bits = 8 * sum(int(t.n_bytes) for t in linears) / sum(int(t.n_elements) for t in linears)
+    row, captured = _eval_row(capsys, tmp_path / "m.gguf", tmp_path / "eval")
+    assert row["model"] == "gguf" and row["method"] == "TQ1_0/Q4_0" and row["gguf_types"] == {"TQ1_0": 12, "Q4_0": 2}
+    assert row["bits"] == round(bits, 2) and row["size"]["linear_bits_per_weight"] == pytest.approx(bits)
+    assert row["storage"] == f"gguf TQ1_0/Q4_0 mix, {bits:.2f} bits/weight"
+    assert "float" not in captured.out and f"gguf TQ1_0/Q4_0 mix, {bits:.2f} bits/weight" in captured.out
+
+
+def test_eval_of_a_packed_folder_reports_the_bits_its_modules_hold(ternary_run, tmp_path, capsys):
+    from tritium.nn import packed_bits_report
+
+    if not (ternary_run / "packed").exists():
+        assert main(["pack", str(ternary_run)]) == 0
+    row, captured = _eval_row(capsys, ternary_run / "packed", tmp_path / "eval")
+    real = packed_bits_report(AutoModelForCausalLM.from_pretrained(ternary_run / "packed"))["bits_per_weight"]
+    assert row["stored_bits_per_weight"] == pytest.approx(real)
+    assert row["storage"] == f"packed ternary base3 in 14 linears, {real:.2f} bits/weight"
+    assert row["storage"] in captured.out

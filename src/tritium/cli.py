@@ -284,10 +284,22 @@ def cmd_eval(args) -> int:
         bits = sum(float(overrides.get(n, grid).bits) * count for n, count in weights.items()) / sum(weights.values())
         row = {"model": "quantized", "method": qconfig["method"], "bits": round(bits, 2),
                "grid": grid.describe() + (f" ({len(overrides)} linears on their own grids)" if overrides else ""),
-               "group": grid.group}
+               "group": grid.group, "storage": "fake-quant (float weights on the grid)"}
+        if qconfig.get("format") == "packed":  # what the packed modules really hold, beside the Spectra count
+            from .eval.size import packed_storage
+
+            row["stored_bits_per_weight"], row["storage"] = packed_storage(model)
+    elif source.gguf_file:  # dequantized to float for the evaluation, but stored in GGUF types
+        from .eval.size import gguf_size_report
+
+        size, types, storage = gguf_size_report(Path(source.location) / source.gguf_file)
+        row = {"model": "gguf", "method": "/".join(types), "bits": round(size.linear_bits_per_weight, 2),
+               "group": None, "storage": storage, "gguf_types": types}
     else:
         size = size_report(model)
         row = {"model": "float", "method": "none", "bits": 16, "group": None}
+    if row.get("storage"):
+        print(f"tritium: {args.model} stores {row['storage']}", file=sys.stderr)
     row |= evaluate(model, tokenizer, settings, args.data, not args.no_progress)
     file_bytes = None
     if source.kind != "hub":

@@ -89,7 +89,13 @@ def test_bfloat16_load_keeps_fp16_scales_exact(tmp_path):
     assert out.shape == (1, 7)
 
 
+def _unseal(folder):
+    """Drop the manifest, as in a folder written before manifests: the checks below it must hold alone."""
+    (folder / "tritium_manifest.json").unlink()
+
+
 def _rewrite(folder, edit):
+    _unseal(folder)
     path = folder / "model.safetensors"
     tensors = load_file(path)
     edit(tensors)
@@ -126,7 +132,7 @@ def test_impossible_2bit_trits_fail_clearly_without_checksums(tmp_path):
     def poison(tensors):
         tensors["model.layers.0.self_attn.k_proj.packed"].view(-1)[0] = 0b0000_0011  # digit 3: "t = 2"
 
-    _rewrite(tmp_path / "p", poison)
+    _rewrite(tmp_path / "p", poison)  # also drops the manifest
     config_path = tmp_path / "p" / "config.json"
     config = json.loads(config_path.read_text())
     config["quantization_config"]["checksums"] = {}  # e.g. a folder written by another tool
@@ -165,6 +171,7 @@ def test_shape_mismatch_fails_clearly(tmp_path):
 
 def test_config_with_a_different_grid_fails_clearly(tmp_path):
     _save(tmp_path / "p")
+    _unseal(tmp_path / "p")  # with the manifest, any edit of config.json is refused first
     config_path = tmp_path / "p" / "config.json"
     config = json.loads(config_path.read_text())
     config["quantization_config"]["grid"]["group"] = 16  # the file holds groups of 32
@@ -210,3 +217,59 @@ def test_packed_folder_can_store_its_float_parts_in_16_bits(tmp_path):
     ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=2e-2, atol=2e-2)
+
+
+# --- a config.json that does not match the packed tensors is refused (never random linears) ----------
+
+
+def _edit_config(folder, edit, reseal=True):
+    """Edit config.json; with ``reseal`` write a fresh manifest, as a tool rewriting the folder would,
+    so that the check of config against tensors is what must refuse it."""
+    from tritium.utils.integrity import write_manifest
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    if reseal:
+        write_manifest(folder)
+
+
+def _loaders(folder):
+    from tritium.models import load_model
+
+    return [lambda: load_model(folder), lambda: AutoModelForCausalLM.from_pretrained(folder)]
+
+
+def test_packed_tensors_without_quantization_config_are_refused(tmp_path):
+    from tritium.models import load_model
+    from tritium.utils.integrity import DamagedFileError, InconsistentFolderError
+
+    _save(tmp_path / "p")
+    _edit_config(tmp_path / "p", lambda c: c.pop("quantization_config"), reseal=False)
+    with pytest.raises(DamagedFileError, match=r"config\.json is truncated or was edited"):  # the manifest first
+        load_model(tmp_path / "p")
+    _edit_config(tmp_path / "p", lambda c: None)  # resealed: the consistency check alone must refuse it
+    with pytest.raises(InconsistentFolderError, match=r"packed tritium weights .* no tritium quantization_config"):
+        load_model(tmp_path / "p")
+
+
+def test_format_fake_on_packed_tensors_is_refused(tmp_path):
+    from tritium.utils.integrity import InconsistentFolderError
+
+    _save(tmp_path / "p")
+    _edit_config(tmp_path / "p", lambda c: c["quantization_config"].update(format="fake"))
+    for load in _loaders(tmp_path / "p"):
+        with pytest.raises(InconsistentFolderError, match=r"format 'fake' but the folder holds packed weights"):
+            load()
+
+
+def test_packed_modules_that_do_not_match_the_tensors_are_refused(tmp_path):
+    from tritium.utils.integrity import InconsistentFolderError
+
+    _save(tmp_path / "p")
+    name = "model.layers.0.mlp.up_proj"
+    _edit_config(tmp_path / "p", lambda c: c["quantization_config"]["packed_modules"].remove(name))
+    for load in _loaders(tmp_path / "p"):
+        with pytest.raises(InconsistentFolderError, match=rf"not listed: {name}"):
+            load()

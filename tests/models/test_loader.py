@@ -37,3 +37,32 @@ def test_gguf_file_and_folder_with_one_gguf_resolve(tmp_path):
     assert gguf.kind == "gguf" and gguf.gguf_file == named.gguf_file
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     assert resolve_model_source(tmp_path).gguf_file == "m.gguf"
+
+
+def _drop_weight(folder, name):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    tensors.pop(name)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_a_tritium_folder_missing_a_weight_is_refused_not_random(tmp_path, tokenizer):
+    from tritium.export.hf import save_fake_quantized
+    from tritium.utils.integrity import InconsistentFolderError, write_manifest
+
+    model = tiny_model("llama")
+    save_fake_quantized(model, tokenizer, tmp_path / "fake", "rtn", {"kind": "uniform", "bits": 4, "group": 32})
+    _drop_weight(tmp_path / "fake", "model.layers.1.self_attn.v_proj.weight")
+    write_manifest(tmp_path / "fake")  # a consistent manifest: the load itself must notice the gap
+    with pytest.raises(InconsistentFolderError, match=r"missing from its files.*v_proj\.weight"):
+        load_model(tmp_path / "fake")
+
+
+def test_a_foreign_folder_missing_a_weight_still_loads_as_transformers_does(tmp_path, tokenizer):
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    _drop_weight(tmp_path / "m", "model.layers.1.self_attn.v_proj.weight")
+    loaded, _, _ = load_model(tmp_path / "m")  # not written by tritium: transformers' own warning applies
+    assert loaded.model.layers[1].self_attn.v_proj.weight.shape == (32, 64)

@@ -145,3 +145,21 @@ def test_size_presets_are_spectras_table_and_count_what_their_names_say():
         # Spectra names each model by its parameter count cut to two digits: 99.7M is "99m", 1.15B "1.1b"
         nominal = float(name[:-1]) * {"m": 1e6, "b": 1e9}[name[-1]]
         assert _two_significant_digits(total) == pytest.approx(nominal), (name, total)
+
+
+def test_spectra_folders_are_sealed_and_a_damaged_one_is_refused(tmp_path):
+    from tritium.models import load_model
+    from tritium.utils.integrity import MANIFEST_FILE, DamagedFileError, safetensors_tensor_ranges
+
+    for arch in ("trilm", "bitnet"):
+        folder = tmp_path / arch
+        save_spectra_model(build_model(arch, "tiny-xs", vocab_size=300, context=64, seed=6).eval(), folder)
+        assert (folder / MANIFEST_FILE).is_file()
+        start, _ = safetensors_tensor_ranges(folder / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+        data = bytearray((folder / "model.safetensors").read_bytes())
+        data[start + 3] ^= 0x40
+        (folder / "model.safetensors").write_bytes(bytes(data))
+        with pytest.raises(DamagedFileError, match=r"model\.layers\.0\.mlp\.down_proj\.weight"):
+            load_spectra_model(folder)
+    with pytest.raises(DamagedFileError):
+        load_model(tmp_path / "trilm")

@@ -15,6 +15,7 @@ USER_ERRORS = [
     ("tritium.models.spectra", "SpectraConfigError"), ("tritium.pack.layouts", "PackError"),
     ("tritium.quant.grids", "QuantConfigError"), ("tritium.recipes", "RecipeError"),
     ("tritium.runtime.fast_decode", "UnsupportedForFastDecode"), ("tritium.train.data", "TrainDataError"),
+    ("tritium.utils.integrity", "DamagedFileError"), ("tritium.utils.integrity", "InconsistentFolderError"),
     ("tritium.train.losses", "DistillationInputError"), ("tritium.train.trainer", "TrainConfigError"),
     ("tritium.utils.runs", "RunFolderError"), ("tritium.utils.runs", "RunFolderBusyError"),
     ("tritium.runtime.fast_decode", "ContextLimitError"),

@@ -73,3 +73,71 @@ def size_report(model: nn.Module, grid: Grid | None = None, quantized: Iterable[
     counted = {id(p) for m in linears.values() for p in m.parameters()} | {id(embedding), id(head)}
     other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
     return SizeReport(linear_params, linear_bits, embedding.numel(), head_params, other, len(quantized))
+
+
+def packed_storage(model: nn.Module) -> tuple[float, str]:
+    """Bits per weight the decoder linears of a model holding packed modules really take on disk (codes with
+    their layout's padding, scales, zero points, shifts; float linears at 16 bits), and a one-line description
+    such as "packed ternary base3 in 14 linears, 1.75 bits/weight". The Spectra count of :func:`size_report`
+    counts the grid's dense width instead, as the bit budget does."""
+    from ..nn.convert import packed_modules
+    from ..nn.packed_linear import TernaryLinear
+    from ..pack.packed import bits_per_weight
+
+    linears = decoder_layout(model).quantizable_linears()
+    packed = {name: m for name, m in packed_modules(model).items() if name in linears}
+    weights, bits = 0, 0.0
+    kinds: dict[str, int] = {}
+    for name, module in linears.items():
+        n_weight = module.out_features * module.in_features
+        weights += n_weight
+        if name in packed:
+            bits += bits_per_weight(packed[name].packed_weight())["bits_per_weight"] * n_weight
+            radix = packed[name].radix
+            label = (f"ternary {'base3' if radix == 3 else '2-bit'}" if isinstance(packed[name], TernaryLinear)
+                     else f"{radix.bit_length() - 1}-bit")
+            kinds[label] = kinds.get(label, 0) + 1
+        else:
+            bits += FLOAT_BITS * n_weight
+    per_weight = bits / max(weights, 1)
+    left = len(linears) - len(packed)
+    return per_weight, (f"packed {'/'.join(sorted(kinds, key=lambda k: -kinds[k]))} in {len(packed)} linears"
+                        + (f", {left} float" if left else "") + f", {per_weight:.2f} bits/weight")
+
+
+GGUF_LINEAR_NAMES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def gguf_size_report(path) -> tuple[SizeReport, dict[str, int], str]:
+    """Size of a GGUF file's model from the types its tensors are stored in: (report, decoder-linear
+    type -> count, description such as "gguf TQ1_0/Q4_0 mix, 1.69 bits/weight").
+
+    The decoder linears are counted at their real bits (GGUF blocks with their scales); the embedding
+    and LM head at 16 bits as in the Spectra count, whatever their GGUF type."""
+    from ..utils.gguf_file import read_gguf_layout
+
+    layout = read_gguf_layout(path)
+    linear_params, linear_bits, embedding, head, other = 0, 0.0, 0, 0, 0
+    types: dict[str, int] = {}
+    for tensor in layout.tensors:
+        parts = tensor.name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_LINEAR_NAMES:
+            linear_params += tensor.n_elements
+            linear_bits += 8 * tensor.nbytes
+            if parts[3] == "weight":
+                types[tensor.type_name] = types.get(tensor.type_name, 0) + 1
+        elif tensor.name == "token_embd.weight":
+            embedding += tensor.n_elements
+        elif tensor.name == "output.weight":
+            head += tensor.n_elements
+        else:
+            other += tensor.n_elements
+    if not linear_params:
+        from ..models.loader import ModelSourceError
+
+        raise ModelSourceError(f"{path} holds no decoder linears (blk.N.attn_q.weight, ...): it is not a decoder "
+                               "model tritium can size")
+    quantized = sum(n for qtype, n in types.items() if qtype not in ("F32", "F16", "BF16", "F64"))
+    report = SizeReport(linear_params, linear_bits, embedding, head, other, quantized)
+    label = "/".join(sorted(types, key=lambda t: (-types[t], t)))
+    return report, types, f"gguf {label}{' mix' if len(types) > 1 else ''}, {report.linear_bits_per_weight:.2f} bits/weight"

@@ -74,7 +74,7 @@ def _model_folder(path: str) -> tuple[Path, Path]:
 def _quantization_config(folder: Path, command: str) -> dict:
     from ..models.loader import read_quantization_config
 
-    qconfig = read_quantization_config(folder)
+    qconfig = read_quantization_config(folder)  # the caller has checked the folder against its manifest
     if not qconfig or qconfig.get("quant_method") != "tritium":
         raise ValueError(f"{folder} is not a tritium-quantized model: quantize it first with "
                          f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
@@ -86,6 +86,14 @@ def _megabytes(n: int) -> str:
 
 
 def cmd_pack(args) -> int:
+    from ..utils.integrity import verified_folder
+
+    folder, default_out = _model_folder(args.run)
+    with verified_folder(folder):  # config.json and the codes are read before the model loads
+        return _pack(args, folder, default_out)
+
+
+def _pack(args, folder: Path, default_out: Path) -> int:
     from ..export.codes import load_codes
     from ..export.hf import grids_from_dicts, save_packed
     from ..models import load_model
@@ -96,7 +104,6 @@ def cmd_pack(args) -> int:
     from ..utils.io import folder_bytes
     from ..utils.runs import claim_output
 
-    folder, default_out = _model_folder(args.run)
     out = Path(args.out) if args.out else default_out
     qconfig = _quantization_config(folder, "pack")
     if qconfig.get("format") == "packed":
@@ -243,6 +250,14 @@ def _refuse_run_folder(model: str) -> None:
 
 
 def cmd_export(args) -> int:
+    from ..utils.integrity import verified_folder
+
+    folder, _ = _model_folder(args.model)
+    with verified_folder(folder):  # config.json and the codes are read before the model loads
+        return _export(args, folder)
+
+
+def _export(args, folder: Path) -> int:
     from ..export.codes import has_codes, load_codes
     from ..export.gguf import write_gguf
     from ..export.hf import grids_from_dicts
@@ -251,7 +266,6 @@ def cmd_export(args) -> int:
     from ..quant.grids import TernaryGrid, grid_from_dict
     from ..utils.runs import claim_output
 
-    folder, _ = _model_folder(args.model)
     qconfig = _quantization_config(folder, "export")
     grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
     if not isinstance(grid, TernaryGrid):

@@ -4,7 +4,9 @@ Decoder linears go to TQ1_0/TQ2_0 where they fit, else to an exact fallback
 (:mod:`tritium.export.gguf_tensors`); norms stay F32; embeddings and the output head
 take the type the user chooses. Tensor names come from the ``gguf`` package's own
 HF→GGUF name map. The file is validated after writing: every tensor is read back,
-dequantized with gguf's reference code and compared with the model's weights.
+dequantized with gguf's reference code and compared with the model's weights. It is
+sealed with its own sha256 (:mod:`tritium.utils.gguf_file`), so a damaged copy is refused
+on load instead of giving different weights.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from ..utils.errors import TritiumError
+from ..utils.gguf_file import CHECKSUM_KEY, CHECKSUM_PLACEHOLDER, MARKER_KEY, MARKER_VALUE, check_gguf, seal_gguf
 from ..utils.io import TEMPORARY_SUFFIX, temporary_prefix
 from ..models.adapters import decoder_layout
 from ..quant.grids import QuantizedWeight
@@ -88,6 +91,7 @@ def _float_tensor(t: torch.Tensor, qtype: GGMLQuantizationType) -> np.ndarray:
 
 
 def _copy_tokenizer_fields(writer: GGUFWriter, source: str | os.PathLike) -> None:
+    check_gguf(source)  # a damaged source fails here, named, not inside numpy
     reader = GGUFReader(source)
     for key, fld in reader.fields.items():
         if not key.startswith("tokenizer."):
@@ -218,10 +222,14 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
             if not is_table and param.dim() == 2:  # a decoder linear left in float
                 report.linear_bits += array.nbytes * 8
                 report.linear_params += param.numel()
+        # Last keys: the marker and the placeholder that seal_gguf fills with the file's sha256.
+        writer.add_string(MARKER_KEY, MARKER_VALUE)
+        writer.add_string(CHECKSUM_KEY, CHECKSUM_PLACEHOLDER)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        seal_gguf(tmp)
         if validate:
             report.max_abs_error = validate_gguf(tmp, expected)
         os.replace(tmp, path)
@@ -236,6 +244,7 @@ def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray]) -> f
     """Read the file back and check each quantized tensor against ``expected`` to fp16 rounding.
 
     Returns the largest absolute difference seen."""
+    check_gguf(path)
     reader = GGUFReader(path)
     tensors = {t.name: t for t in reader.tensors}
     worst = 0.0

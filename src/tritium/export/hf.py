@@ -7,12 +7,21 @@ as ordinary weights and the config records how they were made. Folders saved wit
 ``format: packed`` hold the packed codes and fp16 scales of :mod:`tritium.nn`; the
 quantizer swaps the named linears for packed modules before the weights load and
 checks every module against the checksum recorded at save time afterwards.
+
+Every folder saved here ends with a manifest (:mod:`tritium.utils.integrity`): the quantizer
+checks a local folder's files against it before the weights load, and refuses a folder whose
+tensors do not match its ``quantization_config`` (packed tensors under ``format: fake``,
+``packed_modules`` naming other linears), which would otherwise load with random linears.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from ..utils.integrity import InconsistentFolderError
 
 QUANT_METHOD = "tritium"
 SUPPORTED_FORMATS = ("fake", "packed")
@@ -67,6 +76,14 @@ class TritiumHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         config = self.quantization_config
+        folder = Path(str(getattr(model.config, "name_or_path", "") or ""))
+        if folder.is_dir():  # a local folder (hub downloads hold only the files they need, no manifest)
+            from ..utils.integrity import verify_folder, warn_unsealed
+
+            if verify_folder(folder) is None:
+                warn_unsealed(folder)
+            check_config_matches_tensors(folder, {"quant_method": QUANT_METHOD, "format": config.format,
+                                                  "packed_modules": config.packed_modules})
         if config.format == "packed":  # fake-quant weights are plain float tensors: nothing to swap
             from ..nn.convert import replace_with_empty_packed
             from ..quant.grids import grid_from_dict
@@ -94,6 +111,65 @@ class TritiumHfQuantizer(HfQuantizer):
         return False
 
 
+PACKED_SUFFIX = ".packed"
+CODES_SIDECAR = "tritium_codes.safetensors"  # read by tritium pack/export, never by from_pretrained
+
+
+def weight_tensor_names(folder: str | Path) -> list[str]:
+    """Names of the tensors ``from_pretrained`` reads from ``folder`` (model.safetensors or its shards),
+    from the files' headers only."""
+    import json
+
+    from ..utils.integrity import DamagedFileError, safetensors_tensor_ranges
+
+    folder = Path(folder)
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        try:
+            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DamagedFileError(f"{index} is corrupt ({err}); re-export the model with tritium") from err
+    else:
+        return []
+    return [name for path in files if path.is_file() for name in safetensors_tensor_ranges(path)]
+
+
+def check_config_matches_tensors(folder: str | Path, qconfig: dict | None) -> None:
+    """Refuse a folder whose packed tensors and ``quantization_config`` disagree, before anything loads.
+
+    Packed codes (``<linear>.packed``) are only read into packed modules, which the quantizer builds
+    from ``format: packed`` and ``packed_modules``; without them transformers drops the codes and
+    leaves those linears randomly initialised, with a warning at best."""
+    packed = sorted({n[: -len(PACKED_SUFFIX)] for n in weight_tensor_names(folder) if n.endswith(PACKED_SUFFIX)})
+    tritium = isinstance(qconfig, dict) and qconfig.get("quant_method") == QUANT_METHOD
+    fix = "its config.json is damaged or was replaced: re-export the model with tritium (`tritium pack`)"
+    if not tritium:
+        if packed:
+            raise InconsistentFolderError(
+                f"{folder} holds packed tritium weights ({len(packed)} linears, e.g. {packed[0]}{PACKED_SUFFIX}) but "
+                f"its config.json has no tritium quantization_config, so they would load as random linears; {fix}")
+        return
+    fmt = qconfig.get("format")
+    if fmt != "packed":
+        if packed:
+            raise InconsistentFolderError(
+                f"{folder}: config.json says format {fmt!r} but the folder holds packed weights ({len(packed)} "
+                f"linears, e.g. {packed[0]}{PACKED_SUFFIX}), which would load as random linears; {fix}")
+        return
+    listed = set(qconfig.get("packed_modules") or ())
+    if not packed:
+        raise InconsistentFolderError(f"{folder}: config.json says format 'packed' but the weights hold no packed "
+                                      f"tensors; {fix}")
+    if listed != set(packed):
+        extra, unlisted = sorted(listed - set(packed)), sorted(set(packed) - listed)
+        raise InconsistentFolderError(
+            f"{folder}: the packed_modules of config.json do not match the packed weights"
+            + (f"; listed but not in the weights: {', '.join(extra[:3])}" if extra else "")
+            + (f"; in the weights but not listed: {', '.join(unlisted[:3])}" if unlisted else "") + f"; {fix}")
+
+
 def grids_from_dicts(grid_overrides: dict | None) -> dict:
     """A saved ``grid_overrides`` mapping (linear name -> grid mapping) as grid objects; {} for None."""
     from ..quant.grids import grid_from_dict
@@ -109,6 +185,7 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
     (:mod:`tritium.export.codes`), so ``tritium pack`` can later pack it exactly. ``grid_overrides``
     (linear name -> grid mapping) records the linears quantized on a grid other than ``grid``.
     """
+    from ..utils.integrity import write_manifest
     from ..utils.io import atomic_directory
     from .codes import write_codes
 
@@ -122,6 +199,7 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
             tokenizer.save_pretrained(tmp)
         if weights:
             write_codes(tmp, weights, grid, grid_overrides)
+        write_manifest(tmp)  # last: it seals every file written above
     return folder
 
 
@@ -154,6 +232,7 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
     import torch
 
     from ..nn.convert import module_checksum, packed_modules
+    from ..utils.integrity import write_manifest
     from ..utils.io import atomic_directory
 
     modules = packed_modules(model)
@@ -179,6 +258,7 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            write_manifest(tmp)  # last: it seals every file written above
     finally:
         if quantizer is not None:
             model.hf_quantizer = quantizer

@@ -72,14 +72,58 @@ def resolve_model_source(source: str | os.PathLike) -> ModelSource:
     return ModelSource("hub", text)
 
 
-def load_tokenizer(source: ModelSource | str | os.PathLike):
-    """Just the tokenizer of a model source (seconds, where ``load_model`` reads the weights too)."""
+def _read_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    if not isinstance(source, ModelSource):
-        source = resolve_model_source(source)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     return AutoTokenizer.from_pretrained(source.location, **kwargs)
+
+
+def load_tokenizer(source: ModelSource | str | os.PathLike):
+    """Just the tokenizer of a model source (seconds, where ``load_model`` reads the weights too)."""
+    if not isinstance(source, ModelSource):
+        source = resolve_model_source(source)
+    if source.gguf_file:
+        from ..utils.gguf_file import check_gguf
+
+        check_gguf(Path(source.location) / source.gguf_file)
+    elif source.kind == "folder":
+        from ..utils.integrity import verify_folder
+
+        verify_folder(source.location)
+    return _read_tokenizer(source)
+
+
+def saved_by_tritium(folder: str | os.PathLike) -> bool:
+    """True for a folder tritium wrote: a manifest, a tritium quantization_config, codes or a Spectra config."""
+    from ..utils.integrity import has_manifest
+
+    folder = Path(folder)
+    if has_manifest(folder) or (folder / "tritium_codes.safetensors").is_file():
+        return True
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    qconfig = config.get("quantization_config") if isinstance(config, dict) else None
+    return (isinstance(qconfig, dict) and qconfig.get("quant_method") == "tritium") or "tritium_spectra" in config
+
+
+def _check_loading_info(folder: str, info: dict) -> None:
+    """Refuse what transformers only warns about, for a folder tritium saved: weights missing from the
+    files (left randomly initialised) or tensors in them that the model has no place for (dropped)."""
+    missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or ())
+    if missing or unexpected or mismatched:
+        parts = [f"{label}: {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+                 for label, keys in [("missing from its files (they would be random)", missing),
+                                     ("in its files but not in the model", unexpected),
+                                     ("of the wrong shape", mismatched)] if keys]
+        from ..utils.integrity import InconsistentFolderError
+
+        raise InconsistentFolderError(f"{folder} does not load as tritium saved it; weights {'; '.join(parts)}. The "
+                                      "folder is damaged or its config.json does not belong to its weights: re-export "
+                                      "the model with tritium")
 
 
 def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -87,16 +131,41 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
 
     A GGUF file is dequantized to ``dtype`` by transformers. A folder that tritium
     saved (with a ``quantization_config``) loads the same way once ``tritium`` is imported.
+
+    Before anything loads, a folder is checked against its manifest and a GGUF file against its
+    layout (and, when tritium wrote it, its sha256): damaged files raise
+    :class:`~tritium.utils.integrity.DamagedFileError` naming the file. A folder tritium saved must
+    load whole: weights missing or left over are an error, not a warning.
     """
+    from contextlib import nullcontext
+
     from transformers import AutoModelForCausalLM
 
     from ..export import hf as _register_hf_quantizer  # noqa: F401  (registers quant_method "tritium")
+    from ..utils.integrity import verified_folder, warn_unsealed
 
     resolved = resolve_model_source(source)
     kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    tritium_folder = resolved.kind == "folder" and saved_by_tritium(resolved.location)
+    if resolved.gguf_file:
+        from ..utils.gguf_file import check_gguf
+
+        check_gguf(Path(resolved.location) / resolved.gguf_file)
+    # The weights are hashed beside the load, which reads them too; leaving the block waits for it.
+    scope = verified_folder(resolved.location, background=True) if resolved.kind == "folder" else nullcontext()
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
-        tokenizer = load_tokenizer(resolved)
+        with scope as check:
+            if resolved.kind == "folder":
+                if check is None and tritium_folder:
+                    warn_unsealed(resolved.location)
+                _register_hf_quantizer.check_config_matches_tensors(resolved.location,
+                                                                    read_quantization_config(resolved.location))
+                kwargs["output_loading_info"] = True
+            loaded = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
+            model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
+            if tritium_folder:
+                _check_loading_info(resolved.location, info)
+            tokenizer = _read_tokenizer(resolved)
     except OSError as err:
         if resolved.kind == "hub":
             raise ModelSourceError(
@@ -119,4 +188,8 @@ def read_quantization_config(folder: str | os.PathLike) -> dict | None:
     config = Path(folder) / "config.json"
     if not config.is_file():
         return None
-    return json.loads(config.read_text()).get("quantization_config")
+    try:
+        values = json.loads(config.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelSourceError(f"{config} is not valid JSON ({err}): the file is damaged; re-export the model") from err
+    return values.get("quantization_config") if isinstance(values, dict) else None

@@ -240,6 +240,7 @@ def count_parameters(model) -> dict[str, int]:
 def save_spectra_model(model, folder, tokenizer=None) -> None:
     """Save atomically as an HF folder: a TriLM unpacked to plain Llama (γ·T weights), a FloatLM
     as is, a BitNet with its latent weights and norms (reload with ``load_spectra_model``)."""
+    from ..utils.integrity import write_manifest
     from ..utils.io import atomic_directory
 
     spec = spectra_spec(model)
@@ -248,6 +249,7 @@ def save_spectra_model(model, folder, tokenizer=None) -> None:
         to_save.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)  # last: it seals every file written above
 
 
 def load_spectra_model(folder, dtype=torch.float32):
@@ -256,13 +258,21 @@ def load_spectra_model(folder, dtype=torch.float32):
 
     from transformers import AutoConfig, LlamaForCausalLM
 
+    from ..utils.integrity import verify_folder, warn_unsealed
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no config.json: pass the folder `tritium pretrain` wrote")
+    if verify_folder(folder) is None:  # damaged files are refused before anything loads
+        warn_unsealed(folder)
     config = AutoConfig.from_pretrained(folder)
     values = getattr(config, CONFIG_KEY, None) or {}
     if values.get("arch") != "bitnet":
-        return LlamaForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        from .loader import _check_loading_info
+
+        model, info = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        _check_loading_info(str(folder), info)  # a weight missing from the file must not load as random
+        return model.eval()
     from safetensors.torch import load_file
 
     spec = SpectraSpec(values["arch"], values["size"], values.get("shards", 1))
