@@ -38,14 +38,19 @@ def round_activations_int8(x: Tensor, in_features: int, group_size: int,
     """
     if x.shape[-1] != in_features:
         raise ValueError(f"round_activations_int8: input has {x.shape[-1]} features, expected {in_features}")
-    xf = x.float()
-    out = torch.empty_like(xf)
+    # Each float32 operation below is done in float64 and rounded once to float32: that is the correctly
+    # rounded float32 result, as the kernel's own division and product give. (torch's `127.0 / t` is
+    # 127·reciprocal(t), one rounding more, and would round a near-tie the other way now and then.)
+    xf = x.float().double()
+    out = torch.empty_like(xf, dtype=torch.float32)
     for g0 in range(0, in_features, group_size):
         g1 = min(g0 + group_size, in_features)
         for b0 in range(g0, g1, block):
             part = xf[..., b0:min(b0 + block, g1)]
             amax = part.abs().amax(-1, keepdim=True)
             safe = torch.where(amax > 0, amax, torch.ones_like(amax))
-            q = torch.round(part * (127.0 / safe))
-            out[..., b0:min(b0 + block, g1)] = torch.where(amax > 0, q * (safe / 127.0), torch.zeros_like(part))
+            inv = (127.0 / safe).float().double()
+            q = torch.round((part * inv).float().double())
+            scale = (safe / 127.0).float().double()
+            out[..., b0:min(b0 + block, g1)] = torch.where(amax > 0, q * scale, torch.zeros_like(part)).float()
     return out
