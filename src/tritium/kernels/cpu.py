@@ -39,6 +39,18 @@ PATH_FLAGS = {
     "portable": (),
 }
 SIMD_PATHS = ("avx512", "avx2")
+PATH_DESCRIPTIONS = {
+    "avx512": "C++ avx512: float bit planes (vpermps), exact up to summation order",
+    "avx2": "C++ avx2: bit planes by vpshufb, int8 activations (absmax per block of <=128)",
+    "portable": "C++ portable: float lookup table, no SIMD intrinsics",
+    "reference": "reference op (dequantize + F.linear): no CPU kernel",
+}
+
+
+def simd_flags(flags=None) -> list[str]:
+    """The CPU flags that decide the kernel's path (and matter to benchmarks), sorted."""
+    flags = cpu_flags() if flags is None else flags
+    return sorted(f for f in flags if f.startswith(("avx", "amx", "sse4", "ssse3")) or f in ("fma", "f16c"))
 
 _lock = threading.Lock()
 _state: dict = {"tried": False, "loaded": False, "error": None, "path": None, "epoch": 0, "warned_portable": False}
