@@ -147,17 +147,6 @@ inline int64_t group_length(const Problem& p, int64_t g) {
 // row 16·row_block + r. Rows and groups are zero-padded.
 constexpr int64_t kRowsPerBlock = 16;
 
-// Scale, zero and shift of group g for the 16 rows of a block (padding rows get zeros).
-inline void block_params(const Problem& p, int64_t row0, int64_t nrows, int64_t g, float* sc, float* zr, float* sh) {
-  for (int64_t r = 0; r < kRowsPerBlock; ++r) sc[r] = zr[r] = sh[r] = 0.f;
-  for (int64_t r = 0; r < nrows; ++r) {
-    const int64_t q = (row0 + r) * p.groups + g;
-    sc[r] = p.scale[q];
-    zr[r] = p.zero ? p.zero[q] : p.implicit_zero;
-    sh[r] = p.shift ? p.shift[q] : 0.f;
-  }
-}
-
 // ---------------------------------------------------------------------------------- portable: lookup table
 // Few rows (decode, batch 1). Each byte covers k activations and can take only radix^k values (243 for
 // 5 trits), so for every byte position c we first tabulate T[c][b] = Σ_i digit_i(b)·x[k·c + i] for all b
@@ -281,6 +270,47 @@ at::Tensor dequantize(const Problem& p) {
 }
 
 #if TRITIUM_X86
+// block_params for the SIMD paths: the same values, but fp16 converted by F16C 8 at a time. c10::Half's
+// portable conversion costs ~15 instructions a value, which with groups of 64 took more time than the
+// lookups themselves (48 values per 16 rows and group).
+TRITIUM_TARGET_AVX2 inline void param_rows(const GroupParam& par, float missing, int64_t first, int64_t stride,
+                                           int64_t nrows, float* dst) {
+  if (!par) {
+    for (int64_t r = 0; r < kRowsPerBlock; ++r) dst[r] = r < nrows ? missing : 0.f;
+    return;
+  }
+  switch (par.type) {
+    case at::kHalf: {
+      alignas(32) uint16_t raw[kRowsPerBlock] = {0};
+      const uint16_t* src = static_cast<const uint16_t*>(par.data) + first;
+      for (int64_t r = 0; r < nrows; ++r) raw[r] = src[r * stride];
+      _mm256_store_ps(dst, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw))));
+      _mm256_store_ps(dst + 8, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw + 8))));
+      return;
+    }
+    case at::kBFloat16: {
+      const uint16_t* src = static_cast<const uint16_t*>(par.data) + first;
+      for (int64_t r = 0; r < kRowsPerBlock; ++r) {
+        const uint32_t bits = r < nrows ? static_cast<uint32_t>(src[r * stride]) << 16 : 0u;  // bf16: the top half
+        std::memcpy(dst + r, &bits, sizeof(bits));
+      }
+      return;
+    }
+    default: {
+      const float* src = static_cast<const float*>(par.data) + first;
+      for (int64_t r = 0; r < kRowsPerBlock; ++r) dst[r] = r < nrows ? src[r * stride] : 0.f;
+    }
+  }
+}
+
+TRITIUM_TARGET_AVX2 inline void block_params_simd(const Problem& p, int64_t row0, int64_t nrows, int64_t g, float* sc,
+                                                  float* zr, float* sh) {
+  const int64_t first = row0 * p.groups + g;
+  param_rows(p.scale, 0.f, first, p.groups, nrows, sc);
+  param_rows(p.zero, p.implicit_zero, first, p.groups, nrows, zr);
+  param_rows(p.shift, 0.f, first, p.groups, nrows, sh);
+}
+
 // ---------------------------------------------------------------------------------- avx512: float bit planes
 // For every 4 activations a 16-float table holds all 16 subset sums, so one vpermps looks up
 // 4 weights × 16 rows at once; the table and the sums stay in float.
@@ -319,7 +349,7 @@ TRITIUM_TARGET_AVX512 void planes_blocks_avx512(const Problem& p, const uint8_t*
       __m512 dot = _mm512_add_ps(lo[0], hi[0]);
       for (int b = 1; b < B; ++b) dot = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(1 << b)), _mm512_add_ps(lo[b], hi[b]), dot);
       alignas(64) float sc[16], zr[16], sh[16];
-      block_params(p, row0, nrows, g, sc, zr, sh);
+      block_params_simd(p, row0, nrows, g, sc, zr, sh);
       const __m512 gsum = _mm512_set1_ps(t.sums[g]);
       // scale·(dot − zero·Σx) + shift·Σx
       out_acc = _mm512_fmadd_ps(_mm512_load_ps(sc), _mm512_fnmadd_ps(_mm512_load_ps(zr), gsum, dot), out_acc);
@@ -486,16 +516,33 @@ TRITIUM_TARGET_AVX2 bool prepare_row_avx2(const Problem& p, const Avx2Tables& t,
   return true;
 }
 
-// 8 int16 rows: the sum of a register's two lanes (each lane holds the same 8 rows), widened to int32.
-TRITIUM_TARGET_AVX2 inline __m256i lanes_to_int32(__m256i acc) {
-  return _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1)));
+// One plane step: bytes q, q+1 of one plane for 16 rows (32 bytes; 16 if q+1 is past the group), looked
+// up in the step's 4 tables; adds each row's int16 partial sum (lanes: rows 0-7 / rows 8-15).
+TRITIUM_TARGET_AVX2 inline void plane_step(const __m256i* tq, const uint8_t* codes, bool both, __m256i& acc_lo,
+                                           __m256i& acc_hi) {
+  const __m256i low_nibble = _mm256_set1_epi8(0x0F);
+  const __m256i idx = both ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
+                           : _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+  const __m256i lo = _mm256_and_si256(idx, low_nibble);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(idx, 4), low_nibble);
+  const __m256i a_low = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 0), lo);
+  const __m256i a_high = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 1), lo);
+  const __m256i c_low = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 2), hi);
+  const __m256i c_high = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 3), hi);
+  acc_lo = _mm256_add_epi16(acc_lo, _mm256_add_epi16(_mm256_unpacklo_epi8(a_low, a_high), _mm256_unpacklo_epi8(c_low, c_high)));
+  acc_hi = _mm256_add_epi16(acc_hi, _mm256_add_epi16(_mm256_unpackhi_epi8(a_low, a_high), _mm256_unpackhi_epi8(c_low, c_high)));
+}
+
+// 8 rows' int32 sums of an int16 register whose two lanes hold the same 8 rows.
+TRITIUM_TARGET_AVX2 inline __m256i widen_lanes(__m256i acc) {
+  return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)),
+                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
 }
 
 template <int B>
 TRITIUM_TARGET_AVX2 void planes_blocks_avx2(const Problem& p, const uint8_t* planes, int64_t nq, const Avx2Tables& t,
                                             float* y, int64_t k0, int64_t k1) {
   const int64_t groups = p.groups;
-  const __m256i low_nibble = _mm256_set1_epi8(0x0F);
   for (int64_t blk = k0; blk < k1; ++blk) {
     const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
     __m256 out_lo = _mm256_setzero_ps(), out_hi = _mm256_setzero_ps();  // rows 0-7, rows 8-15
@@ -512,42 +559,50 @@ TRITIUM_TARGET_AVX2 void planes_blocks_avx2(const Problem& p, const uint8_t* pla
         const int64_t q0 = kb * (kActBlock / 8), q1 = std::min(nq, q0 + kActBlock / 8);
         if (q0 >= q1) break;
         __m256i block_lo = _mm256_setzero_si256(), block_hi = _mm256_setzero_si256();
-        for (int b = 0; b < B; ++b) {
-          // int16 lanes: ≤ 2 lookups of |v| ≤ 508 a step, ≤ 8 steps a block: ≤ 8128, two lanes ≤ 16256.
-          __m256i acc_lo = _mm256_setzero_si256(), acc_hi = _mm256_setzero_si256();
-          const uint8_t* wb = w + b * nq * 16;
+        // Planes in pairs (2k, 2k+1): one table load serves both, and the pair combines in int16 as
+        // acc_2k + 2·acc_2k+1. Bounds: a step adds ≤ 2·508 to a lane, a block has ≤ 8 steps, so a plane's
+        // lane stays ≤ 8128 and a pair's ≤ 3·8128 = 24384 < 2^15; the two lanes add in int32.
+        for (int pair = 0; pair < (B + 1) / 2; ++pair) {
+          const bool two = 2 * pair + 1 < B;
+          __m256i a_lo = _mm256_setzero_si256(), a_hi = _mm256_setzero_si256();
+          __m256i b_lo = _mm256_setzero_si256(), b_hi = _mm256_setzero_si256();
+          const uint8_t* wa = w + (2 * pair) * nq * 16;
+          const uint8_t* wb = wa + nq * 16;
           for (int64_t q = q0; q < q1; q += 2) {
             const __m256i* tq = reinterpret_cast<const __m256i*>(tg + (q / 2) * 128);
-            const __m256i idx = q + 1 < q1
-                ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + q * 16))
-                : _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + q * 16)));
-            const __m256i lo = _mm256_and_si256(idx, low_nibble);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(idx, 4), low_nibble);
-            const __m256i a_low = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 0), lo);
-            const __m256i a_high = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 1), lo);
-            const __m256i c_low = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 2), hi);
-            const __m256i c_high = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 3), hi);
-            acc_lo = _mm256_add_epi16(acc_lo, _mm256_add_epi16(_mm256_unpacklo_epi8(a_low, a_high),
-                                                               _mm256_unpacklo_epi8(c_low, c_high)));
-            acc_hi = _mm256_add_epi16(acc_hi, _mm256_add_epi16(_mm256_unpackhi_epi8(a_low, a_high),
-                                                               _mm256_unpackhi_epi8(c_low, c_high)));
+            plane_step(tq, wa + q * 16, q + 1 < q1, a_lo, a_hi);
+            if (two) plane_step(tq, wb + q * 16, q + 1 < q1, b_lo, b_hi);
           }
-          block_lo = _mm256_add_epi32(block_lo, _mm256_slli_epi32(lanes_to_int32(acc_lo), b));
-          block_hi = _mm256_add_epi32(block_hi, _mm256_slli_epi32(lanes_to_int32(acc_hi), b));
+          __m256i pair_lo = widen_lanes(_mm256_add_epi16(a_lo, _mm256_slli_epi16(b_lo, 1)));
+          __m256i pair_hi = widen_lanes(_mm256_add_epi16(a_hi, _mm256_slli_epi16(b_hi, 1)));
+          block_lo = _mm256_add_epi32(block_lo, _mm256_slli_epi32(pair_lo, 2 * pair));
+          block_hi = _mm256_add_epi32(block_hi, _mm256_slli_epi32(pair_hi, 2 * pair));
         }
         // |block sum| ≤ 128·127·15 < 2^24: exact in float.
         const __m256 s = _mm256_set1_ps(t.block_scale[g * t.blocks_per_group + kb]);
         dot_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_lo), s, dot_lo);
         dot_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_hi), s, dot_hi);
       }
-      alignas(32) float sc[16], zr[16], sh[16];
-      block_params(p, row0, nrows, g, sc, zr, sh);
+      // scale·dot + (shift − scale·zero)·Σx, reading only the parameters the layer has.
+      const int64_t first = row0 * groups + g;
+      alignas(32) float sc[16], extra[16];
+      param_rows(p.scale, 0.f, first, groups, nrows, sc);
+      const __m256 sc_lo = _mm256_load_ps(sc), sc_hi = _mm256_load_ps(sc + 8);
+      __m256 zr_lo = _mm256_set1_ps(p.implicit_zero), zr_hi = zr_lo;
+      if (p.zero) {
+        param_rows(p.zero, 0.f, first, groups, nrows, extra);
+        zr_lo = _mm256_load_ps(extra);
+        zr_hi = _mm256_load_ps(extra + 8);
+      }
+      __m256 off_lo = _mm256_mul_ps(sc_lo, zr_lo), off_hi = _mm256_mul_ps(sc_hi, zr_hi);  // negated below
+      if (p.shift) {
+        param_rows(p.shift, 0.f, first, groups, nrows, extra);
+        off_lo = _mm256_sub_ps(off_lo, _mm256_load_ps(extra));
+        off_hi = _mm256_sub_ps(off_hi, _mm256_load_ps(extra + 8));
+      }
       const __m256 gsum = _mm256_set1_ps(t.sums[g]);
-      // scale·(dot − zero·Σx) + shift·Σx
-      out_lo = _mm256_fmadd_ps(_mm256_load_ps(sc), _mm256_fnmadd_ps(_mm256_load_ps(zr), gsum, dot_lo), out_lo);
-      out_hi = _mm256_fmadd_ps(_mm256_load_ps(sc + 8), _mm256_fnmadd_ps(_mm256_load_ps(zr + 8), gsum, dot_hi), out_hi);
-      out_lo = _mm256_fmadd_ps(_mm256_load_ps(sh), gsum, out_lo);
-      out_hi = _mm256_fmadd_ps(_mm256_load_ps(sh + 8), gsum, out_hi);
+      out_lo = _mm256_fnmadd_ps(off_lo, gsum, _mm256_fmadd_ps(sc_lo, dot_lo, out_lo));
+      out_hi = _mm256_fnmadd_ps(off_hi, gsum, _mm256_fmadd_ps(sc_hi, dot_hi, out_hi));
     }
     alignas(32) float res[16];
     _mm256_store_ps(res, out_lo);
