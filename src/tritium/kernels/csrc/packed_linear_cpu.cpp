@@ -22,8 +22,9 @@
 // Every path decodes the weight once to float and hands the GEMM to ATen for many rows (prefill).
 //
 // Threads: at::parallel_for runs in torch's own OpenMP pool (tritium.kernels.cpu links the OpenMP
-// runtime torch loaded, so the two never run separate pools), and a matrix too small to pay for a
-// wake-up stays on the calling thread: see kMinWeightsPerThread.
+// runtime torch loaded, so the two never run separate pools). A matrix too small to pay for a wake-up,
+// or any matrix while other processes keep the cores busy, stays on the calling thread, so no call
+// waits at a join for a worker the scheduler has not run: see kMinWeightsPerThread and machine_has_room.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -37,12 +38,19 @@
 #endif
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
+#if defined(__linux__)
+#include <unistd.h>
+#endif
 
 namespace tritium_cpu {
 
@@ -56,6 +64,81 @@ constexpr int64_t kMinWeightsPerThread = int64_t{1} << 20;
 
 inline int64_t grain_for(int64_t weights_per_item) {
   return std::max<int64_t>(1, kMinWeightsPerThread / std::max<int64_t>(1, weights_per_item));
+}
+
+// Whether the machine has a free core for each of torch's other threads. A fork on a machine whose cores
+// other processes keep busy waits at the join for a worker the scheduler has not run yet (measured: a
+// 576×3072 call at 2 threads took 20 ms instead of 30 µs beside busy processes), so then the work stays
+// on the calling thread. "Busy" is the other processes' CPU time — the machine's busy time from /proc/stat
+// minus this process's own — over the last ~200 ms; this process's spinning workers do not count.
+// Linux only; elsewhere every machine has room.
+struct LoadProbe {
+  std::mutex lock;
+  std::atomic<int64_t> next_ns{0};
+  std::atomic<bool> room{true};
+  std::atomic<double> other_cores{0.0};
+  int64_t last_ns = -1;
+  double last_busy_s = 0.0, last_self_s = 0.0;
+};
+LoadProbe g_load;
+constexpr int64_t kLoadWindowNs = 200 * 1000 * 1000;
+
+inline int64_t monotonic_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Busy seconds of all CPUs since boot (/proc/stat: user nice system idle iowait irq softirq steal), or < 0.
+double machine_busy_seconds() {
+#if defined(__linux__)
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return -1.0;
+  unsigned long long v[8] = {0};
+  const int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                            &v[6], &v[7]);
+  std::fclose(f);
+  if (n < 4) return -1.0;
+  static const double tick = 1.0 / static_cast<double>(sysconf(_SC_CLK_TCK));
+  return static_cast<double>(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * tick;  // steal: CPU another VM took
+#else
+  return -1.0;
+#endif
+}
+
+double process_cpu_seconds() {
+  return static_cast<double>(std::clock()) / CLOCKS_PER_SEC;
+}
+
+bool machine_has_room(int64_t threads) {
+  const int64_t now = monotonic_ns();
+  if (now < g_load.next_ns.load(std::memory_order_relaxed)) return g_load.room.load(std::memory_order_relaxed);
+  std::unique_lock<std::mutex> guard(g_load.lock, std::try_to_lock);
+  if (!guard.owns_lock()) return g_load.room.load(std::memory_order_relaxed);  // another thread is measuring
+  const double busy = machine_busy_seconds(), self = process_cpu_seconds();
+  if (busy >= 0.0 && g_load.last_ns >= 0) {
+    const double wall = static_cast<double>(now - g_load.last_ns) * 1e-9;
+    const double others = std::max(0.0, (busy - g_load.last_busy_s) - (self - g_load.last_self_s)) / wall;
+    const double cpus = static_cast<double>(std::max<long>(1, sysconf(_SC_NPROCESSORS_ONLN)));
+    g_load.other_cores.store(others, std::memory_order_relaxed);
+    // Half a core of slack: the tick counts are coarse (10 ms) and a shell or a logger is no load.
+    g_load.room.store(others <= cpus - static_cast<double>(threads) + 0.5, std::memory_order_relaxed);
+  }
+  g_load.last_ns = now;
+  g_load.last_busy_s = busy;
+  g_load.last_self_s = self;
+  g_load.next_ns.store(now + kLoadWindowNs, std::memory_order_relaxed);
+  return g_load.room.load(std::memory_order_relaxed);
+}
+
+// at::parallel_for, but on the calling thread where a fork cannot pay: too little work (grain) or no free
+// cores for torch's other threads.
+template <class F>
+void parallel_rows(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  const int64_t threads = at::get_num_threads();
+  if (end - begin <= grain || threads <= 1 || at::in_parallel_region() || !machine_has_room(threads)) {
+    if (begin < end) f(begin, end);
+    return;
+  }
+  at::parallel_for(begin, end, grain, f);
 }
 
 // ---------------------------------------------------------------------------------- paths
@@ -193,7 +276,7 @@ void lookup_row(const Problem& p, const float* x, float* y) {
   float* T = table.data();
   const float* X = xs.data();
   const float* sums = group_sum.data();
-  at::parallel_for(0, chunks, grain_for(p.dg.values * 4), [&](int64_t c0, int64_t c1) {
+  parallel_rows(0, chunks, grain_for(p.dg.values * 4), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       float* t = T + c * kTableStride;
       t[0] = 0.f;
@@ -216,7 +299,7 @@ void lookup_row(const Problem& p, const float* x, float* y) {
   // Rows split across threads; within a thread, byte positions go in tiles whose table
   // slice (kTileBytes KB) stays in L1 while every row of the thread reads it.
   const int64_t bpg = p.bytes_per_group;
-  at::parallel_for(0, p.out, grain_for(p.in), [&](int64_t n0, int64_t n1) {
+  parallel_rows(0, p.out, grain_for(p.in), [&](int64_t n0, int64_t n1) {
     thread_local std::vector<float> dots, acc;
     dots.assign(n1 - n0, 0.f);
     acc.assign(n1 - n0, 0.f);
@@ -394,7 +477,7 @@ void planes_row_avx512(const Problem& p, const uint8_t* planes, int64_t nq, cons
   tables_avx512(p, nq, x, table_buf.data(), sums_buf.data());
   const Avx512Tables t{table_buf.data(), sums_buf.data()};
   const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
-  at::parallel_for(0, blocks, grain_for(kRowsPerBlock * p.in), [&](int64_t k0, int64_t k1) {
+  parallel_rows(0, blocks, grain_for(kRowsPerBlock * p.in), [&](int64_t k0, int64_t k1) {
     planes_blocks_avx512<B>(p, planes, nq, t, y, k0, k1);
   });
 }
@@ -627,7 +710,7 @@ void planes_row_avx2(const Problem& p, const uint8_t* planes, int64_t nq, const 
     return;
   }
   const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
-  at::parallel_for(0, blocks, grain_for(kRowsPerBlock * p.in), [&](int64_t k0, int64_t k1) {
+  parallel_rows(0, blocks, grain_for(kRowsPerBlock * p.in), [&](int64_t k0, int64_t k1) {
     planes_blocks_avx2<B>(p, planes, nq, t, y, k0, k1);
   });
 }
@@ -801,7 +884,7 @@ at::Tensor linear_half_weight_cpu(const at::Tensor& x, const at::Tensor& weight)
     const uint16_t* W = reinterpret_cast<const uint16_t*>(w.data_ptr<at::Half>());
     const float* X = xf.data_ptr<float>();
     float* Y = y.data_ptr<float>();
-    at::parallel_for(0, out, grain_for(in), [&](int64_t n0, int64_t n1) {
+    parallel_rows(0, out, grain_for(in), [&](int64_t n0, int64_t n1) {
       if (path == kAvx512) half_rows_avx512(W, X, Y, rows, in, out, n0, n1);
       else half_rows_avx2(W, X, Y, rows, in, out, n0, n1);
     });
@@ -832,6 +915,12 @@ TORCH_LIBRARY_FRAGMENT(tritium_cpu_info, m) {
   m.def("active_path() -> str", []() { return std::string(tritium_cpu::kPathNames[tritium_cpu::current_path()]); });
   // The thread count of the OpenMP runtime this library's parallel regions use: it follows
   // torch.set_num_threads only if that runtime is torch's own.
+  // The last measured CPU use of other processes (cores), and whether it leaves room for torch's threads.
+  m.def("other_processes_cores() -> float", []() {
+    tritium_cpu::machine_has_room(at::get_num_threads());
+    return tritium_cpu::g_load.other_cores.load();
+  });
+  m.def("machine_has_room() -> bool", []() { return tritium_cpu::machine_has_room(at::get_num_threads()); });
   m.def("openmp_max_threads() -> int", []() -> int64_t {
 #ifdef _OPENMP
     return omp_get_max_threads();
