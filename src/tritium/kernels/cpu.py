@@ -245,9 +245,13 @@ def _apply_path(requested: str | None, source: str = PATH_ENV) -> str:
         name = available[0]
         if name == "portable" and not _state["warned_portable"]:
             _state["warned_portable"] = True
-            what = ("has no AVX2" if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-                    else f"({platform.machine()}) has no SIMD path in tritium's kernel")
-            warnings.warn(f"tritium: this CPU {what}, so packed layers run the CPU kernel's portable path "
+            if "avx2" in paths_for_flags(cpu_flags()):
+                why = "the CPU kernel was built without its SIMD paths (is -DTRITIUM_NO_SIMD in TRITIUM_CPU_KERNEL_FLAGS?)"
+            elif platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+                why = "this CPU has no AVX2"
+            else:
+                why = f"tritium's CPU kernel has no SIMD path for {platform.machine()}"
+            warnings.warn(f"tritium: {why}, so packed layers run the CPU kernel's portable path "
                           "(correct, but several times slower than the AVX2 and AVX-512 paths).",
                           RuntimeWarning, stacklevel=4)
     torch.ops.tritium_cpu_info.set_path(name)

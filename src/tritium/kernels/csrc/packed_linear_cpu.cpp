@@ -28,7 +28,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__x86_64__) || defined(_M_X64)
+// -DTRITIUM_NO_SIMD (in TRITIUM_CPU_KERNEL_FLAGS) builds only the portable path, as on a CPU of another architecture.
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(TRITIUM_NO_SIMD)
 #define TRITIUM_X86 1
 #include <immintrin.h>
 #define TRITIUM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
