@@ -321,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     from .utils.errors import TritiumError
 
     try:
+        from .kernels.cpu import check_path_request
+
+        check_path_request()  # a bad TRITIUM_CPU_PATH fails here, not after loading and calibrating
         return handlers[args.command](args)
     # ValueError: older input checks not yet converted to a TritiumError subclass.
     except (TritiumError, ValueError) as err:

@@ -365,3 +365,16 @@ def test_kernel_stays_on_the_calling_thread_while_other_processes_fill_the_cores
         for process in busy:
             process.kill()
             process.wait()
+
+
+def test_cli_refuses_a_bad_path_request_before_any_work(monkeypatch, capsys):
+    from tritium.cli import main
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"sse2", "avx2", "fma", "f16c"}))
+    for value, message in (("avx1024", "names no CPU kernel path"), ("avx512", "lacks avx512f, avx512bw, avx512vl")):
+        monkeypatch.setenv(cpu.PATH_ENV, value)
+        assert main(["info", "--model", "/no/such/model"]) == 2  # the path check comes before the model lookup
+        err = capsys.readouterr().err
+        assert message in err and "not found" not in err, err
+    monkeypatch.setenv(cpu.PATH_ENV, "avx2")
+    cpu.check_path_request()  # a runnable request passes

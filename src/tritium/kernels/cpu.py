@@ -221,6 +221,23 @@ def available_paths() -> list[str]:
     return paths
 
 
+def check_path_request() -> None:
+    """Raise :class:`CpuPathError` now if ``TRITIUM_CPU_PATH`` names a path that does not exist or that the
+    CPU's flags rule out; builds nothing, so a command can check before its expensive work."""
+    requested = os.environ.get(PATH_ENV)
+    if not requested:
+        return
+    name = requested.strip().lower()
+    flags = cpu_flags()
+    if name not in PATH_FLAGS:
+        raise CpuPathError(f"{PATH_ENV}={requested!r} names no CPU kernel path: choose one of "
+                           f"{', '.join(PATH_FLAGS)} (or leave it unset for the fastest this CPU runs)")
+    if flags and name not in paths_for_flags(flags):
+        raise CpuPathError(f"{PATH_ENV}={requested!r} asks for the {name} CPU kernel path, but this CPU cannot "
+                           f"run it ({_describe_missing(name)}): choose one of {', '.join(paths_for_flags(flags))}, "
+                           "or leave it unset for the fastest this CPU runs")
+
+
 def _describe_missing(path: str) -> str:
     flags = cpu_flags()
     missing = [flag for flag in PATH_FLAGS[path] if flag not in flags]
