@@ -254,6 +254,88 @@ inline float gather_sum(const float* table, const uint8_t* bytes, int64_t n) {
   return (a0 + a1) + (a2 + a3);
 }
 
+// The plain C++ loops below are compiled three times: as they are, and inlined into an avx2 and an avx512
+// target function, so that the compiler vectorizes them for the path that runs (the file itself is built
+// for the baseline ISA). Only the path's own copy ever executes.
+#define TRITIUM_INLINE inline __attribute__((always_inline))
+
+// Tables of byte positions c0..c1: T[c][b] = Σ_i digit_i(b)·X[c·k + i].
+TRITIUM_INLINE void fill_tables_body(float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    float* t = T + c * kTableStride;
+    t[0] = 0.f;
+    int64_t span = 1;
+    for (int64_t i = 0; i < k; ++i) {
+      const float xi = X[c * k + i];
+      for (int64_t d = 1; d < radix; ++d) {
+        const float v = static_cast<float>(d) * xi;
+        float* dst = t + d * span;
+#pragma omp simd
+        for (int64_t j = 0; j < span; ++j) dst[j] = t[j] + v;
+      }
+      span *= radix;
+    }
+    // Bytes past radix^k are no valid code (a corrupt buffer): make them poison the result
+    // with NaN instead of reading a stale slot that looks like a number.
+    for (int64_t b = span; b < kTableStride; ++b) t[b] = std::numeric_limits<float>::quiet_NaN();
+  }
+}
+
+// The float weight rows n0..n1: w = scale·(digit − zero) + shift, digit[b·k + i] = digit i of byte b.
+TRITIUM_INLINE void dequantize_rows_body(const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+  const int64_t k = p.dg.k;
+  std::vector<float> buf(p.bytes_per_group * k);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t g = 0; g < p.groups; ++g) {
+      const int64_t q = n * p.groups + g, len = group_length(p, g);
+      const uint8_t* b = p.packed + q * p.bytes_per_group;
+      for (int64_t j = 0; j < p.bytes_per_group; ++j)
+        for (int64_t i = 0; i < k; ++i) buf[j * k + i] = digit[b[j] * k + i];
+      const float s = p.scale[q], z = p.zero ? p.zero[q] : p.implicit_zero, t = p.shift ? p.shift[q] : 0.f;
+      float* dst = W + n * p.in + g * p.group_size;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) dst[j] = s * (buf[j] - z) + t;
+    }
+  }
+}
+
+void fill_tables_portable(float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+  fill_tables_body(T, X, k, radix, c0, c1);
+}
+void dequantize_rows_portable(const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+  dequantize_rows_body(p, digit, W, n0, n1);
+}
+#if TRITIUM_X86
+TRITIUM_TARGET_AVX2 void fill_tables_avx2(float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+  fill_tables_body(T, X, k, radix, c0, c1);
+}
+TRITIUM_TARGET_AVX512 void fill_tables_avx512(float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+  fill_tables_body(T, X, k, radix, c0, c1);
+}
+TRITIUM_TARGET_AVX2 void dequantize_rows_avx2(const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+  dequantize_rows_body(p, digit, W, n0, n1);
+}
+TRITIUM_TARGET_AVX512 void dequantize_rows_avx512(const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+  dequantize_rows_body(p, digit, W, n0, n1);
+}
+#endif
+
+void fill_tables(int path, float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+#if TRITIUM_X86
+  if (path == kAvx512) return fill_tables_avx512(T, X, k, radix, c0, c1);
+  if (path == kAvx2) return fill_tables_avx2(T, X, k, radix, c0, c1);
+#endif
+  fill_tables_portable(T, X, k, radix, c0, c1);
+}
+
+void dequantize_rows(int path, const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+#if TRITIUM_X86
+  if (path == kAvx512) return dequantize_rows_avx512(p, digit, W, n0, n1);
+  if (path == kAvx2) return dequantize_rows_avx2(p, digit, W, n0, n1);
+#endif
+  dequantize_rows_portable(p, digit, W, n0, n1);
+}
+
 // y[n] for one activation row x. The table is [byte position][256]; scratch buffers persist per thread.
 void lookup_row(const Problem& p, const float* x, float* y) {
   const int64_t chunks = p.groups * p.bytes_per_group, k = p.dg.k, radix = p.dg.radix;
@@ -277,25 +359,9 @@ void lookup_row(const Problem& p, const float* x, float* y) {
   float* T = table.data();
   const float* X = xs.data();
   const float* sums = group_sum.data();
+  const int path = current_path();
   parallel_rows(0, chunks, grain_for(p.dg.values * 4), [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      float* t = T + c * kTableStride;
-      t[0] = 0.f;
-      int64_t span = 1;
-      for (int64_t i = 0; i < k; ++i) {
-        const float xi = X[c * k + i];
-        for (int64_t d = 1; d < radix; ++d) {
-          const float v = static_cast<float>(d) * xi;
-          float* dst = t + d * span;
-#pragma omp simd
-          for (int64_t j = 0; j < span; ++j) dst[j] = t[j] + v;
-        }
-        span *= radix;
-      }
-      // Bytes past radix^k are no valid code (a corrupt buffer): make them poison the result
-      // with NaN instead of reading a stale slot that looks like a number.
-      for (int64_t b = span; b < kTableStride; ++b) t[b] = std::numeric_limits<float>::quiet_NaN();
-    }
+    fill_tables(path, T, X, k, radix, c0, c1);
   });
   // Rows split across threads; within a thread, byte positions go in tiles whose table
   // slice (kTileBytes KB) stays in L1 while every row of the thread reads it.
@@ -335,21 +401,9 @@ at::Tensor dequantize(const Problem& p) {
     for (int64_t i = 0; i < k; ++i, v /= radix)
       digit[b * k + i] = b < p.dg.values ? static_cast<float>(v % radix) : std::numeric_limits<float>::quiet_NaN();
   }
-  at::parallel_for(0, p.out, 16, [&](int64_t n0, int64_t n1) {
-    std::vector<float> buf(p.bytes_per_group * k);
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t g = 0; g < p.groups; ++g) {
-        const int64_t q = n * p.groups + g, len = group_length(p, g);
-        const uint8_t* b = p.packed + q * p.bytes_per_group;
-        for (int64_t j = 0; j < p.bytes_per_group; ++j)
-          for (int64_t i = 0; i < k; ++i) buf[j * k + i] = digit[b[j] * k + i];
-        const float s = p.scale[q], z = p.zero ? p.zero[q] : p.implicit_zero, t = p.shift ? p.shift[q] : 0.f;
-        float* dst = W + n * p.in + g * p.group_size;
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j) dst[j] = s * (buf[j] - z) + t;
-      }
-    }
-  });
+  const int path = current_path();
+  const float* D = digit.data();
+  at::parallel_for(0, p.out, 16, [&](int64_t n0, int64_t n1) { dequantize_rows(path, p, D, W, n0, n1); });
   return w;
 }
 
