@@ -9,6 +9,16 @@ from tritium.models import tiny_model, tiny_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# The CPU kernel's avx2 path rounds activations to int8, so a packed model there is close to, not equal to,
+# its fake-quant float model, which many tests assert to 1e-4. Unless told otherwise, the suite runs the
+# fastest exact path (avx512, else portable) in this process and in the CLI processes it starts;
+# tests/kernels runs every path, avx2 included, explicitly.
+if "TRITIUM_CPU_PATH" not in os.environ:
+    from tritium.kernels.cpu import paths_for_flags
+    from tritium.utils.hardware import cpu_flags
+
+    os.environ["TRITIUM_CPU_PATH"] = "avx512" if "avx512" in paths_for_flags(cpu_flags()) else "portable"
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

@@ -105,6 +105,10 @@ def test_run_generates_the_asked_number_of_tokens(ternary_run, capsys, folder, l
     assert re.search(r"6 new tokens on cpu with the (lean loop|HF generate) .* decode [\d.]+ tokens/s",
                      captured.err), captured.err
     assert ("HF generate" in captured.err) == (loop == "hf")
+    if folder == "packed":  # the packed layers ran the CPU kernel: the line says on which path
+        from tritium.kernels import active_path
+
+        assert f"CPU kernel path {active_path()}" in captured.err
     assert captured.out.strip()
 
 

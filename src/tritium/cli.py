@@ -360,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
 
     set_progress_bars(not getattr(args, "no_progress", False))  # every bar, tritium's and the libraries'
     try:
+        from .kernels.cpu import check_path_request
+
+        check_path_request()  # a bad TRITIUM_CPU_PATH fails here, not after loading and calibrating
         with run_session() as session:  # the run folders the command claims are closed however it ends
             code = handlers[args.command](args)
             session.failed = code != 0

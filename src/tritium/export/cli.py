@@ -230,8 +230,11 @@ def cmd_run(args) -> int:
         loop = "HF generate"
     print(tokenizer.decode(new, skip_special_tokens=True))
     n_new = int(new.numel())
+    from ..kernels.cpu import active_path
+
+    kernel = f"; CPU kernel path {active_path()}" if str(device) == "cpu" and active_path() != "reference" else ""
     print(f"tritium: {n_new} new tokens on {device} with the {loop} ({source.describe()}); prefill of {ids.shape[1]} tokens "
-          f"{prefill:.3f} s; decode {rate}", file=sys.stderr)
+          f"{prefill:.3f} s; decode {rate}{kernel}", file=sys.stderr)
     return 0
 
 

@@ -9,8 +9,17 @@ from __future__ import annotations
 import torch
 
 from . import ops, triton_kernels
-from .cpu import bit_planes, cpu_kernel_status, load_cpu_kernel, planes_available  # noqa: F401
-from .reference import packed_linear_reference  # noqa: F401
+from .cpu import (  # noqa: F401
+    CpuPathError,
+    active_path,
+    available_paths,
+    bit_planes,
+    cpu_kernel_status,
+    load_cpu_kernel,
+    planes_available,
+    set_cpu_path,
+)
+from .reference import packed_linear_reference, round_activations_int8  # noqa: F401
 
 TRITON_REGISTERED = triton_kernels.register()
 

@@ -8,7 +8,8 @@ t + 1, zero 1) this is α·(x·Tᵀ) + γ·Σx per group, DLT's shift included.
 Implementations, chosen by the dispatcher from the input's device:
 
 * ``CompositeExplicitAutograd``: :func:`packed_linear_reference` (any device; the oracle);
-* ``CPU``: the C++ kernel of :mod:`tritium.kernels.cpu`, compiled on first use;
+* ``CPU``: the C++ kernel of :mod:`tritium.kernels.cpu`, compiled on first use (avx512, avx2 or portable path,
+  picked at run time; the avx2 path rounds activations to int8, see :func:`round_activations_int8`);
 * ``CUDA``: the Triton kernel of :mod:`tritium.kernels.triton_kernels`, when triton is installed.
 """
 
@@ -21,7 +22,7 @@ from .reference import packed_linear_reference
 OP_NAMESPACE = "tritium"
 OP_NAME = "packed_linear"
 # kernel_layout: an optional device-specific re-layout of `packed` that a kernel may use instead
-# (the CPU kernel's AVX-512 bit planes); implementations that do not know it ignore it.
+# (the bit planes the CPU kernel's avx512 and avx2 paths read); implementations that do not know it ignore it.
 SCHEMA = ("packed_linear(Tensor x, Tensor packed, Tensor scale, Tensor? zero, Tensor? shift, int radix, "
           "int in_features, int group_size, float implicit_zero, Tensor? kernel_layout=None) -> Tensor")
 

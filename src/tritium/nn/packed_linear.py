@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels import bit_planes, packed_linear, planes_available
+from ..kernels.cpu import layout_epoch
 from ..pack.layouts import PackError, group_sizes, packed_length, ternary_radix, uniform_radix
 from ..pack.packed import SCALE_DTYPES, PackedWeight, pack_quantized
 from ..quant.grids import GroupLayout, QuantizedWeight, TernaryGrid, UniformGrid
@@ -101,13 +102,15 @@ class PackedLinear(nn.Module):
         return self.packed_weight().dequantize(dtype)
 
     def cpu_kernel_layout(self) -> Tensor | None:
-        """The bit planes the AVX-512 CPU path reads, rebuilt whenever ``packed`` changes; None without it."""
+        """The bit planes the SIMD CPU paths read, rebuilt whenever ``packed`` (or the active path) changes;
+        None where the active path does not read them."""
         packed = self.packed
-        key = (packed.data_ptr(), packed._version)
+        key = (packed.data_ptr(), packed._version, layout_epoch())
         if self._kernel_layout_key == key:  # the common case, checked first: it runs on every forward
             return self._kernel_layout
         if packed.device.type != "cpu" or self.radix > 16 or not planes_available():
             return None
+        key = (packed.data_ptr(), packed._version, layout_epoch())  # the first call loads the kernel: new epoch
         if self._kernel_layout_key != key:
             self._kernel_layout = bit_planes(self.packed, self.radix, self.in_features, self.group_size)
             self._kernel_layout_key = key

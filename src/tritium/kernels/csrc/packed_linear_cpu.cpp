@@ -1,32 +1,189 @@
-// CPU kernel of tritium::packed_linear.
+// CPU kernel of tritium::packed_linear (and of tritium::linear_half_weight).
 //
 //   y[m, n] = Σ_g scale[n,g]·(x_g · d[n,g] − zero[n,g]·Σx_g) + shift[n,g]·Σx_g
 //
 // where d are the base-`radix` digits stored k to a byte, group by group (tritium.pack).
 //
-// Few rows (decode, batch 1): a lookup table. Each byte covers k activations and can
-// take only radix^k values (243 for 5 trits), so for every byte position c we first
-// tabulate T[c][b] = Σ_i digit_i(b)·x[k·c + i] for all b — radix^k·in/k additions —
-// and then each output row costs one table load and one add per byte (in/5 for
-// ternary) instead of in multiply-adds. Building the table is vectorised (AVX2/AVX-512
-// by -march=native); rows are split over OpenMP threads. The activations stay in float,
-// so the result equals the float reference up to summation order.
-// Many rows (prefill): decode the weight once to float and hand the GEMM to ATen.
+// One build holds three paths and picks one at run time (tritium.kernels.cpu sets it from the CPU's
+// flags, or TRITIUM_CPU_PATH forces one). The file is compiled for the baseline ISA, not -march=native:
+// each SIMD function carries its own target attribute, so the library loads on any x86-64 CPU and only
+// the chosen path's instructions run. (A lambda does not inherit its enclosing function's target, so
+// every SIMD loop that runs under at::parallel_for lives in a named target function the lambda calls.)
+//
+// * avx512: the bit-plane layout (tritium.kernels.cpu.bit_planes) with float tables looked up by vpermps:
+//   exact up to summation order.
+// * avx2: the same bit planes, looked up by vpshufb. vpshufb indexes 16 bytes, not floats, so the
+//   activations are quantized to int8 (absmax per row and block of ≤ 128 activations inside a group),
+//   the 16 subset sums of every 4 activations go in a byte table as two bytes (low, high), and the
+//   integer dot products are exact; the result equals the float reference on the int8-rounded
+//   activations up to summation order (tritium.kernels.reference.round_activations_int8 gives them).
+//   A row with a non-finite activation takes the exact float lookup instead, so NaN and inf propagate.
+// * portable: a float lookup table per byte position (few rows), no intrinsics.
+// Every path decodes the weight once to float and hands the GEMM to ATen for many rows (prefill).
+//
+// Threads: at::parallel_for runs in torch's own OpenMP pool (tritium.kernels.cpu links the OpenMP
+// runtime torch loaded, so the two never run separate pools). A matrix too small to pay for a wake-up,
+// or any matrix while other processes keep the cores busy, stays on the calling thread, so no call
+// waits at a join for a worker the scheduler has not run: see kMinWeightsPerThread and machine_has_room.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#if defined(__AVX512F__)
+
+// -DTRITIUM_NO_SIMD (in TRITIUM_CPU_KERNEL_FLAGS) builds only the portable path, as on a CPU of another architecture.
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(TRITIUM_NO_SIMD)
+#define TRITIUM_X86 1
 #include <immintrin.h>
+#define TRITIUM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TRITIUM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#else
+#define TRITIUM_X86 0
 #endif
 
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
+#if defined(__linux__)
+#include <unistd.h>
+#endif
 
 namespace tritium_cpu {
 
 constexpr int64_t kLookupMaxRows = 4;  // above this, decode + GEMM is faster than one lookup table per row
-constexpr int64_t kPlanesMaxRows = 32;  // the bit-plane path stays ahead of decode + GEMM up to about here
+constexpr int64_t kPlanesMaxRows = 32;  // the bit-plane paths stay ahead of decode + GEMM up to about here
+// Work a second thread must get before it is woken. Idle, a fork/join costs a few µs; on a loaded machine
+// the caller can wait a whole scheduler slice (ms) at the join for a worker that is not running, which
+// made one 576×576 call take 7.9 ms where fp32 took 92 µs. A matrix below this stays on the calling
+// thread: ~1M weights is tens of µs of work on the SIMD paths.
+constexpr int64_t kMinWeightsPerThread = int64_t{1} << 20;
 
+inline int64_t grain_for(int64_t weights_per_item) {
+  return std::max<int64_t>(1, kMinWeightsPerThread / std::max<int64_t>(1, weights_per_item));
+}
+
+// Whether the machine has a free core for each of torch's other threads. A fork on a machine whose cores
+// other processes keep busy waits at the join for a worker the scheduler has not run yet (measured: a
+// 576×3072 call at 2 threads took 20 ms instead of 30 µs beside busy processes), so then the work stays
+// on the calling thread. "Busy" is the other processes' CPU time — the machine's busy time from /proc/stat
+// minus this process's own — over the last ~200 ms; this process's spinning workers do not count.
+// Linux only; elsewhere every machine has room.
+struct LoadProbe {
+  std::mutex lock;
+  std::atomic<int64_t> next_ns{0};
+  std::atomic<bool> room{true};
+  std::atomic<double> other_cores{0.0};
+  int64_t last_ns = -1;
+  double last_busy_s = 0.0, last_self_s = 0.0;
+};
+LoadProbe g_load;
+constexpr int64_t kLoadWindowNs = 200 * 1000 * 1000;
+
+inline int64_t monotonic_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Busy seconds of all CPUs since boot (/proc/stat: user nice system idle iowait irq softirq steal), or < 0.
+double machine_busy_seconds() {
+#if defined(__linux__)
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return -1.0;
+  unsigned long long v[8] = {0};
+  const int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                            &v[6], &v[7]);
+  std::fclose(f);
+  if (n < 4) return -1.0;
+  static const double tick = 1.0 / static_cast<double>(sysconf(_SC_CLK_TCK));
+  return static_cast<double>(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * tick;  // steal: CPU another VM took
+#else
+  return -1.0;
+#endif
+}
+
+double process_cpu_seconds() {
+  return static_cast<double>(std::clock()) / CLOCKS_PER_SEC;
+}
+
+bool machine_has_room(int64_t threads) {
+  const int64_t now = monotonic_ns();
+  if (now < g_load.next_ns.load(std::memory_order_relaxed)) return g_load.room.load(std::memory_order_relaxed);
+  std::unique_lock<std::mutex> guard(g_load.lock, std::try_to_lock);
+  if (!guard.owns_lock()) return g_load.room.load(std::memory_order_relaxed);  // another thread is measuring
+  const double busy = machine_busy_seconds(), self = process_cpu_seconds();
+  if (busy >= 0.0 && g_load.last_ns >= 0) {
+    const double wall = static_cast<double>(now - g_load.last_ns) * 1e-9;
+    const double others = std::max(0.0, (busy - g_load.last_busy_s) - (self - g_load.last_self_s)) / wall;
+    const double cpus = static_cast<double>(std::max<long>(1, sysconf(_SC_NPROCESSORS_ONLN)));
+    g_load.other_cores.store(others, std::memory_order_relaxed);
+    // Half a core of slack: the tick counts are coarse (10 ms) and a shell or a logger is no load.
+    g_load.room.store(others <= cpus - static_cast<double>(threads) + 0.5, std::memory_order_relaxed);
+  }
+  g_load.last_ns = now;
+  g_load.last_busy_s = busy;
+  g_load.last_self_s = self;
+  g_load.next_ns.store(now + kLoadWindowNs, std::memory_order_relaxed);
+  return g_load.room.load(std::memory_order_relaxed);
+}
+
+// at::parallel_for, but on the calling thread where a fork cannot pay: too little work (grain) or no free
+// cores for torch's other threads.
+template <class F>
+void parallel_rows(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  const int64_t threads = at::get_num_threads();
+  if (end - begin <= grain || threads <= 1 || at::in_parallel_region() || !machine_has_room(threads)) {
+    if (begin < end) f(begin, end);
+    return;
+  }
+  at::parallel_for(begin, end, grain, f);
+}
+
+// ---------------------------------------------------------------------------------- paths
+enum Path : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* const kPathNames[] = {"portable", "avx2", "avx512"};
+
+bool cpu_supports(int path) {
+  if (path == kPortable) return true;
+#if TRITIUM_X86
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (path == kAvx2) return avx2;
+  if (path == kAvx512)
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#endif
+  return false;
+}
+
+int best_supported_path() {
+  for (int path : {kAvx512, kAvx2})
+    if (cpu_supports(path)) return path;
+  return kPortable;
+}
+
+std::atomic<int> g_path{-1};  // -1: not chosen yet (Python chooses at load; direct users get the best)
+
+int current_path() {
+  int path = g_path.load(std::memory_order_relaxed);
+  if (path < 0) {
+    path = best_supported_path();
+    g_path.store(path, std::memory_order_relaxed);
+  }
+  return path;
+}
+
+int path_from_name(const std::string& name) {
+  for (int path : {kPortable, kAvx2, kAvx512})
+    if (name == kPathNames[path]) return path;
+  TORCH_CHECK(false, "tritium CPU kernel: unknown path '", name, "': choose avx512, avx2 or portable");
+  return kPortable;
+}
+
+// ---------------------------------------------------------------------------------- shared data
 struct Digits {
   int64_t radix, k, values;  // k digits per byte, radix^k byte values in use
 };
@@ -69,11 +226,20 @@ inline int64_t group_length(const Problem& p, int64_t g) {
   return std::min(p.group_size, p.in - g * p.group_size);
 }
 
+// The bit-plane layout (both SIMD paths read it): planes[row_block][g][b][q][16], B planes with
+// digit = Σ_b 2^b·bit_b; bit i of byte (q, lane r) is bit b of the digit of weight 8q + i of group g,
+// row 16·row_block + r. Rows and groups are zero-padded.
+constexpr int64_t kRowsPerBlock = 16;
+
+// ---------------------------------------------------------------------------------- portable: lookup table
+// Few rows (decode, batch 1). Each byte covers k activations and can take only radix^k values (243 for
+// 5 trits), so for every byte position c we first tabulate T[c][b] = Σ_i digit_i(b)·x[k·c + i] for all b
+// — radix^k·in/k additions — and then each output row costs one table load and one add per byte (in/5
+// for ternary) instead of in multiply-adds. The activations stay in float.
 constexpr int64_t kTableStride = 256;  // floats per byte position: every byte value has a slot
 constexpr int64_t kTileBytes = 32;     // byte positions per L1-resident table tile (32 KB)
 
-// Sum of table[j * 256 + bytes[j]] over j < n: one load per byte of weights. (AVX-512
-// gathers measured slower than these scalar loads here; the table tile is in L1.)
+// Sum of table[j * 256 + bytes[j]] over j < n: one load per byte of weights.
 inline float gather_sum(const float* table, const uint8_t* bytes, int64_t n) {
   int64_t j = 0;
   // Four partial sums break the add latency chain.
@@ -86,6 +252,88 @@ inline float gather_sum(const float* table, const uint8_t* bytes, int64_t n) {
   }
   for (; j < n; ++j) a0 += table[j * kTableStride + bytes[j]];
   return (a0 + a1) + (a2 + a3);
+}
+
+// The plain C++ loops below are compiled three times: as they are, and inlined into an avx2 and an avx512
+// target function, so that the compiler vectorizes them for the path that runs (the file itself is built
+// for the baseline ISA). Only the path's own copy ever executes.
+#define TRITIUM_INLINE inline __attribute__((always_inline))
+
+// Tables of byte positions c0..c1: T[c][b] = Σ_i digit_i(b)·X[c·k + i].
+TRITIUM_INLINE void fill_tables_body(float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    float* t = T + c * kTableStride;
+    t[0] = 0.f;
+    int64_t span = 1;
+    for (int64_t i = 0; i < k; ++i) {
+      const float xi = X[c * k + i];
+      for (int64_t d = 1; d < radix; ++d) {
+        const float v = static_cast<float>(d) * xi;
+        float* dst = t + d * span;
+#pragma omp simd
+        for (int64_t j = 0; j < span; ++j) dst[j] = t[j] + v;
+      }
+      span *= radix;
+    }
+    // Bytes past radix^k are no valid code (a corrupt buffer): make them poison the result
+    // with NaN instead of reading a stale slot that looks like a number.
+    for (int64_t b = span; b < kTableStride; ++b) t[b] = std::numeric_limits<float>::quiet_NaN();
+  }
+}
+
+// The float weight rows n0..n1: w = scale·(digit − zero) + shift, digit[b·k + i] = digit i of byte b.
+TRITIUM_INLINE void dequantize_rows_body(const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+  const int64_t k = p.dg.k;
+  std::vector<float> buf(p.bytes_per_group * k);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t g = 0; g < p.groups; ++g) {
+      const int64_t q = n * p.groups + g, len = group_length(p, g);
+      const uint8_t* b = p.packed + q * p.bytes_per_group;
+      for (int64_t j = 0; j < p.bytes_per_group; ++j)
+        for (int64_t i = 0; i < k; ++i) buf[j * k + i] = digit[b[j] * k + i];
+      const float s = p.scale[q], z = p.zero ? p.zero[q] : p.implicit_zero, t = p.shift ? p.shift[q] : 0.f;
+      float* dst = W + n * p.in + g * p.group_size;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) dst[j] = s * (buf[j] - z) + t;
+    }
+  }
+}
+
+void fill_tables_portable(float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+  fill_tables_body(T, X, k, radix, c0, c1);
+}
+void dequantize_rows_portable(const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+  dequantize_rows_body(p, digit, W, n0, n1);
+}
+#if TRITIUM_X86
+TRITIUM_TARGET_AVX2 void fill_tables_avx2(float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+  fill_tables_body(T, X, k, radix, c0, c1);
+}
+TRITIUM_TARGET_AVX512 void fill_tables_avx512(float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+  fill_tables_body(T, X, k, radix, c0, c1);
+}
+TRITIUM_TARGET_AVX2 void dequantize_rows_avx2(const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+  dequantize_rows_body(p, digit, W, n0, n1);
+}
+TRITIUM_TARGET_AVX512 void dequantize_rows_avx512(const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+  dequantize_rows_body(p, digit, W, n0, n1);
+}
+#endif
+
+void fill_tables(int path, float* T, const float* X, int64_t k, int64_t radix, int64_t c0, int64_t c1) {
+#if TRITIUM_X86
+  if (path == kAvx512) return fill_tables_avx512(T, X, k, radix, c0, c1);
+  if (path == kAvx2) return fill_tables_avx2(T, X, k, radix, c0, c1);
+#endif
+  fill_tables_portable(T, X, k, radix, c0, c1);
+}
+
+void dequantize_rows(int path, const Problem& p, const float* digit, float* W, int64_t n0, int64_t n1) {
+#if TRITIUM_X86
+  if (path == kAvx512) return dequantize_rows_avx512(p, digit, W, n0, n1);
+  if (path == kAvx2) return dequantize_rows_avx2(p, digit, W, n0, n1);
+#endif
+  dequantize_rows_portable(p, digit, W, n0, n1);
 }
 
 // y[n] for one activation row x. The table is [byte position][256]; scratch buffers persist per thread.
@@ -111,30 +359,14 @@ void lookup_row(const Problem& p, const float* x, float* y) {
   float* T = table.data();
   const float* X = xs.data();
   const float* sums = group_sum.data();
-  at::parallel_for(0, chunks, 128, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      float* t = T + c * kTableStride;
-      t[0] = 0.f;
-      int64_t span = 1;
-      for (int64_t i = 0; i < k; ++i) {
-        const float xi = X[c * k + i];
-        for (int64_t d = 1; d < radix; ++d) {
-          const float v = static_cast<float>(d) * xi;
-          float* dst = t + d * span;
-#pragma omp simd
-          for (int64_t j = 0; j < span; ++j) dst[j] = t[j] + v;
-        }
-        span *= radix;
-      }
-      // Bytes past radix^k are no valid code (a corrupt buffer): make them poison the result
-      // with NaN instead of reading a stale slot that looks like a number.
-      for (int64_t b = span; b < kTableStride; ++b) t[b] = std::numeric_limits<float>::quiet_NaN();
-    }
+  const int path = current_path();
+  parallel_rows(0, chunks, grain_for(p.dg.values * 4), [&](int64_t c0, int64_t c1) {
+    fill_tables(path, T, X, k, radix, c0, c1);
   });
   // Rows split across threads; within a thread, byte positions go in tiles whose table
   // slice (kTileBytes KB) stays in L1 while every row of the thread reads it.
   const int64_t bpg = p.bytes_per_group;
-  at::parallel_for(0, p.out, std::max<int64_t>(16, (int64_t{1} << 18) / p.in), [&](int64_t n0, int64_t n1) {
+  parallel_rows(0, p.out, grain_for(p.in), [&](int64_t n0, int64_t n1) {
     thread_local std::vector<float> dots, acc;
     dots.assign(n1 - n0, 0.f);
     acc.assign(n1 - n0, 0.f);
@@ -157,99 +389,6 @@ void lookup_row(const Problem& p, const float* x, float* y) {
   });
 }
 
-#if defined(__AVX512F__)
-// ---------------------------------------------------------------------------------- bit planes
-// The fast path where AVX-512 exists. The weights come re-laid out (tritium.kernels.cpu.bit_planes)
-// as B bit planes, digit = Σ_b 2^b·bit_b, with 16 output rows interleaved:
-//   planes[row_block][g][b][q][16]: bit i of byte (q, lane r) is bit b of the digit of
-//   weight 8q + i of group g, row 16·row_block + r.
-// For every 4 activations a 16-float table holds all 16 subset sums, so one vpermps looks up
-// 4 weights × 16 rows at once; the table and the sums stay in float.
-constexpr int64_t kRowsPerBlock = 16;
-
-template <int B>
-void planes_row(const Problem& p, const uint8_t* planes, int64_t bytes_per_plane, const float* x, float* y) {
-  const int64_t groups = p.groups, nq = bytes_per_plane;
-  thread_local std::vector<float> table_buf, sums_buf;
-  if (static_cast<int64_t>(table_buf.size()) < groups * nq * 32) table_buf.resize(groups * nq * 32);
-  if (static_cast<int64_t>(sums_buf.size()) < groups) sums_buf.resize(groups);
-  __m512 bit_pattern[4];
-  for (int i = 0; i < 4; ++i) {
-    alignas(64) float lanes[16];
-    for (int b = 0; b < 16; ++b) lanes[b] = static_cast<float>((b >> i) & 1);
-    bit_pattern[i] = _mm512_load_ps(lanes);
-  }
-  float* T = table_buf.data();
-  float* sums = sums_buf.data();
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t len = group_length(p, g), base = g * p.group_size;
-    float s = 0.f;
-    for (int64_t j = 0; j < len; ++j) s += x[base + j];
-    sums[g] = s;
-    // Table of half-byte h: lane b holds Σ_i bit_i(b)·x_i over its 4 activations, built as 4 FMAs
-    // against the constant bit patterns of the lane numbers.
-    for (int64_t h = 0; h < nq * 2; ++h) {
-      __m512 t = _mm512_setzero_ps();
-      for (int i = 0; i < 4; ++i) {
-        const int64_t j = 4 * h + i;
-        if (j < len) t = _mm512_fmadd_ps(_mm512_set1_ps(x[base + j]), bit_pattern[i], t);
-      }
-      _mm512_storeu_ps(T + (g * nq * 2 + h) * 16, t);
-    }
-  }
-  const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
-  // A thread only pays off with enough work to hide the fork/join (a few µs): ~256K weights each.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (kRowsPerBlock * p.in));
-  at::parallel_for(0, blocks, grain, [&](int64_t k0, int64_t k1) {
-    for (int64_t blk = k0; blk < k1; ++blk) {
-      const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
-      __m512 out_acc = _mm512_setzero_ps();
-      // In a decode step each matrix is read once, from memory: ask for the next block's codes (into L2)
-      // while this one computes, or the loads stall the lookups (~20% of a SmolLM2 decode step's matmul time).
-      if (blk + 1 < k1) {
-        const char* next = reinterpret_cast<const char*>(planes + ((blk + 1) * groups * B) * nq * 16);
-        const int64_t bytes = groups * B * nq * 16;
-        for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(next + off, _MM_HINT_T1);
-      }
-      for (int64_t g = 0; g < groups; ++g) {
-        __m512 lo[B], hi[B];
-        for (int b = 0; b < B; ++b) lo[b] = hi[b] = _mm512_setzero_ps();
-        const uint8_t* w = planes + ((blk * groups + g) * B) * nq * 16;
-        const float* tg = T + g * nq * 32;
-        for (int64_t q = 0; q < nq; ++q) {
-          const __m512 t_lo = _mm512_loadu_ps(tg + q * 32), t_hi = _mm512_loadu_ps(tg + q * 32 + 16);
-          for (int b = 0; b < B; ++b) {
-            const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (b * nq + q) * 16)));
-            lo[b] = _mm512_add_ps(lo[b], _mm512_permutexvar_ps(idx, t_lo));  // vpermps reads index bits 0-3
-            hi[b] = _mm512_add_ps(hi[b], _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), t_hi));
-          }
-        }
-        __m512 dot = _mm512_add_ps(lo[0], hi[0]);
-        for (int b = 1; b < B; ++b) dot = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(1 << b)), _mm512_add_ps(lo[b], hi[b]), dot);
-        alignas(64) float sc[16] = {0}, zr[16] = {0}, sh[16] = {0};
-        for (int64_t r = 0; r < nrows; ++r) {
-          const int64_t q = (row0 + r) * groups + g;
-          sc[r] = p.scale[q];
-          zr[r] = p.zero ? p.zero[q] : p.implicit_zero;
-          sh[r] = p.shift ? p.shift[q] : 0.f;
-        }
-        const __m512 gsum = _mm512_set1_ps(sums[g]);
-        // scale·(dot − zero·Σx) + shift·Σx
-        out_acc = _mm512_fmadd_ps(_mm512_load_ps(sc), _mm512_fnmadd_ps(_mm512_load_ps(zr), gsum, dot), out_acc);
-        out_acc = _mm512_fmadd_ps(_mm512_load_ps(sh), gsum, out_acc);
-      }
-      alignas(64) float res[16];
-      _mm512_store_ps(res, out_acc);
-      for (int64_t r = 0; r < nrows; ++r) y[row0 + r] = res[r];
-    }
-  });
-}
-
-bool planes_available() { return true; }
-#else
-bool planes_available() { return false; }
-#endif
-
 // The float weight [out, in]: w = scale·(digit − zero) + shift.
 at::Tensor dequantize(const Problem& p) {
   at::Tensor w = at::empty({p.out, p.in}, at::kFloat);
@@ -262,24 +401,442 @@ at::Tensor dequantize(const Problem& p) {
     for (int64_t i = 0; i < k; ++i, v /= radix)
       digit[b * k + i] = b < p.dg.values ? static_cast<float>(v % radix) : std::numeric_limits<float>::quiet_NaN();
   }
-  at::parallel_for(0, p.out, 16, [&](int64_t n0, int64_t n1) {
-    std::vector<float> buf(p.bytes_per_group * k);
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t g = 0; g < p.groups; ++g) {
-        const int64_t q = n * p.groups + g, len = group_length(p, g);
-        const uint8_t* b = p.packed + q * p.bytes_per_group;
-        for (int64_t j = 0; j < p.bytes_per_group; ++j)
-          for (int64_t i = 0; i < k; ++i) buf[j * k + i] = digit[b[j] * k + i];
-        const float s = p.scale[q], z = p.zero ? p.zero[q] : p.implicit_zero, t = p.shift ? p.shift[q] : 0.f;
-        float* dst = W + n * p.in + g * p.group_size;
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j) dst[j] = s * (buf[j] - z) + t;
-      }
-    }
-  });
+  const int path = current_path();
+  const float* D = digit.data();
+  at::parallel_for(0, p.out, 16, [&](int64_t n0, int64_t n1) { dequantize_rows(path, p, D, W, n0, n1); });
   return w;
 }
 
+#if TRITIUM_X86
+// block_params for the SIMD paths: the same values, but fp16 converted by F16C 8 at a time. c10::Half's
+// portable conversion costs ~15 instructions a value, which with groups of 64 took more time than the
+// lookups themselves (48 values per 16 rows and group).
+TRITIUM_TARGET_AVX2 inline void param_rows(const GroupParam& par, float missing, int64_t first, int64_t stride,
+                                           int64_t nrows, float* dst) {
+  if (!par) {
+    for (int64_t r = 0; r < kRowsPerBlock; ++r) dst[r] = r < nrows ? missing : 0.f;
+    return;
+  }
+  switch (par.type) {
+    case at::kHalf: {
+      alignas(32) uint16_t raw[kRowsPerBlock] = {0};
+      const uint16_t* src = static_cast<const uint16_t*>(par.data) + first;
+      for (int64_t r = 0; r < nrows; ++r) raw[r] = src[r * stride];
+      _mm256_store_ps(dst, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw))));
+      _mm256_store_ps(dst + 8, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw + 8))));
+      return;
+    }
+    case at::kBFloat16: {
+      const uint16_t* src = static_cast<const uint16_t*>(par.data) + first;
+      for (int64_t r = 0; r < kRowsPerBlock; ++r) {
+        const uint32_t bits = r < nrows ? static_cast<uint32_t>(src[r * stride]) << 16 : 0u;  // bf16: the top half
+        std::memcpy(dst + r, &bits, sizeof(bits));
+      }
+      return;
+    }
+    default: {
+      const float* src = static_cast<const float*>(par.data) + first;
+      for (int64_t r = 0; r < kRowsPerBlock; ++r) dst[r] = r < nrows ? src[r * stride] : 0.f;
+    }
+  }
+}
+
+TRITIUM_TARGET_AVX2 inline void block_params_simd(const Problem& p, int64_t row0, int64_t nrows, int64_t g, float* sc,
+                                                  float* zr, float* sh) {
+  const int64_t first = row0 * p.groups + g;
+  param_rows(p.scale, 0.f, first, p.groups, nrows, sc);
+  param_rows(p.zero, p.implicit_zero, first, p.groups, nrows, zr);
+  param_rows(p.shift, 0.f, first, p.groups, nrows, sh);
+}
+
+// ---------------------------------------------------------------------------------- avx512: float bit planes
+// For every 4 activations a 16-float table holds all 16 subset sums, so one vpermps looks up
+// 4 weights × 16 rows at once; the table and the sums stay in float.
+struct Avx512Tables {
+  const float* table;  // [groups][2·nq][16]
+  const float* sums;   // [groups]
+};
+
+template <int B>
+TRITIUM_TARGET_AVX512 void planes_blocks_avx512(const Problem& p, const uint8_t* planes, int64_t nq,
+                                                const Avx512Tables& t, float* y, int64_t k0, int64_t k1) {
+  const int64_t groups = p.groups;
+  for (int64_t blk = k0; blk < k1; ++blk) {
+    const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
+    __m512 out_acc = _mm512_setzero_ps();
+    // In a decode step each matrix is read once, from memory: ask for the next block's codes (into L2)
+    // while this one computes, or the loads stall the lookups (~20% of a SmolLM2 decode step's matmul time).
+    if (blk + 1 < k1) {
+      const char* next = reinterpret_cast<const char*>(planes + ((blk + 1) * groups * B) * nq * 16);
+      const int64_t bytes = groups * B * nq * 16;
+      for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(next + off, _MM_HINT_T1);
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 lo[B], hi[B];
+      for (int b = 0; b < B; ++b) lo[b] = hi[b] = _mm512_setzero_ps();
+      const uint8_t* w = planes + ((blk * groups + g) * B) * nq * 16;
+      const float* tg = t.table + g * nq * 32;
+      for (int64_t q = 0; q < nq; ++q) {
+        const __m512 t_lo = _mm512_loadu_ps(tg + q * 32), t_hi = _mm512_loadu_ps(tg + q * 32 + 16);
+        for (int b = 0; b < B; ++b) {
+          const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (b * nq + q) * 16)));
+          lo[b] = _mm512_add_ps(lo[b], _mm512_permutexvar_ps(idx, t_lo));  // vpermps reads index bits 0-3
+          hi[b] = _mm512_add_ps(hi[b], _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), t_hi));
+        }
+      }
+      __m512 dot = _mm512_add_ps(lo[0], hi[0]);
+      for (int b = 1; b < B; ++b) dot = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(1 << b)), _mm512_add_ps(lo[b], hi[b]), dot);
+      alignas(64) float sc[16], zr[16], sh[16];
+      block_params_simd(p, row0, nrows, g, sc, zr, sh);
+      const __m512 gsum = _mm512_set1_ps(t.sums[g]);
+      // scale·(dot − zero·Σx) + shift·Σx
+      out_acc = _mm512_fmadd_ps(_mm512_load_ps(sc), _mm512_fnmadd_ps(_mm512_load_ps(zr), gsum, dot), out_acc);
+      out_acc = _mm512_fmadd_ps(_mm512_load_ps(sh), gsum, out_acc);
+    }
+    alignas(64) float res[16];
+    _mm512_store_ps(res, out_acc);
+    for (int64_t r = 0; r < nrows; ++r) y[row0 + r] = res[r];
+  }
+}
+
+// Table of half-byte h of group g: lane b holds Σ_i bit_i(b)·x_i over its 4 activations, built as 4 FMAs
+// against the constant bit patterns of the lane numbers.
+TRITIUM_TARGET_AVX512 void tables_avx512(const Problem& p, int64_t nq, const float* x, float* T, float* sums) {
+  __m512 bit_pattern[4];
+  for (int i = 0; i < 4; ++i) {
+    alignas(64) float lanes[16];
+    for (int b = 0; b < 16; ++b) lanes[b] = static_cast<float>((b >> i) & 1);
+    bit_pattern[i] = _mm512_load_ps(lanes);
+  }
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const int64_t len = group_length(p, g), base = g * p.group_size;
+    float s = 0.f;
+    for (int64_t j = 0; j < len; ++j) s += x[base + j];
+    sums[g] = s;
+    for (int64_t h = 0; h < nq * 2; ++h) {
+      __m512 t = _mm512_setzero_ps();
+      for (int i = 0; i < 4; ++i) {
+        const int64_t j = 4 * h + i;
+        if (j < len) t = _mm512_fmadd_ps(_mm512_set1_ps(x[base + j]), bit_pattern[i], t);
+      }
+      _mm512_storeu_ps(T + (g * nq * 2 + h) * 16, t);
+    }
+  }
+}
+
+template <int B>
+void planes_row_avx512(const Problem& p, const uint8_t* planes, int64_t nq, const float* x, float* y) {
+  thread_local std::vector<float> table_buf, sums_buf;
+  if (static_cast<int64_t>(table_buf.size()) < p.groups * nq * 32) table_buf.resize(p.groups * nq * 32);
+  if (static_cast<int64_t>(sums_buf.size()) < p.groups) sums_buf.resize(p.groups);
+  tables_avx512(p, nq, x, table_buf.data(), sums_buf.data());
+  const Avx512Tables t{table_buf.data(), sums_buf.data()};
+  const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
+  parallel_rows(0, blocks, grain_for(kRowsPerBlock * p.in), [&](int64_t k0, int64_t k1) {
+    planes_blocks_avx512<B>(p, planes, nq, t, y, k0, k1);
+  });
+}
+
+// ---------------------------------------------------------------------------------- avx2: int8 bit planes
+// Per activation row, prepared once (prepare_row_avx2):
+//   * int8 activations, one scale per block of ≤ kActBlock activations of a group (absmax / 127);
+//   * for each step of 16 activations (two plane bytes, q and q+1: quads 4j..4j+3), four 32-byte tables:
+//       [0] low bytes  of the subset sums of quad 4j   | quad 4j+2    (read by the low nibbles)
+//       [1] high bytes of the same                                   (low nibbles)
+//       [2] low bytes  of quad 4j+1                    | quad 4j+3    (high nibbles)
+//       [3] high bytes of the same                                   (high nibbles)
+//     A subset sum of 4 int8 values lies in [−508, 508]: it needs 10 bits, so each is split into its
+//     low byte and its high byte, and vpunpck{l,h}bw of the two looked-up bytes rebuilds the int16.
+// Then a 32-byte load of one plane (bytes q and q+1 of 16 rows: one row per byte, lane 0 = q, lane 1
+// = q+1) and 4 vpshufb look up 16 weights × 16 rows of that plane.
+constexpr int64_t kActBlock = 128;  // activations per int8 scale; keeps each int16 lane within range
+
+struct Avx2Tables {
+  const uint8_t* table;       // [groups][steps][128]
+  const float* block_scale;   // [groups][blocks_per_group]
+  const float* sums;          // [groups]: Σ of the int8-rounded activations, in float
+  int64_t steps, blocks_per_group;
+};
+
+// Subset sums of 4 int8 activations: entry m (0..15) = Σ_{i: bit i of m} x_i, as 16 low bytes | 16 high bytes.
+TRITIUM_TARGET_AVX2 inline __m256i quad_table(const int8_t* x4) {
+  // vpmaddubsw: int16 lane m = bit0(m)·x0 + bit1(m)·x1 (and bits 2, 3 against x2, x3).
+  const __m256i bits01 = _mm256_setr_epi8(0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1,
+                                          0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1);
+  const __m256i bits23 = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0,
+                                          0, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                         0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  int16_t x01, x23;
+  std::memcpy(&x01, x4, 2);
+  std::memcpy(&x23, x4 + 2, 2);
+  const __m256i v = _mm256_add_epi16(_mm256_maddubs_epi16(bits01, _mm256_set1_epi16(x01)),
+                                     _mm256_maddubs_epi16(bits23, _mm256_set1_epi16(x23)));
+  // Per lane: 8 low bytes then 8 high bytes; then gather the lanes' low halves and high halves.
+  return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, split), 0xD8);
+}
+
+// Quantizes one row and builds its tables; false if the row holds a non-finite value.
+TRITIUM_TARGET_AVX2 bool prepare_row_avx2(const Problem& p, const Avx2Tables& t, const float* x, uint8_t* table,
+                                          float* block_scale, float* sums, int8_t* xq) {
+  const int64_t padded = t.steps * 16;
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const int64_t len = group_length(p, g), base = g * p.group_size;
+    std::memset(xq, 0, padded);
+    float group_sum = 0.f;
+    for (int64_t kb = 0; kb < t.blocks_per_group; ++kb) {
+      const int64_t start = kb * kActBlock, n = std::min(kActBlock, len - start);
+      float& scale = block_scale[g * t.blocks_per_group + kb];
+      scale = 0.f;
+      if (n <= 0) continue;
+      const float* xb = x + base + start;
+      const __m256 sign = _mm256_set1_ps(-0.f);
+      __m256 vmax = _mm256_setzero_ps(), vsum = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(xb + i);
+        vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, v));
+        vsum = _mm256_add_ps(vsum, v);
+      }
+      alignas(32) float lanes[8], lane_sums[8];
+      _mm256_store_ps(lanes, vmax);
+      _mm256_store_ps(lane_sums, vsum);
+      float amax = 0.f, check = 0.f;
+      for (int l = 0; l < 8; ++l) {
+        amax = std::max(amax, lanes[l]);
+        check += lane_sums[l];
+      }
+      for (; i < n; ++i) {
+        amax = std::max(amax, std::fabs(xb[i]));
+        check += xb[i];
+      }
+      // vmaxps drops a NaN operand, so NaN is caught through the plain sum (a huge finite row that
+      // overflows the sum merely takes the exact path too).
+      if (!std::isfinite(amax) || !std::isfinite(check)) return false;
+      if (amax == 0.f) continue;
+      scale = amax / 127.f;
+      const __m256 inv = _mm256_set1_ps(127.f / amax);
+      __m256i isum = _mm256_setzero_si256();
+      int8_t* dst = xq + start;
+      for (i = 0; i < n; i += 8) {
+        __m256 v;
+        if (i + 8 <= n) {
+          v = _mm256_loadu_ps(xb + i);
+        } else {
+          alignas(32) int32_t mask[8];
+          for (int l = 0; l < 8; ++l) mask[l] = i + l < n ? -1 : 0;
+          v = _mm256_maskload_ps(xb + i, _mm256_load_si256(reinterpret_cast<const __m256i*>(mask)));
+        }
+        // Rounds to nearest even (the default MXCSR mode), as torch.round does.
+        const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
+        isum = _mm256_add_epi32(isum, q);
+        const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i), _mm_packs_epi16(q16, q16));
+      }
+      alignas(32) int32_t isums[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(isums), isum);
+      int32_t total = 0;
+      for (int l = 0; l < 8; ++l) total += isums[l];
+      group_sum += scale * static_cast<float>(total);
+    }
+    sums[g] = group_sum;
+    uint8_t* tg = table + g * t.steps * 128;
+    for (int64_t j = 0; j < t.steps; ++j) {
+      const int8_t* xj = xq + j * 16;
+      const __m256i r0 = quad_table(xj), r1 = quad_table(xj + 4), r2 = quad_table(xj + 8), r3 = quad_table(xj + 12);
+      __m256i* dst = reinterpret_cast<__m256i*>(tg + j * 128);
+      _mm256_storeu_si256(dst + 0, _mm256_permute2x128_si256(r0, r2, 0x20));
+      _mm256_storeu_si256(dst + 1, _mm256_permute2x128_si256(r0, r2, 0x31));
+      _mm256_storeu_si256(dst + 2, _mm256_permute2x128_si256(r1, r3, 0x20));
+      _mm256_storeu_si256(dst + 3, _mm256_permute2x128_si256(r1, r3, 0x31));
+    }
+  }
+  return true;
+}
+
+// One plane step: bytes q, q+1 of one plane for 16 rows (32 bytes; 16 if q+1 is past the group), looked
+// up in the step's 4 tables; adds each row's int16 partial sum (lanes: rows 0-7 / rows 8-15).
+TRITIUM_TARGET_AVX2 inline void plane_step(const __m256i* tq, const uint8_t* codes, bool both, __m256i& acc_lo,
+                                           __m256i& acc_hi) {
+  const __m256i low_nibble = _mm256_set1_epi8(0x0F);
+  const __m256i idx = both ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
+                           : _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+  const __m256i lo = _mm256_and_si256(idx, low_nibble);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(idx, 4), low_nibble);
+  const __m256i a_low = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 0), lo);
+  const __m256i a_high = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 1), lo);
+  const __m256i c_low = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 2), hi);
+  const __m256i c_high = _mm256_shuffle_epi8(_mm256_loadu_si256(tq + 3), hi);
+  acc_lo = _mm256_add_epi16(acc_lo, _mm256_add_epi16(_mm256_unpacklo_epi8(a_low, a_high), _mm256_unpacklo_epi8(c_low, c_high)));
+  acc_hi = _mm256_add_epi16(acc_hi, _mm256_add_epi16(_mm256_unpackhi_epi8(a_low, a_high), _mm256_unpackhi_epi8(c_low, c_high)));
+}
+
+// 8 rows' int32 sums of an int16 register whose two lanes hold the same 8 rows.
+TRITIUM_TARGET_AVX2 inline __m256i widen_lanes(__m256i acc) {
+  return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)),
+                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
+}
+
+template <int B>
+TRITIUM_TARGET_AVX2 void planes_blocks_avx2(const Problem& p, const uint8_t* planes, int64_t nq, const Avx2Tables& t,
+                                            float* y, int64_t k0, int64_t k1) {
+  const int64_t groups = p.groups;
+  for (int64_t blk = k0; blk < k1; ++blk) {
+    const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
+    __m256 out_lo = _mm256_setzero_ps(), out_hi = _mm256_setzero_ps();  // rows 0-7, rows 8-15
+    if (blk + 1 < k1) {  // as on the avx512 path: the next block's codes into L2 while this one computes
+      const char* next = reinterpret_cast<const char*>(planes + ((blk + 1) * groups * B) * nq * 16);
+      const int64_t bytes = groups * B * nq * 16;
+      for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(next + off, _MM_HINT_T1);
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* w = planes + ((blk * groups + g) * B) * nq * 16;
+      const uint8_t* tg = t.table + g * t.steps * 128;
+      __m256 dot_lo = _mm256_setzero_ps(), dot_hi = _mm256_setzero_ps();
+      for (int64_t kb = 0; kb < t.blocks_per_group; ++kb) {
+        const int64_t q0 = kb * (kActBlock / 8), q1 = std::min(nq, q0 + kActBlock / 8);
+        if (q0 >= q1) break;
+        __m256i block_lo = _mm256_setzero_si256(), block_hi = _mm256_setzero_si256();
+        // Planes in pairs (2k, 2k+1): one table load serves both, and the pair combines in int16 as
+        // acc_2k + 2·acc_2k+1. Bounds: a step adds ≤ 2·508 to a lane, a block has ≤ 8 steps, so a plane's
+        // lane stays ≤ 8128 and a pair's ≤ 3·8128 = 24384 < 2^15; the two lanes add in int32.
+        for (int pair = 0; pair < (B + 1) / 2; ++pair) {
+          const bool two = 2 * pair + 1 < B;
+          __m256i a_lo = _mm256_setzero_si256(), a_hi = _mm256_setzero_si256();
+          __m256i b_lo = _mm256_setzero_si256(), b_hi = _mm256_setzero_si256();
+          const uint8_t* wa = w + (2 * pair) * nq * 16;
+          const uint8_t* wb = wa + nq * 16;
+          for (int64_t q = q0; q < q1; q += 2) {
+            const __m256i* tq = reinterpret_cast<const __m256i*>(tg + (q / 2) * 128);
+            plane_step(tq, wa + q * 16, q + 1 < q1, a_lo, a_hi);
+            if (two) plane_step(tq, wb + q * 16, q + 1 < q1, b_lo, b_hi);
+          }
+          __m256i pair_lo = widen_lanes(_mm256_add_epi16(a_lo, _mm256_slli_epi16(b_lo, 1)));
+          __m256i pair_hi = widen_lanes(_mm256_add_epi16(a_hi, _mm256_slli_epi16(b_hi, 1)));
+          block_lo = _mm256_add_epi32(block_lo, _mm256_slli_epi32(pair_lo, 2 * pair));
+          block_hi = _mm256_add_epi32(block_hi, _mm256_slli_epi32(pair_hi, 2 * pair));
+        }
+        // |block sum| ≤ 128·127·15 < 2^24: exact in float.
+        const __m256 s = _mm256_set1_ps(t.block_scale[g * t.blocks_per_group + kb]);
+        dot_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_lo), s, dot_lo);
+        dot_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_hi), s, dot_hi);
+      }
+      // scale·dot + (shift − scale·zero)·Σx, reading only the parameters the layer has.
+      const int64_t first = row0 * groups + g;
+      alignas(32) float sc[16], extra[16];
+      param_rows(p.scale, 0.f, first, groups, nrows, sc);
+      const __m256 sc_lo = _mm256_load_ps(sc), sc_hi = _mm256_load_ps(sc + 8);
+      __m256 zr_lo = _mm256_set1_ps(p.implicit_zero), zr_hi = zr_lo;
+      if (p.zero) {
+        param_rows(p.zero, 0.f, first, groups, nrows, extra);
+        zr_lo = _mm256_load_ps(extra);
+        zr_hi = _mm256_load_ps(extra + 8);
+      }
+      __m256 off_lo = _mm256_mul_ps(sc_lo, zr_lo), off_hi = _mm256_mul_ps(sc_hi, zr_hi);  // negated below
+      if (p.shift) {
+        param_rows(p.shift, 0.f, first, groups, nrows, extra);
+        off_lo = _mm256_sub_ps(off_lo, _mm256_load_ps(extra));
+        off_hi = _mm256_sub_ps(off_hi, _mm256_load_ps(extra + 8));
+      }
+      const __m256 gsum = _mm256_set1_ps(t.sums[g]);
+      out_lo = _mm256_fnmadd_ps(off_lo, gsum, _mm256_fmadd_ps(sc_lo, dot_lo, out_lo));
+      out_hi = _mm256_fnmadd_ps(off_hi, gsum, _mm256_fmadd_ps(sc_hi, dot_hi, out_hi));
+    }
+    alignas(32) float res[16];
+    _mm256_store_ps(res, out_lo);
+    _mm256_store_ps(res + 8, out_hi);
+    for (int64_t r = 0; r < nrows; ++r) y[row0 + r] = res[r];
+  }
+}
+
+template <int B>
+void planes_row_avx2(const Problem& p, const uint8_t* planes, int64_t nq, const float* x, float* y) {
+  const int64_t steps = (nq + 1) / 2, blocks_per_group = (p.group_size + kActBlock - 1) / kActBlock;
+  thread_local std::vector<uint8_t> table_buf;
+  thread_local std::vector<float> scale_buf, sums_buf;
+  thread_local std::vector<int8_t> xq_buf;
+  table_buf.resize(std::max<size_t>(table_buf.size(), p.groups * steps * 128));
+  scale_buf.resize(std::max<size_t>(scale_buf.size(), p.groups * blocks_per_group));
+  sums_buf.resize(std::max<size_t>(sums_buf.size(), p.groups));
+  xq_buf.resize(std::max<size_t>(xq_buf.size(), steps * 16));
+  const Avx2Tables t{table_buf.data(), scale_buf.data(), sums_buf.data(), steps, blocks_per_group};
+  if (!prepare_row_avx2(p, t, x, table_buf.data(), scale_buf.data(), sums_buf.data(), xq_buf.data())) {
+    lookup_row(p, x, y);  // a non-finite activation: the exact float path propagates it as the reference does
+    return;
+  }
+  const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
+  parallel_rows(0, blocks, grain_for(kRowsPerBlock * p.in), [&](int64_t k0, int64_t k1) {
+    planes_blocks_avx2<B>(p, planes, nq, t, y, k0, k1);
+  });
+}
+
+// ---------------------------------------------------------------------------------- fp16 weights, SIMD rows
+TRITIUM_TARGET_AVX512 void half_rows_avx512(const uint16_t* W, const float* X, float* Y, int64_t rows, int64_t in,
+                                            int64_t out, int64_t n0, int64_t n1) {
+  const int64_t full = in / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (in - full)) - 1u);
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xr = X + m * in;
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint16_t* wr = W + n * in;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      int64_t k = 0;
+      for (; k + 32 <= full; k += 32) {  // two accumulators hide the FMA latency
+        a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))),
+                             _mm512_loadu_ps(xr + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 16))),
+                             _mm512_loadu_ps(xr + k + 16), a1);
+      }
+      for (; k < full; k += 16)
+        a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))),
+                             _mm512_loadu_ps(xr + k), a0);
+      if (tail) {
+        const __m256i h = _mm256_maskz_loadu_epi16(tail, wr + full);
+        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_maskz_loadu_ps(tail, xr + full), a1);
+      }
+      Y[m * out + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+  }
+}
+
+TRITIUM_TARGET_AVX2 void half_rows_avx2(const uint16_t* W, const float* X, float* Y, int64_t rows, int64_t in,
+                                        int64_t out, int64_t n0, int64_t n1) {
+  const int64_t full = in / 8 * 8, rest = in - full;
+  alignas(32) int32_t mask_lanes[8];
+  for (int l = 0; l < 8; ++l) mask_lanes[l] = l < rest ? -1 : 0;
+  const __m256i tail_mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(mask_lanes));
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xr = X + m * in;
+    const __m256 x_tail = rest ? _mm256_maskload_ps(xr + full, tail_mask) : _mm256_setzero_ps();
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint16_t* wr = W + n * in;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 16 <= full; k += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k))),
+                             _mm256_loadu_ps(xr + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k + 8))),
+                             _mm256_loadu_ps(xr + k + 8), a1);
+      }
+      for (; k < full; k += 8)
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k))),
+                             _mm256_loadu_ps(xr + k), a0);
+      if (rest) {  // no masked 16-bit load in AVX2: copy the last few weights into a zeroed block
+        alignas(16) uint16_t last[8] = {0};
+        std::memcpy(last, wr + full, rest * sizeof(uint16_t));
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(last))), x_tail, a1);
+      }
+      const __m256 s = _mm256_add_ps(a0, a1);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      Y[m * out + n] = _mm_cvtss_f32(h);
+    }
+  }
+}
+#endif  // TRITIUM_X86
+
+// ---------------------------------------------------------------------------------- the ops
 at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                              const c10::optional<at::Tensor>& zero, const c10::optional<at::Tensor>& shift,
                              int64_t radix, int64_t in_features, int64_t group_size, double implicit_zero,
@@ -314,9 +871,10 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
   Problem p{rows, out, in_features, groups, bpg, group_size, dg, static_cast<float>(implicit_zero),
             pk.data_ptr<uint8_t>(), param(s), param(z), param(t)};
   at::Tensor y;
-  const bool use_planes = kernel_layout.has_value() && kernel_layout->defined() && planes_available();
-  if (use_planes && rows <= kPlanesMaxRows) {
-#if defined(__AVX512F__)
+  const int path = current_path();
+  const bool has_layout = kernel_layout.has_value() && kernel_layout->defined();
+  if (has_layout && path != kPortable && rows <= kPlanesMaxRows) {
+#if TRITIUM_X86
     const at::Tensor& pl = *kernel_layout;
     const int64_t n_planes = pl.dim() == 5 ? pl.size(2) : 0;
     TORCH_CHECK(pl.scalar_type() == at::kByte && pl.dim() == 5 && pl.is_contiguous() &&
@@ -326,15 +884,25 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
                 "packed_linear: kernel_layout ", pl.sizes(), " does not fit these packed codes: rebuild it with "
                 "tritium.kernels.cpu.bit_planes");
     y = at::empty({rows, out}, at::kFloat);
+    const uint8_t* w = pl.data_ptr<uint8_t>();
+    const int64_t nq = pl.size(3);
     for (int64_t m = 0; m < rows; ++m) {
       const float* xr = xf.data_ptr<float>() + m * in_features;
       float* yr = y.data_ptr<float>() + m * out;
-      const uint8_t* w = pl.data_ptr<uint8_t>();
-      switch (n_planes) {
-        case 1: planes_row<1>(p, w, pl.size(3), xr, yr); break;
-        case 2: planes_row<2>(p, w, pl.size(3), xr, yr); break;
-        case 3: planes_row<3>(p, w, pl.size(3), xr, yr); break;
-        default: planes_row<4>(p, w, pl.size(3), xr, yr); break;
+      if (path == kAvx512) {
+        switch (n_planes) {
+          case 1: planes_row_avx512<1>(p, w, nq, xr, yr); break;
+          case 2: planes_row_avx512<2>(p, w, nq, xr, yr); break;
+          case 3: planes_row_avx512<3>(p, w, nq, xr, yr); break;
+          default: planes_row_avx512<4>(p, w, nq, xr, yr); break;
+        }
+      } else {
+        switch (n_planes) {
+          case 1: planes_row_avx2<1>(p, w, nq, xr, yr); break;
+          case 2: planes_row_avx2<2>(p, w, nq, xr, yr); break;
+          case 3: planes_row_avx2<3>(p, w, nq, xr, yr); break;
+          default: planes_row_avx2<4>(p, w, nq, xr, yr); break;
+        }
       }
     }
 #endif
@@ -349,7 +917,6 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
   return y.reshape(shape).to(x.scalar_type());
 }
 
-// ---------------------------------------------------------------------------------- 16-bit weights
 // y = x·Wᵀ with W stored in fp16 and everything else in fp32: the LM head of a packed model, whose
 // weights are fp16 values on disk. Batch-1 decode reads the whole matrix per token, so reading
 // 2 bytes per weight instead of 4 halves the time; the products and sums stay in fp32, so the
@@ -364,38 +931,17 @@ at::Tensor linear_half_weight_cpu(const at::Tensor& x, const at::Tensor& weight)
   const int64_t rows = xf.size(0);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
-#if defined(__AVX512F__)
-  if (rows <= kLookupMaxRows) {
+#if TRITIUM_X86
+  const int path = current_path();
+  if (rows <= kLookupMaxRows && path != kPortable) {
     const at::Tensor w = weight.contiguous();
     at::Tensor y = at::empty({rows, out}, at::kFloat);
     const uint16_t* W = reinterpret_cast<const uint16_t*>(w.data_ptr<at::Half>());
     const float* X = xf.data_ptr<float>();
     float* Y = y.data_ptr<float>();
-    const int64_t full = in / 16 * 16;
-    const __mmask16 tail = static_cast<__mmask16>((1u << (in - full)) - 1u);
-    at::parallel_for(0, out, 512, [&](int64_t n0, int64_t n1) {
-      for (int64_t m = 0; m < rows; ++m) {
-        const float* xr = X + m * in;
-        for (int64_t n = n0; n < n1; ++n) {
-          const uint16_t* wr = W + n * in;
-          __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-          int64_t k = 0;
-          for (; k + 32 <= full; k += 32) {  // two accumulators hide the FMA latency
-            a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))),
-                                 _mm512_loadu_ps(xr + k), a0);
-            a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 16))),
-                                 _mm512_loadu_ps(xr + k + 16), a1);
-          }
-          for (; k < full; k += 16)
-            a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))),
-                                 _mm512_loadu_ps(xr + k), a0);
-          if (tail) {
-            const __m256i h = _mm256_maskz_loadu_epi16(tail, wr + full);
-            a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_maskz_loadu_ps(tail, xr + full), a1);
-          }
-          Y[m * out + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-        }
-      }
+    parallel_rows(0, out, grain_for(in), [&](int64_t n0, int64_t n1) {
+      if (path == kAvx512) half_rows_avx512(W, X, Y, rows, in, out, n0, n1);
+      else half_rows_avx2(W, X, Y, rows, in, out, n0, n1);
     });
     return y.reshape(shape).to(x.scalar_type());
   }
@@ -410,7 +956,31 @@ TORCH_LIBRARY_IMPL(tritium, CPU, m) {
   m.impl("linear_half_weight", &tritium_cpu::linear_half_weight_cpu);
 }
 
-// Whether this build has the AVX-512 bit-plane path (callers skip building the layout otherwise).
+// Which path runs, and what this CPU can run (tritium.kernels.cpu wraps these).
 TORCH_LIBRARY_FRAGMENT(tritium_cpu_info, m) {
-  m.def("planes_available() -> bool", []() { return tritium_cpu::planes_available(); });
+  m.def("planes_available() -> bool", []() { return tritium_cpu::current_path() != tritium_cpu::kPortable; });
+  m.def("path_supported(str path) -> bool", [](const std::string& name) {
+    return tritium_cpu::cpu_supports(tritium_cpu::path_from_name(name));
+  });
+  m.def("set_path(str path) -> ()", [](const std::string& name) {
+    const int path = tritium_cpu::path_from_name(name);
+    TORCH_CHECK(tritium_cpu::cpu_supports(path), "tritium CPU kernel: this CPU cannot run the '", name, "' path");
+    tritium_cpu::g_path.store(path, std::memory_order_relaxed);
+  });
+  m.def("active_path() -> str", []() { return std::string(tritium_cpu::kPathNames[tritium_cpu::current_path()]); });
+  // The thread count of the OpenMP runtime this library's parallel regions use: it follows
+  // torch.set_num_threads only if that runtime is torch's own.
+  // The last measured CPU use of other processes (cores), and whether it leaves room for torch's threads.
+  m.def("other_processes_cores() -> float", []() {
+    tritium_cpu::machine_has_room(at::get_num_threads());
+    return tritium_cpu::g_load.other_cores.load();
+  });
+  m.def("machine_has_room() -> bool", []() { return tritium_cpu::machine_has_room(at::get_num_threads()); });
+  m.def("openmp_max_threads() -> int", []() -> int64_t {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  });
 }
