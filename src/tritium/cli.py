@@ -181,14 +181,15 @@ def cmd_quantize(args) -> int:
     from .eval.report import write_report
     from .models import load_model
     from .quant.grids import grid_from_dict, grid_to_dict
-    from .runner import (default_run_folder, evaluate, float_row, peak_rss_megabytes, prepare_config, quantize_model,
-                         quantized_row)
+    from .runner import (check_calibration_source, default_run_folder, evaluate, float_row, peak_rss_megabytes,
+                         prepare_config, quantize_model, quantized_row)
     from .models.rotation import rotation_settings
     from .utils.io import folder_bytes
 
     recipe = _recipe_from_args(args)
     grid = grid_from_dict(recipe["grid"])  # fail on a bad grid before the model loads
     rotation_settings(recipe.get("rotate"))  # a bad rotate value fails before the model loads
+    check_calibration_source(recipe, args.data)  # so does a test split in the calibration text, by any name
     tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}"
     out = Path(args.out) if args.out else default_run_folder(args.model, tag)
     progress = not args.no_progress

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data import calibration_samples, load_eval_text
+from .data import calibration_samples, calibration_text, load_eval_text
 from .eval.perplexity import perplexity, tokenize_eval_text
 from .eval.size import size_report
 from .eval.zeroshot import evaluate_task
@@ -54,6 +54,20 @@ def prepare_config(model, recipe: dict) -> MethodConfig:
     if rotation_settings(recipe.get("rotate")) is not None:
         check_rotatable(model)
     return config
+
+
+def needs_calibration_text(recipe: dict) -> bool:
+    """Whether ``quantize_model`` will read calibration text: a calibrated method, or a bit budget
+    (whose allocator measures sensitivity on calibration samples)."""
+    budget = (recipe.get("method_args") or {}).get("bits_budget")
+    return get_method(recipe["method"]).needs_calibration or budget is not None
+
+
+def check_calibration_source(recipe: dict, data_path=None) -> None:
+    """Read and check the calibration text now, so that a test split in it (under any name) fails
+    before the model loads and before any evaluation; ``quantize_model`` reads it again later."""
+    if needs_calibration_text(recipe):
+        calibration_text(recipe["calib"]["source"], data_path)
 
 
 def quantize_model(model, tokenizer, recipe: dict, data_path=None):

@@ -133,11 +133,14 @@ def cmd_distill(args) -> int:
     from ..data import load_eval_text
     from ..runner import default_run_folder, evaluate, float_row, peak_rss_megabytes, quantized_row
     from ..utils.io import folder_bytes
+    from .data import check_training_sources
     from .distill import distill, train_result_summary
 
     recipe = _recipe_from_args(args)
     # fails before the model loads, as does an --init-from on another grid (only its config.json is read)
     config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
+    data = config.data_config()  # an evaluation split in the training data fails here, by content, whatever its name
+    check_training_sources(data.sources, data.text_field, args.data_dir)
     tag = recipe.get("name") or "distill"
     out = Path(args.out) if args.out else default_run_folder(args.model, tag)
     progress = not args.no_progress
