@@ -38,6 +38,8 @@ def _add_eval_args(p, data_flag: str = "--data"):
     p.add_argument("--zeroshot", type=_csv, help="zero-shot tasks, comma separated (piqa, arc_easy, ...)")
     p.add_argument("--limit", type=int, help="evaluate only the first N perplexity chunks")
     p.add_argument("--zeroshot-limit", type=int, help="evaluate only the first N documents of each task")
+    p.add_argument("--harness", type=_csv, help="zero-shot scorer: tritium (default), lm-eval (lm-evaluation-harness "
+                                                "on tritium's local task configs), or both, comma separated")
     p.add_argument("--seqlen", type=int, help="perplexity chunk length (default 2048)")
     p.add_argument("--batch-size", type=int, help="chunks per forward pass")
     p.add_argument(data_flag, help="folder holding the evaluation data sets (overrides $TRITIUM_DATA)")
@@ -113,9 +115,12 @@ def _eval_settings(args, recipe_eval: dict) -> dict:
     settings = dict(recipe_eval)
     for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
                        ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
-                       ("batch_size", args.batch_size)]:
+                       ("batch_size", args.batch_size), ("scorers", args.harness)]:
         if value is not None:
             settings[key] = value
+    from .eval.harness import check_scorers
+
+    check_scorers(settings.get("scorers"), settings.get("zeroshot"))  # before any model loads
     return settings
 
 

@@ -20,8 +20,10 @@ from .quant.grids import grid_from_dict
 
 def evaluate(model, tokenizer, settings: dict, data_path=None, progress: bool = True,
              token_cache: dict | None = None) -> dict:
-    """Perplexity on each of ``settings['datasets']`` and accuracy on each zero-shot task."""
+    """Perplexity on each of ``settings['datasets']`` and accuracy on each zero-shot task, by each of
+    ``settings['scorers']`` (tritium's own, the default, under "zeroshot"; lm-eval's under "zeroshot_lm_eval")."""
     out: dict = {"perplexity": {}, "zeroshot": {}}
+    scorers = settings.get("scorers") or ["tritium"]
     token_cache = {} if token_cache is None else token_cache
     for name in settings.get("datasets") or []:
         if name not in token_cache:
@@ -30,10 +32,15 @@ def evaluate(model, tokenizer, settings: dict, data_path=None, progress: bool = 
                             limit=settings.get("limit"), batch_size=settings.get("batch_size", 1),
                             dataset=name, progress=progress)
         out["perplexity"][name] = result.to_dict()
-    for task in settings.get("zeroshot") or []:
+    for task in (settings.get("zeroshot") or []) if "tritium" in scorers else []:
         result = evaluate_task(model, tokenizer, task, limit=settings.get("zeroshot_limit"), data_path=data_path,
                                progress=progress)
         out["zeroshot"][task] = result.metrics | {"n_docs": result.n_docs}
+    if "lm-eval" in scorers and settings.get("zeroshot"):
+        from .eval.harness import evaluate_with_harness
+
+        out["zeroshot_lm_eval"] = evaluate_with_harness(model, tokenizer, settings["zeroshot"],
+                                                        settings.get("zeroshot_limit"), data_path, progress=progress)
     return out
 
 

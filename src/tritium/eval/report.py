@@ -20,7 +20,10 @@ def markdown_table(rows: list[dict]) -> str:
     """Columns: what was run, the perplexities and accuracies measured, its size, its time."""
     ppl_keys = sorted({k for r in rows for k in r.get("perplexity", {})})
     zs_keys = sorted({f"{t}/{m}" for r in rows for t, ms in r.get("zeroshot", {}).items() for m in ms})
+    # lm-evaluation-harness's scores of the same tasks, beside tritium's: "piqa/acc (lm-eval)"
+    harness_keys = sorted({f"{t}/{m}" for r in rows for t, ms in r.get("zeroshot_lm_eval", {}).items() for m in ms})
     header = ["model", "method", "bits", "group", *[f"{k} ppl" for k in ppl_keys], *zs_keys,
+              *[f"{k} (lm-eval)" for k in harness_keys],
               "bits/weight (linears)", "size (MB, Spectra count)", "file size (MB)", "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -28,6 +31,8 @@ def markdown_table(rows: list[dict]) -> str:
         cells = [r["model"], r["method"], _fmt(r["bits"]), _fmt(r["group"]),
                  *[_fmt(r.get("perplexity", {}).get(k, {}).get("ppl")) for k in ppl_keys],
                  *[_fmt(r.get("zeroshot", {}).get(k.split("/")[0], {}).get(k.split("/")[1]), 4) for k in zs_keys],
+                 *[_fmt(r.get("zeroshot_lm_eval", {}).get(k.split("/")[0], {}).get(k.split("/")[1]), 4)
+                   for k in harness_keys],
                  _fmt(size.get("linear_bits_per_weight"), 3), _fmt(size.get("total_megabytes")),
                  _fmt(r["file_bytes"] / 1e6 if r.get("file_bytes") is not None else None),
                  _fmt(r.get("seconds"), 1)]

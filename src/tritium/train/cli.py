@@ -115,9 +115,12 @@ def _recipe_from_args(args) -> dict:
         margs["trainable"] = args.trainable
     for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
                        ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
-                       ("batch_size", args.batch_size)]:
+                       ("batch_size", args.batch_size), ("scorers", args.harness)]:
         if value is not None:
             recipe["eval"][key] = value
+    from ..eval.harness import check_scorers
+
+    check_scorers(recipe["eval"].get("scorers"), recipe["eval"].get("zeroshot"))
     return recipe
 
 
