@@ -148,6 +148,13 @@ def test_the_real_wikitext_test_split_is_refused_and_the_valid_splits_pass(data_
     with pytest.raises(EvalSplitOverlapError, match="wikitext2 test split") as err:
         calibration_text("mydata.txt")
     assert "wiki.test.raw" in str(err.value) and "wikitext2-valid" in str(err.value)
+    valid = (data_dir / "wikitext-2-raw-v1" / "wiki.valid.raw").read_text().splitlines(keepends=True)
+    test = copy.read_text().splitlines(keepends=True)
+    paragraph = max(test[:200], key=len)  # one paragraph of the test split in 3,760 lines of validation text
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("".join(valid[:1800] + [paragraph] + valid[1800:]))
+    with pytest.raises(EvalSplitOverlapError, match="wikitext2 test split"):
+        calibration_text(str(mixed))
     load_fingerprints()  # built or read once; what follows is the per-text cost
     for source in ("wikitext2-valid", "ptb-valid"):
         text = calibration_text(source)
