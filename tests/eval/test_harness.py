@@ -174,6 +174,7 @@ def test_cli_eval_reports_both_scorers_side_by_side(tiny_folder, tasks_dir, tmp_
                  "--no-progress"]) == 0
     row = json.loads((out / "results.json").read_text())["rows"][0]
     assert set(row["zeroshot"]) == set(row["zeroshot_lm_eval"]) == {"piqa", "hellaswag"}
+    assert row["lm_eval_version"].startswith("0.4.")
     for task in ("piqa", "hellaswag"):
         assert row["zeroshot_lm_eval"][task]["n_docs"] == row["zeroshot"][task]["n_docs"] == 2
         assert row["zeroshot_lm_eval"][task]["acc_norm"] == pytest.approx(row["zeroshot"][task]["acc_norm"])
