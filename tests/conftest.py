@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from staged_splits import stage_splits
 from tritium.models import tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,3 +59,10 @@ def tiny_data(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def staged(tmp_path, monkeypatch):
+    """A tmp folder shaped like ../shared/data (WikiText-2 test and valid, a PIQA validation file), set as
+    $TRITIUM_DATA, with the fingerprint cache in tmp too."""
+    return stage_splits(tmp_path, monkeypatch)

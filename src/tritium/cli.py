@@ -38,6 +38,8 @@ def _add_eval_args(p, data_flag: str = "--data"):
     p.add_argument("--zeroshot", type=_csv, help="zero-shot tasks, comma separated (piqa, arc_easy, ...)")
     p.add_argument("--limit", type=int, help="evaluate only the first N perplexity chunks")
     p.add_argument("--zeroshot-limit", type=int, help="evaluate only the first N documents of each task")
+    p.add_argument("--harness", type=_csv, help="zero-shot scorer: tritium (default), lm-eval (lm-evaluation-harness "
+                                                "on tritium's local task configs), or both, comma separated")
     p.add_argument("--seqlen", type=int, help="perplexity chunk length (default 2048)")
     p.add_argument("--batch-size", type=int, help="chunks per forward pass")
     p.add_argument(data_flag, help="folder holding the evaluation data sets (overrides $TRITIUM_DATA)")
@@ -118,9 +120,12 @@ def _eval_settings(args, recipe_eval: dict) -> dict:
     settings = dict(recipe_eval)
     for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
                        ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
-                       ("batch_size", args.batch_size)]:
+                       ("batch_size", args.batch_size), ("scorers", args.harness)]:
         if value is not None:
             settings[key] = value
+    from .eval.harness import check_scorers
+
+    check_scorers(settings.get("scorers"), settings.get("zeroshot"))  # before any model loads
     return settings
 
 
@@ -186,8 +191,8 @@ def cmd_quantize(args) -> int:
     from .eval.report import write_report
     from .models import load_model
     from .quant.grids import grid_from_dict, grid_to_dict
-    from .runner import (check_save_format, evaluate, float_row, greedy_text, peak_rss_megabytes, prepare_config,
-                         quantize_model, quantized_row, resume_note)
+    from .runner import (check_calibration_source, check_save_format, evaluate, float_row, greedy_text,
+                         peak_rss_megabytes, prepare_config, quantize_model, quantized_row, resume_note)
     from .utils.runs import claim_run_folder, job_settings
     from .models.rotation import rotation_settings
     from .utils.io import folder_bytes
@@ -199,6 +204,7 @@ def cmd_quantize(args) -> int:
         check_save_format(args.format, grid)
     if args.generate is not None and (not args.generate.strip() or args.generate_tokens < 1):
         raise ValueError("--generate needs a non-empty prompt and --generate-tokens of at least 1")
+    check_calibration_source(recipe, args.data)  # a test split in the calibration text, by any name, fails here
     tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}"
     out = claim_run_folder(args.out, "quantize", job_settings(args), args.overwrite, (args.model, tag)).path
     progress = not args.no_progress

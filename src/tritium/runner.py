@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data import calibration_samples, load_eval_text
+from .data import calibration_samples, calibration_text, load_eval_text
 from .eval.perplexity import perplexity, tokenize_eval_text
 from .eval.size import size_report
 from .eval.zeroshot import evaluate_task
@@ -20,8 +20,10 @@ from .quant.grids import grid_from_dict
 
 def evaluate(model, tokenizer, settings: dict, data_path=None, progress: bool = True,
              token_cache: dict | None = None) -> dict:
-    """Perplexity on each of ``settings['datasets']`` and accuracy on each zero-shot task."""
+    """Perplexity on each of ``settings['datasets']`` and accuracy on each zero-shot task, by each of
+    ``settings['scorers']`` (tritium's own, the default, under "zeroshot"; lm-eval's under "zeroshot_lm_eval")."""
     out: dict = {"perplexity": {}, "zeroshot": {}}
+    scorers = settings.get("scorers") or ["tritium"]
     token_cache = {} if token_cache is None else token_cache
     for name in settings.get("datasets") or []:
         if name not in token_cache:
@@ -30,10 +32,16 @@ def evaluate(model, tokenizer, settings: dict, data_path=None, progress: bool = 
                             limit=settings.get("limit"), batch_size=settings.get("batch_size", 1),
                             dataset=name, progress=progress)
         out["perplexity"][name] = result.to_dict()
-    for task in settings.get("zeroshot") or []:
+    for task in (settings.get("zeroshot") or []) if "tritium" in scorers else []:
         result = evaluate_task(model, tokenizer, task, limit=settings.get("zeroshot_limit"), data_path=data_path,
                                progress=progress)
         out["zeroshot"][task] = result.metrics | {"n_docs": result.n_docs}
+    if "lm-eval" in scorers and settings.get("zeroshot"):
+        from .eval.harness import evaluate_with_harness, harness_version
+
+        out["zeroshot_lm_eval"] = evaluate_with_harness(model, tokenizer, settings["zeroshot"],
+                                                        settings.get("zeroshot_limit"), data_path, progress=progress)
+        out["lm_eval_version"] = harness_version()
     return out
 
 
@@ -67,6 +75,20 @@ def unmatched_skip_warnings(layout, skip) -> list[str]:
     return [f"--skip pattern {pattern!r} matches none of the model's {len(names)} linears, so it keeps nothing in "
             f"float; the names look like {examples} (patterns are fnmatch globs on the full name, e.g. "
             "'*.mlp.down_proj' or 'model.layers.0.*')" for pattern in unmatched_patterns(names, skip)]
+
+
+def needs_calibration_text(recipe: dict) -> bool:
+    """Whether ``quantize_model`` will read calibration text: a calibrated method, or a bit budget
+    (whose allocator measures sensitivity on calibration samples)."""
+    budget = (recipe.get("method_args") or {}).get("bits_budget")
+    return get_method(recipe["method"]).needs_calibration or budget is not None
+
+
+def check_calibration_source(recipe: dict, data_path=None) -> None:
+    """Read and check the calibration text now, so that a test split in it (under any name) fails
+    before the model loads and before any evaluation; ``quantize_model`` reads it again later."""
+    if needs_calibration_text(recipe):
+        calibration_text(recipe["calib"]["source"], data_path)
 
 
 def quantize_model(model, tokenizer, recipe: dict, data_path=None):

@@ -106,3 +106,22 @@ def test_teacher_corpus_is_deterministic_for_a_seed_and_reused(tmp_path, tokeniz
 def test_pack_tokens_drops_the_tail():
     out = pack_tokens(torch.arange(10), 3)
     assert torch.equal(out, torch.arange(9).view(3, 3))
+
+
+def test_training_text_holding_a_test_split_is_refused_by_content(staged, tmp_path, monkeypatch, tokenizer):
+    from staged_splits import paragraphs
+
+    from tritium.data.contamination import EvalSplitOverlapError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    monkeypatch.chdir(mine)
+    rows = [{"body": p} for p in paragraphs(2, 20) + paragraphs(1, 80)[:2]]
+    (mine / "notes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(EvalSplitOverlapError, match="wikitext2 test split"):
+        load_sequences(["notes.jsonl"], tokenizer, seqlen=16, text_field="body")
+    with pytest.raises(EvalSplitOverlapError, match="wikitext2 test split"):
+        load_sequences([str(mine)], tokenizer, seqlen=16, text_field="body")  # inside a folder
+    (mine / "notes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    assert load_sequences(["notes.jsonl"], tokenizer, seqlen=16, text_field="body").shape[1] == 16
+    assert load_sequences(["wikitext2-valid"], tokenizer, seqlen=16).shape[1] == 16

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..utils.errors import TritiumError
+from .contamination import check_text
 from .sources import DATASETS, load_text_rows
 
 
@@ -16,10 +17,20 @@ class CalibrationError(TritiumError, ValueError):
 
 
 def calibration_text(source: str, path: str | os.PathLike | None = None) -> str:
-    """``source`` is ``<dataset>-<split>`` (e.g. ``wikitext2-valid``) or a text file."""
+    """``source`` is ``<dataset>-<split>`` (e.g. ``wikitext2-valid``) or a text file.
+
+    Either way the text is compared with the splits tritium evaluates on, so a test split under
+    another name or inside another file is refused too (:mod:`tritium.data.contamination`)."""
+    text, what = _read_calibration_text(source, path)
+    check_text(text, what, path, role="calibrating")
+    return text
+
+
+def _read_calibration_text(source: str, path) -> tuple[str, str]:
+    """The text and how an error names it."""
     file = Path(source).expanduser()
     if file.is_file():
-        return file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8"), f"the calibration file {file.resolve()}"
     name, _, split = source.rpartition("-")
     if name not in DATASETS:
         raise CalibrationError(
@@ -31,7 +42,7 @@ def calibration_text(source: str, path: str | os.PathLike | None = None) -> str:
             f"calibration source {source!r} is a test split: calibrating on the evaluation data inflates "
             f"every score. Use {name}-valid or a file of your own."
         )
-    return "\n\n".join(load_text_rows(name, split, path))
+    return "\n\n".join(load_text_rows(name, split, path)), f"calibration source {source!r}"
 
 
 def calibration_samples(tokenizer, source: str = "wikitext2-valid", n_samples: int = 128, seqlen: int = 2048,

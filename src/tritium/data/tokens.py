@@ -46,6 +46,7 @@ from ..train.data import (
     read_documents,
 )
 from ..utils.io import atomic_directory, atomic_write_json
+from .contamination import check_documents, checked_splits, file_memo_key
 
 FORMAT = "tritium-tokens-1"
 META_FILE = "tokens.json"
@@ -279,19 +280,39 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
     return out
 
 
-def iter_documents(sources: Iterable[str], text_field: str = "text") -> Iterator[str]:
-    """The documents of every source, streamed: one per text/HTML file, jsonl line, parquet row or package page."""
-    for item in expand_sources(sources):
+def _item_documents(item: str, text_field: str) -> Iterator[str]:
+    if item.startswith(HF_PREFIX):
+        yield from _hf_documents(item, text_field)
+        return
+    path = Path(item)
+    if path.suffix.lower() == DEB_SUFFIX:
+        yield from deb_documents(path)
+    elif _doc_kind(path.name) == "html":
+        yield html_to_text(path.read_text(encoding="utf-8", errors="replace"))
+    else:
+        yield from read_documents(path, text_field)
+
+
+def check_sources(items: Iterable[str], text_field: str = "text", data_path=None) -> None:
+    """Refuse expanded sources whose documents hold an evaluation split, by content whatever the file is
+    called (:mod:`tritium.data.contamination`). Only reads; a source found clean once is remembered."""
+    for item in items:
         if item.startswith(HF_PREFIX):
-            yield from _hf_documents(item, text_field)
-            continue
-        path = Path(item)
-        if path.suffix.lower() == DEB_SUFFIX:
-            yield from deb_documents(path)
-        elif _doc_kind(path.name) == "html":
-            yield html_to_text(path.read_text(encoding="utf-8", errors="replace"))
+            what, memo = f"the training data {item!r}", f"{item}:{text_field}"
         else:
-            yield from read_documents(path, text_field)
+            what, memo = f"the training file {Path(item).resolve()}", file_memo_key(item, text_field)
+        check_documents(_item_documents(item, text_field), what, data_path, "training", memo_key=memo)
+
+
+def iter_documents(sources: Iterable[str], text_field: str = "text", data_path=None) -> Iterator[str]:
+    """The documents of every source, streamed: one per text/HTML file, jsonl line, parquet row or package page.
+
+    Every source is checked for evaluation text before the first document comes out, so a test split
+    fails before any tokenizer is trained or any token written."""
+    items = expand_sources(sources)
+    check_sources(items, text_field, data_path)
+    for item in items:
+        yield from _item_documents(item, text_field)
 
 
 # --------------------------------------------------------------------------- the split
@@ -318,11 +339,11 @@ def _numbered_documents(documents: Iterable[str]) -> Iterator[tuple[int, str]]:
 
 
 def training_documents(sources: Iterable[str], val_fraction: float = 0.01, seed: int = 0,
-                       text_field: str = "text") -> Iterator[str]:
+                       text_field: str = "text", data_path=None) -> Iterator[str]:
     """The documents ``ingest`` puts in the training split (bar the rare one it moves to fill an empty
     validation split): what a tokenizer should learn from, so validation text stays unseen."""
     _check_fraction(val_fraction)
-    for index, doc in _numbered_documents(iter_documents(sources, text_field)):
+    for index, doc in _numbered_documents(iter_documents(sources, text_field, data_path)):
         if _split_score(seed, index) >= val_fraction:
             yield doc
 
@@ -377,13 +398,16 @@ def _source_record(source: str) -> str:
 
 
 def ingest(sources: Iterable[str] | str, out_dir, tokenizer, val_fraction: float = 0.01, seed: int = 0,
-           text_field: str = "text", progress: bool = True, tokenizer_name: str | None = None) -> "TokenFolder":
+           text_field: str = "text", progress: bool = True, tokenizer_name: str | None = None,
+           data_path=None) -> "TokenFolder":
     """Tokenize every document of ``sources`` once into the token folder ``out_dir``; returns it opened.
 
     Documents are streamed; only one batch of them is in memory at a time. A document goes to
     validation when its seeded hash falls below ``val_fraction``. With two documents or more both
     splits get at least one: if the hash sent none to one split, the last document moves there.
-    The folder appears whole or not at all.
+    The folder appears whole or not at all. Text holding an evaluation split is refused before any
+    tokenizing; ``tokens.json`` records which splits the documents were compared with (``data_path``: the
+    folder of the evaluation data, default ``$TRITIUM_DATA``).
     """
     from ..utils.progress import progress_bar
 
@@ -403,7 +427,7 @@ def ingest(sources: Iterable[str] | str, out_dir, tokenizer, val_fraction: float
         bar = progress_bar(desc="tokenizing", unit="doc", enabled=progress)
         try:
             batch: list[tuple[int, str]] = []
-            docs = _numbered_documents(iter_documents(sources, text_field))
+            docs = _numbered_documents(iter_documents(sources, text_field, data_path))
             while True:
                 batch = [pair for _, pair in zip(range(_ENCODE_BATCH), docs)]
                 if not batch:
@@ -438,7 +462,8 @@ def ingest(sources: Iterable[str] | str, out_dir, tokenizer, val_fraction: float
         meta = {"format": FORMAT, "dtype": dtype.name, "byte_order": "little", "vocab_size": vocab_size,
                 "eos_id": eos, "tokenizer": tokenizer_name or getattr(tokenizer, "name_or_path", "") or
                 type(tokenizer).__name__, "splits": counts, "val_fraction": val_fraction, "seed": seed,
-                "text_field": text_field, "sources": [_source_record(s) for s in sources]}
+                "text_field": text_field, "sources": [_source_record(s) for s in sources],
+                "test_split_check": checked_splits(data_path)}
         atomic_write_json(tmp / META_FILE, meta)
     return TokenFolder.open(out_dir)
 
@@ -595,6 +620,32 @@ class TokenFolder:
             lines.append(f"  {split:5s} {self.n_documents(split):>8,d} documents {self.n_tokens(split):>12,d} tokens "
                          f"{size / 2**20:>9.1f} MB")
         return "\n".join(lines)
+
+
+_DECODE_BLOCK = 1 << 20  # tokens decoded at a time when a token folder's text must be checked
+
+
+def check_token_folder(folder: TokenFolder, data_path=None) -> None:
+    """Refuse a token folder whose training split holds an evaluation split.
+
+    ``ingest`` compares the documents with the evaluation splits before tokenizing and records which
+    ones in ``tokens.json``; a folder compared with every split found here now is trusted. Another (made
+    by an older tritium, or where fewer splits were available) has its training tokens decoded and checked.
+    """
+    current = checked_splits(data_path)
+    recorded = folder.meta.get("test_split_check")
+    if not current or (isinstance(recorded, list) and all(split in recorded for split in current)):
+        return
+    tokenizer = folder.tokenizer()
+    tokens = folder.train_tokens()
+
+    def blocks() -> Iterator[str]:
+        for start in range(0, tokens.numel(), _DECODE_BLOCK):
+            yield tokenizer.decode(tokens[start : start + _DECODE_BLOCK].tolist(), skip_special_tokens=True)
+
+    memo = f"tokens:{folder.meta['splits']['train'].get('sha256') or file_memo_key(folder.path / SPLIT_FILES['train'])}"
+    check_documents(blocks(), f"the training split of the token folder {folder.path.resolve()}", data_path,
+                    "training", memo_key=memo, continuous=True)
 
 
 def load_tokenizer_spec(spec: str):

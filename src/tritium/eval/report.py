@@ -21,7 +21,10 @@ def markdown_table(rows: list[dict]) -> str:
     ppl_keys = sorted({k for r in rows for k in r.get("perplexity", {})})
     zs_keys = sorted({f"{t}/{m}" for r in rows for t, ms in r.get("zeroshot", {}).items() for m in ms})
     storage = any(r.get("storage") for r in rows)  # how an evaluated file stores its weights (tritium eval)
+    # lm-evaluation-harness's scores of the same tasks, beside tritium's: "piqa/acc (lm-eval)"
+    harness_keys = sorted({f"{t}/{m}" for r in rows for t, ms in r.get("zeroshot_lm_eval", {}).items() for m in ms})
     header = ["model", "method", "bits", "group", *[f"{k} ppl" for k in ppl_keys], *zs_keys,
+              *[f"{k} (lm-eval)" for k in harness_keys],
               "bits/weight (linears)", *(["storage"] if storage else []), "size (MB, Spectra count)",
               "file size (MB)", "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -30,6 +33,8 @@ def markdown_table(rows: list[dict]) -> str:
         cells = [r["model"], r["method"], _fmt(r["bits"]), _fmt(r["group"]),
                  *[_fmt(r.get("perplexity", {}).get(k, {}).get("ppl")) for k in ppl_keys],
                  *[_fmt(r.get("zeroshot", {}).get(k.split("/")[0], {}).get(k.split("/")[1]), 4) for k in zs_keys],
+                 *[_fmt(r.get("zeroshot_lm_eval", {}).get(k.split("/")[0], {}).get(k.split("/")[1]), 4)
+                   for k in harness_keys],
                  _fmt(size.get("linear_bits_per_weight"), 3), *([_fmt(r.get("storage"))] if storage else []),
                  _fmt(size.get("total_megabytes")),
                  _fmt(r["file_bytes"] / 1e6 if r.get("file_bytes") is not None else None),

@@ -95,8 +95,10 @@ def _load_winogrande(path):
 
 
 def _load_boolq(path):
+    # lm-eval reads SuperGLUE's BoolQ, whose passage is Google's "<title> -- <passage>"
     return [
-        _same_context(f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:", ["no", "yes"], int(bool(d["answer"])))
+        _same_context(f"{d['title']} -- {d['passage']}\nQuestion: {d['question']}?\nAnswer:", ["no", "yes"],
+                      int(bool(d["answer"])))
         for d in _read_jsonl(require_data_file("boolq", "valid", path))
     ]
 

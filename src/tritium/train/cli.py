@@ -114,9 +114,12 @@ def _recipe_from_args(args) -> dict:
         margs["trainable"] = args.trainable
     for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
                        ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
-                       ("batch_size", args.batch_size)]:
+                       ("batch_size", args.batch_size), ("scorers", args.harness)]:
         if value is not None:
             recipe["eval"][key] = value
+    from ..eval.harness import check_scorers
+
+    check_scorers(recipe["eval"].get("scorers"), recipe["eval"].get("zeroshot"))
     return recipe
 
 
@@ -133,11 +136,14 @@ def cmd_distill(args) -> int:
     from ..runner import evaluate, float_row, peak_rss_megabytes, quantized_row
     from ..utils.io import folder_bytes
     from ..utils.runs import claim_run_folder, job_settings
+    from .data import check_training_sources
     from .distill import distill, train_result_summary
 
     recipe = _recipe_from_args(args)
     # fails before the model loads, as does an --init-from on another grid (only its config.json is read)
     config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
+    data = config.data_config()  # an evaluation split in the training data fails here, by content, whatever its name
+    check_training_sources(data.sources, data.text_field, args.data_dir)
     tag = recipe.get("name") or "distill"
     # The same job unfinished continues (the training checkpoint in it resumes, unless --no-resume).
     out = claim_run_folder(args.out, "distill", job_settings(args), args.overwrite, (args.model, tag)).path

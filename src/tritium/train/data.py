@@ -79,6 +79,36 @@ def _refuse_test_splits(files: list[Path], data_path=None) -> None:
                 )
 
 
+def check_training_sources(sources: Iterable[str], text_field: str = "text", data_path=None) -> None:
+    """Refuse training data that holds an evaluation split, by its content whatever its name. Reads the
+    text and tokenizes nothing, so it runs before any evaluation or training (``load_sequences`` calls it
+    again; text found clean once is remembered)."""
+    from ..data.contamination import check_documents, check_text, file_memo_key
+
+    for source in sources:
+        if source == TEACHER_SOURCE or (not source.startswith(HF_PREFIX) and TeacherCorpus.is_corpus(source)):
+            continue  # sampled from the model itself
+        if source.startswith(HF_PREFIX):
+            check_documents(_hf_documents(source, text_field), f"the training data {source!r}", data_path,
+                            "training", memo_key=f"{source}:{text_field}")
+        elif _is_token_folder(source):
+            from ..data.tokens import TokenFolder, check_token_folder
+
+            check_token_folder(TokenFolder.open(source), data_path)
+        elif _dataset_split(source):
+            from ..data.sources import load_text_rows
+
+            name, split = _dataset_split(source)
+            check_text("\n\n".join(load_text_rows(name, split, data_path)), f"the training source {source!r}",
+                       data_path, "training")
+        else:
+            files = _expand_sources([os.path.expandvars(source)])
+            _refuse_test_splits(files, data_path)
+            for file in files:
+                check_documents(read_documents(file, text_field), f"the training file {file.resolve()}", data_path,
+                                "training", memo_key=file_memo_key(file, text_field))
+
+
 def _dataset_split(source: str) -> tuple[str, str] | None:
     """``wikitext2-valid`` → ("wikitext2", "valid") for a known data set; test splits are refused."""
     from ..data.sources import DATASETS
@@ -209,6 +239,7 @@ def load_sequences(sources: list[str] | str, tokenizer, seqlen: int, text_field:
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
         raise TrainDataError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's vocabulary of {vocab}")
+    check_training_sources(sources, text_field, data_path)
     streams: list[Tensor] = []
     rows: list[Tensor] = []
     for source in sources:

@@ -70,7 +70,8 @@ def add_pretrain_parsers(sub, token_count) -> None:
 
 def _token_folder(args, out: Path):
     """The token folder to train on: given, or made from raw text under ``out/tokens`` (reused on a rerun)."""
-    from ..data.tokens import TokenFolder, ingest, load_tokenizer_spec, train_tokenizer, training_documents
+    from ..data.tokens import (TokenFolder, check_token_folder, ingest, load_tokenizer_spec, train_tokenizer,
+                               training_documents)
     from .data import TrainDataError
 
     if len(args.data) == 1 and TokenFolder.is_folder(args.data[0]):
@@ -80,20 +81,24 @@ def _token_folder(args, out: Path):
                                  f"{tokens.meta.get('tokenizer')!r}, so --train-tokenizer cannot apply to it. Drop "
                                  f"--train-tokenizer to train on it, or pass the raw text to tokenize it again")
         _refuse_other_tokenization(args, tokens)
+        check_token_folder(tokens, args.data_dir)  # no evaluation split in the training tokens
         return tokens
     folder = out / "tokens"
     if TokenFolder.is_folder(folder):  # a rerun: the first run tokenized the text with the same flags
         tokens = TokenFolder.open(folder)
         _refuse_other_tokenization(args, tokens)
+        check_token_folder(tokens, args.data_dir)
         print(f"tritium: reusing {folder}, tokenized by an earlier run (delete it to tokenize again)", file=sys.stderr)
         return tokens
     val_fraction = args.val_fraction if args.val_fraction is not None else DEFAULT_VAL_FRACTION
     if args.train_tokenizer:  # learnt from the training documents only: the held-out ones stay unseen
-        tokenizer = train_tokenizer(training_documents(args.data, val_fraction), args.train_tokenizer)
+        tokenizer = train_tokenizer(training_documents(args.data, val_fraction, data_path=args.data_dir),
+                                    args.train_tokenizer)
     else:
         tokenizer = load_tokenizer_spec(args.tokenizer or "smollm2-135m")
     print(f"tritium: tokenizing {', '.join(args.data)} into {folder}", file=sys.stderr)
-    return ingest(args.data, folder, tokenizer, val_fraction=val_fraction, progress=not args.no_progress)
+    return ingest(args.data, folder, tokenizer, val_fraction=val_fraction, progress=not args.no_progress,
+                  data_path=args.data_dir)
 
 
 def _refuse_other_tokenization(args, tokens) -> None:
