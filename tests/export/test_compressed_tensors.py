@@ -1,8 +1,11 @@
 """compressed-tensors export: folders that plain transformers loads (in an interpreter that never imports tritium)
 with tritium's logits, exact read-back, clear refusals, and no partial output on failure.
 
-Logit tolerance: the exported weights are tritium's exactly (the read-back checks that bit for bit), so the
-logits differ only by float32 summation order (tritium's packed kernels against nn.Linear): rtol = atol = 1e-4.
+Logit tolerance: the exported weights are tritium's exactly (the read-back checks that bit for bit) and load
+exactly in float32 (symmetric folders through transformers' default load, which keeps the scales in the model's
+dtype; asymmetric ones through dequantize=True with float32 scales), so the logits may differ only by float32
+summation order: rtol = atol = 1e-5. With fp16 scales, dequantize=True decompresses in fp16: the "cli-fake" case
+checks that the folder then computes tritium's model with its weights rounded to fp16, to the same tolerance.
 """
 
 import json
@@ -28,7 +31,7 @@ from tritium.quant import TernaryGrid, UniformGrid  # noqa: E402
 
 IDS = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(0))
 QUIET = ["--eval", "none", "--no-float", "--no-progress"]
-TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 # (family, grid, overrides): widths 64/128 divide into groups of 32
 VARIANTS = {
@@ -113,9 +116,9 @@ def exported(tmp_path_factory):
         model, result = _quantized(family, grid, overrides)
         expected[key] = _logits(model)
         asymmetric = not grid.symmetric or any(not g.symmetric for g in overrides.values())
-        # float32 float parts: the folder is exactly tritium's fake-quant model
+        # float32 float parts and scales: the folder is exactly tritium's fake-quant model, in every load
         reports[key] = export(model, format="compressed-tensors", out=root / key, result=result,
-                              tokenizer=tiny_tokenizer(), float_dtype="float32")
+                              tokenizer=tiny_tokenizer(), float_dtype="float32", scale_dtype="float32")
         jobs[key] = {"path": str(root / key), "dequantize": asymmetric, "dtype": None}
     # From run folders through the CLI: a packed run (float parts stored in fp16) and a fake run with its codes.
     packed_run = _run(root, "packed-run", "--grid", "uniform", "--bits", "4", "--group", "32", "--symmetric")
@@ -124,7 +127,12 @@ def exported(tmp_path_factory):
     assert main(["export", str(fake_run / "model"), "--format", "compressed-tensors", "--float-dtype", "float32",
                  "--out", str(root / "cli-fake")]) == 0
     expected["cli-packed"] = _logits(AutoModelForCausalLM.from_pretrained(packed_run / "model"))
-    expected["cli-fake"] = _logits(AutoModelForCausalLM.from_pretrained(fake_run / "model"))
+    fake = AutoModelForCausalLM.from_pretrained(fake_run / "model")
+    with torch.no_grad():  # its fp16 scales decompress in fp16 under dequantize=True: tritium's weights, fp16-rounded
+        for name, module in fake.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                module.weight.copy_(module.weight.half().float())
+    expected["cli-fake"] = _logits(fake)
     # the fp16 folder read in float32: fp16 values and fp16 scales load exactly
     jobs["cli-packed"] = {"path": str(root / "cli-packed"), "dequantize": False, "dtype": "float32"}
     jobs["cli-fake"] = {"path": str(root / "cli-fake"), "dequantize": True, "dtype": None}
@@ -176,6 +184,9 @@ def test_tensors_are_tritiums_codes_scales_and_zero_points(exported, tmp_path):
     assert tensors[f"{name}.weight_scale"].dtype == torch.float16
     assert torch.equal(tensors[f"{name}.weight_scale"].float(), qweight.scale)
     assert tensors[f"{name}.weight_shape"].tolist() == [64, 64]
+    # the folder declares the dtype its float parts and scales are stored in
+    assert json.loads((tmp_path / "ct" / "config.json").read_text())["dtype"] == "float16"
+    assert tensors["model.embed_tokens.weight"].dtype == torch.float16
 
 
 def test_mixed_precision_becomes_one_config_group_per_scheme(exported):
@@ -273,10 +284,11 @@ def test_ragged_groups_and_fractional_zero_points_are_refused_before_writing(tmp
     assert not (tmp_path / "ragged").exists() and not (tmp_path / "fractional").exists()
 
 
-def test_bfloat16_would_round_the_scales_and_is_refused(tmp_path):
+@pytest.mark.parametrize("option,flag", [("float_dtype", "--float-dtype"), ("scale_dtype", "--scale-dtype")])
+def test_bfloat16_would_round_the_scales_and_is_refused(tmp_path, option, flag):
     model, result = _quantized("llama", UniformGrid(4, group=32, symmetric=True), {})
-    with pytest.raises(ExportError, match="not exactly representable in bfloat16"):
-        export(model, format="compressed-tensors", out=tmp_path / "ct", result=result, float_dtype="bfloat16")
+    with pytest.raises(ExportError, match=f"not exactly representable in bfloat16.*export with {flag} float16"):
+        export(model, format="compressed-tensors", out=tmp_path / "ct", result=result, **{option: "bfloat16"})
     assert not (tmp_path / "ct").exists()
 
 
@@ -313,10 +325,10 @@ def test_a_failed_read_back_leaves_nothing(exported, tmp_path, monkeypatch, caps
     compress = to_compressed_tensors._compress
 
     def damaged(model, plans, groups, ignore):
-        config = compress(model, plans, groups, ignore)
+        compressor = compress(model, plans, groups, ignore)
         packed = model.get_submodule("model.layers.1.mlp.down_proj").weight_packed
         packed.data[0, 0] ^= 1
-        return config
+        return compressor
 
     monkeypatch.setattr(to_compressed_tensors, "_compress", damaged)
     run = exported["packed_run"]
@@ -336,6 +348,7 @@ def test_cli_flags_are_checked(exported, capsys):
     run = exported["packed_run"]
     cases = [(["export", str(run)], "choose a format"),
              (["export", str(run), "--format", "compressed-tensors", "--type", "tq2_0"], "--type does not apply"),
+             (["export", str(run), "--format", "gguf", "--scale-dtype", "float32"], "--scale-dtype does not apply"),
              (["export", str(run), "--format", "tritium", "--gguf", "x.gguf"], "--gguf x.gguf means --format gguf")]
     for argv, message in cases:
         capsys.readouterr()

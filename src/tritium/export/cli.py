@@ -53,6 +53,9 @@ def add_export_parser(sub) -> None:
     e.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"],
                    help="compressed-tensors, tritium: dtype of the float parts (default float16); compressed-tensors "
                         "folders also declare it as the dtype runtimes compute in")
+    e.add_argument("--scale-dtype", choices=["float16", "bfloat16", "float32"],
+                   help="compressed-tensors, tritium: storage of the scales (default float16, the values tritium's "
+                        "methods make); compressed-tensors with float32 keeps a float32 dequantize=True load exact")
     e.add_argument("--type", choices=["tq1_0", "tq2_0"], help="gguf: GGUF type of the decoder linears (default tq1_0)")
     e.add_argument("--embedding-type", choices=["f16", "q8_0", "f32"],
                    help="gguf: GGUF type of the embedding and output head (default f16)")
@@ -247,7 +250,8 @@ def _export_request(args) -> tuple[str, str | None, dict]:
     if fmt is None:
         raise ExportError("choose a format: --format compressed-tensors (vLLM), --format gguf (llama.cpp) or "
                           "--format tritium (tritium's packed folder)")
-    flags = {"float_dtype": ("--float-dtype", args.float_dtype), "type": ("--type", args.type),
+    flags = {"float_dtype": ("--float-dtype", args.float_dtype), "scale_dtype": ("--scale-dtype", args.scale_dtype),
+             "type": ("--type", args.type),
              "embedding_type": ("--embedding-type", args.embedding_type),
              "allow_fallback": ("--no-fallback", False if args.no_fallback else None)}
     options = {name: value for name, (_, value) in flags.items() if value is not None}

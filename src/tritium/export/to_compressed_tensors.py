@@ -181,12 +181,14 @@ class CompressedTensorsExporter(Exporter):
     kind = "folder"
     summary = "compressed-tensors pack-quantized folder (vLLM, transformers with compressed-tensors)"
     default_out = "compressed-tensors"
-    options = {"float_dtype": "float16"}
+    # float_dtype: the float parts and the dtype the folder declares; scale_dtype: how the scales are stored
+    options = {"float_dtype": "float16", "scale_dtype": "float16"}
 
     def check(self, grid, grid_overrides: dict, options: dict) -> None:
-        if options["float_dtype"] not in FLOAT_DTYPES:
-            raise CompressedTensorsExportError(f"float_dtype must be one of {', '.join(FLOAT_DTYPES)}, not "
-                                               f"{options['float_dtype']!r}")
+        for option in ("float_dtype", "scale_dtype"):
+            if options[option] not in FLOAT_DTYPES:
+                raise CompressedTensorsExportError(f"{option} must be one of {', '.join(FLOAT_DTYPES)}, not "
+                                                   f"{options[option]!r}")
         for where, each in [("the run's grid", grid), *grid_overrides.items()]:
             if isinstance(each, TernaryGrid):
                 raise _ternary_refusal(where, each)
@@ -195,42 +197,51 @@ class CompressedTensorsExporter(Exporter):
     def write(self, source, out: Path, options: dict):
         from .api import ExportReport
 
-        dtype = FLOAT_DTYPES[options["float_dtype"]]
+        dtype, scale_dtype = FLOAT_DTYPES[options["float_dtype"]], FLOAT_DTYPES[options["scale_dtype"]]
         model = source.model.float()  # the packer re-derives codes from w / scale: exact in float32
         plans, groups, ignore = plan_model(model, source.weights)
-        _check_dtype(plans, model, dtype, options["float_dtype"])
-        config = _compress(model, plans, groups, ignore)
+        _check_scales(plans, dtype, "--float-dtype")
+        _check_scales(plans, scale_dtype, "--scale-dtype")
+        _check_floats(model, dtype)
+        compressor = _compress(model, plans, groups, ignore)
         model.to(dtype)
         model.config.dtype = dtype  # runtimes compute in it; the scales were checked to fit it exactly
+        for name in plans:
+            module = model.get_submodule(name)
+            module.weight_scale.data = module.weight_scale.data.to(scale_dtype)
         expected = _float_tensors(model, plans)
         model.save_pretrained(out, safe_serialization=True)
         if source.tokenizer is not None:
             source.tokenizer.save_pretrained(out)
-        from compressed_tensors.compressors import ModelCompressor
-
-        ModelCompressor(quantization_config=config).update_config(str(out))
+        compressor.update_config(str(out))  # the library writes its quantization_config into config.json
         read_back(out, plans, expected)
-        return ExportReport(self.name, out, lines=_summary(plans, groups, ignore, options["float_dtype"]),
+        return ExportReport(self.name, out, lines=_summary(plans, groups, ignore, options),
                             details={"groups": {a.describe(): len(n) for a, n in groups.items()}, "ignore": ignore})
 
 
-def _check_dtype(plans: dict[str, LinearPlan], model: nn.Module, dtype: torch.dtype, name: str) -> None:
-    """The scales must survive the dtype the folder declares (runtimes load them in it), floats must stay finite."""
+def _check_scales(plans: dict[str, LinearPlan], dtype: torch.dtype, flag: str) -> None:
+    """The scales must survive ``dtype`` exactly: the one they are stored in, and the one the folder declares
+    (runtimes load them in it)."""
+    name = str(dtype).removeprefix("torch.")
     for plan in plans.values():
         stored = plan.scale.to(dtype).float()
         if not torch.equal(stored, plan.scale):
             worst = float((stored - plan.scale).abs().max())
             raise CompressedTensorsExportError(
-                f"{plan.name}: the scales are not exactly representable in {name} (max error {worst:.3g}), and "
-                "runtimes load them in the folder's dtype: export with --float-dtype float16 (tritium's scales are "
-                "fp16 values) or float32")
+                f"{plan.name}: the scales are not exactly representable in {name} (max error {worst:.3g}), which "
+                f"{flag} asks for: export with {flag} float16 (tritium's scales are fp16 values) or float32")
+
+
+def _check_floats(model: nn.Module, dtype: torch.dtype) -> None:
+    name = str(dtype).removeprefix("torch.")
     for key, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor.to(dtype)).all()):
             raise CompressedTensorsExportError(f"{key} overflows {name}: export with --float-dtype float32")
 
 
 def _compress(model: nn.Module, plans: dict[str, LinearPlan], groups, ignore):
-    """Hand the model to compressed-tensors: set tritium's weights, scales and zero points, then pack."""
+    """Hand the model to compressed-tensors: set tritium's weights, scales and zero points, then pack.
+    Returns the library's ModelCompressor, which also writes the folder's quantization_config."""
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import apply_quantization_config
 
@@ -250,7 +261,7 @@ def _compress(model: nn.Module, plans: dict[str, LinearPlan], groups, ignore):
     compressor = ModelCompressor(quantization_config=config)
     compressor.compress_model(model)
     compressor.remove_decompression_hook(model)  # the model is only saved, never run, from here on
-    return config
+    return compressor
 
 
 def _float_tensors(model: nn.Module, plans: dict[str, LinearPlan]) -> dict[str, Tensor]:
@@ -343,12 +354,14 @@ def read_back(folder: Path, plans: dict[str, LinearPlan], expected_floats: dict[
         fail(f"unexpected tensors {extra[:3]}")
 
 
-def _summary(plans: dict[str, LinearPlan], groups: dict, ignore: list[str], float_dtype: str) -> list[str]:
+def _summary(plans: dict[str, LinearPlan], groups: dict, ignore: list[str], options: dict) -> list[str]:
+    float_dtype, scale_dtype = options["float_dtype"], options["scale_dtype"]
     lines = [f"compressed-tensors {CT_FORMAT}: {len(plans)} linears in {len(groups)} config group(s): "
              + "; ".join(f"{args.describe()} x{len(names)}" for args, names in groups.items()),
              f"kept in {float_dtype}: {', '.join(ignore) or 'no linear'} (plus embeddings and norms)",
              "read-back: compressed-tensors unpacks tritium's codes and zero points exactly and decompresses every "
-             f"linear to tritium's weight exactly in float32 (and to {float_dtype} rounding in {float_dtype})"]
+             "linear to tritium's weight exactly in float32" + ("" if scale_dtype == "float32" else
+                 f" (and, with its {scale_dtype} scales as stored, to {scale_dtype} rounding)")]
     bits = sorted({args.num_bits for args in groups})
     if any(b not in VLLM_BITS for b in bits):
         lines.append(f"note: vLLM's pack-quantized scheme runs {' and '.join(map(str, VLLM_BITS))}-bit weights; "
@@ -364,9 +377,12 @@ def _summary(plans: dict[str, LinearPlan], groups: dict, ignore: list[str], floa
                      "linear with one config group's scheme, and its default load fails on asymmetric zero points "
                      "(see below); vLLM reads each group's scheme")
     if any(not args.symmetric for args in groups):
+        exact = "" if scale_dtype == "float32" else (
+            f"; that load decompresses in the scales' {scale_dtype}, so export with --scale-dtype float32 to get "
+            "tritium's weights exactly in a float32 load")
         lines.append("note: asymmetric zero points: load in transformers with from_pretrained(..., "
-                     "quantization_config=CompressedTensorsConfig(dequantize=True)); compressed-tensors 0.20.1 "
-                     "leaves the zero point unpacked on the meta device, so the default load fails on its shape")
+                     "quantization_config=CompressedTensorsConfig(dequantize=True)) (compressed-tensors 0.20.1 "
+                     f"leaves the zero point unpacked on the meta device, so the default load fails on its shape){exact}")
     fused = _fused_mismatches(plans)
     if fused:
         more = f" and {len(fused) - 3} more" if len(fused) > 3 else ""
