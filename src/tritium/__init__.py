@@ -5,6 +5,7 @@ Importing tritium registers the ``tritium`` quantization method with transformer
 """
 
 from . import export as _export  # noqa: F401
+from .export import export as export_model  # noqa: F401  (tritium.export stays the subpackage)
 from .export import hf as _hf  # noqa: F401  (registers quant_method "tritium")
 from .methods import MethodConfig, QuantizationResult, RTNConfig, config_from_dict, quantize_  # noqa: F401
 from .models import decoder_layout, load_model  # noqa: F401

@@ -1,5 +1,5 @@
 """``tritium pack``, ``tritium run`` and ``tritium export``: from a quantize run to packed weights,
-generated text and a GGUF file that llama.cpp runs."""
+generated text and the formats runtimes load (compressed-tensors for vLLM, GGUF for llama.cpp)."""
 
 from __future__ import annotations
 
@@ -36,15 +36,33 @@ def add_pack_parsers(sub) -> None:
                    help="decode loop: tritium's lean loop (Llama, Mistral, Qwen2) or HF generate; auto picks the "
                         "lean loop where it applies")
 
-    e = sub.add_parser("export", help="write a packed (or fake-quant) ternary folder as a GGUF file for llama.cpp")
-    e.add_argument("model", help="a folder written by `tritium pack` or `tritium quantize`")
-    e.add_argument("--gguf", required=True, help="the .gguf file to write")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing --gguf file")
-    e.add_argument("--type", default="tq1_0", choices=["tq1_0", "tq2_0"], help="GGUF type of the decoder linears")
-    e.add_argument("--embedding-type", default="f16", choices=["f16", "q8_0", "f32"],
-                   help="GGUF type of the embedding and output head")
+    add_export_parser(sub)
+
+
+def add_export_parser(sub) -> None:
+    from .registry import export_formats
+
+    formats = export_formats()
+    e = sub.add_parser("export", help="write a quantized run for a runtime: " + ", ".join(formats),
+                       description="Formats: " + "; ".join(f"{name}: {text}" for name, text in formats.items()))
+    e.add_argument("model", help="a `tritium quantize` run folder or a model folder it wrote (packed or fake)")
+    e.add_argument("--format", choices=list(formats), help="the format to write")
+    e.add_argument("--out", help="the folder (or .gguf file) to write (default RUN/compressed-tensors, RUN/model.gguf "
+                                 "or RUN/packed)")
+    e.add_argument("--gguf", metavar="OUT", help="the same as --format gguf --out OUT")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    e.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"],
+                   help="compressed-tensors, tritium: dtype of the float parts (default float16); compressed-tensors "
+                        "folders also declare it as the dtype runtimes compute in")
+    e.add_argument("--scale-dtype", choices=["float16", "bfloat16", "float32"],
+                   help="compressed-tensors, tritium: storage of the scales (default float16, the values tritium's "
+                        "methods make); compressed-tensors with float32 keeps a float32 dequantize=True load exact")
+    e.add_argument("--type", choices=["tq1_0", "tq2_0"], help="gguf: GGUF type of the decoder linears (default tq1_0)")
+    e.add_argument("--embedding-type", choices=["f16", "q8_0", "f32"],
+                   help="gguf: GGUF type of the embedding and output head (default f16)")
     e.add_argument("--no-fallback", action="store_true",
-                   help="fail on a linear the TQ type cannot hold, instead of writing it in an exact fallback type")
+                   help="gguf: fail on a linear the TQ type cannot hold, instead of writing it in an exact fallback "
+                        "type")
 
 
 def _pack_format(value: str) -> str:
@@ -252,52 +270,43 @@ def _refuse_run_folder(model: str) -> None:
         raise ModelSourceError(f"{path} is a run folder, not a model folder: run {options}")
 
 
+def _export_request(args) -> tuple[str, str | None, dict]:
+    """(format, out, the format's options) from the flags; --gguf OUT is --format gguf --out OUT."""
+    from .registry import ExportError
+
+    fmt, out = args.format, args.out
+    if args.gguf is not None:
+        if fmt not in (None, "gguf") or (out is not None and out != args.gguf):
+            raise ExportError(f"--gguf {args.gguf} means --format gguf --out {args.gguf}; drop --gguf or the other "
+                              "--format/--out")
+        fmt, out = "gguf", args.gguf
+    if fmt is None:
+        raise ExportError("choose a format: --format compressed-tensors (vLLM), --format gguf (llama.cpp) or "
+                          "--format tritium (tritium's packed folder)")
+    flags = {"float_dtype": ("--float-dtype", args.float_dtype), "scale_dtype": ("--scale-dtype", args.scale_dtype),
+             "type": ("--type", args.type),
+             "embedding_type": ("--embedding-type", args.embedding_type),
+             "allow_fallback": ("--no-fallback", False if args.no_fallback else None)}
+    options = {name: value for name, (_, value) in flags.items() if value is not None}
+    from .api import export_options
+
+    taken = export_options(fmt)
+    wrong = [flag for name, (flag, value) in flags.items() if value is not None and name not in taken]
+    if wrong:
+        raise ExportError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --format {fmt}")
+    return fmt, out, options
+
+
 def cmd_export(args) -> int:
     from ..utils.integrity import verified_folder
+    from .api import export_model
 
+    fmt, out, options = _export_request(args)
     folder, _ = _model_folder(args.model)
     with verified_folder(folder):  # config.json and the codes are read before the model loads
-        return _export(args, folder)
-
-
-def _export(args, folder: Path) -> int:
-    from ..export.codes import has_codes, load_codes
-    from ..export.gguf import write_gguf
-    from ..export.hf import grids_from_dicts
-    from ..models import load_model
-    from ..nn import check_against_weight, packed_modules, packed_to_quantized, unpack_model
-    from ..quant.grids import TernaryGrid, grid_from_dict
-    from ..utils.runs import claim_output
-
-    qconfig = _quantization_config(folder, "export")
-    grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
-    if not isinstance(grid, TernaryGrid):
-        print(f"tritium: note: {grid.describe()} is not ternary; TQ types cannot hold it, so its linears go to the "
-              "exact fallback types", file=sys.stderr)
-    if qconfig.get("format") != "packed" and not has_codes(folder):
-        raise ValueError(f"{folder} is a fake-quant folder without codes: re-run `tritium quantize` (it writes "
-                         "tritium_codes.safetensors) or pack it with `tritium pack`, then export that")
-    claim_output(args.gguf, "export", args.overwrite, flag="--gguf")
-    print(f"tritium: loading {folder}", file=sys.stderr)
-    model, tokenizer, _ = load_model(folder, dtype="auto")
-    if qconfig.get("format") == "packed":
-        if not packed_modules(model):
-            raise ValueError(f"{folder}: config.json says packed but the model holds no packed modules")
-        weights = unpack_model(model, grid, overrides)  # write_gguf reads float linears beside the codes
-    else:
-        codes = load_codes(folder)
-        weights = {}
-        for name, weight in codes.weights.items():
-            check_against_weight(name, weight, model.get_submodule(name).weight)
-            weights[name] = packed_to_quantized(weight, overrides.get(name, grid), name)
-    report = write_gguf(model, args.gguf, weights, args.type, allow_fallback=not args.no_fallback,
-                        embedding_type=args.embedding_type, tokenizer=tokenizer)
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
-    print(f"wrote {report.path}: {_megabytes(report.file_bytes)}; tensor types: {counts}")
-    print(f"decoder linears: {report.linear_bits_per_weight:.4f} bits/weight; all tensors: "
-          f"{report.total_bits_per_weight:.4f} bits/weight; read-back max error {report.max_abs_error:.3g}")
-    for name, reason in sorted(report.fallback_reasons.items())[:5]:
-        print(f"  fallback {name}: {reason}")
-    if len(report.fallback_reasons) > 5:
-        print(f"  ... and {len(report.fallback_reasons) - 5} more fallbacks")
+        report = export_model(args.model, format=fmt, out=out, overwrite=args.overwrite,
+                              log=lambda line: print(line, file=sys.stderr), **options)
+    for line in report.lines:
+        print(line)
+    print(f"model: {report.path}")
     return 0

@@ -1,0 +1,47 @@
+"""GGUF files for llama.cpp, registered as the ``gguf`` export format (the writer is :mod:`tritium.export.gguf`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..quant.grids import TernaryGrid
+from .registry import ExportError, Exporter, register_exporter
+
+
+@register_exporter("gguf")
+class GGUFExporter(Exporter):
+    kind = "file"  # write_gguf writes a temporary file, reads it back and renames it
+    summary = "GGUF file for llama.cpp (ternary linears as TQ1_0/TQ2_0, others in exact fallback types)"
+    default_out = "model.gguf"
+    options = {"type": "tq1_0", "embedding_type": "f16", "allow_fallback": True}
+
+    def check(self, grid, grid_overrides: dict, options: dict) -> None:
+        from .gguf import EMBEDDING_TYPES
+        from .gguf_tensors import TERNARY_TYPES
+
+        if options["type"] not in TERNARY_TYPES:
+            raise ExportError(f"GGUF type must be one of {', '.join(TERNARY_TYPES)}, not {options['type']!r}")
+        if options["embedding_type"] not in EMBEDDING_TYPES:
+            raise ExportError(f"GGUF embedding type must be one of {', '.join(EMBEDDING_TYPES)}, not "
+                              f"{options['embedding_type']!r}")
+
+    def write(self, source, out: Path, options: dict):
+        from .api import ExportReport
+        from .gguf import write_gguf
+
+        report = write_gguf(source.model, out, source.weights, options["type"],
+                            allow_fallback=options["allow_fallback"], embedding_type=options["embedding_type"],
+                            tokenizer=source.tokenizer)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
+        lines = []
+        if not isinstance(source.grid, TernaryGrid):
+            lines.append(f"note: {source.grid.describe()} is not ternary; TQ types cannot hold it, so its linears "
+                         "went to the exact fallback types")
+        lines += [f"wrote {report.path}: {report.file_bytes / 1e6:.2f} MB; tensor types: {counts}",
+                  f"decoder linears: {report.linear_bits_per_weight:.4f} bits/weight; all tensors: "
+                  f"{report.total_bits_per_weight:.4f} bits/weight; read-back max error {report.max_abs_error:.3g}"]
+        for name, reason in sorted(report.fallback_reasons.items())[:5]:
+            lines.append(f"  fallback {name}: {reason}")
+        if len(report.fallback_reasons) > 5:
+            lines.append(f"  ... and {len(report.fallback_reasons) - 5} more fallbacks")
+        return ExportReport(self.name, out, lines=lines, details={"gguf": report})
