@@ -65,7 +65,9 @@ def _tag() -> str:
     import torch
 
     extra = os.environ.get("TRITIUM_CPU_KERNEL_FLAGS", "")
-    text = f"{platform.machine()}|{torch.__version__}|{extra}|{SOURCE.read_bytes().hex()}"
+    # The source's path too: the build file names it, so two checkouts sharing one cache folder would
+    # otherwise rebuild each other's library on every load.
+    text = f"{platform.machine()}|{torch.__version__}|{extra}|{SOURCE.resolve()}|{SOURCE.read_bytes().hex()}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
