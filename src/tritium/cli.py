@@ -273,9 +273,11 @@ def cmd_eval(args) -> int:
         size = size_report(model, grid, names, overrides)
         weights = {n: m.out_features * m.in_features for n, m in names.items()}
         bits = sum(float(overrides.get(n, grid).bits) * count for n, count in weights.items()) / sum(weights.values())
+        from .nn import head_type_of
+
         row = {"model": "quantized", "method": qconfig["method"], "bits": round(bits, 2),
                "grid": grid.describe() + (f" ({len(overrides)} linears on their own grids)" if overrides else ""),
-               "group": grid.group}
+               "group": grid.group, "head": head_type_of(model)}
     else:
         size = size_report(model)
         row = {"model": "float", "method": "none", "bits": 16, "group": None}
