@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from ..kernels.head_ops import block_linear
 from ..pack.blocks import (
-    BITS_PER_WEIGHT,
     BLOCK_SIZE,
     BLOCK_TYPES,
     CODE_BYTES,
