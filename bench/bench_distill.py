@@ -38,6 +38,7 @@ from tritium.train.data import load_sequences
 from tritium.train.distill import DistillConfig, distill
 from tritium.train.dlt import DLTConfig, to_dlt_, to_fake_quant_
 from tritium.train.losses import LanguageModelLoss, next_token_ce
+from tritium.utils.hardware import uses_bf16
 from tritium.train.trainer import OptimConfig, TrainConfig, Trainer
 from tritium.utils.hardware import cpu_name
 from tritium.utils.io import atomic_write_json, atomic_write_text
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
 
     print("bench: throughput", file=sys.stderr)
     mb, steps = args.micro_batch_size, args.throughput_steps
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.device(args.device).type == "cuda")
+    bf16 = uses_bf16(args.precision, args.device)
 
     def measure_throughput():
         bare = bare_float_tokens_per_second(model, sequences, mb, steps, args.device, bf16)

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--generate", metavar="PROMPT",
                    help="end with the greedy continuation of PROMPT from the float and the quantized model")
     q.add_argument("--generate-tokens", type=int, default=24, help="tokens --generate produces (default 24)")
+    from .export.cli import HEAD_TYPE_CHOICES, HEAD_TYPE_HELP
+
+    q.add_argument("--head-type", choices=HEAD_TYPE_CHOICES, default="f16",
+                   help="--format packed: " + HEAD_TYPE_HELP + "; the quantized model is evaluated with that head")
     _add_eval_args(q)
 
     e = sub.add_parser("eval", help="evaluate a model (float or saved by tritium)")
@@ -197,6 +201,11 @@ def cmd_quantize(args) -> int:
     from .models.rotation import rotation_settings
     from .utils.io import folder_bytes
 
+    if args.head_type != "f16" and args.format != "packed":
+        from .pack.blocks import HeadTypeError
+
+        raise HeadTypeError(f"--head-type {args.head_type} stores the head of a packed folder: add --format packed "
+                            "(a fake-quant folder keeps float weights throughout)")
     recipe = _recipe_from_args(args)
     grid = grid_from_dict(recipe["grid"])  # fail on a bad grid before the model loads
     rotation_settings(recipe.get("rotate"))  # a bad rotate value fails before the model loads
@@ -212,6 +221,9 @@ def cmd_quantize(args) -> int:
     model, tokenizer, source = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
     # e.g. a bit budget the model cannot reach, or a layout that cannot be rotated, fails before any evaluation
     prepare_config(model, recipe)
+    from .nn import check_head_quantizable, quantize_head_
+
+    check_head_quantizable(model, args.head_type)  # likewise a head that --head-type cannot hold
     rows, token_cache = [], {}
     if not args.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)
@@ -223,6 +235,9 @@ def cmd_quantize(args) -> int:
           + (f", mixed precision under a {budget:g}-bit budget" if budget is not None else ""), file=sys.stderr)
     start = time.perf_counter()
     result, config = quantize_model(model, tokenizer, recipe, args.data)
+    if args.head_type != "f16":  # before the evaluation, so the row measures the folder that is saved
+        print(f"tritium: storing the embedding and LM head as {args.head_type}", file=sys.stderr)
+        quantize_head_(model, args.head_type)
     print("tritium: evaluating the quantized model", file=sys.stderr)
     evaluation = evaluate(model, tokenizer, recipe["eval"], args.data, progress, token_cache)
     rows.append(quantized_row(model, result, evaluation, None, time.perf_counter() - start))
@@ -288,9 +303,12 @@ def cmd_eval(args) -> int:
         size = size_report(model, grid, names, overrides)
         weights = {n: m.out_features * m.in_features for n, m in names.items()}
         bits = sum(float(overrides.get(n, grid).bits) * count for n, count in weights.items()) / sum(weights.values())
+        from .nn import head_type_of
+
         row = {"model": "quantized", "method": qconfig["method"], "bits": round(bits, 2),
                "grid": grid.describe() + (f" ({len(overrides)} linears on their own grids)" if overrides else ""),
-               "group": grid.group, "storage": "fake-quant (float weights on the grid)"}
+               "group": grid.group, "storage": "fake-quant (float weights on the grid)",
+               "head": head_type_of(model)}
         if qconfig.get("format") == "packed":  # what the packed modules really hold, beside the Spectra count
             from .eval.size import packed_storage
 

@@ -14,6 +14,7 @@ from .methods import config_from_dict, get_method, quantize_
 from .methods.base import MethodConfig, selected_linears, unmatched_patterns
 from .methods.mixed import check_mixed_precision
 from .models.adapters import decoder_layout
+from .nn.block_head import head_type_of
 from .models.rotation import check_rotatable, rotate_model_, rotation_settings
 from .quant.grids import grid_from_dict
 
@@ -131,7 +132,8 @@ def quantized_row(model, result, evaluation: dict, file_bytes: int | None, secon
     row = {"model": "quantized", "method": method, "bits": round(bits, 2),
            "grid": result.describe_grids(), "group": group, **evaluation,
            "size": size_report(model, result.grid, result.weights, result.grid_overrides).to_dict(),
-           "file_bytes": file_bytes, "quantize_seconds": result.seconds + earlier, "seconds": seconds + earlier}
+           "file_bytes": file_bytes, "quantize_seconds": result.seconds + earlier, "seconds": seconds + earlier,
+           "head": head_type_of(model)}
     if result.details.get("resumed_from_block"):
         row |= {"resumed_from_block": result.details["resumed_from_block"],
                 "num_blocks": result.details.get("num_blocks"), "pieces": result.details.get("pieces"),

@@ -113,3 +113,22 @@ def test_generation_stops_at_the_model_s_context_with_a_warning():
     assert torch.equal(result.tokens, hf_greedy(model, ids, 10))
     with pytest.raises(ValueError, match="no room is left"):
         FastDecoder(model).generate(prompt(length=16), 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16bit_head_is_read_as_it_is_by_the_16bit_kernel(dtype):
+    """A model loaded in bf16/fp16 on the CPU: the lean loop multiplies its head weight directly (no copy) in fp32."""
+    model = tiny_model("llama", seed=3).to(dtype)
+    decoder = FastDecoder(model, max_length=32, head_dtype="auto")
+    assert decoder.head_weight.data_ptr() == model.lm_head.weight.data_ptr()
+    ids = prompt()
+    decoder.generate(ids, 1)
+    ours = decoder.forward(ids[:, -1:], ids.shape[1])
+    plain = FastDecoder(model, max_length=32, head_dtype=None)  # None: the module (torch's matmul), as before
+    assert plain.head_weight is None
+    plain.generate(ids, 1)
+    theirs = plain.forward(ids[:, -1:], ids.shape[1])
+    assert ours.dtype == dtype
+    # the same loop; only the head's arithmetic differs (fp32 sums, rounded once to the 16-bit dtype)
+    torch.testing.assert_close(ours.float(), theirs.float(), **({"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16
+                                                               else {"rtol": 2e-3, "atol": 2e-3}))

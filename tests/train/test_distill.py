@@ -100,3 +100,21 @@ def test_cli_distill_end_to_end(tmp_path, capsys):
         torch.testing.assert_close(packed(ids).logits, reloaded(ids).logits, rtol=1e-4, atol=1e-4)
     assert main(["distill", "--model", str(folder), "--recipe", "w4g128-rtn", "--steps", "1"]) == 2
     assert "distill needs a dlt recipe" in capsys.readouterr().err
+
+
+def test_distill_bf16_on_a_cpu_that_emulates_it_warns_before_the_model_loads(tmp_path, monkeypatch):
+    import tritium.models
+    import tritium.utils.hardware as hardware
+
+    class Loaded(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma", "f16c"}))
+    monkeypatch.setattr(hardware, "_warned", set())
+    monkeypatch.setattr(tritium.models, "load_model", stop)
+    with pytest.warns(RuntimeWarning, match="neither amx_bf16 nor avx512_bf16"), pytest.raises(Loaded):
+        main(["distill", "--model", "any", "--recipe", "ternaryllm-cpu", "--steps", "1", "--precision", "bf16",
+              "--device", "cpu", "--out", str(tmp_path / "run")])

@@ -35,8 +35,9 @@ def _run(out_dir, micro_batch_size, distributed):
         grads.append({n: _full(p.grad.detach()).clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
 
     seqs = torch.randint(0, 512, (8, 16), generator=torch.Generator().manual_seed(0))
+    # fp32 stated: the spawned processes see the real CPU flags, and auto takes bf16 where the CPU has it
     config = TrainConfig(steps=STEPS, micro_batch_size=micro_batch_size, grad_accum=2, seed=3, progress=False,
-                         distributed=distributed, optim=OptimConfig(lr=3e-3, lr_quant=1e-3))
+                         distributed=distributed, optim=OptimConfig(lr=3e-3, lr_quant=1e-3), precision="fp32")
     result = Trainer(student, loss_fn, seqs, config, out_dir, after_backward=[record_grads]).run()
     return {"losses": result.losses(), "grads": grads,
             "params": {k: _full(v.detach()).clone() for k, v in student.state_dict().items()}}
@@ -48,7 +49,8 @@ def _pretrain(out_dir, micro_batch_size, distributed):
 
     seqs = torch.randint(0, 300, (8, 16), generator=torch.Generator().manual_seed(1))
     config = pretrain_config("trilm", "tiny-xs", seqlen=16, train=dict(
-        steps=3, micro_batch_size=micro_batch_size, grad_accum=2, seed=5, progress=False, distributed=distributed))
+        steps=3, micro_batch_size=micro_batch_size, grad_accum=2, seed=5, progress=False, distributed=distributed,
+        precision="fp32"))
     result = pretrain(config, seqs, out_dir, vocab_size=300)
     from safetensors.torch import load_file
 

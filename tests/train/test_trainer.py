@@ -126,7 +126,29 @@ def test_a_cpu_run_says_when_its_precision_is_the_slow_choice(tmp_path, monkeypa
     student, loss = _student_and_loss()
     Trainer(student, loss, _sequences(), _config(steps=1, progress=True, checkpoint_every=0, precision="fp32"),
             tmp_path / "fp32").run()
-    assert "--precision bf16" in capsys.readouterr().err
+    assert "--precision auto or bf16" in capsys.readouterr().err
     Trainer(student, loss, _sequences(), _config(steps=1, progress=True, checkpoint_every=0, precision="bf16"),
             tmp_path / "bf16").run()
     assert "tritium:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, bf16", [({"avx2", "avx512_bf16"}, True), ({"amx_bf16"}, True), ({"avx2", "fma"}, False)])
+def test_auto_precision_takes_bf16_autocast_only_on_a_cpu_with_bf16_hardware(tmp_path, monkeypatch, flags, bf16):
+    import tritium.utils.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    student, loss = _student_and_loss()
+    trainer = Trainer(student, loss, _sequences(), _config(steps=1, checkpoint_every=0, device="cpu"), tmp_path)
+    assert trainer.config.precision == "auto" and trainer.use_bf16 is bf16
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns_when_the_trainer_is_made(tmp_path, monkeypatch):
+    import tritium.utils.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(hardware, "_warned", set())
+    student, loss = _student_and_loss()
+    with pytest.warns(RuntimeWarning, match="avx512_bf16.*emulated"):
+        trainer = Trainer(student, loss, _sequences(), _config(steps=1, checkpoint_every=0, precision="bf16",
+                                                               device="cpu"), tmp_path)
+    assert trainer.use_bf16  # asked for explicitly: warned, not overridden

@@ -22,6 +22,7 @@ def add_pack_parsers(sub) -> None:
     p.add_argument("--scale-dtype", choices=["float16", "bfloat16"], default="float16")
     p.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                    help="storage of the parts left in float (embeddings, norms); they load back in the model's dtype")
+    p.add_argument("--head-type", choices=HEAD_TYPE_CHOICES, default="f16", help=HEAD_TYPE_HELP)
 
     r = sub.add_parser("run", help="generate text from a model folder (packed, fake-quant or float) or a named model")
     r.add_argument("model", help="model folder, .gguf file or named default (smollm2-135m)")
@@ -32,6 +33,9 @@ def add_pack_parsers(sub) -> None:
     r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="float dtype of the unpacked parts (default: the folder's)")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    r.add_argument("--head-type", choices=HEAD_TYPE_CHOICES,
+                   help="store the embedding and LM head as q8_0 or q4_0 blocks (32 values, one fp16 scale) before "
+                        "generating; default: as the model has them")
     r.add_argument("--loop", default="auto", choices=["auto", "fast", "hf"],
                    help="decode loop: tritium's lean loop (Llama, Mistral, Qwen2) or HF generate; auto picks the "
                         "lean loop where it applies")
@@ -63,6 +67,11 @@ def add_export_parser(sub) -> None:
     e.add_argument("--no-fallback", action="store_true",
                    help="gguf: fail on a linear the TQ type cannot hold, instead of writing it in an exact fallback "
                         "type")
+
+
+HEAD_TYPE_CHOICES = ["f16", "q8_0", "q4_0"]  # tritium.pack.blocks.HEAD_TYPES (kept literal: the parser loads fast)
+HEAD_TYPE_HELP = ("storage of the embedding and LM head: f16 (float, as before), q8_0 (8.5 bits a weight) or q4_0 "
+                  "(4.5 bits), in blocks of 32 with one fp16 scale; the head then runs on the block kernel")
 
 
 def _pack_format(value: str) -> str:
@@ -116,7 +125,7 @@ def _pack(args, folder: Path, default_out: Path) -> int:
     from ..export.hf import grids_from_dicts, save_packed
     from ..models import load_model
     from ..models.loader import read_quantization_config
-    from ..nn import pack_with_codes, packed_bits_report
+    from ..nn import check_head_quantizable, pack_with_codes, packed_bits_report, quantize_head_
     from ..pack import PackError
     from ..quant.grids import grid_from_dict
     from ..utils.io import folder_bytes
@@ -142,6 +151,7 @@ def _pack(args, folder: Path, default_out: Path) -> int:
     grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
     print(f"tritium: loading {folder}", file=sys.stderr)
     model, tokenizer, _ = load_model(folder, dtype="auto")
+    check_head_quantizable(model, args.head_type)  # e.g. a width that blocks of 32 do not divide: before packing
     try:
         pack_with_codes(model, codes.weights, grid, args.ternary_layout, args.scale_dtype, grid_overrides=overrides)
     except PackError as err:
@@ -150,6 +160,7 @@ def _pack(args, folder: Path, default_out: Path) -> int:
         raise PackError(f"{err}. Packing never changes a weight, and this run's scales do not fit "
                         f"{args.scale_dtype} exactly: keep --scale-dtype float16 (the dtype tritium's methods round "
                         "scales to)") from err
+    quantize_head_(model, args.head_type)
     save_packed(model, tokenizer, out, qconfig.get("method", "unknown"), qconfig["grid"],
                 qconfig.get("modules_not_quantized") or (), qconfig.get("method_args") or {},
                 ternary_layout=args.ternary_layout, scale_dtype=args.scale_dtype, float_dtype=args.float_dtype,
@@ -160,8 +171,10 @@ def _pack(args, folder: Path, default_out: Path) -> int:
     print(f"packed {len(report['layers'])} linears on {on} ({args.ternary_layout}, {args.scale_dtype} "
           f"scales): {report['bits_per_weight']:.3f} bits/weight ({report['code_bits_per_weight']:.3f} for the codes), "
           f"{_megabytes(report['bytes'])} of packed weights")
+    kept = ("norms stay float; embedding and head in " + args.head_type if args.head_type != "f16" else
+            "embeddings, head and norms stay float")
     print(f"folder size: fake {_megabytes(fake_bytes)} -> packed {_megabytes(packed_bytes)} "
-          f"({fake_bytes / max(packed_bytes, 1):.2f}x smaller; embeddings, head and norms stay float)")
+          f"({fake_bytes / max(packed_bytes, 1):.2f}x smaller; {kept})")
     print(f"model: {out}")
     return 0
 
@@ -205,6 +218,11 @@ def cmd_run(args) -> int:
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     _refuse_run_folder(args.model)
     model, tokenizer, source = load_model(args.model, dtype=dtype, device=device)
+    if args.head_type is not None:
+        from ..nn import check_head_quantizable, quantize_head_
+
+        check_head_quantizable(model, args.head_type)  # a head the type cannot hold fails before any decoding
+        quantize_head_(model, args.head_type)
     if args.chat:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"{args.model}: the tokenizer has no chat template; run without --chat")
@@ -249,10 +267,11 @@ def cmd_run(args) -> int:
     print(tokenizer.decode(new, skip_special_tokens=True))
     n_new = int(new.numel())
     from ..kernels.cpu import active_path
+    from ..nn import head_type_of
 
     kernel = f"; CPU kernel path {active_path()}" if str(device) == "cpu" and active_path() != "reference" else ""
-    print(f"tritium: {n_new} new tokens on {device} with the {loop} ({source.describe()}); prefill of {ids.shape[1]} tokens "
-          f"{prefill:.3f} s; decode {rate}{kernel}", file=sys.stderr)
+    print(f"tritium: {n_new} new tokens on {device} with the {loop} ({source.describe()}, {head_type_of(model)} head); "
+          f"prefill of {ids.shape[1]} tokens {prefill:.3f} s; decode {rate}{kernel}", file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,9 @@ transformers' public hooks, so no upstream change is needed. Folders saved with
 as ordinary weights and the config records how they were made. Folders saved with
 ``format: packed`` hold the packed codes and fp16 scales of :mod:`tritium.nn`; the
 quantizer swaps the named linears for packed modules before the weights load and
-checks every module against the checksum recorded at save time afterwards.
+checks every module against the checksum recorded at save time afterwards. A packed folder may
+also hold its embedding and LM head in q8_0 / q4_0 blocks (``head: {type: q8_0, ...}``, see
+:mod:`tritium.nn.block_head`); without that entry the head is float, as it always was.
 
 Every folder saved here ends with a manifest (:mod:`tritium.utils.integrity`): the quantizer
 checks a local folder's files against it before the weights load, and refuses a folder whose
@@ -33,7 +35,7 @@ class TritiumConfig(QuantizationConfigMixin):
                  modules_not_quantized: list[str] | None = None, method_args: dict | None = None,
                  packed_modules: list[str] | None = None, ternary_layout: str = "base3",
                  scale_dtype: str = "float16", checksums: dict[str, str] | None = None,
-                 grid_overrides: dict[str, dict] | None = None, **kwargs):
+                 grid_overrides: dict[str, dict] | None = None, head: dict | None = None, **kwargs):
         self.quant_method = QUANT_METHOD
         self.method = method
         self.grid = grid or {}
@@ -47,6 +49,8 @@ class TritiumConfig(QuantizationConfigMixin):
         self.ternary_layout = ternary_layout
         self.scale_dtype = scale_dtype
         self.checksums = dict(checksums or {})
+        # format "packed" only: the embedding / LM head storage (tritium.nn.block_head.head_record); f16 = float
+        self.head = dict(head or {"type": "f16"})
         if format not in SUPPORTED_FORMATS:
             raise ValueError(
                 f"tritium quantization format {format!r} is not supported by this version "
@@ -67,6 +71,8 @@ class TritiumConfig(QuantizationConfigMixin):
         if self.format == "packed":
             out |= {"packed_modules": self.packed_modules, "ternary_layout": self.ternary_layout,
                     "scale_dtype": self.scale_dtype, "checksums": self.checksums}
+            if self.head.get("type", "f16") != "f16":  # folders with a float head keep the config they always had
+                out["head"] = self.head
         return out
 
 
@@ -94,13 +100,19 @@ class TritiumHfQuantizer(HfQuantizer):
             replace_with_empty_packed(model, config.packed_modules, grid_from_dict(config.grid),
                                       config.ternary_layout, config.scale_dtype,
                                       grid_overrides=grids_from_dicts(config.grid_overrides))
+            from ..nn.block_head import replace_with_empty_head
+
+            replace_with_empty_head(model, config.head)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         if self.quantization_config.format == "packed":
             from ..nn.convert import verify_packed_model
 
+            from ..nn.block_head import verify_head
+
             verify_packed_model(model, self.quantization_config.checksums)
+            verify_head(model, self.quantization_config.head)
         return model
 
     def is_serializable(self, safe_serialization=None):
@@ -206,6 +218,8 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
 def _state_dict_in(model, modules: dict, dtype) -> dict:
     """The model's state dict with its float tensors in ``dtype``; packed codes and group parameters keep theirs."""
     kept = {f"{name}.{part}" for name in modules for part in ("packed", "scale", "zero", "shift")}
+    # block heads' fp16 scales keep their dtype too (their codes are integers)
+    kept |= {f"{name}.scale" for name, m in model.named_modules() if getattr(m, "is_block_head", False)}
     converted: dict[int, object] = {}  # tied tensors (embedding and LM head) stay one tensor
     state = {}
     for key, tensor in model.state_dict().items():
@@ -224,6 +238,9 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
                 grid_overrides: dict[str, dict] | None = None):
     """Save a model packed by :func:`tritium.nn.pack_model` so that ``from_pretrained`` rebuilds it, atomically.
 
+    An embedding and LM head stored in blocks (:func:`tritium.nn.quantize_head_`) are saved as such and
+    recorded in the config's ``head`` entry; a float head is saved in ``float_dtype`` as before.
+
     ``float_dtype`` ("float16" or "bfloat16") stores the parts that are not packed (embeddings, norms,
     a separate LM head) in 16 bits, as float checkpoints usually are; the config keeps the model's
     compute dtype, so they load back in it. None stores them as they are. ``grid_overrides`` (linear
@@ -231,6 +248,7 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
     """
     import torch
 
+    from ..nn.block_head import head_record
     from ..nn.convert import module_checksum, packed_modules
     from ..utils.integrity import write_manifest
     from ..utils.io import atomic_directory
@@ -242,6 +260,7 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
         method=method, grid=grid, format="packed", modules_not_quantized=list(skip), method_args=method_args or {},
         packed_modules=sorted(modules), ternary_layout=ternary_layout, scale_dtype=scale_dtype,
         checksums={name: module_checksum(m) for name, m in sorted(modules.items())}, grid_overrides=grid_overrides,
+        head=head_record(model),
     )
     state_dict = None
     if float_dtype is not None:

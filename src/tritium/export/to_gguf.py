@@ -26,14 +26,20 @@ class GGUFExporter(Exporter):
                               f"{options['embedding_type']!r}")
 
     def write(self, source, out: Path, options: dict):
+        from ..nn import dequantize_head_, head_type_of
         from .api import ExportReport
         from .gguf import write_gguf
 
+        lines = []
+        head = head_type_of(source.model)
+        if head != "f16":
+            lines.append(f"note: the folder's {head} embedding and head are written from their decoded values as "
+                         f"--embedding-type {options['embedding_type']}")
+            dequantize_head_(source.model)
         report = write_gguf(source.model, out, source.weights, options["type"],
                             allow_fallback=options["allow_fallback"], embedding_type=options["embedding_type"],
                             tokenizer=source.tokenizer)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
-        lines = []
         if not isinstance(source.grid, TernaryGrid):
             lines.append(f"note: {source.grid.describe()} is not ternary; TQ types cannot hold it, so its linears "
                          "went to the exact fallback types")

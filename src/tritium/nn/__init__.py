@@ -1,4 +1,14 @@
-"""Packed modules: linears that hold only packed codes and call tritium::packed_linear."""
+"""Packed modules: linears that hold only packed codes and call tritium::packed_linear, and a block-quantized
+embedding and LM head (q8_0 / q4_0)."""
+
+from .block_head import (  # noqa: F401
+    BlockEmbedding,
+    BlockLMHead,
+    check_head_quantizable,
+    dequantize_head_,
+    head_type_of,
+    quantize_head_,
+)
 
 from .convert import (  # noqa: F401
     check_against_weight,

@@ -21,3 +21,4 @@ from .layouts import (  # noqa: F401
     unpack_uniform,
 )
 from .packed import PackedWeight, bits_per_weight, bits_report, pack_quantized  # noqa: F401
+from .blocks import BLOCK_SIZE, HEAD_TYPES, BlockWeight, HeadTypeError, quantize_blocks  # noqa: F401

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.errors import TritiumError
-from ..kernels import linear_half_weight
+from ..kernels.head_ops import linear_16bit
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -176,23 +176,36 @@ class FastDecoder:
         self.eps = [(b.input_layernorm.variance_epsilon, b.post_attention_layernorm.variance_epsilon)
                     for b in self.blocks]
         self.final_eps = model.model.norm.variance_epsilon
-        # The LM head reads the whole vocabulary matrix every token. head_dtype=float16 keeps an fp16 copy and
-        # multiplies it in fp32 arithmetic (tritium::linear_half_weight): half the traffic, and exact when the
-        # weights are fp16 values already, as in a packed folder (which stores them in fp16).
-        # "auto": only where that changes nothing, i.e. the head's values are fp16 values already.
+        # The LM head reads the whole vocabulary matrix every token, so its storage sets the step's memory traffic.
+        # * A block head (q8_0 / q4_0, tritium.nn.block_head) multiplies its blocks directly (its own forward).
+        # * A 16-bit matrix runs through tritium::linear_16bit: fp16/bf16 weights read as they are, products and
+        #   sums in fp32 (torch has no fast fp16 matvec on AVX2-only CPUs). head_dtype=float16 keeps an fp16 copy
+        #   of an fp32 head: half the traffic, and exact when the weights are fp16 values already, as in a packed
+        #   folder (which stores them in fp16). "auto": on the CPU, a 16-bit head as it is, and the fp16 copy only
+        #   where that changes nothing (fp32 weights that are fp16 values); elsewhere the module (cuBLAS).
         head = model.lm_head
         self.head_weight = None
-        if head_dtype == "auto":
+        if getattr(head, "is_block_head", False):
+            if head_dtype not in (None, "auto"):
+                raise UnsupportedForFastDecode(f"head_dtype {head_dtype} applies to a float LM head; this one is "
+                                               f"stored in {head.kind} blocks")
+        else:
             weight = head.weight.detach()
-            exact = weight.dtype == torch.float32 and getattr(head, "bias", None) is None and bool(
-                torch.equal(weight, weight.half().float()))
-            head_dtype = torch.float16 if exact else None
-        if head_dtype is not None and head_dtype != head.weight.dtype:
-            if head_dtype != torch.float16:
-                raise UnsupportedForFastDecode(f"head_dtype must be torch.float16 or None, not {head_dtype}")
-            if getattr(head, "bias", None) is not None:
-                raise UnsupportedForFastDecode("an fp16 LM head copy is not supported for heads with a bias")
-            self.head_weight = head.weight.detach().to(torch.float16)
+            has_bias = getattr(head, "bias", None) is not None
+            if head_dtype == "auto":
+                head_dtype = None
+                if weight.device.type == "cpu" and not has_bias:
+                    if weight.dtype in (torch.float16, torch.bfloat16):
+                        head_dtype = weight.dtype
+                    elif weight.dtype == torch.float32 and bool(torch.equal(weight, weight.half().float())):
+                        head_dtype = torch.float16
+            if head_dtype is not None:
+                if head_dtype != weight.dtype and head_dtype != torch.float16:
+                    raise UnsupportedForFastDecode(f"head_dtype must be torch.float16, \"auto\" or None, not "
+                                                   f"{head_dtype}")
+                if has_bias:
+                    raise UnsupportedForFastDecode("a 16-bit LM head copy is not supported for heads with a bias")
+                self.head_weight = weight if weight.dtype == head_dtype else weight.to(torch.float16)
         self._cache: tuple[Tensor, Tensor] | None = None
         self._rotary: tuple[Tensor, Tensor] | None = None
         # Per block: q/k/v in one call, gate/up in one call, then o and down.
@@ -251,7 +264,7 @@ class FastDecoder:
             x = x + down_proj(F.silu(gate_up[..., :intermediate]) * gate_up[..., intermediate:])
         x = self._rms_norm(x[:, -1:], model.model.norm, self.final_eps)
         if self.head_weight is not None:
-            return linear_half_weight(x, self.head_weight)[:, -1]
+            return linear_16bit(x, self.head_weight)[:, -1]
         return model.lm_head(x)[:, -1]
 
     @torch.no_grad()
@@ -266,8 +279,11 @@ class FastDecoder:
             if warning:
                 warnings.warn(warning, RuntimeWarning, stacklevel=2)
         stop = set() if eos_token_id is None else {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
-        device = self.model.model.embed_tokens.weight.device
-        dtype = self.model.model.embed_tokens.weight.dtype
+        embed = self.model.model.embed_tokens
+        if hasattr(embed, "weight"):
+            device, dtype = embed.weight.device, embed.weight.dtype
+        else:  # a block table (tritium.nn.BlockEmbedding): integer codes, output in its compute dtype
+            device, dtype = embed.codes.device, embed.compute_dtype
         self._allocate(device, dtype)
         ids = ids.to(device)
         start = time.perf_counter()

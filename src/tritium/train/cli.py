@@ -52,7 +52,10 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--eval-every", type=int, help="perplexity every N steps during training")
     d.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     d.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="training precision; bf16 autocast also runs on CPUs (AMX), several times faster there")
+                   help="training precision (default: the recipe's, auto in ternaryllm; the -cpu recipes pin fp32 so "
+                        "their figures reproduce on any CPU): auto takes bf16 autocast where the hardware has it (a "
+                        "GPU, or a CPU with AMX or AVX512-BF16, about 2x faster there) and fp32 elsewhere, where bf16 "
+                        "is emulated and several times slower")
     d.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     d.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
     d.add_argument("--no-save", action="store_true", help="do not save the distilled model")
@@ -144,6 +147,13 @@ def cmd_distill(args) -> int:
     config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
     data = config.data_config()  # an evaluation split in the training data fails here, by content, whatever its name
     check_training_sources(data.sources, data.text_field, args.data_dir)
+
+    from ..utils.hardware import warn_if_emulated_bf16
+    from .trainer import Trainer
+
+    # said before the model loads and the float model is evaluated, not only when training starts
+    planned = config.train_config()
+    warn_if_emulated_bf16(planned.precision, Trainer._pick_device(planned.device))
     tag = recipe.get("name") or "distill"
     # The same job unfinished continues (the training checkpoint in it resumes, unless --no-resume).
     out = claim_run_folder(args.out, "distill", job_settings(args), args.overwrite, (args.model, tag)).path

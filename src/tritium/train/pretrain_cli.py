@@ -39,7 +39,8 @@ def _add_shared(p, token_count) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's rate for the size)")
     p.add_argument("--shards", type=int, help="absmean scales per ternary matrix (TriLM under model parallelism)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (a rerun resumes)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast where the hardware has it (GPU, CPU with AMX or AVX512-BF16), else fp32")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--eval", type=_csv, help="perplexity data sets besides the held-out split (default wikitext2)")
     p.add_argument("--limit", type=int, help="evaluate only the first N chunks of each data set")

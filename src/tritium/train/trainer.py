@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..utils.errors import TritiumError
-from ..utils.hardware import cpu_precision_hint
+from ..utils.hardware import cpu_precision_hint, uses_bf16, warn_if_emulated_bf16
 from ..utils.io import atomic_directory, atomic_write_text
 from .data import SequenceSampler, TrainDataError, check_context
 
@@ -75,7 +75,7 @@ class TrainConfig:
     micro_batch_size: int = 4  # sequences per forward on each process
     grad_accum: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast where the device has bf16 hardware (GPU, AMX/AVX512-BF16), else fp32
     gradient_checkpointing: bool = False
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 1
@@ -254,7 +254,9 @@ class Trainer:
         self.rank, self.world = _world()
         self.global_batch = self.world * config.micro_batch_size * config.grad_accum
         self.total_steps = self._total_steps()
-        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        self.use_bf16 = uses_bf16(config.precision, self.device)
+        if self.rank == 0:
+            warn_if_emulated_bf16(config.precision, self.device)
 
         self.model = model.to(self.device)  # the unwrapped module: evaluation and export read it
         if hasattr(loss_fn, "to"):
@@ -530,7 +532,7 @@ class Trainer:
                            enabled=cfg.progress and self.rank == 0, dynamic_ncols=True)
         if self.device.type == "cpu" and cfg.progress and self.rank == 0:
             hint = cpu_precision_hint(cfg.precision)
-            if hint:
+            if hint and cfg.precision != "bf16":  # the bf16 case was a warning already, when the trainer was made
                 bar.write(f"tritium: {hint}", file=sys.stderr)
         while self.step < self.total_steps:
             record = self.train_step()
