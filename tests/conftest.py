@@ -46,6 +46,15 @@ TINY_TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." 
 
 
 @pytest.fixture
+def tiny_folder(tmp_path, tokenizer):
+    """A tiny random Llama saved as a Hugging Face folder with the tiny tokenizer."""
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
 def tiny_data(tmp_path, monkeypatch):
     """A WikiText-2 folder of repeated tiny text (test and valid splits), set as $TRITIUM_DATA."""
     wiki = tmp_path / "data" / "wikitext-2-raw-v1"

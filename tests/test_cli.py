@@ -9,14 +9,6 @@ from tritium.models import tiny_model
 
 
 
-@pytest.fixture
-def tiny_folder(tmp_path, tokenizer):
-    folder = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_quantize_evaluates_side_by_side_saves_and_reloads(tiny_folder, tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["quantize", "--model", str(tiny_folder), "--recipe", "w2g128-rtn", "--group", "32",

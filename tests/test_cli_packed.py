@@ -116,7 +116,7 @@ def test_pack_and_quantize_write_a_block_head_that_reloads_runs_and_is_sized_by_
     assert "q8_0 head" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "q8"), "--eval", "none", "--no-progress",
                  "--out", str(tmp_path / "eval")]) == 0
-    row = json.loads(next((tmp_path / "eval").glob("*.json")).read_text())["rows"][0]
+    row = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"][0]
     assert row["head"] == "q8_0"
     assert row["size"]["embedding_bits_per_weight"] == 8.5 and row["size"]["lm_head_params"] == 0
     # GGUF export writes the block head from its decoded values

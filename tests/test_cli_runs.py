@@ -19,14 +19,6 @@ QUIET = ["--eval", "none", "--no-float", "--no-progress"]
 BAR = re.compile(r"\d+%\|")  # how a tqdm bar starts: "  0%|"
 
 
-@pytest.fixture
-def tiny_folder(tmp_path, tokenizer):
-    folder = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def rtn(tiny_folder, *extra):
     return ["quantize", "--model", str(tiny_folder), "--recipe", "w2g128-rtn", "--group", "32", *QUIET, *extra]
 

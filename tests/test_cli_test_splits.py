@@ -8,15 +8,6 @@ import pytest
 
 from staged_splits import paragraphs, wikitext_file
 from tritium.cli import main
-from tritium.models import tiny_model
-
-
-@pytest.fixture
-def tiny_folder(tmp_path, tokenizer):
-    folder = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -159,14 +159,6 @@ def test_bad_scorer_requests_fail_before_the_model_loads(tiny_data, tmp_path, ca
     assert loaded == []
 
 
-@pytest.fixture
-def tiny_folder(tmp_path, tokenizer):
-    folder = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_cli_eval_reports_both_scorers_side_by_side(tiny_folder, tasks_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["eval", "--model", str(tiny_folder), "--eval", "none", "--zeroshot", "piqa,hellaswag",

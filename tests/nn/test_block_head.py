@@ -108,6 +108,11 @@ def test_a_corrupt_block_head_fails_its_checksum_on_load(tmp_path, tokenizer):
     state = load_file(path)
     state["lm_head.codes"][0, 0, 0] += 1
     save_file(state, path, metadata={"format": "pt"})
+    from tritium.utils.integrity import MANIFEST_FILE, DamagedFileError
+
+    with pytest.raises(DamagedFileError, match=r"damaged tensors: lm_head.codes"):  # the folder's manifest
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / MANIFEST_FILE).unlink()  # without it, the head's own checksum still catches the change
     with pytest.raises(Exception, match="checksum"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "m")
 
