@@ -46,6 +46,17 @@ TINY_TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." 
 
 
 @pytest.fixture
+def restore_cpu_path():
+    """Back to the kernel path the session runs (pinned above to an exact one), not to the automatic choice."""
+    from tritium.kernels.cpu import active_path, set_cpu_path
+
+    before = active_path()
+    yield
+    if before != "reference":
+        set_cpu_path(before)
+
+
+@pytest.fixture
 def tiny_folder(tmp_path, tokenizer):
     """A tiny random Llama saved as a Hugging Face folder with the tiny tokenizer."""
     folder = tmp_path / "tiny"

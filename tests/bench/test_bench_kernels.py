@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tritium.kernels import active_path, available_paths, load_cpu_kernel, set_cpu_path
+from tritium.kernels import available_paths, load_cpu_kernel
 from tritium.kernels.cpu import simd_flags
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_kernels.py"
@@ -20,12 +20,7 @@ def bench():
     return module
 
 
-@pytest.fixture(autouse=True)
-def _restore_path():
-    before = active_path()
-    yield
-    if before != "reference":
-        set_cpu_path(before)
+pytestmark = pytest.mark.usefixtures("restore_cpu_path")
 
 
 def test_tiny_run_records_flags_paths_and_contention(bench, tmp_path, capsys):

@@ -38,13 +38,7 @@ load_cpu_kernel()
 RUNNABLE = available_paths() if cpu.cpu_kernel_status()["loaded"] else []
 
 
-@pytest.fixture(autouse=True)
-def _restore_path():
-    # Back to the path the session runs (tests/conftest.py pins an exact one), not to the automatic choice.
-    before = active_path()
-    yield
-    if before != "reference":
-        set_cpu_path(before)
+pytestmark = pytest.mark.usefixtures("restore_cpu_path")
 
 
 def _runnable(path):
