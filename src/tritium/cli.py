@@ -234,7 +234,7 @@ def cmd_quantize(args) -> int:
     print(f"tritium: quantizing with {recipe['method']} on {grid.describe()}"
           + (f", mixed precision under a {budget:g}-bit budget" if budget is not None else ""), file=sys.stderr)
     start = time.perf_counter()
-    result, config = quantize_model(model, tokenizer, recipe, args.data)
+    result, config = quantize_model(model, tokenizer, recipe, args.data, work_dir=out / "e2e", progress=progress)
     if args.head_type != "f16":  # before the evaluation, so the row measures the folder that is saved
         print(f"tritium: storing the embedding and LM head as {args.head_type}", file=sys.stderr)
         quantize_head_(model, args.head_type)

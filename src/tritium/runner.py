@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from .data import calibration_samples, calibration_text, load_eval_text
 from .eval.perplexity import perplexity, tokenize_eval_text
@@ -66,6 +69,10 @@ def prepare_config(model, recipe: dict, report: bool = True) -> MethodConfig:
     check_mixed_precision(config, get_method(recipe["method"]), selected_linears(decoder_layout(model), config.skip))
     if rotation_settings(recipe.get("rotate")) is not None:
         check_rotatable(model)
+    if recipe.get("e2e") is not None:
+        from .train.e2e import check_e2e_settings
+
+        check_e2e_settings(recipe["e2e"], grid, config.bits_budget)
     return config
 
 
@@ -87,16 +94,27 @@ def needs_calibration_text(recipe: dict) -> bool:
 
 def check_calibration_source(recipe: dict, data_path=None) -> None:
     """Read and check the calibration text now, so that a test split in it (under any name) fails
-    before the model loads and before any evaluation; ``quantize_model`` reads it again later."""
+    before the model loads and before any evaluation; ``quantize_model`` reads it again later. The
+    e2e step's training text is checked the same way."""
     if needs_calibration_text(recipe):
         calibration_text(recipe["calib"]["source"], data_path)
+    e2e = recipe.get("e2e")
+    if e2e is not None:
+        from .train.data import check_training_sources
+        from .train.e2e import check_e2e_settings
+
+        check_e2e_settings(e2e, grid_from_dict(recipe["grid"]), (recipe.get("method_args") or {}).get("bits_budget"))
+        data = e2e["data"]
+        check_training_sources(data["sources"], data.get("text_field", "text"), data_path)
 
 
-def quantize_model(model, tokenizer, recipe: dict, data_path=None):
+def quantize_model(model, tokenizer, recipe: dict, data_path=None, work_dir=None, progress: bool = True):
     """Quantize ``model`` in place as ``recipe`` says; returns the QuantizationResult and the config.
 
     With ``rotate`` set, the norms are folded and the weights rotated first (the same function,
-    other weights); the result's details say how."""
+    other weights); the result's details say how. With an ``e2e`` section the PTQ result's scales
+    are then tuned end to end (codes fixed) against the float model; ``work_dir`` keeps that step's
+    PTQ start and training checkpoints (a rerun resumes them), a temporary folder by default."""
     config = prepare_config(model, recipe, report=False)  # the caller checked it (and warned) already
     rotation = rotation_settings(recipe.get("rotate"))
     calibration = None
@@ -114,11 +132,50 @@ def quantize_model(model, tokenizer, recipe: dict, data_path=None):
         for note in report.notes:
             print(f"tritium: note: {note}", file=sys.stderr)
         rotate_seconds = time.perf_counter() - start
+    teacher = copy.deepcopy(model) if recipe.get("e2e") is not None else None  # float, rotated alike
     result = quantize_(model, config, calibration)
     if report is not None:
         result.details["rotation"] = report.to_dict() | {"seconds": rotate_seconds}
         result.seconds += rotate_seconds
+    if teacher is not None:
+        result = tune_scales_end_to_end(model, teacher, tokenizer, result, config, recipe["e2e"], work_dir,
+                                        data_path, progress)
     return result, config
+
+
+def tune_scales_end_to_end(model, teacher, tokenizer, result, config, settings: dict, work_dir=None, data_path=None,
+                           progress: bool = True):
+    """E2E-QP on a PTQ result: its codes stay, its scales and zero points (or α, γ) train against
+    ``teacher`` by the e2e settings' OFF + KL. The PTQ result is saved first (fake-quant with its
+    codes) and the student starts from it exactly, so step 0 is the PTQ model; returns the tuned
+    result under the PTQ method's name, with the PTQ figures and the training summary in its details."""
+    import tempfile
+
+    from .export.hf import save_fake_quantized
+    from .quant.grids import grid_to_dict
+    from .train.distill import distill, train_result_summary
+    from .train.e2e import e2e_config
+
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="tritium-e2e-"))
+    start_folder = work / "ptq-model"
+    save_fake_quantized(model, tokenizer, start_folder, result.method, grid_to_dict(result.grid), config.skip,
+                        result.method_args, weights=result.weights)
+    settings = {k: dict(v) for k, v in settings.items()}
+    settings["train"].setdefault("progress", progress)
+    e2e = e2e_config(settings, result.grid, config.skip, str(start_folder))
+    print(f"tritium: tuning the scales end to end (codes fixed) for "
+          f"{e2e.train_config().tokens or e2e.train_config().steps} {'tokens' if e2e.train_config().tokens else 'steps'}",
+          file=sys.stderr)
+    start = time.perf_counter()
+    with torch.enable_grad():
+        tuned, train = distill(model, tokenizer, e2e, work / "train", teacher=teacher, data_path=data_path)
+    changed = [name for name, w in tuned.weights.items() if not torch.equal(w.codes, result.weights[name].codes)]
+    if changed:  # the student's codes are frozen; a change here is a bug, never a result to save
+        raise RuntimeError(f"e2e changed the codes of {len(changed)} linears (e.g. {changed[0]})")
+    details = dict(result.details) | {"e2e": {"settings": settings, "training": train_result_summary(train),
+                                               "seconds": time.perf_counter() - start}}
+    return type(result)(result.method, result.grid, tuned.weights, result.seconds + time.perf_counter() - start,
+                        method_args=dict(result.method_args), details=details)
 
 
 def quantized_row(model, result, evaluation: dict, file_bytes: int | None, seconds: float) -> dict:

@@ -10,7 +10,8 @@ import yaml
 from ..utils.errors import TritiumError
 
 RECIPE_DIR = Path(__file__).parent
-RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib", "rotate"}
+# e2e: end-to-end scale tuning after PTQ (tritium.train.e2e); absent by default
+RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib", "rotate", "e2e"}
 DEFAULT_RECIPE = {
     "description": "",
     "method": "rtn",
