@@ -33,9 +33,12 @@ GRIDS = {
     "ternary-dlt-g128": {"kind": "ternary", "variant": "dlt", "group": 128, "ragged_groups": True},
 }
 METHODS = ("rtn", "gptq", "awq", "tesseraq")
-# "<method>+rot" rows run the same recipe on the rotated model (norms folded, QuaRot R1/R2 Hadamards).
+# "<method>+rot" rows run the same recipe on the rotated model (norms folded, QuaRot R1/R2 Hadamards);
+# "<method>+e2e" rows continue it with end-to-end scale tuning (codes fixed), the e2e section of
+# --e2e-recipe. A "+e2e" cell replays the PTQ blocks of its "+e2e"-less cell from --checkpoint-root.
 ROTATED = "+rot"
-ROWS = tuple(m for base in METHODS for m in (base, base + ROTATED))
+E2E = "+e2e"
+ROWS = tuple(m for base in METHODS for m in (base, base + ROTATED, base + E2E, base + ROTATED + E2E))
 
 
 def recipe_name(method: str, recipes: str) -> str:
@@ -78,25 +81,50 @@ def run_cell(args) -> dict:
     out = {"method": args.cell_method, "grid": args.cell_grid}
     quantize_seconds = None
     if args.cell_method != "float":
-        method = args.cell_method.removesuffix(ROTATED)
+        ptq_cell = args.cell_method.removesuffix(E2E)
+        method = ptq_cell.removesuffix(ROTATED)
         recipe = load_recipe(recipe_name(method, args.recipes))
-        recipe["rotate"] = args.cell_method.endswith(ROTATED)
+        recipe["rotate"] = ptq_cell.endswith(ROTATED)
         recipe["grid"] = dict(GRIDS[args.cell_grid])
         if args.checkpoint_root and method != "rtn":  # RTN has no calibration to checkpoint
             recipe["method_args"] = {**recipe.get("method_args", {}),
-                                     "checkpoint_dir": str(Path(args.checkpoint_root) / f"{args.cell_method}-{args.cell_grid}")}
+                                     "checkpoint_dir": str(Path(args.checkpoint_root) / f"{ptq_cell}-{args.cell_grid}")}
         if recipe["method"] == "rtn":
             recipe.pop("calib", None)
+        if args.cell_method.endswith(E2E):
+            recipe["e2e"] = e2e_settings(args)
+            out["e2e"] = recipe["e2e"]
         out["rotate"] = recipe["rotate"]
         start = time.perf_counter()
-        result, _ = quantize_model(model, tokenizer, recipe, args.data)
+        result, _ = quantize_model(model, tokenizer, recipe, args.data, progress=False)
         quantize_seconds = time.perf_counter() - start
+        if "e2e" in result.details:
+            out["e2e_seconds"] = result.details["e2e"]["seconds"]
+            out["e2e_training"] = result.details["e2e"]["training"]
         out["recipe"] = recipe.get("name")
         out["calib"] = recipe.get("calib")
     ppl = perplexity(model, tokens, seqlen=args.seqlen, limit=args.limit, dataset="wikitext2", progress=False)
     out.update({"ppl": ppl.ppl, "n_chunks": ppl.n_chunks, "quantize_seconds": quantize_seconds,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     return out
+
+
+def e2e_settings(args) -> dict:
+    """The e2e section of ``--e2e-recipe``, with ``--e2e-tokens`` / ``--e2e-lr`` in place of its budget and
+    scale learning rate."""
+    from tritium.recipes import load_recipe
+
+    settings = load_recipe(args.e2e_recipe).get("e2e")
+    if not settings:
+        raise SystemExit(f"--e2e-recipe {args.e2e_recipe} has no e2e section")
+    settings = json.loads(json.dumps(settings))
+    if args.e2e_tokens is not None:
+        settings["train"]["tokens"], settings["train"]["steps"] = args.e2e_tokens, None
+    if args.e2e_lr is not None:
+        settings["train"].setdefault("optim", {})["lr_quant"] = args.e2e_lr
+    if args.e2e_precision is not None:
+        settings["train"]["precision"] = args.e2e_precision
+    return settings
 
 
 def estimate(args) -> int:
@@ -154,7 +182,9 @@ def cell(args, method: str, grid: str) -> dict:
     command = [sys.executable, __file__, "--cell-method", method, "--cell-grid", grid, "--model", args.model,
                "--seqlen", str(args.seqlen), "--recipes", args.recipes]
     for flag, value in (("--limit", args.limit), ("--data", args.data), ("--threads", args.threads),
-                        ("--checkpoint-root", args.checkpoint_root)):
+                        ("--checkpoint-root", args.checkpoint_root), ("--e2e-recipe", args.e2e_recipe),
+                        ("--e2e-tokens", args.e2e_tokens), ("--e2e-lr", args.e2e_lr),
+                        ("--e2e-precision", args.e2e_precision)):
         if value is not None:
             command += [flag, str(value)]
     print(f"[{time.strftime('%H:%M:%S')}] {method} {grid}", file=sys.stderr, flush=True)
@@ -184,7 +214,7 @@ def markdown(args, float_cell: dict, cells: dict, grids: list[str], methods: lis
         if key == "ppl":
             return f"{c['ppl']:.2f} ({c['ppl'] / base:.2f}×)" if base else f"{c['ppl']:.2f}"
         if key == "quantize_seconds":
-            return f"{c[key]:.0f} s"
+            return f"{c[key]:.0f} s" + (f" (e2e {c['e2e_seconds']:.0f} s)" if c.get("e2e_seconds") else "")
         return f"{c[key]:.0f} MB"
 
     for title, key in (("Perplexity", "ppl"), ("Quantization time", "quantize_seconds"), ("Peak RSS", "peak_rss_mb")):
@@ -213,6 +243,11 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep the cells already in --out's JSON and run the rest")
     parser.add_argument("--estimate-blocks", type=int,
                         help="only time this many blocks per calibrated method and extrapolate to the model")
+    parser.add_argument("--e2e-recipe", default="w2g128-cpu",
+                        help=f"'{E2E}' rows: the shipped recipe (or YAML) whose e2e section they run")
+    parser.add_argument("--e2e-tokens", type=int, help=f"'{E2E}' rows: training tokens instead of the recipe's")
+    parser.add_argument("--e2e-lr", type=float, help=f"'{E2E}' rows: the scales' learning rate instead of the recipe's")
+    parser.add_argument("--e2e-precision", choices=["auto", "fp32", "bf16"], help=f"'{E2E}' rows: training precision")
     parser.add_argument("--cell-method", help=argparse.SUPPRESS)
     parser.add_argument("--cell-grid", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
