@@ -1,10 +1,11 @@
 """``tritium distill``: distillation into a ternary (DLT) or uniform QAT student from the command line
-(wired into tritium.cli)."""
+(its flags: tritium.cli.distill)."""
 
 from __future__ import annotations
 
 import sys
 import time
+
 
 def _recipe_from_args(args) -> dict:
     from ..recipes import load_recipe
@@ -87,6 +88,9 @@ def cmd_distill(args) -> int:
     from ..train.distill import distill, train_result_summary
 
     recipe = _recipe_from_args(args)
+    from .preflight import preflight_distill, preflight_loaded_model
+
+    preflight_distill(args, recipe)
     # fails before the model loads, as does an --init-from on another grid (only its config.json is read)
     config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
     data = config.data_config()  # an evaluation split in the training data fails here, by content, whatever its name
@@ -104,6 +108,7 @@ def cmd_distill(args) -> int:
     progress = not args.no_progress
     print(f"tritium: loading {args.model}", file=sys.stderr)
     model, tokenizer, source = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    preflight_loaded_model(model, tokenizer)
     rows, token_cache = [], {}
     settings = recipe["eval"]
     if not args.no_float:

@@ -9,30 +9,8 @@ from pathlib import Path
 
 from transformers.generation.streamers import BaseStreamer
 
-
-def _model_folder(path: str) -> tuple[Path, Path]:
-    """(the model folder, the default packed folder) of a quantize run or a model folder."""
-    from ..models import ModelSourceError
-
-    path = Path(path)
-    if not path.exists():
-        raise ModelSourceError(f"{path} does not exist: pass a `tritium quantize` run folder or its model/ folder")
-    if (path / "model" / "config.json").is_file():
-        return path / "model", path / "packed"
-    if (path / "config.json").is_file():
-        return path, path.with_name(path.name + "-packed")
-    raise ModelSourceError(f"{path} holds neither model/config.json (a `tritium quantize` run) nor config.json "
-                           "(a model folder)")
-
-
-def _quantization_config(folder: Path, command: str) -> dict:
-    from ..models.loader import read_quantization_config
-
-    qconfig = read_quantization_config(folder)  # the caller has checked the folder against its manifest
-    if not qconfig or qconfig.get("quant_method") != "tritium":
-        raise ValueError(f"{folder} is not a tritium-quantized model: quantize it first with "
-                         f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
-    return qconfig
+from ..export.source import model_folder as _model_folder
+from ..export.source import tritium_quantization_config as _quantization_config
 
 
 def _megabytes(n: int) -> str:

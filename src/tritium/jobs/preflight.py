@@ -245,3 +245,26 @@ def check_linear_groups(model, config) -> None:
         group = getattr(grid, "group", None)
         if isinstance(group, int) and not getattr(grid, "ragged_groups", False) and module.in_features % group:
             check_group_divides(grid, {name: module.in_features})
+
+
+def preflight_distill(args, recipe: dict) -> None:
+    """The checks of a distill job that need no weights: the token budget and batch sizes, the evaluation
+    settings, the device, the output folder, the group against the model's widths, the training seqlen."""
+    from ..quant.grids import grid_from_dict
+
+    method_args = recipe.get("method_args") or {}
+    train = method_args.get("train") or {}
+    for key, flag, what in [("tokens", "--tokens", "pass the training budget in tokens, e.g. 500k"),
+                            ("steps", "--steps", "pass how many optimizer steps to train"),
+                            ("micro_batch_size", "--micro-batch-size", "pass the sequences per forward pass"),
+                            ("grad_accum", "--grad-accum", "pass the micro-batches per optimizer step")]:
+        check_positive(train.get(key), flag, what)
+    check_eval_settings(recipe["eval"])
+    check_device(getattr(args, "device", None))
+    check_writable(getattr(args, "out", None))
+    grid = grid_from_dict(recipe["grid"])
+    shape = model_shape(args.model)
+    if shape is not None:
+        if not method_args.get("skip"):
+            check_group_divides(grid, shape.input_widths)
+        check_context((method_args.get("data") or {}).get("seqlen"), shape.context, "--train-seqlen")

@@ -38,7 +38,7 @@ def evaluate(model, tokenizer, settings: dict, data_path=None, progress: bool = 
                                progress=progress)
         out["zeroshot"][task] = result.metrics | {"n_docs": result.n_docs}
     if "lm-eval" in scorers and settings.get("zeroshot"):
-        from .eval.harness import evaluate_with_harness, harness_version
+        from ..eval.harness import evaluate_with_harness, harness_version
 
         out["zeroshot_lm_eval"] = evaluate_with_harness(model, tokenizer, settings["zeroshot"],
                                                         settings.get("zeroshot_limit"), data_path, progress=progress)
