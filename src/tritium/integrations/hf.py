@@ -21,7 +21,12 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..export.hf import SUPPORTED_FORMATS, grids_from_dicts
-from ..utils.integrity import QUANT_METHOD, check_config_matches_tensors
+from ..utils.integrity import (
+    QUANT_CONFIG_VERSION,
+    QUANT_METHOD,
+    check_config_matches_tensors,
+    check_quantization_config_version,
+)
 
 
 @register_quantization_config(QUANT_METHOD)
@@ -30,8 +35,12 @@ class TritiumConfig(QuantizationConfigMixin):
                  modules_not_quantized: list[str] | None = None, method_args: dict | None = None,
                  packed_modules: list[str] | None = None, ternary_layout: str = "base3",
                  scale_dtype: str = "float16", checksums: dict[str, str] | None = None,
-                 grid_overrides: dict[str, dict] | None = None, head: dict | None = None, **kwargs):
+                 grid_overrides: dict[str, dict] | None = None, head: dict | None = None,
+                 format_version: int = QUANT_CONFIG_VERSION, **kwargs):
+        check_quantization_config_version({"quant_method": QUANT_METHOD, "format_version": format_version},
+                                          "this tritium checkpoint")
         self.quant_method = QUANT_METHOD
+        self.format_version = format_version
         self.method = method
         self.grid = grid or {}
         # Mixed precision: full linear name -> its grid, for the linears not on ``grid``.
@@ -55,6 +64,7 @@ class TritiumConfig(QuantizationConfigMixin):
     def to_dict(self):
         out = {
             "quant_method": QUANT_METHOD,
+            "format_version": QUANT_CONFIG_VERSION,
             "method": self.method,
             "grid": self.grid,
             "format": self.format,

@@ -192,4 +192,8 @@ def read_quantization_config(folder: str | os.PathLike) -> dict | None:
         values = json.loads(config.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelSourceError(f"{config} is not valid JSON ({err}): the file is damaged; re-export the model") from err
-    return values.get("quantization_config") if isinstance(values, dict) else None
+    qconfig = values.get("quantization_config") if isinstance(values, dict) else None
+    from ..utils.integrity import check_quantization_config_version
+
+    check_quantization_config_version(qconfig, config)
+    return qconfig

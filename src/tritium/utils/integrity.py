@@ -356,6 +356,22 @@ def verified_folder(folder: str | os.PathLike, background: bool = False):
 
 PACKED_SUFFIX = ".packed"
 QUANT_METHOD = "tritium"  # the quant_method of every quantization_config tritium writes
+# The layout of the quantization_config tritium writes. Folders saved before it was recorded carry none
+# and read as version 1, which they are.
+QUANT_CONFIG_VERSION = 1
+
+
+def check_quantization_config_version(qconfig: dict | None, where) -> None:
+    """Refuse a tritium quantization_config written in a layout this tritium does not read."""
+    if not isinstance(qconfig, dict) or qconfig.get("quant_method") != QUANT_METHOD:
+        return
+    version = qconfig.get("format_version", QUANT_CONFIG_VERSION)
+    if version != QUANT_CONFIG_VERSION:
+        raise InconsistentFolderError(
+            f"{where}: its quantization_config has format_version {version!r}, but this tritium reads version "
+            f"{QUANT_CONFIG_VERSION}: " + ("upgrade tritium to load it" if isinstance(version, int) and
+                                            version > QUANT_CONFIG_VERSION else
+                                            "the config.json is damaged; re-export the model with tritium"))
 CODES_SIDECAR = "tritium_codes.safetensors"  # read by tritium pack/export, never by from_pretrained
 
 
