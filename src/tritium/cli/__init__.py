@@ -37,17 +37,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _handlers() -> dict:
-    from ..jobs.distill import cmd_distill
-    from ..jobs.ingest import cmd_data
-    from ..jobs.pack import cmd_export, cmd_pack, cmd_run
-    from ..jobs.pretraining import cmd_pretrain, cmd_suite
-    from .eval import cmd_eval, cmd_info
-    from .quantize import cmd_quantize
+# One handler per command, looked up by name when the command runs (so a test may replace one here).
+# The job modules load only for their own command.
+from .eval import cmd_eval, cmd_info  # noqa: E402
+from .quantize import cmd_quantize  # noqa: E402
 
-    return {"quantize": cmd_quantize, "eval": cmd_eval, "info": cmd_info, "distill": cmd_distill,
-            "pack": cmd_pack, "run": cmd_run, "export": cmd_export, "data": cmd_data,
-            "pretrain": cmd_pretrain, "suite": cmd_suite}
+__all__ = ["build_parser", "main", "cmd_quantize", "cmd_eval", "cmd_info", "cmd_distill", "cmd_pack", "cmd_run",
+           "cmd_export", "cmd_data", "cmd_pretrain", "cmd_suite"]
+
+
+def cmd_distill(args) -> int:
+    from ..jobs.distill import cmd_distill as run
+
+    return run(args)
+
+
+def cmd_pack(args) -> int:
+    from ..jobs.pack import cmd_pack as run
+
+    return run(args)
+
+
+def cmd_run(args) -> int:
+    from ..jobs.pack import cmd_run as run
+
+    return run(args)
+
+
+def cmd_export(args) -> int:
+    from ..jobs.pack import cmd_export as run
+
+    return run(args)
+
+
+def cmd_data(args) -> int:
+    from ..jobs.ingest import cmd_data as run
+
+    return run(args)
+
+
+def cmd_pretrain(args) -> int:
+    from ..jobs.pretraining import cmd_pretrain as run
+
+    return run(args)
+
+
+def cmd_suite(args) -> int:
+    from ..jobs.pretraining import cmd_suite as run
+
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..kernels.cpu import check_path_request
 
         check_path_request()  # a bad TRITIUM_CPU_PATH fails here, not after loading and calibrating
-        handler = _handlers()[args.command]
+        handler = globals()[f"cmd_{args.command}"]
         with run_session() as session:  # the run folders the command claims are closed however it ends
             code = handler(args)
             session.failed = code != 0
