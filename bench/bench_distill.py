@@ -33,7 +33,7 @@ from tritium.data import load_eval_text
 from tritium.eval.perplexity import perplexity, tokenize_eval_text
 from tritium.models import load_model
 from tritium.quant.grids import TernaryGrid
-from tritium.train.cli import token_count
+from tritium.cli.distill import token_count
 from tritium.train.data import load_sequences
 from tritium.train.distill import DistillConfig, distill
 from tritium.train.dlt import DLTConfig, to_dlt_, to_fake_quant_

@@ -114,8 +114,11 @@ def test_smoke_real_smollm2(data_dir, tmp_path):
     assert results["generation"]["quantized"].strip() and "quantized: The capital of France is" in proc.stdout
 
 
-def test_a_bare_method_starts_from_its_shipped_recipe(tiny_folder, tiny_data, tmp_path, capsys):
+def test_a_bare_method_starts_from_its_shipped_recipe(tiny_folder, tiny_data, tmp_path, capsys, monkeypatch):
     """`--method tesseraq` alone takes the method's recipe (the -cpu one without a GPU), not bare defaults."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
     out = tmp_path / "run"
     assert main(["quantize", "--model", str(tiny_folder), "--method", "tesseraq", "--bits", "2", "--group", "32",
                  "--calib-samples", "2", "--calib-seqlen", "32", "--eval", "none", "--no-float", "--no-progress",
@@ -124,6 +127,17 @@ def test_a_bare_method_starts_from_its_shipped_recipe(tiny_folder, tiny_data, tm
     recipe = json.loads((out / "results.json").read_text())["recipe"]
     assert recipe["method"] == "tesseraq" and recipe["method_args"]["steps_per_stage"] == 10
     assert recipe["grid"]["group"] == 32 and recipe["grid"]["ragged_groups"] is True
+
+
+def test_a_bare_method_takes_the_paper_recipe_where_a_gpu_is_present(monkeypatch):
+    import torch
+
+    from tritium.jobs.options import method_recipe
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert method_recipe("tesseraq") == "w2g128-tesseraq"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert method_recipe("tesseraq") == "w2g128-tesseraq-cpu"
 
 
 @pytest.mark.parametrize("save_format", ["fake", "packed"])

@@ -7,17 +7,8 @@ import pytest
 import torch
 
 from tritium.cli import main
-from tritium.data.tokens import (
-    TokenFolder,
-    deb_documents,
-    html_to_text,
-    ingest,
-    iter_documents,
-    load_tokenizer_spec,
-    select_documents,
-    token_dtype,
-    train_tokenizer,
-)
+from tritium.data.documents import deb_documents, html_to_text, iter_documents, select_documents
+from tritium.data.tokens import TokenFolder, ingest, load_tokenizer_spec, token_dtype, train_tokenizer
 from tritium.models import tiny_model, tiny_tokenizer
 from tritium.train.data import TrainDataError, load_sequences
 
@@ -397,7 +388,7 @@ def test_cli_tokenizes_with_the_embedded_smollm2_tokenizer_by_default(tmp_path):
 
 
 def test_hf_specs_are_read_through_the_training_reader(tmp_path, tokenizer, monkeypatch):
-    import tritium.data.tokens as tokens
+    import tritium.data.documents as documents
 
     seen = []
 
@@ -405,7 +396,7 @@ def test_hf_specs_are_read_through_the_training_reader(tmp_path, tokenizer, monk
         seen.append((spec, text_field))
         yield from (doc_text(i) for i in range(5))
 
-    monkeypatch.setattr(tokens, "_hf_documents", fake_hf)
+    monkeypatch.setattr(documents, "hf_documents", fake_hf)
     folder = ingest(["hf:user/set:train"], tmp_path / "tok", tokenizer, val_fraction=0.4, text_field="body",
                     progress=False)
     # read by the evaluation-split check before tokenizing (when splits are staged), then to tokenize

@@ -31,7 +31,7 @@ def _save(folder, family="llama", grid=TernaryGrid("dlt", group=32), layout="bas
 def test_tritium_is_registered_with_transformers():
     from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
-    from tritium.export.hf import TritiumConfig, TritiumHfQuantizer
+    from tritium.integrations.hf import TritiumConfig, TritiumHfQuantizer
 
     assert AUTO_QUANTIZATION_CONFIG_MAPPING["tritium"] is TritiumConfig
     assert AUTO_QUANTIZER_MAPPING["tritium"] is TritiumHfQuantizer

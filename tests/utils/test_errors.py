@@ -40,3 +40,15 @@ def test_cli_turns_a_tritium_error_into_exit_2(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_info", failing)
     assert cli.main(["info", "--model", "whatever"]) == 2
     assert "the group size 100 does not divide 576" in capsys.readouterr().err
+
+
+def test_cli_shows_an_unexpected_error_as_a_bug_with_its_traceback(monkeypatch, capsys):
+    from tritium import cli
+
+    def broken(args):
+        raise ZeroDivisionError("a bug, not an input")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    with pytest.raises(ZeroDivisionError):  # the traceback reaches the user (exit 1 from the entry point)
+        cli.main(["info", "--model", "whatever"])
+    assert "a bug in tritium rather than in your input" in capsys.readouterr().err

@@ -56,12 +56,11 @@ class FolderPlan:
 
 def plan_folder(path: str | os.PathLike) -> FolderPlan:
     """Resolve a run or model folder and read its tritium quantization_config; refuse anything else."""
-    from .cli import _model_folder, _quantization_config
     from .codes import has_codes
     from .hf import grids_from_dicts
 
-    folder, _ = _model_folder(str(path))
-    qconfig = _quantization_config(folder, "export")
+    folder, _ = model_folder(str(path))
+    qconfig = tritium_quantization_config(folder, "export")
     if qconfig.get("format") != "packed" and not has_codes(folder):
         raise ExportError(f"{folder} is a fake-quant folder without codes: re-run `tritium quantize` (it writes "
                           "tritium_codes.safetensors) or pack it with `tritium pack`, then export that")
@@ -154,3 +153,28 @@ def _forget_tritium_quantization(model: nn.Module) -> None:
         model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+
+
+def model_folder(path: str) -> tuple[Path, Path]:
+    """(the model folder, the default packed folder) of a quantize run or a model folder."""
+    from ..models import ModelSourceError
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelSourceError(f"{path} does not exist: pass a `tritium quantize` run folder or its model/ folder")
+    if (path / "model" / "config.json").is_file():
+        return path / "model", path / "packed"
+    if (path / "config.json").is_file():
+        return path, path.with_name(path.name + "-packed")
+    raise ModelSourceError(f"{path} holds neither model/config.json (a `tritium quantize` run) nor config.json "
+                           "(a model folder)")
+
+
+def tritium_quantization_config(folder: Path, command: str) -> dict:
+    from ..models.loader import read_quantization_config
+
+    qconfig = read_quantization_config(folder)  # the caller has checked the folder against its manifest
+    if not qconfig or qconfig.get("quant_method") != "tritium":
+        raise ValueError(f"{folder} is not a tritium-quantized model: quantize it first with "
+                         f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
+    return qconfig

@@ -141,8 +141,8 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
 
     from transformers import AutoModelForCausalLM
 
-    from ..export import hf as _register_hf_quantizer  # noqa: F401  (registers quant_method "tritium")
-    from ..utils.integrity import verified_folder, warn_unsealed
+    # quant_method "tritium" is registered with transformers by ``import tritium`` (tritium.integrations)
+    from ..utils.integrity import check_config_matches_tensors, verified_folder, warn_unsealed
 
     resolved = resolve_model_source(source)
     kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
@@ -158,7 +158,7 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
             if resolved.kind == "folder":
                 if check is None and tritium_folder:
                     warn_unsealed(resolved.location)
-                _register_hf_quantizer.check_config_matches_tensors(resolved.location,
+                check_config_matches_tensors(resolved.location,
                                                                     read_quantization_config(resolved.location))
                 kwargs["output_loading_info"] = True
             loaded = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
@@ -192,4 +192,8 @@ def read_quantization_config(folder: str | os.PathLike) -> dict | None:
         values = json.loads(config.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelSourceError(f"{config} is not valid JSON ({err}): the file is damaged; re-export the model") from err
-    return values.get("quantization_config") if isinstance(values, dict) else None
+    qconfig = values.get("quantization_config") if isinstance(values, dict) else None
+    from ..utils.integrity import check_quantization_config_version
+
+    check_quantization_config_version(qconfig, config)
+    return qconfig

@@ -13,70 +13,33 @@ later runs reuse them; each shard's random stream depends only on (seed, shard i
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import inspect
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 from torch import Tensor
 
-from ..utils.errors import TritiumError
+from ..data.documents import (  # noqa: F401  (HF_PREFIX, TrainDataError: their names here before data/documents.py)
+    HF_PREFIX,
+    TrainDataError,
+    eos_id,
+    expand_sources,
+    hf_documents,
+    item_documents,
+)
 from ..utils.io import atomic_write_bytes, atomic_write_json
 
-TEXT_SUFFIXES = (".txt", ".raw", ".md", ".text")
-JSONL_SUFFIXES = (".jsonl", ".json")
-PARQUET_SUFFIXES = (".parquet",)
 TEACHER_SOURCE = "teacher"
-HF_PREFIX = "hf:"
-
-
-class TrainDataError(TritiumError, ValueError):
-    """Training data that cannot be used; the message says what to change."""
-
 
 # --------------------------------------------------------------------------- reading documents
 
 
-def _expand_sources(sources: Iterable[str]) -> list[Path]:
-    files: list[Path] = []
-    for source in sources:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file()
-                           and p.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)
-            if not found:
-                raise TrainDataError(f"the folder {path} holds no .txt, .jsonl or .parquet file")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            matches = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
-            if not matches:
-                raise TrainDataError(f"training data {source!r} was not found (no such file, folder or glob match)")
-            files += matches
-    return files
 
 
-def _refuse_test_splits(files: list[Path], data_path=None) -> None:
-    """Training on an evaluation test split would inflate every reported score."""
-    from ..data.sources import DATASETS, find_data_file
-
-    for name, spec in DATASETS.items():
-        if "test" not in spec.files:
-            continue
-        test_file = find_data_file(name, "test", data_path)
-        for f in files:
-            if (test_file is not None and f.resolve() == test_file.resolve()) or \
-                    (f.name == spec.files["test"] and f.parent.name == spec.folder):
-                raise TrainDataError(
-                    f"{f} is the {name} test split, which the perplexity evaluation reads: never train on it. "
-                    f"Use the validation split ({spec.files.get('valid', 'another file')}) or other text."
-                )
 
 
 def check_training_sources(sources: Iterable[str], text_field: str = "text", data_path=None) -> None:
@@ -89,7 +52,7 @@ def check_training_sources(sources: Iterable[str], text_field: str = "text", dat
         if source == TEACHER_SOURCE or (not source.startswith(HF_PREFIX) and TeacherCorpus.is_corpus(source)):
             continue  # sampled from the model itself
         if source.startswith(HF_PREFIX):
-            check_documents(_hf_documents(source, text_field), f"the training data {source!r}", data_path,
+            check_documents(hf_documents(source, text_field), f"the training data {source!r}", data_path,
                             "training", memo_key=f"{source}:{text_field}")
         elif _is_token_folder(source):
             from ..data.tokens import TokenFolder, check_token_folder
@@ -102,11 +65,9 @@ def check_training_sources(sources: Iterable[str], text_field: str = "text", dat
             check_text("\n\n".join(load_text_rows(name, split, data_path)), f"the training source {source!r}",
                        data_path, "training")
         else:
-            files = _expand_sources([os.path.expandvars(source)])
-            _refuse_test_splits(files, data_path)
-            for file in files:
-                check_documents(read_documents(file, text_field), f"the training file {file.resolve()}", data_path,
-                                "training", memo_key=file_memo_key(file, text_field))
+            for file in expand_sources([source], data_path):  # refuses a test split by its name
+                check_documents(item_documents(file, text_field), f"the training file {Path(file).resolve()}",
+                                data_path, "training", memo_key=file_memo_key(file, text_field))
 
 
 def _dataset_split(source: str) -> tuple[str, str] | None:
@@ -124,72 +85,15 @@ def _dataset_split(source: str) -> tuple[str, str] | None:
     return name, split
 
 
-def read_documents(path: Path, text_field: str = "text") -> Iterator[str]:
-    """The documents of one file: a whole text file, or one per jsonl line / parquet row."""
-    suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise TrainDataError(f"{path}:{number} is not valid JSON ({err.msg}); fix or remove that line") from err
-                if not isinstance(row, dict) or text_field not in row:
-                    raise TrainDataError(f"{path}:{number} has no {text_field!r} field; set text_field to the right key")
-                yield str(row[text_field])
-    elif suffix in PARQUET_SUFFIXES:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as err:
-            raise TrainDataError(f"reading {path} needs pyarrow: run `pip install pyarrow`") from err
-        columns = pq.read_schema(path).names  # pyarrow's own error for a missing column lists its internal fields
-        if text_field not in columns:
-            raise TrainDataError(f"{path} has no {text_field!r} column; its columns are {columns}: rename the text "
-                                 f"column to {text_field!r}, or pass text_field= the right one")
-        table = pq.read_table(path, columns=[text_field])
-        # a null row is no document (str() would make it the text "None")
-        yield from (str(t) for t in table.column(text_field).to_pylist() if t is not None)
-    else:
-        yield path.read_text(encoding="utf-8")
 
 
-def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
-    """``hf:<path>[:<config>]:<split>``, read with the datasets library (needs network or its cache)."""
-    parts = spec[len(HF_PREFIX):].split(":")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise TrainDataError(f"{spec!r}: write an HF dataset as hf:<path>:<split> or hf:<path>:<config>:<split>")
-    path, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
-    if split.startswith("test"):
-        raise TrainDataError(f"{spec!r} is a test split: never train on evaluation data; use train or validation")
-    try:
-        import datasets
-    except ImportError as err:
-        raise TrainDataError(f"{spec!r} needs the datasets library: run `pip install datasets`") from err
-    from ..utils.progress import follow_progress_switch
-
-    follow_progress_switch(datasets)  # --no-progress reaches its download bars
-    try:
-        rows = datasets.load_dataset(path, config, split=split)
-    except Exception as err:  # no network, unknown set: say so plainly
-        raise TrainDataError(f"could not load {spec!r} from the HF hub ({type(err).__name__}: {str(err)[:200]}). "
-                             "Without network access, pass local text, jsonl or parquet files.") from err
-    if text_field not in rows.column_names:
-        raise TrainDataError(f"{spec!r} has no column {text_field!r}; its columns are {rows.column_names}")
-    yield from (str(t) for t in rows[text_field])
 
 
-def _eos_id(tokenizer) -> int:
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise TrainDataError("the tokenizer has no end-of-text token to separate documents; set tokenizer.eos_token")
-    return int(eos)
 
 
 def tokenize_documents(tokenizer, documents: Iterable[str]) -> Tensor:
     """One 1-D stream of token ids, an end-of-text token after every non-empty document."""
-    eos = _eos_id(tokenizer)
+    eos = eos_id(tokenizer)
     pieces: list[Tensor] = []
     for doc in documents:
         if not doc.strip():
@@ -244,7 +148,7 @@ def load_sequences(sources: list[str] | str, tokenizer, seqlen: int, text_field:
     rows: list[Tensor] = []
     for source in sources:
         if source.startswith(HF_PREFIX):
-            streams.append(tokenize_documents(tokenizer, _hf_documents(source, text_field)))
+            streams.append(tokenize_documents(tokenizer, hf_documents(source, text_field)))
         elif _is_token_folder(source):  # tokenized once by `tritium data ingest`
             from ..data.tokens import TokenFolder
 
@@ -261,7 +165,7 @@ def load_sequences(sources: list[str] | str, tokenizer, seqlen: int, text_field:
             if corpus.seqlen == seqlen:
                 rows.append(corpus.sequences())
             else:
-                eos = torch.full((corpus.n_sequences, 1), _eos_id(tokenizer), dtype=torch.long)
+                eos = torch.full((corpus.n_sequences, 1), eos_id(tokenizer), dtype=torch.long)
                 streams.append(torch.cat([corpus.sequences(), eos], dim=1).flatten())
         elif _dataset_split(source):
             name, split = _dataset_split(source)
@@ -270,9 +174,7 @@ def load_sequences(sources: list[str] | str, tokenizer, seqlen: int, text_field:
             # one document: the rows of a split are lines of one text (GPTQ joins them the same way)
             streams.append(tokenize_documents(tokenizer, ["\n\n".join(load_text_rows(name, split, data_path))]))
         else:
-            files = _expand_sources([os.path.expandvars(source)])
-            _refuse_test_splits(files, data_path)
-            docs = (doc for f in files for doc in read_documents(f, text_field))
+            docs = (doc for f in expand_sources([source], data_path) for doc in item_documents(f, text_field))
             streams.append(tokenize_documents(tokenizer, docs))
     if streams:
         rows.append(pack_tokens(torch.cat(streams), seqlen))

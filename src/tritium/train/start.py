@@ -43,7 +43,7 @@ def read_start(source: str, student_grid: Grid) -> StartSource:
     A tritium folder must be quantized on the student's grid and hold its codes; anything else is an
     error that names what to change. A folder without a ``quantization_config`` is a float model.
     """
-    from ..export.codes import CODES_FILE  # the sidecar format is export's; reading it is not exporting
+    from ..pack.codes import CODES_FILE
 
     folder = Path(source).expanduser()
     if folder.is_dir() and not (folder / CONFIG_FILE).is_file() and (folder / "model" / CONFIG_FILE).is_file():
@@ -111,7 +111,7 @@ def start_codes(folder: str) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor |
         weights = {name: module.packed_weight() for name, module in packed_modules(model).items()}
         is_ternary = isinstance(grid_from_dict(saved["grid"]), TernaryGrid)
     else:
-        from ..export.codes import load_codes
+        from ..pack.codes import load_codes
 
         codes = load_codes(folder)
         weights = codes.weights

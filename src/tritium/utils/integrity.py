@@ -349,3 +349,80 @@ def verified_folder(folder: str | os.PathLike, background: bool = False):
         _VERIFIED.reset(token)
     if check is not None:
         check.wait()
+
+
+# --------------------------------------------------------------------------- tensors vs quantization_config
+
+
+PACKED_SUFFIX = ".packed"
+QUANT_METHOD = "tritium"  # the quant_method of every quantization_config tritium writes
+# The layout of the quantization_config tritium writes. Folders saved before it was recorded carry none
+# and read as version 1, which they are.
+QUANT_CONFIG_VERSION = 1
+
+
+def check_quantization_config_version(qconfig: dict | None, where) -> None:
+    """Refuse a tritium quantization_config written in a layout this tritium does not read."""
+    if not isinstance(qconfig, dict) or qconfig.get("quant_method") != QUANT_METHOD:
+        return
+    version = qconfig.get("format_version", QUANT_CONFIG_VERSION)
+    if version != QUANT_CONFIG_VERSION:
+        raise InconsistentFolderError(
+            f"{where}: its quantization_config has format_version {version!r}, but this tritium reads version "
+            f"{QUANT_CONFIG_VERSION}: " + ("upgrade tritium to load it" if isinstance(version, int) and
+                                            version > QUANT_CONFIG_VERSION else
+                                            "the config.json is damaged; re-export the model with tritium"))
+CODES_SIDECAR = "tritium_codes.safetensors"  # read by tritium pack/export, never by from_pretrained
+
+
+def weight_tensor_names(folder: str | Path) -> list[str]:
+    """Names of the tensors ``from_pretrained`` reads from ``folder`` (model.safetensors or its shards),
+    from the files' headers only."""
+    import json
+
+    folder = Path(folder)
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        try:
+            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DamagedFileError(f"{index} is corrupt ({err}); re-export the model with tritium") from err
+    else:
+        return []
+    return [name for path in files if path.is_file() for name in safetensors_tensor_ranges(path)]
+
+
+def check_config_matches_tensors(folder: str | Path, qconfig: dict | None) -> None:
+    """Refuse a folder whose packed tensors and ``quantization_config`` disagree, before anything loads.
+
+    Packed codes (``<linear>.packed``) are only read into packed modules, which the quantizer builds
+    from ``format: packed`` and ``packed_modules``; without them transformers drops the codes and
+    leaves those linears randomly initialised, with a warning at best."""
+    packed = sorted({n[: -len(PACKED_SUFFIX)] for n in weight_tensor_names(folder) if n.endswith(PACKED_SUFFIX)})
+    tritium = isinstance(qconfig, dict) and qconfig.get("quant_method") == QUANT_METHOD
+    fix = "its config.json is damaged or was replaced: re-export the model with tritium (`tritium pack`)"
+    if not tritium:
+        if packed:
+            raise InconsistentFolderError(
+                f"{folder} holds packed tritium weights ({len(packed)} linears, e.g. {packed[0]}{PACKED_SUFFIX}) but "
+                f"its config.json has no tritium quantization_config, so they would load as random linears; {fix}")
+        return
+    fmt = qconfig.get("format")
+    if fmt != "packed":
+        if packed:
+            raise InconsistentFolderError(
+                f"{folder}: config.json says format {fmt!r} but the folder holds packed weights ({len(packed)} "
+                f"linears, e.g. {packed[0]}{PACKED_SUFFIX}), which would load as random linears; {fix}")
+        return
+    listed = set(qconfig.get("packed_modules") or ())
+    if not packed:
+        raise InconsistentFolderError(f"{folder}: config.json says format 'packed' but the weights hold no packed "
+                                      f"tensors; {fix}")
+    if listed != set(packed):
+        extra, unlisted = sorted(listed - set(packed)), sorted(set(packed) - listed)
+        raise InconsistentFolderError(
+            f"{folder}: the packed_modules of config.json do not match the packed weights"
+            + (f"; listed but not in the weights: {', '.join(extra[:3])}" if extra else "")
+            + (f"; in the weights but not listed: {', '.join(unlisted[:3])}" if unlisted else "") + f"; {fix}")

@@ -10,7 +10,7 @@ from tritium.data.tokens import TokenFolder, ingest, train_tokenizer
 from tritium.eval.scaling import load_suite
 from tritium.eval.size import size_report
 from tritium.models.spectra import SpectraConfigError, build_model
-from tritium.train.suite import SPECTRA_QUANT_BITS, SuiteConfig, make_quantlm, quantlm_grid, run_suite
+from tritium.jobs.suite import SPECTRA_QUANT_BITS, SuiteConfig, make_quantlm, quantlm_grid, run_suite
 
 WORDS = ("ternary weights keep a scale per matrix while float models keep sixteen bits for every weight and "
          "the suite compares them by parameters and by bits").split()
@@ -128,7 +128,7 @@ def test_the_cli_pretrains_from_raw_text_and_runs_a_suite(tmp_path, capsys):
 
 
 def test_the_shipped_suite_recipes_load():
-    from tritium.train.suite import suite_config_from_recipe
+    from tritium.jobs.suite import suite_config_from_recipe
 
     cpu = suite_config_from_recipe("suite-cpu")
     assert len(cpu.sizes) >= 3 and cpu.kinds == ["float", "trilm", "quant"] and cpu.quant_bits == [3, 4]

@@ -22,7 +22,7 @@ from ..eval.zeroshot import TASKS as ZEROSHOT_TASKS
 from ..models.spectra import SpectraConfigError, canonical_arch, load_spectra_model, size_preset
 from ..quant.grids import TernaryGrid, UniformGrid
 from ..utils.io import atomic_write_json
-from .pretrain import pretrain, pretrain_config
+from ..train.pretrain import pretrain, pretrain_config
 
 FAMILY = {"float": "FloatLM", "trilm": "TriLM", "bitnet": "BitNet"}
 KINDS = ("float", "trilm", "bitnet", "quant")
@@ -89,7 +89,7 @@ def evaluate_model(model, tokenizer, val_tokens: torch.Tensor, config: SuiteConf
                    cache: dict | None = None, progress: bool = False) -> tuple[float, dict]:
     """(held-out loss in nats/token, metrics): the held-out split and each evaluation set in
     chunks of the training context, then the zero-shot tasks."""
-    from ..runner import evaluate
+    from .steps import evaluate
 
     model.eval()
     held_out = perplexity(model, val_tokens, seqlen=config.seqlen, limit=config.val_limit, progress=progress)
@@ -109,7 +109,7 @@ def _read_entry(path: Path) -> SuiteEntry | None:
 
 def suite_config_from_recipe(recipe: str | None, **overrides) -> SuiteConfig:
     """A suite recipe's ``suite:`` settings with ``overrides`` (None values ignored) on top."""
-    from .pretrain import load_pretrain_recipe
+    from ..train.pretrain import load_pretrain_recipe
 
     settings = dict((load_pretrain_recipe(recipe).get("suite") or {}) if recipe else {})
     train = dict(settings.pop("train", None) or {})

@@ -3,7 +3,6 @@ matched Spectra family); both end in a report with a table, scaling-law fits and
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -11,69 +10,11 @@ from pathlib import Path
 DEFAULT_VAL_FRACTION = 0.05
 
 
-def _csv(value: str) -> list[str]:
-    return [] if value.lower() in ("", "none") else [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _ints(value: str) -> list[int]:
-    try:
-        return [int(v) for v in _csv(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}")
-
-
-def _add_shared(p, token_count) -> None:
-    p.add_argument("--data", nargs="+", required=True,
-                   help="a token folder (tritium data ingest), or text/jsonl/parquet files, folders, .deb or hf: "
-                        "specs, tokenized into <out>/tokens first")
-    p.add_argument("--tokenizer", help="for raw text: a named model (smollm2-135m, the default), HF folder or "
-                                      "tokenizer folder")
-    p.add_argument("--train-tokenizer", type=int, metavar="VOCAB", help="for raw text: train a byte-level BPE of "
-                                                                         "this size on the corpus instead")
-    p.add_argument("--val-fraction", type=float, help=f"for raw text: documents held out ({DEFAULT_VAL_FRACTION})")
-    p.add_argument("--tokens", type=token_count, help="training tokens per model (e.g. 1M, 300B)")
-    p.add_argument("--steps", type=int, help="optimizer steps per model (instead of --tokens)")
-    p.add_argument("--seqlen", type=int, help="training context (default 256)")
-    p.add_argument("--micro-batch-size", type=int, help="sequences per forward on each process")
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's rate for the size)")
-    p.add_argument("--shards", type=int, help="absmean scales per ternary matrix (TriLM under model parallelism)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (a rerun resumes)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast where the hardware has it (GPU, CPU with AMX or AVX512-BF16), else fp32")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--eval", type=_csv, help="perplexity data sets besides the held-out split (default wikitext2)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N chunks of each data set")
-    p.add_argument("--zeroshot", type=_csv, help="zero-shot tasks, comma separated (piqa, arc_easy, ...)")
-    p.add_argument("--zeroshot-limit", type=int)
-    p.add_argument("--data-dir", help="folder of the evaluation data sets (overrides $TRITIUM_DATA)")
-    p.add_argument("--out", help="run folder (default: a new runs/<what>-<time>); one that holds a run already is "
-                                 "refused, unless it is this same job unfinished (it resumes) or --overwrite")
-    p.add_argument("--overwrite", action="store_true", help="write into an --out that holds another or a finished run")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def add_pretrain_parsers(sub, token_count) -> None:
-    p = sub.add_parser("pretrain", help="pretrain one FloatLM, TriLM or BitNet b1.58 from scratch (Spectra)")
-    p.add_argument("--arch", required=True, help="float, trilm or bitnet")
-    p.add_argument("--size", required=True, help="tiny-xs … tiny-xl, or Spectra's 99m … 3.9b")
-    p.add_argument("--recipe", help="a pretraining YAML (default spectra-<arch>: the paper's schedule)")
-    _add_shared(p, token_count)
-
-    s = sub.add_parser("suite", help="pretrain a matched FloatLM/TriLM/QuantLM family and fit scaling laws")
-    s.add_argument("--sizes", type=_csv, help="comma separated sizes (e.g. tiny-s,tiny-m,tiny-l)")
-    s.add_argument("--kinds", type=_csv, help="comma separated: float, trilm (tri), bitnet, quant")
-    s.add_argument("--quant-bits", type=_ints, help="QuantLM bits (Spectra: 3,4,6,8)")
-    s.add_argument("--recipe", help="a suite YAML (suite-cpu is the 2-core miniature)")
-    _add_shared(s, token_count)
-
-
 def _token_folder(args, out: Path):
     """The token folder to train on: given, or made from raw text under ``out/tokens`` (reused on a rerun)."""
     from ..data.tokens import (TokenFolder, check_token_folder, ingest, load_tokenizer_spec, train_tokenizer,
                                training_documents)
-    from .data import TrainDataError
+    from ..train.data import TrainDataError
 
     if len(args.data) == 1 and TokenFolder.is_folder(args.data[0]):
         tokens = TokenFolder.open(args.data[0])
@@ -106,7 +47,7 @@ def _refuse_other_tokenization(args, tokens) -> None:
     """A token folder fixes the tokenizer and the held-out split. Asking for others must fail: training on the
     folder anyway would silently give a model, and a report, of something other than what was asked for."""
     from ..data.tokens import load_tokenizer_spec
-    from .data import TrainDataError
+    from ..train.data import TrainDataError
 
     redo = "pass the raw text (and a new --out) to tokenize it that way"
     if args.tokenizer and load_tokenizer_spec(args.tokenizer).get_vocab() != tokens.tokenizer().get_vocab():
@@ -137,7 +78,7 @@ def cmd_pretrain(args) -> int:
     from ..models.spectra import load_spectra_model
     from ..quant.grids import TernaryGrid
     from ..utils.runs import claim_run_folder, job_settings
-    from .pretrain import pretrain, pretrain_config
+    from ..train.pretrain import pretrain, pretrain_config
     from .suite import FAMILY, SuiteConfig, evaluate_model, model_linears
 
     train = {"tokens": 1_000_000, "micro_batch_size": 8, **_train_overrides(args)}

@@ -9,103 +9,8 @@ from pathlib import Path
 
 from transformers.generation.streamers import BaseStreamer
 
-
-def add_pack_parsers(sub) -> None:
-    p = sub.add_parser("pack", help="pack a fake-quant run (tritium quantize) into packed codes + fp16 scales")
-    p.add_argument("run", help="a `tritium quantize` run folder (holding model/) or the model folder itself")
-    p.add_argument("--format", default="tritium", type=_pack_format,
-                   help="tritium (packed modules that from_pretrained loads); for GGUF use `tritium export`")
-    p.add_argument("--out", help="packed model folder (default RUN/packed, or MODEL-packed beside a model folder)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier `tritium pack` output at --out")
-    p.add_argument("--ternary-layout", choices=["base3", "2bit"], default="base3",
-                   help="ternary codes as 5 trits per byte (1.6 bits) or 2 bits each")
-    p.add_argument("--scale-dtype", choices=["float16", "bfloat16"], default="float16")
-    p.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
-                   help="storage of the parts left in float (embeddings, norms); they load back in the model's dtype")
-    p.add_argument("--head-type", choices=HEAD_TYPE_CHOICES, default="f16", help=HEAD_TYPE_HELP)
-
-    r = sub.add_parser("run", help="generate text from a model folder (packed, fake-quant or float) or a named model")
-    r.add_argument("model", help="model folder, .gguf file or named default (smollm2-135m)")
-    r.add_argument("--prompt", required=True)
-    r.add_argument("--max-new-tokens", type=int, default=64)
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="float dtype of the unpacked parts (default: the folder's)")
-    r.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    r.add_argument("--head-type", choices=HEAD_TYPE_CHOICES,
-                   help="store the embedding and LM head as q8_0 or q4_0 blocks (32 values, one fp16 scale) before "
-                        "generating; default: as the model has them")
-    r.add_argument("--loop", default="auto", choices=["auto", "fast", "hf"],
-                   help="decode loop: tritium's lean loop (Llama, Mistral, Qwen2) or HF generate; auto picks the "
-                        "lean loop where it applies")
-
-    add_export_parser(sub)
-
-
-def add_export_parser(sub) -> None:
-    from .registry import export_formats
-
-    formats = export_formats()
-    e = sub.add_parser("export", help="write a quantized run for a runtime: " + ", ".join(formats),
-                       description="Formats: " + "; ".join(f"{name}: {text}" for name, text in formats.items()))
-    e.add_argument("model", help="a `tritium quantize` run folder or a model folder it wrote (packed or fake)")
-    e.add_argument("--format", choices=list(formats), help="the format to write")
-    e.add_argument("--out", help="the folder (or .gguf file) to write (default RUN/compressed-tensors, RUN/model.gguf "
-                                 "or RUN/packed)")
-    e.add_argument("--gguf", metavar="OUT", help="the same as --format gguf --out OUT")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    e.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"],
-                   help="compressed-tensors, tritium: dtype of the float parts (default float16); compressed-tensors "
-                        "folders also declare it as the dtype runtimes compute in")
-    e.add_argument("--scale-dtype", choices=["float16", "bfloat16", "float32"],
-                   help="compressed-tensors, tritium: storage of the scales (default float16, the values tritium's "
-                        "methods make); compressed-tensors with float32 keeps a float32 dequantize=True load exact")
-    e.add_argument("--type", choices=["tq1_0", "tq2_0"], help="gguf: GGUF type of the decoder linears (default tq1_0)")
-    e.add_argument("--embedding-type", choices=["f16", "q8_0", "f32"],
-                   help="gguf: GGUF type of the embedding and output head (default f16)")
-    e.add_argument("--no-fallback", action="store_true",
-                   help="gguf: fail on a linear the TQ type cannot hold, instead of writing it in an exact fallback "
-                        "type")
-
-
-HEAD_TYPE_CHOICES = ["f16", "q8_0", "q4_0"]  # tritium.pack.blocks.HEAD_TYPES (kept literal: the parser loads fast)
-HEAD_TYPE_HELP = ("storage of the embedding and LM head: f16 (float, as before), q8_0 (8.5 bits a weight) or q4_0 "
-                  "(4.5 bits), in blocks of 32 with one fp16 scale; the head then runs on the block kernel")
-
-
-def _pack_format(value: str) -> str:
-    import argparse
-
-    if value != "tritium":
-        hint = " GGUF files are written by `tritium export PACKED --gguf OUT.gguf`." if "gguf" in value.lower() else ""
-        raise argparse.ArgumentTypeError(f"--format takes only 'tritium' (packed modules), not {value!r}.{hint}")
-    return value
-
-
-def _model_folder(path: str) -> tuple[Path, Path]:
-    """(the model folder, the default packed folder) of a quantize run or a model folder."""
-    from ..models import ModelSourceError
-
-    path = Path(path)
-    if not path.exists():
-        raise ModelSourceError(f"{path} does not exist: pass a `tritium quantize` run folder or its model/ folder")
-    if (path / "model" / "config.json").is_file():
-        return path / "model", path / "packed"
-    if (path / "config.json").is_file():
-        return path, path.with_name(path.name + "-packed")
-    raise ModelSourceError(f"{path} holds neither model/config.json (a `tritium quantize` run) nor config.json "
-                           "(a model folder)")
-
-
-def _quantization_config(folder: Path, command: str) -> dict:
-    from ..models.loader import read_quantization_config
-
-    qconfig = read_quantization_config(folder)  # the caller has checked the folder against its manifest
-    if not qconfig or qconfig.get("quant_method") != "tritium":
-        raise ValueError(f"{folder} is not a tritium-quantized model: quantize it first with "
-                         f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
-    return qconfig
+from ..export.source import model_folder as _model_folder
+from ..export.source import tritium_quantization_config as _quantization_config
 
 
 def _megabytes(n: int) -> str:
@@ -291,7 +196,7 @@ def _refuse_run_folder(model: str) -> None:
 
 def _export_request(args) -> tuple[str, str | None, dict]:
     """(format, out, the format's options) from the flags; --gguf OUT is --format gguf --out OUT."""
-    from .registry import ExportError
+    from ..export.registry import ExportError
 
     fmt, out = args.format, args.out
     if args.gguf is not None:
@@ -307,7 +212,7 @@ def _export_request(args) -> tuple[str, str | None, dict]:
              "embedding_type": ("--embedding-type", args.embedding_type),
              "allow_fallback": ("--no-fallback", False if args.no_fallback else None)}
     options = {name: value for name, (_, value) in flags.items() if value is not None}
-    from .api import export_options
+    from ..export.api import export_options
 
     taken = export_options(fmt)
     wrong = [flag for name, (flag, value) in flags.items() if value is not None and name not in taken]
@@ -318,7 +223,7 @@ def _export_request(args) -> tuple[str, str | None, dict]:
 
 def cmd_export(args) -> int:
     from ..utils.integrity import verified_folder
-    from .api import export_model
+    from ..export.api import export_model
 
     fmt, out, options = _export_request(args)
     folder, _ = _model_folder(args.model)

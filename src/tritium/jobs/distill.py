@@ -1,65 +1,10 @@
 """``tritium distill``: distillation into a ternary (DLT) or uniform QAT student from the command line
-(wired into tritium.cli)."""
+(its flags: tritium.cli.distill)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-
-_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
-
-
-def token_count(value: str) -> int:
-    """``2M``, ``500k``, ``20000`` → an int."""
-    text = value.strip().lower().replace("_", "")
-    try:
-        if text and text[-1] in _SUFFIXES:
-            return int(float(text[:-1]) * _SUFFIXES[text[-1]])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tokens takes a count such as 20000, 500k or 2M, not {value!r}")
-
-
-def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type) -> None:
-    d = sub.add_parser("distill", help="distill a float model into a trained ternary (DLT) or uniform 2/3/4-bit "
-                       "QAT student, from scratch or from a PTQ result")
-    add_model_args(d)
-    d.add_argument("--recipe", default="ternaryllm", help="a YAML file or a shipped recipe (ternaryllm, "
-                   "ternaryllm-cpu, qat-w2g128-cpu, qat-w3g128-cpu)")
-    d.add_argument("--tokens", type=token_count, help="training budget in tokens (20000, 500k, 2M)")
-    d.add_argument("--steps", type=int, help="training budget in optimizer steps (instead of --tokens)")
-    d.add_argument("--data", dest="train_data", type=csv_type,
-                   help="training text: files, folders or globs (txt/jsonl/parquet), hf:<path>[:<config>]:<split>, "
-                        "a teacher-corpus folder, or 'teacher' to sample one from the float model; comma separated")
-    d.add_argument("--train-seqlen", type=int, help="training sequence length")
-    d.add_argument("--micro-batch-size", type=int)
-    d.add_argument("--grad-accum", type=int)
-    d.add_argument("--lr", type=float, help="learning rate of the latent weights")
-    d.add_argument("--lr-quant", type=float, help="learning rate of the scales, zero points and shifts (DLT α, γ)")
-    d.add_argument("--group", type=group_type, help="group size, 'channel' or 'tensor'")
-    d.add_argument("--bits", type=int, help="bits of a uniform recipe's grid (2, 3 or 4), e.g. qat-w2g128-cpu --bits 4")
-    d.add_argument("--variant", help="student quantizer: dlt (default) or absmean/twn (plain STE baseline)")
-    d.add_argument("--off-weight", type=float)
-    d.add_argument("--kl-weight", type=float)
-    d.add_argument("--ce-weight", type=float)
-    d.add_argument("--init-from", help="start the student from a saved PTQ result on the recipe's grid "
-                   "(runs/<run>/model): step 0 is exactly that model")
-    d.add_argument("--train", dest="trainable", choices=["all", "scales"],
-                   help="what trains: all (latent weights and quantizer parameters, the default) or scales "
-                        "(the --init-from codes stay fixed; only scales, zero points and shifts train: E2E-QP)")
-    d.add_argument("--checkpoint-every", type=int)
-    d.add_argument("--eval-every", type=int, help="perplexity every N steps during training")
-    d.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
-    d.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="training precision (default: the recipe's, auto in ternaryllm; the -cpu recipes pin fp32 so "
-                        "their figures reproduce on any CPU): auto takes bf16 autocast where the hardware has it (a "
-                        "GPU, or a CPU with AMX or AVX512-BF16, about 2x faster there) and fp32 elsewhere, where bf16 "
-                        "is emulated and several times slower")
-    d.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
-    d.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
-    d.add_argument("--no-save", action="store_true", help="do not save the distilled model")
-    add_eval_args(d, data_flag="--data-dir")
 
 
 def _recipe_from_args(args) -> dict:
@@ -136,20 +81,23 @@ def cmd_distill(args) -> int:
     from ..models import load_model
     from ..quant.grids import grid_to_dict
     from ..data import load_eval_text
-    from ..runner import evaluate, float_row, peak_rss_megabytes, quantized_row
+    from .steps import evaluate, float_row, peak_rss_megabytes, quantized_row
     from ..utils.io import folder_bytes
     from ..utils.runs import claim_run_folder, job_settings
-    from .data import check_training_sources
-    from .distill import distill, train_result_summary
+    from ..train.data import check_training_sources
+    from ..train.distill import distill, train_result_summary
 
     recipe = _recipe_from_args(args)
+    from .preflight import preflight_distill, preflight_loaded_model
+
+    preflight_distill(args, recipe)
     # fails before the model loads, as does an --init-from on another grid (only its config.json is read)
     config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
     data = config.data_config()  # an evaluation split in the training data fails here, by content, whatever its name
     check_training_sources(data.sources, data.text_field, args.data_dir)
 
     from ..utils.hardware import warn_if_emulated_bf16
-    from .trainer import Trainer
+    from ..train.trainer import Trainer
 
     # said before the model loads and the float model is evaluated, not only when training starts
     planned = config.train_config()
@@ -160,6 +108,7 @@ def cmd_distill(args) -> int:
     progress = not args.no_progress
     print(f"tritium: loading {args.model}", file=sys.stderr)
     model, tokenizer, source = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    preflight_loaded_model(model, tokenizer)
     rows, token_cache = [], {}
     settings = recipe["eval"]
     if not args.no_float:

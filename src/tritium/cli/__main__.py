@@ -1,0 +1,7 @@
+"""``python -m tritium.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

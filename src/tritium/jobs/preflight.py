@@ -1,0 +1,270 @@
+"""Preflight: every check a job can make before it evaluates, calibrates or trains anything.
+
+Each refusal is a :class:`PreflightError` (a TritiumError: the CLI prints it and exits 2) that names
+the problem and its fix. What needs only the model's config (widths, context, architecture) is read
+from config.json or the GGUF header, so a bad group size fails in a second, not after the model loads
+and the float model's evaluation; what needs the model or its tokenizer runs right after loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..utils.errors import TritiumError
+
+
+class PreflightError(TritiumError, ValueError):
+    """A job that cannot succeed as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What preflight knows of a model without its weights."""
+
+    model_type: str | None
+    input_widths: dict[str, int]  # linear kind (q_proj, down_proj, ...) -> its input width
+    context: int | None
+    vocab_size: int | None
+
+
+_GGUF_LINEARS = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj",
+                 "ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
+
+
+def model_shape(model: str) -> ModelShape | None:
+    """The widths and context of ``model`` from its config alone; None when that cannot be read cheaply
+    (a hub id, an unusual config): the checks then run on the loaded model instead."""
+    from ..models.loader import resolve_model_source
+
+    try:
+        source = resolve_model_source(model)
+    except TritiumError:
+        return None  # load_model reports a missing model with everything it tried
+    if source.gguf_file:
+        return _gguf_shape(Path(source.location) / source.gguf_file)
+    if source.kind != "folder":
+        return None
+    try:
+        config = json.loads((Path(source.location) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config", config) if isinstance(config, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("hidden_size"), int):
+        return None
+    hidden, heads = config["hidden_size"], config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (hidden // heads if heads else None)
+    widths = {name: hidden for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")}
+    if heads and head_dim:
+        widths["o_proj"] = heads * head_dim
+    if isinstance(config.get("intermediate_size"), int):
+        widths["down_proj"] = config["intermediate_size"]
+    return ModelShape(config.get("model_type"), widths, config.get("max_position_embeddings"),
+                      config.get("vocab_size"))
+
+
+def _gguf_shape(path: Path) -> ModelShape | None:
+    from ..utils.gguf_file import read_gguf_layout
+
+    try:
+        layout = read_gguf_layout(path)
+    except (TritiumError, OSError, ValueError):
+        return None  # load_model checks the file and says what is wrong with it
+    arch = layout.fields.get("general.architecture")
+    arch = arch.value if arch is not None else None
+    context = layout.fields.get(f"{arch}.context_length")
+    widths = {}
+    for tensor in layout.tensors:
+        parts = tensor.name.split(".")  # blk.<i>.<kind>.weight, shape fastest dimension first
+        if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GGUF_LINEARS and parts[3] == "weight":
+            widths[_GGUF_LINEARS[parts[2]]] = int(tensor.shape[0])
+    vocab = layout.fields.get(f"{arch}.vocab_size")
+    return ModelShape(arch, widths, int(context.value) if context is not None else None,
+                      int(vocab.value) if vocab is not None else None)
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def check_group_divides(grid, widths: dict[str, int]) -> None:
+    """A group size must divide every quantized input width, unless the grid allows a ragged last group."""
+    group = getattr(grid, "group", None)
+    if not isinstance(group, int) or getattr(grid, "ragged_groups", False):
+        return
+    bad = {name: width for name, width in sorted(widths.items()) if width % group}
+    if bad:
+        all_widths = sorted(set(widths.values()))
+        fits = [g for g in (256, 128, 64, 32, 16) if all(w % g == 0 for w in all_widths)]
+        raise PreflightError(
+            f"group size {group} does not divide the input width of "
+            + ", ".join(f"{name} ({width})" for name, width in bad.items())
+            + f" (the model's widths are {', '.join(map(str, all_widths))}): pass --group "
+            + (" or ".join(map(str, fits[:3])) if fits else "channel")
+            + ", or allow a shorter last group with --ragged-groups")
+
+
+def check_context(seqlen: int | None, context: int | None, flag: str) -> None:
+    if seqlen is not None and context is not None and seqlen > context:
+        raise PreflightError(f"{flag} {seqlen} is longer than the model's context of {context} tokens: "
+                             f"pass {flag} {context} or less")
+
+
+def check_positive(value, flag: str, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise PreflightError(f"{flag} {value} is not a positive whole number: {what}")
+
+
+def check_eval_settings(settings: dict) -> None:
+    check_positive(settings.get("batch_size"), "--batch-size", "pass the number of chunks per forward pass, e.g. 1")
+    check_positive(settings.get("limit"), "--limit", "pass how many perplexity chunks to evaluate, or leave it out "
+                                                     "for all of them")
+    check_positive(settings.get("zeroshot_limit"), "--zeroshot-limit",
+                   "pass how many documents of each task to evaluate, or leave it out for all of them")
+    seqlen = settings.get("seqlen")
+    if seqlen is not None and (not isinstance(seqlen, int) or seqlen < 2):
+        raise PreflightError(f"--seqlen {seqlen} is too short: a perplexity chunk needs at least 2 tokens")
+
+
+def check_device(device: str | None) -> None:
+    """A device this torch can use: ``cuda`` on a CPU-only build is refused here, not by torch's assertion."""
+    if not device or device in ("cpu", "auto"):
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise PreflightError(f"--device {device!r} is not a device torch knows ({err}): pass cpu or cuda") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PreflightError(f"--device {device} asks for a GPU, but this torch "
+                                 + ("was built without CUDA" if torch.version.cuda is None else "sees no CUDA device")
+                                 + ": pass --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise PreflightError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s); "
+                                 f"pass cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise PreflightError(f"--device {device} is not available on this machine: pass --device cpu")
+
+
+def check_writable(out: str | os.PathLike | None, flag: str = "--out") -> None:
+    """The output's nearest existing folder must be writable, or the job would fail at its first write."""
+    if out is None:
+        return
+    path = Path(out).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir() and existing != path:
+        raise PreflightError(f"{flag} {out}: {existing} is a file, not a folder: choose another {flag}")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PreflightError(f"{flag} {out} cannot be written: {folder} is not writable by this user; choose a "
+                             f"{flag} in a folder you can write (or fix its permissions)")
+
+
+def check_vocabulary(model, tokenizer) -> None:
+    """A tokenizer with more tokens than the model's embedding rows would index past them (an IndexError)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(getattr(embeddings, "weight", None), "shape", (None,))[0]
+    limit = min(v for v in (vocab, rows) if v is not None) if (vocab or rows) else None
+    if limit is not None and len(tokenizer) > limit:
+        raise PreflightError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has only {limit}: "
+                             "the model and tokenizer do not belong together; pass the model's own tokenizer "
+                             "(save both from the same checkpoint)")
+
+
+# --------------------------------------------------------------------------- per job
+
+
+def preflight_quantize(job, recipe: dict):
+    """The checks of a quantize job that need no weights; returns the grid."""
+    from ..models.rotation import rotation_settings
+    from ..quant.grids import grid_from_dict
+    from . import steps
+
+    if job.head_type != "f16" and job.format != "packed":
+        from ..pack.blocks import HeadTypeError
+
+        raise HeadTypeError(f"--head-type {job.head_type} stores the head of a packed folder: add --format packed "
+                            "(a fake-quant folder keeps float weights throughout)")
+    grid = grid_from_dict(recipe["grid"])  # fail on a bad grid before the model loads
+    rotation_settings(recipe.get("rotate"))  # a bad rotate value fails before the model loads
+    if not job.no_save:
+        steps.check_save_format(job.format, grid)
+    if job.generate is not None and (not job.generate.strip() or job.generate_tokens < 1):
+        raise PreflightError("--generate needs a non-empty prompt and --generate-tokens of at least 1")
+    check_eval_settings(recipe["eval"])
+    calib = recipe.get("calib") or {}
+    calibrates = steps.needs_calibration_text(recipe)
+    if calibrates:
+        check_positive(calib.get("samples"), "--calib-samples", "pass how many calibration sequences to use, e.g. 128")
+        seqlen = calib.get("seqlen")
+        if seqlen is not None and (not isinstance(seqlen, int) or seqlen < 2):
+            raise PreflightError(f"--calib-seqlen {seqlen} is too short: a calibration sequence needs at least 2 "
+                                 "tokens")
+    check_device(job.device)
+    if not job.no_save or job.out is not None:
+        check_writable(job.out)
+    shape = model_shape(job.model)
+    if shape is not None:
+        method_args = recipe.get("method_args") or {}
+        if not method_args.get("skip") and not method_args.get("grid_overrides"):
+            check_group_divides(grid, shape.input_widths)  # with skips, the loaded model's linears decide
+        if calibrates:
+            check_context(calib.get("seqlen"), shape.context, "--calib-seqlen")
+    steps.check_calibration_source(recipe, job.data)  # a test split in the calibration text, by any name, fails here
+    return grid
+
+
+def preflight_loaded_model(model, tokenizer, recipe: dict | None = None, config=None) -> None:
+    """The checks that need the model or tokenizer, right after loading and before any evaluation;
+    ``config``: the recipe's method config (``steps.prepare_config``), whose linears' groups are checked."""
+    check_vocabulary(model, tokenizer)
+    if recipe is None:
+        return
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    from . import steps
+
+    if steps.needs_calibration_text(recipe):
+        check_context((recipe.get("calib") or {}).get("seqlen"), context, "--calib-seqlen")
+    if config is not None:
+        check_linear_groups(model, config)
+
+
+def check_linear_groups(model, config) -> None:
+    """Every linear that will be quantized, on its own grid: the exact form of the width check."""
+    from ..methods.base import selected_linears
+    from ..models.adapters import decoder_layout
+
+    for name, module in selected_linears(decoder_layout(model), config.skip).items():
+        grid = config.grid_for(name)
+        group = getattr(grid, "group", None)
+        if isinstance(group, int) and not getattr(grid, "ragged_groups", False) and module.in_features % group:
+            check_group_divides(grid, {name: module.in_features})
+
+
+def preflight_distill(args, recipe: dict) -> None:
+    """The checks of a distill job that need no weights: the token budget and batch sizes, the evaluation
+    settings, the device, the output folder, the group against the model's widths, the training seqlen."""
+    from ..quant.grids import grid_from_dict
+
+    method_args = recipe.get("method_args") or {}
+    train = method_args.get("train") or {}
+    for key, flag, what in [("tokens", "--tokens", "pass the training budget in tokens, e.g. 500k"),
+                            ("steps", "--steps", "pass how many optimizer steps to train"),
+                            ("micro_batch_size", "--micro-batch-size", "pass the sequences per forward pass"),
+                            ("grad_accum", "--grad-accum", "pass the micro-batches per optimizer step")]:
+        check_positive(train.get(key), flag, what)
+    check_eval_settings(recipe["eval"])
+    check_device(getattr(args, "device", None))
+    check_writable(getattr(args, "out", None))
+    grid = grid_from_dict(recipe["grid"])
+    shape = model_shape(args.model)
+    if shape is not None:
+        if not method_args.get("skip"):
+            check_group_divides(grid, shape.input_widths)
+        check_context((method_args.get("data") or {}).get("seqlen"), shape.context, "--train-seqlen")
