@@ -115,3 +115,42 @@ def test_uniform_qat_distills_tiny_models(arch, tmp_path):
     for name, q in result.weights.items():
         assert int(q.codes.max()) <= 3 and torch.equal(q.zero, torch.round(q.zero))
         assert torch.equal(layers[name].weight, q.dequantize())  # the folded model is its export
+
+
+@pytest.mark.parametrize("grid", [UniformGrid(bits=2, group=5, ragged_groups=True), UniformGrid(bits=3, group=4)])
+def test_codes_scale_gradient_is_the_frozen_codes_one_with_latents_training(grid):
+    """scale_gradient="codes": same forward as LSQ; s gets q − z and z gets −s everywhere (as with frozen
+    codes), the latent the straight-through identity inside the range."""
+    w, scale, zero, layout = _params(grid)
+    lsq = uniform_qat_weight(w, scale, zero, layout, grid, fp16_scales=False)
+    w.requires_grad_(True), scale.requires_grad_(True), zero.requires_grad_(True)
+    grad = torch.randn_like(w)
+    out = uniform_qat_weight(w, scale, zero, layout, grid, fp16_scales=False, scale_gradient="codes")
+    torch.testing.assert_close(out.detach(), lsq, rtol=0, atol=0)
+    out.backward(grad)
+    s, z = layout.expand(scale.detach()), layout.expand(torch.round(zero.detach()))
+    unclamped = torch.round(w.detach() / s) + z
+    inside = (unclamped >= 0) & (unclamped <= grid.max_code)
+    assert 0 < inside.sum() < inside.numel()
+    q = torch.clamp(unclamped, 0, grid.max_code)
+    per_group = lambda t: layout.reduce(t, lambda g: g.sum(-1))  # noqa: E731
+    torch.testing.assert_close(w.grad, grad * inside)
+    torch.testing.assert_close(scale.grad, per_group(grad * (q - z)))
+    torch.testing.assert_close(zero.grad, per_group(grad * -s))
+
+
+def test_codes_scale_gradient_moves_scales_from_a_ptq_start_where_lsq_barely_does():
+    """Latents at their cells' centres (load_codes): LSQ's scale gradient is 0 there, the codes one is not."""
+    grid = UniformGrid(bits=2, group=16)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 4)
+    q = quantize_weight(linear.weight.detach(), grid)
+    norms = {}
+    for mode in ("lsq", "codes"):
+        module = UniformQATLinear.from_linear(linear, grid, scale_gradient=mode)
+        module.load_codes(q.codes, q.scale.half().float(), q.zero)
+        module(torch.randn(8, 32, generator=torch.Generator().manual_seed(1))).square().sum().backward()
+        norms[mode] = module.scale.grad.norm().item()
+    assert norms["lsq"] < 1e-3 * norms["codes"]
+    with pytest.raises(QuantConfigError, match="scale_gradient"):
+        UniformQATLinear.from_linear(linear, grid, scale_gradient="fast")

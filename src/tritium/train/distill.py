@@ -24,6 +24,7 @@ from ..models.rotation import match_rotation_, saved_rotation
 from ..quant.grids import QuantConfigError, TernaryGrid, UniformGrid
 from .data import TeacherSamplingConfig, TrainDataError, generate_teacher_corpus, load_sequences
 from .dlt import DLTConfig, _replace, fold_, to_dlt_, to_fake_quant_, to_uniform_qat_
+from .qat import SCALE_GRADIENTS
 from .losses import DistillationLoss, LossConfig, check_same_vocabulary
 from .start import StartSource, load_initial_weights, load_start_codes, read_start
 from .trainer import TrainConfig, Trainer, TrainResult, build_dataclass
@@ -68,6 +69,9 @@ class DistillConfig(MethodConfig):
     init_from: str | None = None
     # Which quantized parameters train: all, or only the scales, zero points and shifts (codes frozen, E2E-QP).
     trainable: str = "all"
+    # Uniform grids: the scales' gradient, LSQ's ("lsq") or the frozen-codes one ("codes", train/qat.py),
+    # which still moves the scales when the latents sit at their cells' centres (a PTQ start).
+    scale_gradient: str = "lsq"
     # Where `tritium quantize --method dlt` keeps checkpoints and the log (a rerun resumes); default a temp folder.
     run_dir: str | None = None
     loss: dict = field(default_factory=dict)
@@ -79,6 +83,8 @@ class DistillConfig(MethodConfig):
             raise QuantConfigError(f"train_float={self.train_float!r} is unknown: use one of {TRAIN_FLOAT}")
         if self.trainable not in TRAINABLE:
             raise QuantConfigError(f"trainable={self.trainable!r} is unknown: use one of {TRAINABLE}")
+        if self.scale_gradient not in SCALE_GRADIENTS:
+            raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} is unknown: use one of {SCALE_GRADIENTS}")
         self.skip = tuple(self.skip or ())
         # Build every part once now so a bad option fails before a model loads.
         self.dlt_config(), self.loss_config(), self.train_config(), self.data_config()
@@ -159,7 +165,7 @@ def prepare_student(model: nn.Module, config: DistillConfig, start: StartSource 
     if kind == "dlt":
         students = to_dlt_(model, config.dlt_config())
     elif kind == "qat":
-        students = to_uniform_qat_(model, config.grid, config.skip, config.quantize_lm_head)
+        students = to_uniform_qat_(model, config.grid, config.skip, config.quantize_lm_head, config.scale_gradient)
     else:
         students = to_fake_quant_(model, config.grid, config.skip, config.quantize_lm_head)
     if start is not None and start.quantized and kind != "ste":

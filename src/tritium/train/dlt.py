@@ -303,12 +303,13 @@ def to_fake_quant_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize_
                          lambda name, linear: FakeQuantLinear.from_linear(linear, grid, name=name))
 
 
-def to_uniform_qat_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize_lm_head: bool = False
-                    ) -> dict[str, UniformQATLinear]:
+def to_uniform_qat_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize_lm_head: bool = False,
+                    scale_gradient: str = "lsq") -> dict[str, UniformQATLinear]:
     """Swap the decoder linears for uniform-grid QAT linears (learnable scale and zero point per group)."""
     targets = _target_linears(model, tuple(skip), quantize_lm_head)
     return _swap_linears(model, targets, grid.group, grid.ragged_groups,
-                         lambda name, linear: UniformQATLinear.from_linear(linear, grid, name=name))
+                         lambda name, linear: UniformQATLinear.from_linear(linear, grid, name=name,
+                                                                           scale_gradient=scale_gradient))
 
 
 def _swap_linears(model: nn.Module, targets: dict[str, nn.Linear], group, ragged: bool, make) -> dict:

@@ -13,6 +13,12 @@ because it is stored in fp16: the forward computes exactly what :meth:`to_quanti
 
 ``freeze_codes`` fixes the integer codes (EfficientQAT's end-to-end step E2E-QP): then only ``s``
 and ``z`` train, and ŵ = s·(codes − round(z)) has their exact gradients.
+
+``scale_gradient="codes"`` keeps the latents training but takes the codes as constants when
+differentiating in ``s`` and ``z``: ``s`` then gets ``q − z`` everywhere, as under frozen codes,
+instead of LSQ's ``round(W/s) − W/s``. LSQ's term is 0 at the centre of every rounding cell, which is
+exactly where a PTQ start puts every latent (``load_codes``), so from such a start LSQ barely moves
+the scales while the frozen-codes gradient moves them at once (BENCHMARKS.md, issue 14).
 """
 
 from __future__ import annotations
@@ -45,16 +51,23 @@ def effective_scale_zero(scale: Tensor, zero: Tensor, grid: UniformGrid, fp16_sc
     return s, z
 
 
+SCALE_GRADIENTS = ("lsq", "codes")
+
+
 def uniform_qat_weight(latent: Tensor, scale: Tensor, zero: Tensor, layout: GroupLayout, grid: UniformGrid,
-                       codes: Tensor | None = None, fp16_scales: bool = True) -> Tensor:
-    """ŵ from the latent weight (or from fixed ``codes``), with LSQ's straight-through gradients.
+                       codes: Tensor | None = None, fp16_scales: bool = True, scale_gradient: str = "lsq") -> Tensor:
+    """ŵ from the latent weight (or from fixed ``codes``), with LSQ's straight-through gradients, or with
+    ``scale_gradient="codes"`` the frozen-codes gradients in ``s`` and ``z`` (module docstring).
 
     ``fp16_scales=False`` skips the fp16 rounding of the scale, so that float64 gradient checks see a
     smooth function of it; training always rounds (that is what gets stored).
     """
     s, z = effective_scale_zero(scale.to(latent.dtype), zero.to(latent.dtype), grid, fp16_scales)
     s_full, z_full = layout.expand(s), layout.expand(z)
-    if codes is None:
+    if codes is None and scale_gradient == "codes":
+        # the same codes; the latent still gets the identity (times s/s) inside the range and 0 outside
+        q = torch.clamp(round_ste(latent / s_full.detach()) + z_full.detach(), 0, grid.max_code)
+    elif codes is None:
         q = torch.clamp(round_ste(latent / s_full) + z_full, 0, grid.max_code)
     else:
         q = codes.to(latent.dtype)
@@ -69,10 +82,13 @@ class UniformQATLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, grid: UniformGrid, device=None,
-                 dtype=None, name: str = "weight"):
+                 dtype=None, name: str = "weight", scale_gradient: str = "lsq"):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if not isinstance(grid, UniformGrid):
             raise QuantConfigError(f"{name}: UniformQATLinear needs a uniform grid, got {grid.describe()}")
+        if scale_gradient not in SCALE_GRADIENTS:
+            raise QuantConfigError(f"scale_gradient={scale_gradient!r} is unknown: use one of {SCALE_GRADIENTS}")
+        self.scale_gradient = scale_gradient
         self.grid = grid
         self.layout = GroupLayout.for_weight((out_features, in_features), grid.group, grid.ragged_groups, name=name)
         shape = self.layout.scale_shape
@@ -85,12 +101,13 @@ class UniformQATLinear(nn.Linear):
         self.register_buffer("frozen_codes", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, grid: UniformGrid, name: str = "weight") -> "UniformQATLinear":
+    def from_linear(cls, linear: nn.Linear, grid: UniformGrid, name: str = "weight",
+                    scale_gradient: str = "lsq") -> "UniformQATLinear":
         w = linear.weight.detach()
         if not torch.isfinite(w).all():
             raise QuantConfigError(f"{name}: the weight holds NaN or Inf values; fix the checkpoint before training")
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, grid, device=w.device,
-                     dtype=w.dtype, name=name)
+                     dtype=w.dtype, name=name, scale_gradient=scale_gradient)
         with torch.no_grad():
             module.weight.copy_(w)
             if linear.bias is not None:
@@ -133,7 +150,8 @@ class UniformQATLinear(nn.Linear):
         return q.clamp_(0, self.grid.max_code).to(torch.uint8)
 
     def quantized_weight(self) -> Tensor:
-        return uniform_qat_weight(self.weight, self.scale, self.zero, self.layout, self.grid, self.frozen_codes)
+        return uniform_qat_weight(self.weight, self.scale, self.zero, self.layout, self.grid, self.frozen_codes,
+                                  scale_gradient=self.scale_gradient)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
