@@ -72,3 +72,7 @@ def test_the_best_cpu_recipes_run_unchanged_on_other_families(name, family, data
     result, config = quantize_model(model, tokenizer, recipe, data_dir)
     assert len(result.weights) == 14 and ("rotation" in result.details) == bool(recipe["rotate"])
     assert result.details["calibration_shape"] == [recipe["calib"]["samples"], recipe["calib"]["seqlen"]]
+    if recipe.get("e2e"):  # the scales were tuned end to end, on the recipe's own budget
+        train = recipe["e2e"]["train"]
+        batch = train["micro_batch_size"] * train.get("grad_accum", 1) * recipe["e2e"]["data"]["seqlen"]
+        assert 0 <= train["tokens"] - result.details["e2e"]["training"]["tokens"] < batch
