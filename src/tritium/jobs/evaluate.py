@@ -7,27 +7,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .options import eval_settings, torch_dtype
+from .options import EvalOptions, eval_settings, torch_dtype
 
 
-@dataclass
-class EvalJob:
+@dataclass(kw_only=True)
+class EvalJob(EvalOptions):
     """The field names are the CLI's flags; a ``None`` option leaves the default recipe's evaluation value."""
 
     model: str
     dtype: str = "float32"
     device: str = "cpu"
-    eval: list[str] | None = None
-    zeroshot: list[str] | None = None
-    limit: int | None = None
-    zeroshot_limit: int | None = None
-    harness: list[str] | None = None
-    seqlen: int | None = None
-    batch_size: int | None = None
-    data: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    no_progress: bool = False
 
 
 @dataclass

@@ -4,8 +4,26 @@ then every option that is set overrides the recipe's value (the CLI's flags are 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 from ..recipes import load_recipe
+
+
+@dataclass(kw_only=True)
+class EvalOptions:
+    """The evaluation and run-folder options every job shares (the CLI's shared flags)."""
+
+    eval: list[str] | None = None
+    zeroshot: list[str] | None = None
+    limit: int | None = None
+    zeroshot_limit: int | None = None
+    harness: list[str] | None = None
+    seqlen: int | None = None
+    batch_size: int | None = None
+    data: str | None = None
+    out: str | None = None
+    overwrite: bool = False
+    no_progress: bool = False
 
 
 def eval_settings(options, recipe_eval: dict) -> dict:

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .options import quantize_recipe, torch_dtype
+from .options import EvalOptions, quantize_recipe, torch_dtype
 
 
-@dataclass
-class QuantizeJob:
+@dataclass(kw_only=True)
+class QuantizeJob(EvalOptions):
     """What to quantize and how; the field names are the CLI's flags (``--calib-samples`` → calib_samples).
     A ``None`` option leaves the recipe's value."""
 
@@ -49,18 +49,6 @@ class QuantizeJob:
     generate: str | None = None
     generate_tokens: int = 24
     head_type: str = "f16"
-    # evaluation
-    eval: list[str] | None = None
-    zeroshot: list[str] | None = None
-    limit: int | None = None
-    zeroshot_limit: int | None = None
-    harness: list[str] | None = None
-    seqlen: int | None = None
-    batch_size: int | None = None
-    data: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    no_progress: bool = False
 
 
 @dataclass
