@@ -31,9 +31,12 @@ def _recipe(tmp_path, method="rtn", grid=None, **e2e_overrides):
     return recipe
 
 
-@pytest.mark.parametrize("arch, method", [("llama", "rtn"), ("qwen2", "gptq"), ("gemma", "rtn")])
-def test_e2e_keeps_the_codes_and_moves_the_scales(tmp_path, arch, method):
-    recipe = _recipe(tmp_path, method)
+@pytest.mark.parametrize("arch, method, grid", [
+    ("llama", "rtn", None), ("qwen2", "gptq", None), ("gemma", "rtn", None),
+    ("llama", "rtn", {"kind": "ternary", "variant": "dlt", "group": 32}),  # DLT: α and γ train
+])
+def test_e2e_keeps_the_codes_and_moves_the_scales(tmp_path, arch, method, grid):
+    recipe = _recipe(tmp_path, method, grid)
     plain = {k: v for k, v in recipe.items() if k != "e2e"}
     ptq, _ = runner.quantize_model(tiny_model(arch, seed=0), tiny_tokenizer(), plain)
     tuned, _ = runner.quantize_model(tiny_model(arch, seed=0), tiny_tokenizer(), recipe, work_dir=tmp_path / "e2e")
@@ -45,7 +48,9 @@ def test_e2e_keeps_the_codes_and_moves_the_scales(tmp_path, arch, method):
     assert moved == len(tuned.weights)
     training = tuned.details["e2e"]["training"]
     assert training["steps"] == 4 and training["first_loss"] is not None
-    assert (tmp_path / "e2e" / "ptq-model" / "config.json").is_file()  # the exact start, kept
+    # the start and the checkpoints served a resume only; the training log stays
+    assert (tmp_path / "e2e" / "train" / "log.jsonl").is_file()
+    assert not (tmp_path / "e2e" / "ptq-model").exists() and not (tmp_path / "e2e" / "train" / "checkpoints").exists()
 
 
 def test_e2e_lowers_the_distillation_loss(tmp_path):

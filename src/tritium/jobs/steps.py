@@ -113,8 +113,9 @@ def quantize_model(model, tokenizer, recipe: dict, data_path=None, work_dir=None
 
     With ``rotate`` set, the norms are folded and the weights rotated first (the same function,
     other weights); the result's details say how. With an ``e2e`` section the PTQ result's scales
-    are then tuned end to end (codes fixed) against the float model; ``work_dir`` keeps that step's
-    PTQ start and training checkpoints (a rerun resumes them), a temporary folder by default."""
+    are then tuned end to end (codes fixed) against the float model; ``work_dir`` holds that step's
+    PTQ start and training checkpoints until it ends (a rerun resumes them) and then its training log,
+    a temporary folder by default."""
     config = prepare_config(model, recipe, report=False)  # the caller checked it (and warned) already
     rotation = rotation_settings(recipe.get("rotate"))
     calibration = None
@@ -172,6 +173,12 @@ def tune_scales_end_to_end(model, teacher, tokenizer, result, config, settings: 
     changed = [name for name, w in tuned.weights.items() if not torch.equal(w.codes, result.weights[name].codes)]
     if changed:  # the student's codes are frozen; a change here is a bug, never a result to save
         raise RuntimeError(f"e2e changed the codes of {len(changed)} linears (e.g. {changed[0]})")
+    import shutil
+
+    # Done: the start and the training checkpoints (about 1.2 GB on SmolLM2) only served a resume; the
+    # training log stays beside the run's results.
+    shutil.rmtree(start_folder, ignore_errors=True)
+    shutil.rmtree(work / "train" / "checkpoints", ignore_errors=True)
     details = dict(result.details) | {"e2e": {"settings": settings, "training": train_result_summary(train),
                                                "seconds": time.perf_counter() - start}}
     return type(result)(result.method, result.grid, tuned.weights, result.seconds + time.perf_counter() - start,
