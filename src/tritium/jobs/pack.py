@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers.generation.streamers import BaseStreamer
 
 from ..export.source import model_folder as _model_folder
+from .preflight import PreflightError
 from ..export.source import tritium_quantization_config as _quantization_config
 
 
@@ -39,18 +40,18 @@ def _pack(args, folder: Path, default_out: Path) -> int:
     out = Path(args.out) if args.out else default_out
     qconfig = _quantization_config(folder, "pack")
     if qconfig.get("format") == "packed":
-        raise ValueError(f"{folder} is already packed (format 'packed'): run it with `tritium run {folder}` or "
+        raise PreflightError(f"{folder} is already packed (format 'packed'): run it with `tritium run {folder}` or "
                          f"export it with `tritium export {folder} --gguf OUT.gguf`")
     if out.resolve() == folder.resolve():
-        raise ValueError(f"--out {out} is the folder being packed; choose another folder")
+        raise PreflightError(f"--out {out} is the folder being packed; choose another folder")
     if out.exists() and any(out.iterdir()):
         existing = read_quantization_config(out) or {}
         if existing.get("format") != "packed":  # only an earlier `tritium pack` may be replaced (--overwrite)
-            raise ValueError(f"{out} exists and is not a packed tritium folder; choose another --out or remove it")
+            raise PreflightError(f"{out} exists and is not a packed tritium folder; choose another --out or remove it")
     claim_output(out, "pack", args.overwrite)  # one writer at a time; an earlier pack is replaced only when told
     codes = load_codes(folder)
     if codes.grid != qconfig.get("grid") or codes.grid_overrides != (qconfig.get("grid_overrides") or {}):
-        raise ValueError(f"{folder}: the codes were made on grid {codes.grid} but config.json says "
+        raise PreflightError(f"{folder}: the codes were made on grid {codes.grid} but config.json says "
                          f"{qconfig.get('grid')} (or their per-linear grids differ): the folder is inconsistent; "
                          "re-run `tritium quantize`")
     grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
@@ -104,7 +105,7 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+        raise PreflightError("--device cuda: no CUDA device is available here; use --device cpu")
     return name
 
 
@@ -114,10 +115,10 @@ def cmd_run(args) -> int:
     from ..models import load_model
 
     if args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be at least 1")
+        raise PreflightError("--max-new-tokens must be at least 1")
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError("--threads must be at least 1")
+            raise PreflightError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -130,13 +131,13 @@ def cmd_run(args) -> int:
         quantize_head_(model, args.head_type)
     if args.chat:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"{args.model}: the tokenizer has no chat template; run without --chat")
+            raise PreflightError(f"{args.model}: the tokenizer has no chat template; run without --chat")
         ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
     else:
         ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
     if ids.shape[1] == 0:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+        raise PreflightError("the prompt encodes to no tokens; give a non-empty --prompt")
     ids = ids.to(device)
     from ..runtime import FastDecoder, fast_decode_unsupported_reason, new_tokens_within_context
 
@@ -147,7 +148,7 @@ def cmd_run(args) -> int:
 
     reason = fast_decode_unsupported_reason(model)
     if args.loop == "fast" and reason:
-        raise ValueError(f"--loop fast does not support {reason}; use --loop hf")
+        raise PreflightError(f"--loop fast does not support {reason}; use --loop hf")
     if args.loop == "fast" or (args.loop == "auto" and reason is None):
         # The lean loop: same modules and tokens as generate, far fewer torch calls per token.
         decoder = FastDecoder(model, max_length=ids.shape[1] + max_new_tokens, head_dtype="auto")
