@@ -154,3 +154,10 @@ def test_codes_scale_gradient_moves_scales_from_a_ptq_start_where_lsq_barely_doe
     assert norms["lsq"] < 1e-3 * norms["codes"]
     with pytest.raises(QuantConfigError, match="scale_gradient"):
         UniformQATLinear.from_linear(linear, grid, scale_gradient="fast")
+
+
+def test_scale_gradient_on_a_ternary_grid_is_refused():
+    from tritium.quant.grids import TernaryGrid
+
+    with pytest.raises(QuantConfigError, match="uniform grids"):
+        DistillConfig(grid=TernaryGrid(variant="dlt", group=32), scale_gradient="codes")

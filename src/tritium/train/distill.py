@@ -85,6 +85,9 @@ class DistillConfig(MethodConfig):
             raise QuantConfigError(f"trainable={self.trainable!r} is unknown: use one of {TRAINABLE}")
         if self.scale_gradient not in SCALE_GRADIENTS:
             raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} is unknown: use one of {SCALE_GRADIENTS}")
+        if self.scale_gradient != "lsq" and not isinstance(self.grid, UniformGrid):
+            raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} applies to uniform grids; "
+                                   f"{self.grid.describe()} trains its own quantizer: drop the option")
         self.skip = tuple(self.skip or ())
         # Build every part once now so a bad option fails before a model loads.
         self.dlt_config(), self.loss_config(), self.train_config(), self.data_config()
