@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench_saved_scoring import PERPLEXITY_LOOP, run_scorer
 from tritium.data import require_data_file
 from tritium.utils.hardware import cpu_name
 from tritium.utils.io import atomic_write_json, atomic_write_text
 
 # Runs in a fresh interpreter; argv: folder, test file, seqlen, chunks. Prints one JSON line.
-CT_SCORER = r'''
-import json, sys
-import torch
+CT_SCORER = PERPLEXITY_LOOP + r'''
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompressedTensorsConfig
 
 folder, test_file, seqlen, chunks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -41,19 +39,10 @@ asymmetric = any(not g["weights"]["symmetric"] for g in groups)
 kwargs = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if asymmetric else {}
 tokenizer = AutoTokenizer.from_pretrained(folder)
 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
-rows = [line if line.strip() else "" for line in open(test_file, encoding="utf-8")]
-ids = tokenizer("\n\n".join(rows), return_tensors="pt").input_ids
-chunks = min(chunks, ids.numel() // seqlen)
-nll = 0.0
-with torch.no_grad():
-    for i in range(chunks):
-        batch = ids[:, i * seqlen:(i + 1) * seqlen]
-        logits = model(batch).logits.float()
-        nll += float(torch.nn.functional.cross_entropy(logits[0, :-1], batch[0, 1:])) * seqlen
-print(json.dumps({"ppl": float(torch.exp(torch.tensor(nll / (chunks * seqlen)))), "chunks": chunks,
-                  "asymmetric": asymmetric, "format": qconfig["format"],
-                  "tritium_imported": "tritium" in sys.modules,
-                  "compressed_tensors_imported": "compressed_tensors" in sys.modules}))
+print(json.dumps(wikitext_perplexity(model, tokenizer, test_file, seqlen, chunks)
+                 | {"asymmetric": asymmetric, "format": qconfig["format"],
+                    "tritium_imported": "tritium" in sys.modules,
+                    "compressed_tensors_imported": "compressed_tensors" in sys.modules}))
 '''
 
 
@@ -65,11 +54,7 @@ def tritium_figure(results_json: Path) -> tuple[float, int, int]:
 
 
 def score_plainly(folder: Path, test_file: Path, seqlen: int, chunks: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CT_SCORER, str(folder), str(test_file), str(seqlen), str(chunks)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"the plain scorer failed on {folder}:\n{proc.stderr[-3000:]}")
-    plain = json.loads(proc.stdout.strip().splitlines()[-1])
+    plain = run_scorer(CT_SCORER, folder, test_file, seqlen, chunks)
     if plain["tritium_imported"] or not plain["compressed_tensors_imported"]:
         raise SystemExit(f"the scorer was not plain transformers + compressed-tensors: {plain}")
     return plain

@@ -24,10 +24,27 @@ from tritium.data import require_data_file
 from tritium.utils.hardware import cpu_name
 from tritium.utils.io import atomic_write_json, atomic_write_text
 
-# Runs in a fresh interpreter; argv: model folder, test file, seqlen, chunks. Prints one JSON line.
-PLAIN_SCORER = r'''
+# The GPTQ reference loop, written out so that no tritium code scores; each scorer's source starts with it.
+PERPLEXITY_LOOP = r'''
 import json, sys
 import torch
+
+
+def wikitext_perplexity(model, tokenizer, test_file, seqlen, chunks):
+    rows = [line if line.strip() else "" for line in open(test_file, encoding="utf-8")]
+    ids = tokenizer("\n\n".join(rows), return_tensors="pt").input_ids
+    chunks = min(chunks, ids.numel() // seqlen)
+    nll = 0.0
+    with torch.no_grad():
+        for i in range(chunks):
+            batch = ids[:, i * seqlen:(i + 1) * seqlen]
+            logits = model(batch).logits.float()
+            nll += float(torch.nn.functional.cross_entropy(logits[0, :-1], batch[0, 1:])) * seqlen
+    return {"ppl": float(torch.exp(torch.tensor(nll / (chunks * seqlen)))), "chunks": chunks}
+'''
+
+# Runs in a fresh interpreter; argv: model folder, test file, seqlen, chunks. Prints one JSON line.
+PLAIN_SCORER = PERPLEXITY_LOOP + r'''
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 folder, test_file, seqlen, chunks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -41,18 +58,8 @@ elif hasattr(config, "quantization_config"):
 tokenizer = AutoTokenizer.from_pretrained(folder)
 model = AutoModelForCausalLM.from_pretrained(folder, config=config, torch_dtype=torch.float32)
 model.eval()
-rows = [line if line.strip() else "" for line in open(test_file, encoding="utf-8")]
-ids = tokenizer("\n\n".join(rows), return_tensors="pt").input_ids
-chunks = min(chunks, ids.numel() // seqlen)
-nll = 0.0
-with torch.no_grad():
-    for i in range(chunks):
-        batch = ids[:, i * seqlen:(i + 1) * seqlen]
-        logits = model(batch).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits[0, :-1], batch[0, 1:])
-        nll += float(loss) * seqlen
-print(json.dumps({"ppl": float(torch.exp(torch.tensor(nll / (chunks * seqlen)))), "chunks": chunks,
-                  "packed": packed, "tritium_imported": "tritium" in sys.modules}))
+print(json.dumps(wikitext_perplexity(model, tokenizer, test_file, seqlen, chunks)
+                 | {"packed": packed, "tritium_imported": "tritium" in sys.modules}))
 '''
 
 
@@ -66,7 +73,12 @@ def reported(run: Path) -> tuple[float, int, int]:
 
 
 def score_plainly(model_folder: Path, test_file: Path, seqlen: int, chunks: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PLAIN_SCORER, str(model_folder), str(test_file), str(seqlen),
+    return run_scorer(PLAIN_SCORER, model_folder, test_file, seqlen, chunks)
+
+
+def run_scorer(source: str, model_folder: Path, test_file: Path, seqlen: int, chunks: int) -> dict:
+    """Run a scorer's ``source`` in a fresh interpreter on ``model_folder``; its last line of JSON."""
+    proc = subprocess.run([sys.executable, "-c", source, str(model_folder), str(test_file), str(seqlen),
                            str(chunks)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the plain scorer failed on {model_folder}:\n{proc.stderr[-3000:]}")
