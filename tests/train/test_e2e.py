@@ -62,6 +62,17 @@ def test_e2e_lowers_the_distillation_loss(tmp_path):
     assert last < first
 
 
+def test_e2e_without_a_work_folder_leaves_no_temporary_files(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    tuned, _ = runner.quantize_model(tiny_model("llama", seed=0), tiny_tokenizer(), _recipe(tmp_path))
+    assert tuned.details["e2e"]["training"]["steps"] == 4
+    assert not list(scratch.iterdir())
+
+
 @pytest.mark.parametrize("change, message", [
     ({"grid": {"kind": "ternary", "variant": "twn", "group": 32}}, "learnable scales"),
     ({"e2e": {"train": {"steps": 2}}}, "training text"),

@@ -150,6 +150,7 @@ def tune_scales_end_to_end(model, teacher, tokenizer, result, config, settings: 
     ``teacher`` by the e2e settings' OFF + KL. The PTQ result is saved first (fake-quant with its
     codes) and the student starts from it exactly, so step 0 is the PTQ model; returns the tuned
     result under the PTQ method's name, with the PTQ figures and the training summary in its details."""
+    import shutil
     import tempfile
 
     from ..export.hf import save_fake_quantized
@@ -157,7 +158,11 @@ def tune_scales_end_to_end(model, teacher, tokenizer, result, config, settings: 
     from ..train.distill import distill, train_result_summary
     from ..train.e2e import e2e_config
 
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="tritium-e2e-"))
+    if work_dir is None:  # nobody keeps the log: the whole folder goes, whether the tuning ends or fails
+        with tempfile.TemporaryDirectory(prefix="tritium-e2e-") as work:
+            return tune_scales_end_to_end(model, teacher, tokenizer, result, config, settings, work, data_path,
+                                          progress)
+    work = Path(work_dir)
     start_folder = work / "ptq-model"
     save_fake_quantized(model, tokenizer, start_folder, result.method, grid_to_dict(result.grid), config.skip,
                         result.method_args, weights=result.weights)
@@ -173,7 +178,6 @@ def tune_scales_end_to_end(model, teacher, tokenizer, result, config, settings: 
     changed = [name for name, w in tuned.weights.items() if not torch.equal(w.codes, result.weights[name].codes)]
     if changed:  # the student's codes are frozen; a change here is a bug, never a result to save
         raise RuntimeError(f"e2e changed the codes of {len(changed)} linears (e.g. {changed[0]})")
-    import shutil
 
     # Done: the start and the training checkpoints (about 1.2 GB on SmolLM2) only served a resume; the
     # training log stays beside the run's results.
