@@ -403,3 +403,30 @@ def test_hf_specs_are_read_through_the_training_reader(tmp_path, tokenizer, monk
     assert seen and set(seen) == {("hf:user/set:train", "body")}
     assert folder.n_documents("train") + folder.n_documents("val") == 5
     assert folder.meta["sources"] == ["hf:user/set:train"]
+
+
+def test_cli_refuses_a_second_ingest_into_a_folder_being_written(tmp_path, capsys):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    src = write_docs(tmp_path / "src", 4)
+    out = tmp_path / "tok"
+    assert main(["data", "ingest", str(src), "--out", str(out), "--val-fraction", "0.25", "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a first ingest still at work: its lock beside the folder names a live process
+        (tmp_path / ".tok.tritium.lock").write_text(json.dumps({
+            "pid": writer.pid, "host": socket.gethostname(), "started": "now", "started_epoch": time.time(),
+            "command": "data ingest"}))
+        capsys.readouterr()
+        assert main(["data", "ingest", str(write_docs(tmp_path / "other", 3, start=50)), "--out", str(out),
+                     "--no-progress"]) == 2
+        assert f"pid {writer.pid}" in capsys.readouterr().err
+    finally:
+        writer.kill()
+        writer.wait()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    TokenFolder.open(out).verify()

@@ -10,11 +10,15 @@ DEFAULT_TOKENIZER = "smollm2-135m"
 
 def cmd_data(args) -> int:
     from ..data.tokens import ingest, load_tokenizer_spec, train_tokenizer, training_documents
+    from ..utils.runs import claim_output
 
     if args.data_command != "ingest":  # argparse allows only the subcommands above
         raise ValueError(f"unknown data command {args.data_command!r}")
     if args.tokenizer and args.train_tokenizer:
         raise ValueError("give either --tokenizer or --train-tokenizer, not both")
+    # A lock beside --out stops a second ingest into the same folder (the later rename would silently win);
+    # an existing token folder is replaced whole, as before, and ingest refuses any other folder.
+    claim_output(args.out, "data ingest", overwrite=True)
     start = time.perf_counter()
     if args.train_tokenizer:
         print(f"tritium: learning a {args.train_tokenizer}-token byte-level BPE from the training documents",
