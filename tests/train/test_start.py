@@ -253,3 +253,39 @@ def test_distill_from_a_rotated_start_trains(tmp_path):
     result, train = distill(model, None, config, tmp_path / "run", sequences=seqs)
     assert model.config.tritium_rotation == {"seed": 0, "kind": "hadamard", "heads": True}
     assert train.losses() and all(torch.isfinite(torch.tensor(train.losses())))
+
+
+@pytest.mark.parametrize("arch, grid, method", [("llama", W2_RAGGED, "gptq"), ("qwen2", DLT32, "gptq"),
+                                                ("gemma", DLT32, "rtn"), ("llama", W3_SYM, "rtn")])
+def test_float_start_latents_keep_the_ptq_model_and_the_float_positions(tmp_path, arch, grid, method):
+    folder, ptq = _ptq_folder(tmp_path, arch, grid, method)
+    reference, _, _ = load_model(folder)
+    centre = prepare_student(tiny_model(arch, seed=0), _config(grid, init_from=str(folder)),
+                             _config(grid, init_from=str(folder)).start_source())
+    config = _config(grid, init_from=str(folder), start_latents="float")
+    student = tiny_model(arch, seed=0)
+    floats = {name: m.weight.detach().clone() for name, m in student.named_modules() if name in centre}
+    students = prepare_student(student, config, config.start_source())
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids).logits, reference(ids).logits, rtol=1e-6, atol=1e-6)
+    for name, module in students.items():
+        q = module.to_quantized()
+        assert torch.equal(q.codes.to(torch.int16), ptq.weights[name].codes.to(torch.int16)), name
+        w = module.weight.detach()
+        # nearer the float weights than the cell centres, and some exactly at them (inside their cells)
+        assert (w - floats[name]).norm() < (centre[name].weight.detach() - floats[name]).norm(), name
+        assert (w == floats[name]).float().mean() > 0.2, name
+        if isinstance(module, DLTLinear):  # inside the STE clip, so every latent gets a gradient
+            centered = (w - module.layout.expand(module.shift.detach())).abs()
+            assert bool((centered <= module.layout.expand(module.alpha.detach()) + 1e-6).all()), name
+
+
+def test_float_start_latents_need_a_start_whose_codes_train(tmp_path):
+    with pytest.raises(QuantConfigError, match="init_from"):
+        _config(DLT32, start_latents="float")
+    folder, _ = _ptq_folder(tmp_path, "llama", DLT32)
+    with pytest.raises(QuantConfigError, match="trainable"):
+        _config(DLT32, init_from=str(folder), start_latents="float", trainable="scales")
+    with pytest.raises(QuantConfigError, match="unknown"):
+        _config(DLT32, init_from=str(folder), start_latents="middle")

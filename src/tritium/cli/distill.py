@@ -46,6 +46,9 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--train", dest="trainable", choices=["all", "scales"],
                    help="what trains: all (latent weights and quantizer parameters, the default) or scales "
                         "(the --init-from codes stay fixed; only scales, zero points and shifts train: E2E-QP)")
+    d.add_argument("--start-latents", choices=["centre", "float"],
+                   help="with --init-from: latent weights start at their codes' cell centres (the default) or at "
+                        "the float weights' positions clamped into those cells (weights near a threshold flip sooner)")
     d.add_argument("--checkpoint-every", type=int)
     d.add_argument("--eval-every", type=int, help="perplexity every N steps during training")
     d.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)

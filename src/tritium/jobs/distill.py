@@ -60,6 +60,8 @@ def _recipe_from_args(args) -> dict:
         margs["init_from"] = args.init_from
     if args.trainable:
         margs["trainable"] = args.trainable
+    if getattr(args, "start_latents", None):
+        margs["start_latents"] = args.start_latents
     for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
                        ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
                        ("batch_size", args.batch_size), ("scorers", args.harness)]:

@@ -12,6 +12,7 @@ drives it with a token budget.
 from __future__ import annotations
 
 import copy
+import sys
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ TEACHER_SOURCE = "teacher"
 TRAIN_FLOAT = ("none", "norms", "all")
 # all: latent weights and quantizer parameters; scales: the codes stay fixed (EfficientQAT's E2E-QP)
 TRAINABLE = ("all", "scales")
+START_LATENTS = ("centre", "float")
 
 
 @dataclass
@@ -72,6 +74,10 @@ class DistillConfig(MethodConfig):
     # Uniform grids: the scales' gradient, LSQ's ("lsq") or the frozen-codes one ("codes", train/qat.py),
     # which still moves the scales when the latents sit at their cells' centres (a PTQ start).
     scale_gradient: str = "lsq"
+    # With a PTQ start (init_from), where each latent weight starts inside its code's cell: at the cell's
+    # centre ("centre"), or at the float weight's own position clamped into the cell ("float"), so that
+    # weights near a threshold can flip early. Step 0 is the PTQ model either way.
+    start_latents: str = "centre"
     # Where `tritium quantize --method dlt` keeps checkpoints and the log (a rerun resumes); default a temp folder.
     run_dir: str | None = None
     loss: dict = field(default_factory=dict)
@@ -83,6 +89,11 @@ class DistillConfig(MethodConfig):
             raise QuantConfigError(f"train_float={self.train_float!r} is unknown: use one of {TRAIN_FLOAT}")
         if self.trainable not in TRAINABLE:
             raise QuantConfigError(f"trainable={self.trainable!r} is unknown: use one of {TRAINABLE}")
+        if self.start_latents not in START_LATENTS:
+            raise QuantConfigError(f"start_latents={self.start_latents!r} is unknown: use one of {START_LATENTS}")
+        if self.start_latents != "centre" and (not self.init_from or self.trainable == "scales"):
+            raise QuantConfigError(f"start_latents={self.start_latents!r} places the latents of a PTQ start that "
+                                   "trains its codes: it needs init_from and trainable: all")
         if self.scale_gradient not in SCALE_GRADIENTS:
             raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} is unknown: use one of {SCALE_GRADIENTS}")
         if self.scale_gradient != "lsq" and not isinstance(self.grid, UniformGrid):
@@ -161,8 +172,12 @@ def prepare_student(model: nn.Module, config: DistillConfig, start: StartSource 
     With a PTQ start on the student's grid the linears take its codes and scales, so the student computes
     exactly the PTQ model; ``trainable: scales`` then freezes those codes.
     """
+    references = None
     if start is not None:
         match_rotation_(model, start.rotation)  # a rotated start's weights only fit a model rotated alike
+        if config.start_latents == "float" and start.quantized:  # the float weights, before the start replaces them
+            references = {name: m.weight.detach().clone() for name, m in model.named_modules()
+                          if isinstance(m, nn.Linear)}
         load_initial_weights(model, start.location)  # all tensors: methods may change norms too
     kind = config.student_kind
     if kind == "dlt":
@@ -172,7 +187,10 @@ def prepare_student(model: nn.Module, config: DistillConfig, start: StartSource 
     else:
         students = to_fake_quant_(model, config.grid, config.skip, config.quantize_lm_head)
     if start is not None and start.quantized and kind != "ste":
-        load_start_codes(students, start.location)  # step 0 is the PTQ model, exactly
+        placed = load_start_codes(students, start.location, references)  # step 0 is the PTQ model, exactly
+        if references is not None and placed < len(students):
+            print(f"tritium: note: {len(students) - placed} of {len(students)} linears could not keep the float "
+                  "positions inside their cells and start at the cells' centres", file=sys.stderr)
     if config.trainable == "scales":
         for module in students.values():
             module.freeze_codes()

@@ -79,6 +79,35 @@ def dlt_codes(weight: Tensor, shift: Tensor, layout: GroupLayout) -> Tensor:
     return ternary_codes_threshold(centered, delta, layout)
 
 
+# How far inside its cell a latent placed from the float weights sits, as a fraction of the threshold Δ:
+# enough that the fixed point of Δ (which moves with the latents) cannot carry it across.
+CELL_MARGIN = 0.05
+
+
+def _float_positions_in_cells(reference: Tensor, codes: Tensor, alpha: Tensor, shift: Tensor, layout: GroupLayout,
+                              edge: float, iterations: int = 12) -> Tensor | None:
+    """Latents W with dlt_codes(W, γ) = ``codes`` that stay as close as the cells allow to ``reference``:
+    zeros clamped inside ±(1 − m)·Δ, ±1s to T·[(1 + m)·Δ, edge·α] (a wrong sign goes to the near edge).
+    Δ = 0.7·mean|W − γ| depends on the result, so the projection repeats until Δ settles. None when
+    the codes are not reproduced (e.g. a group whose threshold would pass the clip edge)."""
+    u = reference - layout.expand(shift)
+    ceiling = layout.expand(edge * alpha)
+    nonzero = codes != 0
+    magnitude = torch.where(torch.sign(u) == codes, u.abs(), torch.zeros_like(u))
+    placed = u
+    for _ in range(iterations):
+        delta = layout.expand(TWN_THRESHOLD_FACTOR * layout.reduce(placed, lambda g: g.abs().mean(-1)))
+        low = (1 + CELL_MARGIN) * delta
+        high = torch.maximum(ceiling, low)
+        ones = codes * torch.minimum(torch.maximum(magnitude, low), high)
+        zeros = u.clamp(-(1 - CELL_MARGIN) * delta, (1 - CELL_MARGIN) * delta)
+        placed = torch.where(nonzero, ones, zeros)
+    latents = placed + layout.expand(shift)
+    if not torch.equal(dlt_codes(latents, shift, layout), codes.to(torch.int8)):
+        return None
+    return latents
+
+
 class DLTWeight(torch.autograd.Function):
     """ŵ = α·T + γ with the clipped straight-through gradient to W and exact ones to α, γ."""
 
@@ -160,25 +189,35 @@ class DLTLinear(nn.Linear):
         self.shift.copy_(fit.shift if fit.shift is not None else torch.zeros_like(fit.scale))
 
     @torch.no_grad()
-    def load_codes(self, codes: Tensor, alpha: Tensor, shift: Tensor) -> None:
+    def load_codes(self, codes: Tensor, alpha: Tensor, shift: Tensor, reference: Tensor | None = None) -> bool:
         """Start from a PTQ result: its α, γ and codes T, so the first forward is exactly α·T + γ.
 
-        The latent weights are placed at γ + c·α·T. Any c > 0 reproduces T (TWN's threshold
-        0.7·mean|W − γ| scales with the latents), so c puts the ±1 latents midway between that
-        threshold and the STE clip edge ``ste_clip·α``: there a step of either sign gets a gradient.
-        Latents exactly at α·T + γ (a copied dequantized weight) sit on the clip edge instead.
+        Without ``reference`` the latents are placed at γ + c·α·T. Any c > 0 reproduces T (TWN's
+        threshold 0.7·mean|W − γ| scales with the latents), so c puts the ±1 latents midway between
+        that threshold and the STE clip edge ``ste_clip·α``: there a step of either sign gets a gradient.
+        With ``reference`` (the float weights) each latent keeps the float weight's position, moved
+        only as far as needed into its code's cell and inside the clip, so weights the PTQ found
+        near a threshold stay near it and can flip early. Returns whether that placement held (else,
+        rarely, the midway one is used).
         """
         t = codes.float()
+        self.alpha.copy_(alpha)
+        self.shift.copy_(shift)
+        if reference is not None:
+            latents = _float_positions_in_cells(reference.float(), t, alpha.float(), shift.float(), self.layout,
+                                                self.ste_clip if self.ste_clip is not None else 1.0)
+            if latents is not None:
+                self.weight.copy_(latents)
+                return True
         nonzero = self.layout.reduce(t.abs(), lambda g: g.mean(-1))
         edge = self.ste_clip if self.ste_clip is not None else 1.0
         # c·α = (Δ + edge·α)/2 with Δ = 0.7·f·c·α (f: the group's nonzero fraction)
         c = edge / (2 - TWN_THRESHOLD_FACTOR * nonzero)
-        self.alpha.copy_(alpha)
-        self.shift.copy_(shift)
         self.weight.copy_(self.layout.expand(shift) + self.layout.expand(c * alpha) * t)
         if not torch.equal(dlt_codes(self.weight.float(), self.shift.float(), self.layout), codes.to(torch.int8)):
             raise QuantConfigError("the start's codes could not be reproduced by the DLT threshold: "
                                    "is its scale α positive in every group?")
+        return False
 
     @torch.no_grad()
     def freeze_codes(self) -> None:

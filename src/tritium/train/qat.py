@@ -52,6 +52,9 @@ def effective_scale_zero(scale: Tensor, zero: Tensor, grid: UniformGrid, fp16_sc
 
 
 SCALE_GRADIENTS = ("lsq", "codes")
+# A latent placed from the float weights stays this fraction of a step inside its code's cell, clear of the
+# rounding edge whatever the arithmetic.
+CELL_MARGIN = 0.05
 
 
 def uniform_qat_weight(latent: Tensor, scale: Tensor, zero: Tensor, layout: GroupLayout, grid: UniformGrid,
@@ -123,15 +126,28 @@ class UniformQATLinear(nn.Linear):
         self.zero.copy_(zero)
 
     @torch.no_grad()
-    def load_codes(self, codes: Tensor, scale: Tensor, zero: Tensor) -> None:
+    def load_codes(self, codes: Tensor, scale: Tensor, zero: Tensor, reference: Tensor | None = None) -> bool:
         """Start from a PTQ result: its scale and zero point, and each latent weight at the centre of
-        its code's rounding cell (the dequantized value), half a step from either threshold."""
+        its code's rounding cell (the dequantized value), half a step from either threshold; or, with
+        ``reference`` (the float weights), at the float weight's position clamped into its code's cell,
+        so weights that the PTQ rounded against their float value sit at the threshold they crossed.
+        Returns whether the float positions were used."""
         if not torch.equal(scale.float(), as_fp16_values(scale.float())):
             raise QuantConfigError("the start's scales are not fp16 values, which the QAT forward uses: "
                                    "re-quantize it with fp16 scales")
         self.scale.copy_(scale)
         self.zero.copy_(zero)
-        self.weight.copy_(dequantize(codes, scale.float(), self.layout, zero=zero.float()))
+        centres = dequantize(codes, scale.float(), self.layout, zero=zero.float())
+        if reference is None:
+            self.weight.copy_(centres)
+            return False
+        s, _ = effective_scale_zero(self.scale.float(), self.zero.float(), self.grid)
+        half = (0.5 - CELL_MARGIN) * self.layout.expand(s)
+        self.weight.copy_(torch.minimum(torch.maximum(reference.float(), centres - half), centres + half))
+        if not torch.equal(self.codes(), codes.to(torch.uint8)):  # never: the margin keeps them off the edges
+            self.weight.copy_(centres)
+            return False
+        return True
 
     @torch.no_grad()
     def freeze_codes(self) -> None:

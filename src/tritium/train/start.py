@@ -138,12 +138,15 @@ def _per_layout(t: Tensor, layout, name: str, part: str) -> Tensor:
 
 
 @torch.no_grad()
-def load_start_codes(students: dict[str, nn.Module], folder: str) -> None:
+def load_start_codes(students: dict[str, nn.Module], folder: str, references: dict[str, Tensor] | None = None) -> int:
     """Give every student linear its PTQ codes, scales and zero points (or α and γ); their forward then
-    equals the PTQ model's. Each student linear needs codes in the folder."""
+    equals the PTQ model's. Each student linear needs codes in the folder. With ``references`` (float
+    weights by name) the latents keep the float positions inside their codes' cells; returns how many
+    linears got that placement."""
     from .dlt import DLTLinear
 
     found = start_codes(folder)
+    placed = 0
     missing = sorted(set(students) - set(found))
     if missing:
         raise QuantConfigError(f"init_from {folder} has no codes for {len(missing)} of the student's linears (e.g. "
@@ -154,8 +157,10 @@ def load_start_codes(students: dict[str, nn.Module], folder: str) -> None:
             raise QuantConfigError(f"init_from {folder}: {name} has codes of shape {tuple(codes.shape)}, the student "
                                    f"{tuple(module.weight.shape)}: start from a result of the same model")
         scale = _per_layout(scale, module.layout, name, "scale")
+        reference = None if references is None else references[name]
         if isinstance(module, DLTLinear):
             shift = torch.zeros_like(scale) if shift is None else _per_layout(shift, module.layout, name, "shift")
-            module.load_codes(codes, scale, shift)
+            placed += module.load_codes(codes, scale, shift, reference)
         else:
-            module.load_codes(codes, scale, _per_layout(zero, module.layout, name, "zero point"))
+            placed += module.load_codes(codes, scale, _per_layout(zero, module.layout, name, "zero point"), reference)
+    return placed
