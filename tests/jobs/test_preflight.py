@@ -155,6 +155,38 @@ def test_a_negative_token_budget_is_refused_before_distillation(tiny_folder, tin
     assert spies == []
 
 
+def test_nan_weights_are_refused_at_load_before_evaluation(tokenizer, tiny_data, tmp_path, spies, capsys):
+    folder = tmp_path / "nan"
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].self_attn.v_proj.weight[2, 3] = float("nan")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    refused(capsys, quantize_args(folder, tmp_path / "run", "--bits", "4", "--group", "32"),
+            "hold NaN or Inf", "model.layers.1.self_attn.v_proj.weight", "export it again")
+    refused(capsys, ["eval", "--model", str(folder), "--eval", "wikitext2", "--out", str(tmp_path / "e")],
+            "hold NaN or Inf")
+    assert spies == []
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_calibration_or_training_file_that_is_not_utf8_is_named(tiny_folder, tiny_data, tmp_path, spies, capsys,
+                                                                     suffix):
+    binary = tmp_path / f"blob{suffix}"
+    binary.write_bytes(b'{"text": "ok"}\n' + bytes(range(128, 256)) * 8)
+    if suffix == ".txt":
+        refused(capsys, quantize_args(tiny_folder, tmp_path / "run", "--method", "gptq", "--bits", "4", "--group", "32",
+                                      "--calib", str(binary), "--calib-samples", "2", "--calib-seqlen", "16"),
+                f"the calibration file {binary.resolve()} is not UTF-8 text", "offset", "convert it to UTF-8")
+    else:
+        from tritium.data.documents import read_documents
+        from tritium.utils.io import TextDecodeError
+
+        with pytest.raises(TextDecodeError, match=f"{binary}:2 is not UTF-8 text.*byte 0x80 at offset 0"):
+            list(read_documents(binary))
+    assert spies == []
+
+
 def test_the_python_job_raises_the_same_error(tiny_folder, tiny_data, tmp_path, spies):
     with pytest.raises(PreflightError, match="group size 48 does not divide") as caught:
         quantize(QuantizeJob(model=str(tiny_folder), bits=2, group=48, eval=["wikitext2"], out=str(tmp_path / "r")))

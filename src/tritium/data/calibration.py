@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..utils.errors import TritiumError
+from ..utils.io import read_utf8
 from .contamination import check_text
 from .sources import DATASETS, load_text_rows
 
@@ -30,7 +31,7 @@ def _read_calibration_text(source: str, path) -> tuple[str, str]:
     """The text and how an error names it."""
     file = Path(source).expanduser()
     if file.is_file():
-        return file.read_text(encoding="utf-8"), f"the calibration file {file.resolve()}"
+        return read_utf8(file, "calibration file"), f"the calibration file {file.resolve()}"
     name, _, split = source.rpartition("-")
     if name not in DATASETS:
         raise CalibrationError(

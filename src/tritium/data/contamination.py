@@ -35,7 +35,7 @@ from typing import Iterable
 import numpy as np
 
 from ..utils.errors import TritiumError
-from ..utils.io import atomic_write_bytes
+from ..utils.io import atomic_write_bytes, read_utf8
 from .sources import DATASETS, find_data_file
 
 NGRAM = 13  # words per n-gram: long enough that independent texts share none (0 in WikiText-2 valid vs test)
@@ -148,7 +148,7 @@ def split_segments(path: str | os.PathLike) -> Iterable[str]:
                 if line.strip():
                     yield from _json_strings(json.loads(line))
     else:
-        yield path.read_text(encoding="utf-8")
+        yield read_utf8(path, "evaluation split file")
 
 
 def segments_ngram_hashes(segments: Iterable[str], n: int = NGRAM) -> np.ndarray:

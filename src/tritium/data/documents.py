@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from ..utils.errors import TritiumError
+from ..utils.io import TextDecodeError, read_utf8, undecodable_message
 from .contamination import check_documents, file_memo_key
 
 TEXT_DOC_SUFFIXES = (".txt", ".rst", ".md", ".text", ".raw")
@@ -312,8 +313,12 @@ def read_documents(path: Path, text_field: str = "text") -> Iterator[str]:
     """The documents of one file: a whole text file, or one per jsonl line / parquet row."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise TextDecodeError(undecodable_message(f"{path}:{number}", "training text file", err)) from None
                 if not line.strip():
                     continue
                 try:
@@ -336,7 +341,7 @@ def read_documents(path: Path, text_field: str = "text") -> Iterator[str]:
         # a null row is no document (str() would make it the text "None")
         yield from (str(t) for t in table.column(text_field).to_pylist() if t is not None)
     else:
-        yield path.read_text(encoding="utf-8")
+        yield read_utf8(path, "training text file")
 
 
 def hf_documents(spec: str, text_field: str) -> Iterator[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..utils.errors import TritiumError
+from ..utils.io import read_utf8
 
 DATA_ENV = "TRITIUM_DATA"
 
@@ -132,7 +133,7 @@ def load_text_rows(name: str, split: str, path: str | os.PathLike | None = None)
     spec = _spec(name)
     found, tried = _search_local(spec, split, path)
     if found is not None:
-        lines = found.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = read_utf8(found, f"{name} {split} split").splitlines(keepends=True)
         if name == "ptb":
             return [line.strip() for line in lines]  # the HF ptb_text_only loader strips each line
         # HF wikitext: one row per line, blank lines become "" and others keep their "\n".
@@ -152,7 +153,7 @@ def load_eval_text(source: str, path: str | os.PathLike | None = None) -> str:
         return "\n\n".join(load_text_rows(source, "test", path))
     file = Path(source).expanduser()
     if file.is_file():
-        return file.read_text(encoding="utf-8")
+        return read_utf8(file, "evaluation text file")
     raise DataNotFoundError(
         f"{source!r} is neither a known data set ({', '.join(n for n in DATASETS if 'test' in DATASETS[n].files)}) "
         f"nor a readable text file ({file.resolve()} does not exist)"

@@ -16,6 +16,27 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import TritiumError
+
+
+class TextDecodeError(TritiumError, ValueError):
+    """A text input (calibration, training or evaluation text) that is not UTF-8."""
+
+
+def read_utf8(path: str | os.PathLike, what: str = "text file") -> str:
+    """A text file's contents; a file that is not UTF-8 (a binary, a Latin-1 export) is refused with its
+    name and the offset of the first bad byte, rather than Python's bare codec message."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TextDecodeError(undecodable_message(path, what, err)) from None
+
+
+def undecodable_message(path, what: str, err: UnicodeDecodeError) -> str:
+    return (f"the {what} {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start} does "
+            f"not decode): convert it to UTF-8 (e.g. `iconv -t utf-8`), or give a text file, not a binary one")
+
 
 def _umask() -> int:
     mask = os.umask(0)
