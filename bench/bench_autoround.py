@@ -417,6 +417,10 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-rtn", action="store_true", help="leave out the tritium RTN rows")
     parser.add_argument("--out", default="bench/results/autoround.md", help="writes <out>.md and <out>.json")
     args = parser.parse_args(argv)
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
     try:
         bits_list = parse_bits(args.bits)
         check_args(args)

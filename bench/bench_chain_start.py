@@ -153,6 +153,10 @@ def flips_per_step(model, config: DistillConfig, sequences, out: Path, build) ->
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
     out = Path(args.out or f"runs/bench-chain-start-{time.strftime('%Y%m%d-%H%M%S')}")
     started = dt.datetime.now(dt.timezone.utc)
     print(f"bench: loading {args.model}", file=sys.stderr)

@@ -81,6 +81,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="folder of the evaluation data (default $TRITIUM_DATA)")
     parser.add_argument("--out", type=Path, help="a .md file; a .json beside it gets the raw figures")
     args = parser.parse_args(argv)
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
     test_file = require_data_file("wikitext2", "test", args.data)
     ppl, chunks, seqlen = tritium_figure(args.tritium_results)
     rows = []

@@ -211,6 +211,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results/decode.json")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
     if args.child:
         kind, folder = args.child
         if kind == "llama.cpp":

@@ -195,6 +195,9 @@ def main(argv=None) -> int:
         print("bench: dlt-off-ptq skipped: pass --ptq-start <saved TesseraQ ternary result>", file=sys.stderr)
         variants.remove("dlt-off-ptq")
     out = Path(args.out or f"runs/bench-distill-{time.strftime('%Y%m%d-%H%M%S')}")
+    from tritium.utils.runs import claim_output
+
+    claim_output(out, "bench_distill.py", overwrite=True)  # --resume continues it; a second writer is refused
     started = dt.datetime.now(dt.timezone.utc)
     print(f"bench: loading {args.model}", file=sys.stderr)
     model, tokenizer, _ = load_model(args.model, device=args.device)

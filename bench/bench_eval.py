@@ -114,6 +114,10 @@ def main():
     parser.add_argument("--out", default="bench/results/eval.json")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -48,6 +48,10 @@ def main():
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--out", default="/tmp/tritium-smollm2.gguf")
     args = parser.parse_args()
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
 
     model, tokenizer, source = load_model("smollm2-135m")
     result = quantize_(model, RTNConfig(grid=GRIDS[args.grid]))

@@ -147,6 +147,10 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=7)
     p.add_argument("--small", action="store_true", help="tiny shapes only (the CPU plumbing test)")
     args = p.parse_args()
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench: --device cuda but torch sees no CUDA device", file=sys.stderr)

@@ -81,6 +81,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="evaluation data folder (default $TRITIUM_DATA)")
     parser.add_argument("--out", help="markdown report (a .json beside it)")
     args = parser.parse_args(argv)
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
 
     from tritium.models import load_model
 

@@ -251,6 +251,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cell-method", help=argparse.SUPPRESS)
     parser.add_argument("--cell-grid", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
     if args.cell_method:
         print(json.dumps(run_cell(args)))
         return 0

@@ -106,6 +106,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results/ptq-memory.md")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
+        from tritium.utils.runs import claim_output
+
+        claim_output(args.out, Path(__file__).name, overwrite=True)
     if args.child:
         print(json.dumps(run_one(int(args.child[0]), args.child[1], args.hidden, args.samples, args.seqlen,
                                  args.child[2] == "on")))
