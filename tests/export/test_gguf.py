@@ -8,13 +8,18 @@ from tritium.models import tiny_model
 from tritium.quant import TernaryGrid
 
 
-def ternary_llama(hidden=256, **overrides):
-    model = tiny_model("llama", hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
+def ternary_llama(hidden=256, family="llama", **overrides):
+    model = tiny_model(family, hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
                        num_key_value_heads=2, **overrides)
     with torch.no_grad():  # sharper attention and logits, so a wrong q/k row order would show
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(4)
             layer.self_attn.k_proj.weight.mul_(4)
+            if layer.self_attn.q_proj.bias is not None:  # Qwen2's q/k/v biases: large enough to matter
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(7))
+            if family == "gemma":  # (1 + w) norms: a missing offset on export would show
+                layer.input_layernorm.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(8))
         model.lm_head.weight.mul_(3)
     result = quantize_(model, RTNConfig(grid=TernaryGrid("absmean", group="channel")))
     return model, result
@@ -32,6 +37,28 @@ def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype,
     report = write_gguf(model, tmp_path / "m.gguf", result.weights, ttype, tokenizer=tokenizer)
     assert report.type_counts()[expected_type] == 14
     assert report.linear_bits_per_weight == pytest.approx({"TQ1_0": 1.6875, "TQ2_0": 2.0625, "Q4_0": 4.5}[expected_type])
+    ids = torch.randint(3, 512, (64,), generator=torch.Generator().manual_seed(1))
+    theirs = torch.tensor(llama_cpp_logits(tmp_path / "m.gguf", ids.tolist()))
+    with torch.no_grad():
+        ours = model(ids[None]).logits[0]
+
+    def ppl(logits):
+        return torch.exp(-torch.log_softmax(logits[:-1].double(), -1).gather(1, ids[1:, None]).mean()).item()
+
+    assert ppl(theirs) == pytest.approx(ppl(ours), rel=0.01)
+    assert (theirs - ours).abs().max() < 0.1 * ours.std()
+
+
+@pytest.mark.parametrize("family, overrides", [("qwen2", {}), ("gemma", {"tie_word_embeddings": True, "head_dim": 64}),
+                                               ("qwen2", {"tie_word_embeddings": True})])
+def test_llama_cpp_runs_qwen2_and_gemma_files_like_tritium(tmp_path, tokenizer, family, overrides):
+    pytest.importorskip("llama_cpp")
+    model, result = ternary_llama(256, family, **overrides)
+    report = write_gguf(model, tmp_path / "m.gguf", result.weights, "tq1_0", tokenizer=tokenizer)
+    assert report.type_counts()["TQ1_0"] == 14 and report.max_abs_error == 0.0
+    from gguf import GGUFReader
+
+    assert bytes(GGUFReader(tmp_path / "m.gguf").fields["general.architecture"].parts[-1]).decode() == family
     ids = torch.randint(3, 512, (64,), generator=torch.Generator().manual_seed(1))
     theirs = torch.tensor(llama_cpp_logits(tmp_path / "m.gguf", ids.tolist()))
     with torch.no_grad():
@@ -62,9 +89,13 @@ def test_bad_requests_fail_clearly_and_leave_the_old_file(tmp_path, tokenizer):
         write_gguf(model, target, result.weights, "tq1_0")
     with pytest.raises(GGUFExportError, match="must be one of"):
         write_gguf(model, target, result.weights, "q2_k", tokenizer=tokenizer)
-    qwen = tiny_model("qwen2")
-    with pytest.raises(GGUFExportError, match="'qwen2' is not supported"):
-        write_gguf(qwen, target, {}, "tq1_0", tokenizer=tokenizer)
+    phi = tiny_model("llama")
+    phi.config.model_type = "phi3"  # a family llama.cpp knows under another graph
+    with pytest.raises(GGUFExportError, match="'phi3' is not one of them.*compressed-tensors"):
+        write_gguf(phi, target, {}, "tq1_0", tokenizer=tokenizer)
+    gemma_untied = tiny_model("gemma", tie_word_embeddings=False)
+    with pytest.raises(GGUFExportError, match="reuses the embedding as the output head"):
+        write_gguf(gemma_untied, target, {}, "tq1_0", tokenizer=tokenizer)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 

@@ -1,4 +1,4 @@
-"""Write a quantized Llama-family model as a GGUF file that llama.cpp runs.
+"""Write a quantized Llama, Mistral, Qwen2 or Gemma model as a GGUF file that llama.cpp runs.
 
 Decoder linears go to TQ1_0/TQ2_0 where they fit, else to an exact fallback
 (:mod:`tritium.export.gguf_tensors`); norms stay F32; embeddings and the output head
@@ -28,8 +28,29 @@ from ..models.adapters import decoder_layout
 from ..quant.grids import QuantizedWeight
 from .gguf_tensors import TERNARY_TYPES, choose_tensor_type, decode_tensor, encode_tensor
 
-# Families whose HF layout maps onto llama.cpp's "llama" architecture tensor for tensor.
-LLAMA_LIKE = ("llama", "mistral")
+
+
+@dataclass(frozen=True)
+class GGUFArch:
+    """How one HF family maps onto a llama.cpp architecture."""
+
+    name: str  # llama.cpp's architecture name (the metadata key prefix)
+    arch: gguf.MODEL_ARCH
+    # llama.cpp's "llama" rope rotates interleaved pairs, HF's rotate_half the two halves of each head: q/k
+    # rows are reordered for it. Qwen2 and Gemma run llama.cpp's NEOX rope, which is HF's order.
+    permute_rope: bool
+    # Gemma's RMSNorm scales by (1 + w); llama.cpp reads the scale itself, so 1 is added on export.
+    norm_offset: float = 0.0
+    # llama.cpp's gemma graph always reuses the embedding as the output head.
+    needs_tied_head: bool = False
+
+
+ARCHITECTURES = {
+    "llama": GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permute_rope=True),
+    "mistral": GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permute_rope=True),
+    "qwen2": GGUFArch("qwen2", gguf.MODEL_ARCH.QWEN2, permute_rope=False),
+    "gemma": GGUFArch("gemma", gguf.MODEL_ARCH.GEMMA, permute_rope=False, norm_offset=1.0, needs_tied_head=True),
+}
 EMBEDDING_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16, "q8_0": GGMLQuantizationType.Q8_0}
 FILE_TYPES = {"tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0, "tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0}
 
@@ -140,8 +161,26 @@ def _add_bpe_tokenizer(writer: GGUFWriter, tokenizer, n_vocab: int) -> None:
     writer.add_add_bos_token(False)
 
 
+def gguf_architecture(model) -> GGUFArch:
+    """The llama.cpp architecture for ``model``, or a GGUFExportError naming the ones tritium writes."""
+    config = model.config
+    spec = ARCHITECTURES.get(config.model_type)
+    if spec is None:
+        raise GGUFExportError(
+            f"GGUF export writes the {', '.join(ARCHITECTURES)} families (llama.cpp's llama, qwen2 and gemma "
+            f"architectures); {config.model_type!r} is not one of them: export it with --format compressed-tensors "
+            "or --format tritium instead")
+    if spec.needs_tied_head and not getattr(config, "tie_word_embeddings", True):
+        raise GGUFExportError(
+            f"llama.cpp's {spec.name} architecture reuses the embedding as the output head, but this model has "
+            "its own lm_head: such a file would compute different logits; export it with --format tritium")
+    return spec
+
+
 def _add_llama_metadata(writer: GGUFWriter, config, n_vocab: int, file_type) -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -165,22 +204,18 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
     if embedding_type not in EMBEDDING_TYPES:
         raise GGUFExportError(f"embedding type must be one of {', '.join(EMBEDDING_TYPES)}, not {embedding_type!r}")
     config = model.config
-    if config.model_type not in LLAMA_LIKE:
-        raise GGUFExportError(
-            f"GGUF export supports the llama architecture ({', '.join(LLAMA_LIKE)}); {config.model_type!r} is not "
-            "supported yet"
-        )
+    spec = gguf_architecture(model)
     if tokenizer is None and tokenizer_gguf is None:
         raise GGUFExportError("GGUF files carry the vocabulary: pass the tokenizer or a GGUF file to copy it from")
     layout = decoder_layout(model)
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layout.num_blocks)
+    name_map = gguf.get_tensor_name_map(spec.arch, layout.num_blocks)
     tied = layout.lm_head is None or layout.lm_head.weight is layout.embed_tokens.weight
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{temporary_prefix(path)}{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")  # cleaned if orphaned
     report = GGUFReport(str(path))
     expected: dict[str, np.ndarray] = {}
-    writer = GGUFWriter(tmp, "llama")
+    writer = GGUFWriter(tmp, spec.name)
     try:
         _add_llama_metadata(writer, config, layout.embed_tokens.weight.shape[0], FILE_TYPES[ttype])
         if tokenizer_gguf is not None:
@@ -193,10 +228,10 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
             gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if gguf_name is None:
                 raise GGUFExportError(f"no GGUF name for tensor {hf_name!r}")
-            module_name = hf_name.rsplit(".", 1)[0]
-            if module_name in weights:
+            module_name, kind = hf_name.rsplit(".", 1)
+            if module_name in weights and kind == "weight":  # a quantized linear's bias (Qwen2) stays float
                 qw = weights[module_name]
-                if module_name.endswith(("q_proj", "k_proj")):
+                if spec.permute_rope and module_name.endswith(("q_proj", "k_proj")):
                     heads = config.num_attention_heads if module_name.endswith("q_proj") else config.num_key_value_heads
                     qw = _permute_rows(qw, rope_row_permutation(qw.codes.shape[0], heads))
                 choice = choose_tensor_type(qw, ttype, allow_fallback, name=gguf_name)
@@ -214,6 +249,8 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
             is_table = hf_name.startswith(("model.embed_tokens", "lm_head"))
             qtype = EMBEDDING_TYPES[embedding_type] if is_table else (
                 GGMLQuantizationType.F32 if param.dim() == 1 else GGMLQuantizationType.F16)
+            if spec.norm_offset and hf_name.endswith("norm.weight"):
+                param = param.float() + spec.norm_offset
             array = _float_tensor(param, qtype)
             writer.add_tensor(gguf_name, array, raw_dtype=qtype if qtype == GGMLQuantizationType.Q8_0 else None)
             report.tensor_types[gguf_name] = qtype.name
