@@ -63,7 +63,7 @@ def test_a_cpu_recipe_runs_end_to_end_through_the_runner(tmp_path):
     assert result.details["calibration_shape"] == [2, 16]
 
 
-@pytest.mark.parametrize("name", ["w4g128-cpu", "w3g128-cpu", "w2g128-cpu"])
+@pytest.mark.parametrize("name", ["w4g128-cpu", "w3g128-cpu", "w2g128-cpu", "ternary-g128-cpu"])
 @pytest.mark.parametrize("family", ["qwen2", "gemma"])
 def test_the_best_cpu_recipes_run_unchanged_on_other_families(name, family, data_dir, tokenizer):
     recipe = load_recipe(name)
