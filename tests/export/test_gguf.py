@@ -25,6 +25,20 @@ def ternary_llama(hidden=256, family="llama", **overrides):
     return model, result
 
 
+def assert_llama_cpp_matches(path, model):
+    """llama.cpp's logits of the file against tritium's: perplexity within 1%, every logit within 0.1 std."""
+    ids = torch.randint(3, 512, (64,), generator=torch.Generator().manual_seed(1))
+    theirs = torch.tensor(llama_cpp_logits(path, ids.tolist()))
+    with torch.no_grad():
+        ours = model(ids[None]).logits[0]
+
+    def ppl(logits):
+        return torch.exp(-torch.log_softmax(logits[:-1].double(), -1).gather(1, ids[1:, None]).mean()).item()
+
+    assert ppl(theirs) == pytest.approx(ppl(ours), rel=0.01)
+    assert (theirs - ours).abs().max() < 0.1 * ours.std()
+
+
 def test_rope_permutation_interleaves_each_heads_halves():
     assert rope_row_permutation(8, 2).tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
@@ -37,16 +51,7 @@ def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype,
     report = write_gguf(model, tmp_path / "m.gguf", result.weights, ttype, tokenizer=tokenizer)
     assert report.type_counts()[expected_type] == 14
     assert report.linear_bits_per_weight == pytest.approx({"TQ1_0": 1.6875, "TQ2_0": 2.0625, "Q4_0": 4.5}[expected_type])
-    ids = torch.randint(3, 512, (64,), generator=torch.Generator().manual_seed(1))
-    theirs = torch.tensor(llama_cpp_logits(tmp_path / "m.gguf", ids.tolist()))
-    with torch.no_grad():
-        ours = model(ids[None]).logits[0]
-
-    def ppl(logits):
-        return torch.exp(-torch.log_softmax(logits[:-1].double(), -1).gather(1, ids[1:, None]).mean()).item()
-
-    assert ppl(theirs) == pytest.approx(ppl(ours), rel=0.01)
-    assert (theirs - ours).abs().max() < 0.1 * ours.std()
+    assert_llama_cpp_matches(tmp_path / "m.gguf", model)
 
 
 @pytest.mark.parametrize("family, overrides", [("qwen2", {}), ("gemma", {"tie_word_embeddings": True, "head_dim": 64}),
@@ -59,16 +64,7 @@ def test_llama_cpp_runs_qwen2_and_gemma_files_like_tritium(tmp_path, tokenizer, 
     from gguf import GGUFReader
 
     assert bytes(GGUFReader(tmp_path / "m.gguf").fields["general.architecture"].parts[-1]).decode() == family
-    ids = torch.randint(3, 512, (64,), generator=torch.Generator().manual_seed(1))
-    theirs = torch.tensor(llama_cpp_logits(tmp_path / "m.gguf", ids.tolist()))
-    with torch.no_grad():
-        ours = model(ids[None]).logits[0]
-
-    def ppl(logits):
-        return torch.exp(-torch.log_softmax(logits[:-1].double(), -1).gather(1, ids[1:, None]).mean()).item()
-
-    assert ppl(theirs) == pytest.approx(ppl(ours), rel=0.01)
-    assert (theirs - ours).abs().max() < 0.1 * ours.std()
+    assert_llama_cpp_matches(tmp_path / "m.gguf", model)
 
 
 def test_smollm2_widths_fall_back_and_read_back_exactly(tmp_path, tokenizer):
