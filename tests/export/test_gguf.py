@@ -92,6 +92,10 @@ def test_bad_requests_fail_clearly_and_leave_the_old_file(tmp_path, tokenizer):
     gemma_untied = tiny_model("gemma", tie_word_embeddings=False)
     with pytest.raises(GGUFExportError, match="reuses the embedding as the output head"):
         write_gguf(gemma_untied, target, {}, "tq1_0", tokenizer=tokenizer)
+    gemma_rotated = tiny_model("gemma", tie_word_embeddings=True)  # rotation unties the weights, not the config
+    gemma_rotated.lm_head.weight = torch.nn.Parameter(gemma_rotated.lm_head.weight.detach() * 2)
+    with pytest.raises(GGUFExportError, match="reuses the embedding as the output head"):
+        write_gguf(gemma_rotated, target, {}, "tq1_0", tokenizer=tokenizer)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 

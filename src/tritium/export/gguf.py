@@ -29,7 +29,6 @@ from ..quant.grids import QuantizedWeight
 from .gguf_tensors import TERNARY_TYPES, choose_tensor_type, decode_tensor, encode_tensor
 
 
-
 @dataclass(frozen=True)
 class GGUFArch:
     """How one HF family maps onto a llama.cpp architecture."""
@@ -170,11 +169,19 @@ def gguf_architecture(model) -> GGUFArch:
             f"GGUF export writes the {', '.join(ARCHITECTURES)} families (llama.cpp's llama, qwen2 and gemma "
             f"architectures); {config.model_type!r} is not one of them: export it with --format compressed-tensors "
             "or --format tritium instead")
-    if spec.needs_tied_head and not getattr(config, "tie_word_embeddings", True):
+    if spec.needs_tied_head and not _head_is_the_embedding(model):
         raise GGUFExportError(
             f"llama.cpp's {spec.name} architecture reuses the embedding as the output head, but this model has "
             "its own lm_head: such a file would compute different logits; export it with --format tritium")
     return spec
+
+
+def _head_is_the_embedding(model) -> bool:
+    """By the weights, not the config: rotation unties a tied head (models/rotation.py)."""
+    layout = decoder_layout(model)
+    head, embedding = layout.lm_head, layout.embed_tokens.weight
+    return head is None or head.weight is embedding or (
+        head.weight.shape == embedding.shape and torch.equal(head.weight, embedding))
 
 
 def _add_llama_metadata(writer: GGUFWriter, config, n_vocab: int, file_type) -> None:
