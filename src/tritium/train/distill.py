@@ -12,8 +12,8 @@ drives it with a token budget.
 from __future__ import annotations
 
 import copy
-import sys
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
