@@ -290,3 +290,11 @@ def test_float_start_latents_need_a_start_whose_codes_train(tmp_path):
         _config(DLT32, init_from=str(folder), start_latents="float", trainable="scales")
     with pytest.raises(QuantConfigError, match="unknown"):
         _config(DLT32, init_from=str(folder), start_latents="middle")
+    floats = tmp_path / "float-start"  # a float model has no cells to keep the latents in
+    tiny_model("llama", seed=0).save_pretrained(floats)
+    tiny_tokenizer().save_pretrained(floats)
+    with pytest.raises(QuantConfigError, match="is a float model"):
+        _config(DLT32, init_from=str(floats), start_latents="float")
+    twn = {"kind": "ternary", "variant": "twn", "group": 32}
+    with pytest.raises(QuantConfigError, match="plain straight-through"):
+        _config(twn, init_from=str(floats), start_latents="float")

@@ -94,6 +94,10 @@ class DistillConfig(MethodConfig):
         if self.start_latents != "centre" and (not self.init_from or self.trainable == "scales"):
             raise QuantConfigError(f"start_latents={self.start_latents!r} places the latents of a PTQ start that "
                                    "trains its codes: it needs init_from and trainable: all")
+        if self.start_latents != "centre" and self.student_kind == "ste":
+            raise QuantConfigError(f"start_latents={self.start_latents!r} needs a student that starts from PTQ codes "
+                                   f"(a ternary dlt or a uniform grid); {self.grid.describe()} trains plain "
+                                   "straight-through weights")
         if self.scale_gradient not in SCALE_GRADIENTS:
             raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} is unknown: use one of {SCALE_GRADIENTS}")
         if self.scale_gradient != "lsq" and not isinstance(self.grid, UniformGrid):
@@ -142,6 +146,10 @@ class DistillConfig(MethodConfig):
         if self.trainable == "scales" and not start.quantized:
             raise QuantConfigError(f"trainable: scales keeps the codes of its start, but init_from {self.init_from} "
                                    "is a float model: start from a tritium PTQ folder")
+        if self.start_latents != "centre" and not start.quantized:
+            raise QuantConfigError(f"start_latents={self.start_latents!r} places latents inside the cells of a "
+                                   f"PTQ start's codes, but init_from {self.init_from} is a float model: start "
+                                   "from a tritium PTQ folder, or drop the option")
         return start
 
 
