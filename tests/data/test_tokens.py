@@ -430,3 +430,16 @@ def test_cli_refuses_a_second_ingest_into_a_folder_being_written(tmp_path, capsy
         writer.wait()
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     TokenFolder.open(out).verify()
+
+
+def test_jsonl_lines_end_at_any_newline_and_a_bad_line_is_named(tmp_path):
+    from tritium.data.documents import read_documents
+    from tritium.utils.io import TextDecodeError
+
+    mixed = tmp_path / "mixed.jsonl"  # \r, \r\n and \n endings, as text mode's universal newlines read them
+    mixed.write_bytes(b'{"text": "a"}\r{"text": "b"}\r\n\r\n{"text": "c"}\n')
+    assert list(read_documents(mixed)) == ["a", "b", "c"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "a"}\r{"text": "\xff"}\n')
+    with pytest.raises(TextDecodeError, match=f"{bad}:2 is not UTF-8"):
+        list(read_documents(bad))

@@ -314,7 +314,10 @@ def read_documents(path: Path, text_field: str = "text") -> Iterator[str]:
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         with open(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
+            # bytes.splitlines breaks at \n, \r\n and \r, as text mode's universal newlines did: each
+            # line is decoded alone, so an error names its line
+            lines = (piece for chunk in f for piece in chunk.splitlines())
+            for number, raw in enumerate(lines, 1):
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
