@@ -88,8 +88,9 @@ def _float_positions_in_cells(reference: Tensor, codes: Tensor, alpha: Tensor, s
                               edge: float, iterations: int = 12) -> Tensor | None:
     """Latents W with dlt_codes(W, γ) = ``codes`` that stay as close as the cells allow to ``reference``:
     zeros clamped inside ±(1 − m)·Δ, ±1s to T·[(1 + m)·Δ, edge·α] (a wrong sign goes to the near edge).
-    Δ = 0.7·mean|W − γ| depends on the result, so the projection repeats until Δ settles. None when
-    the codes are not reproduced (e.g. a group whose threshold would pass the clip edge)."""
+    Δ = 0.7·mean|W − γ| depends on the result, so the projection repeats a fixed ``iterations`` times for
+    Δ to settle, and the codes are checked after: None when they are not reproduced (Δ still moving, or
+    a group whose threshold would pass the clip edge)."""
     u = reference - layout.expand(shift)
     ceiling = layout.expand(edge * alpha)
     nonzero = codes != 0
