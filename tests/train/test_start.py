@@ -12,7 +12,8 @@ from tritium.quant.grids import QuantConfigError, grid_from_dict, grid_to_dict
 from tritium.recipes import load_recipe
 from tritium.runner import quantize_model
 from tritium.train.distill import DistillConfig, distill, prepare_student
-from tritium.train.dlt import DLTLinear, dlt_codes
+from tritium.train.dlt import DLTLinear, dlt_codes, to_fake_quant_
+from tritium.train.flips import CodeFlipTracker, CodeTrackingError
 from tritium.train.start import start_codes
 
 TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." for i in range(200))
@@ -298,3 +299,50 @@ def test_float_start_latents_need_a_start_whose_codes_train(tmp_path):
     twn = {"kind": "ternary", "variant": "twn", "group": 32}
     with pytest.raises(QuantConfigError, match="plain straight-through"):
         _config(twn, init_from=str(floats), start_latents="float")
+
+
+# ---------------------------------------------------------------- the chain's code diagnostics (train/flips.py)
+
+
+def _codes_by_name(result):
+    return {name: q.codes.to(torch.int16) for name, q in result.weights.items()}
+
+
+@pytest.mark.parametrize("grid", [W2_RAGGED, DLT32])
+def test_the_log_counts_the_codes_that_flip_and_moved(tmp_path, grid):
+    folder, ptq = _ptq_folder(tmp_path, "llama", grid, "gptq")
+    seqs = torch.randint(0, 500, (8, 16), generator=torch.Generator().manual_seed(0))
+    # a latent lr large enough that codes flip within a few steps
+    config = _config(grid, init_from=str(folder), track_code_flips=True,
+                     train={"steps": 6, "micro_batch_size": 4, "progress": False,
+                            "optim": {"lr": 3e-2, "lr_quant": 1e-3, "schedule": "constant"}})
+    result, train = distill(tiny_model("llama", seed=0), None, config, tmp_path / "run", sequences=seqs)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    # the last record's codes_moved is the fraction of the final codes that differ from the PTQ start's
+    start, final = _codes_by_name(ptq), _codes_by_name(result)
+    total = sum(c.numel() for c in start.values())
+    moved = sum(int((final[n] != start[n]).sum()) for n in start) / total
+    assert moved > 0
+    assert log[-1]["codes_moved"] == pytest.approx(moved)
+    assert all(0 <= r["code_flips"] <= 1 for r in log) and sum(r["code_flips"] for r in log) >= moved
+
+
+def test_frozen_codes_never_flip(tmp_path):
+    folder, _ = _ptq_folder(tmp_path, "llama", W2_RAGGED, "rtn")
+    seqs = torch.randint(0, 500, (8, 16), generator=torch.Generator().manual_seed(0))
+    config = _config(W2_RAGGED, init_from=str(folder), trainable="scales", track_code_flips=True)
+    distill(tiny_model("llama", seed=0), None, config, tmp_path / "run", sequences=seqs)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["code_flips"] == 0 and r["codes_moved"] == 0 for r in log)
+
+
+def test_a_straight_through_student_has_no_codes_to_track():
+    with pytest.raises(QuantConfigError, match="track_code_flips"):
+        _config({"kind": "ternary", "variant": "twn", "group": 32}, track_code_flips=True)
+    with pytest.raises(QuantConfigError, match="true or false"):
+        _config(W2_RAGGED, track_code_flips="yes")
+    model = tiny_model("llama", seed=0)
+    students = to_fake_quant_(model, grid_from_dict({"kind": "ternary", "variant": "twn", "group": 32}))
+    with pytest.raises(CodeTrackingError, match="no"):
+        CodeFlipTracker(students)

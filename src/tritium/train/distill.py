@@ -25,6 +25,7 @@ from ..models.rotation import match_rotation_, saved_rotation
 from ..quant.grids import QuantConfigError, TernaryGrid, UniformGrid
 from .data import TeacherSamplingConfig, TrainDataError, generate_teacher_corpus, load_sequences
 from .dlt import DLTConfig, _replace, fold_, to_dlt_, to_fake_quant_, to_uniform_qat_
+from .flips import CodeFlipTracker
 from .qat import SCALE_GRADIENTS
 from .losses import DistillationLoss, LossConfig, check_same_vocabulary
 from .start import StartSource, load_initial_weights, load_start_codes, read_start
@@ -78,6 +79,8 @@ class DistillConfig(MethodConfig):
     # centre ("centre"), or at the float weight's own position clamped into the cell ("float"), so that
     # weights near a threshold can flip early. Step 0 is the PTQ model either way.
     start_latents: str = "centre"
+    # Log, every step, the fraction of codes that flipped in it and that differ from step 0 (train/flips.py).
+    track_code_flips: bool = False
     # Where `tritium quantize --method dlt` keeps checkpoints and the log (a rerun resumes); default a temp folder.
     run_dir: str | None = None
     loss: dict = field(default_factory=dict)
@@ -98,6 +101,11 @@ class DistillConfig(MethodConfig):
             raise QuantConfigError(f"start_latents={self.start_latents!r} needs a student that starts from PTQ codes "
                                    f"(a ternary dlt or a uniform grid); {self.grid.describe()} trains plain "
                                    "straight-through weights")
+        if not isinstance(self.track_code_flips, bool):
+            raise QuantConfigError(f"track_code_flips must be true or false, not {self.track_code_flips!r}")
+        if self.track_code_flips and self.student_kind == "ste":
+            raise QuantConfigError(f"track_code_flips needs a student with integer codes (a ternary dlt or a uniform "
+                                   f"grid); {self.grid.describe()} trains plain straight-through weights")
         if self.scale_gradient not in SCALE_GRADIENTS:
             raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} is unknown: use one of {SCALE_GRADIENTS}")
         if self.scale_gradient != "lsq" and not isinstance(self.grid, UniformGrid):
@@ -250,9 +258,11 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
     if sequences is None:
         sequences = training_sequences(teacher if teacher is not None else model, tokenizer, config.data_config(),
                                        train_cfg.tokens, out_dir, data_path, train_cfg.progress)
-    prepare_student(model, config, start)
+    students = prepare_student(model, config, start)
     loss_fn = DistillationLoss(teacher, loss_cfg, model)
-    trainer = Trainer(model, loss_fn, sequences, train_cfg, out_dir, eval_ids=eval_ids, callbacks=callbacks)
+    step_metrics = [CodeFlipTracker(students)] if config.track_code_flips else []
+    trainer = Trainer(model, loss_fn, sequences, train_cfg, out_dir, eval_ids=eval_ids, callbacks=callbacks,
+                      step_metrics=step_metrics)
     result = trainer.run(resume=resume)
     if train_cfg.gradient_checkpointing:
         disable = getattr(model, "activation_checkpointing_disable", None) or \

@@ -247,6 +247,14 @@ class DLTLinear(nn.Linear):
         return F.linear(x, self.quantized_weight(), self.bias)
 
     @torch.no_grad()
+    def codes(self) -> Tensor:
+        """The codes T the forward uses now, with the sign a negative α gives them (as :meth:`to_quantized`)."""
+        if self.frozen_codes is not None:
+            return self.frozen_codes
+        codes = dlt_codes(self.weight.detach().float(), self.shift.detach().float(), self.layout)
+        return codes * self.layout.expand(torch.where(self.alpha.detach() < 0, -1, 1).to(torch.int8))
+
+    @torch.no_grad()
     def to_quantized(self) -> QuantizedWeight:
         """Codes and fp16 scale/shift, as packing and export store them.
 
@@ -258,11 +266,8 @@ class DLTLinear(nn.Linear):
             alpha, shift = (t.detach().float() for t in self._frozen_scale_shift())
             return QuantizedWeight(self.frozen_codes, alpha, self.grid, self.layout, shift=shift)
         shift = self.shift.detach().float()
-        codes = dlt_codes(self.weight.detach().float(), shift, self.layout)
-        alpha = self.alpha.detach().float()
-        sign = torch.where(alpha < 0, -1, 1).to(torch.int8)
-        codes = codes * self.layout.expand(sign)
-        scale = as_fp16_values(alpha.abs().clamp_min(SCALE_EPS))
+        codes = self.codes()
+        scale = as_fp16_values(self.alpha.detach().float().abs().clamp_min(SCALE_EPS))
         return QuantizedWeight(codes, scale, self.grid, self.layout, shift=as_fp16_values(shift))
 
     def extra_repr(self) -> str:

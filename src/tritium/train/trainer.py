@@ -230,6 +230,7 @@ class Trainer:
                  lr_lambda: Callable[[int], float] | None = None,
                  weight_decay_lambda: Callable[[int], float] | None = None, callbacks: Iterable[Callback] = (),
                  after_backward: Iterable[Callable[["Trainer"], None]] = (),
+                 step_metrics: Iterable[Callable[["Trainer"], dict]] = (),
                  flops_per_token: float | None = None, peak_flops: float | None = None):
         if sequences.dim() != 2 or sequences.shape[0] == 0:
             raise TrainDataError(f"training sequences must be a non-empty [n, seqlen] tensor, got {tuple(sequences.shape)}")
@@ -247,6 +248,7 @@ class Trainer:
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
         self.after_backward = list(after_backward)
+        self.step_metrics = list(step_metrics)  # each adds its values to every step's record, logged with it
         self.device = self._pick_device(config.device)
         self.distributed = self._distributed_mode(config.distributed)
         if self.distributed != "none":
@@ -538,6 +540,8 @@ class Trainer:
             record = self.train_step()
             train_seconds += record["step_seconds"]
             record["tokens_per_second"] = (self.tokens - start_tokens) / train_seconds
+            for metric in self.step_metrics:
+                record |= metric(self)
             if self.flops_per_token and self.peak_flops:
                 # tokens/s counts every process; the peak is one device's
                 record["mfu"] = self.flops_per_token * record["tokens_per_second"] / (self.peak_flops * self.world)
