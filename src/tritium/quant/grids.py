@@ -127,7 +127,104 @@ class TernaryGrid:
         return f"ternary-{self.variant}{_group_tag(self.group)}"
 
 
-Grid = Union[UniformGrid, TernaryGrid]
+@dataclass(frozen=True)
+class GGUFBlockType:
+    """One of llama.cpp's simple block formats: each ``block`` weights of a row share an fp16
+    scale d and, for the ``_1`` types, an fp16 min m; the codes are ``bits``-bit integers q.
+
+    ``_0`` types: w = d·(q − 2^(bits−1)) (Q8_0 stores q − 128 as int8); ``_1`` types: w = d·q + m.
+    """
+
+    name: str
+    bits: int
+    has_min: bool
+    block: int = 32
+
+    @property
+    def bits_per_weight(self) -> float:
+        """As llama.cpp stores it: the codes plus one fp16 d (and m) per block."""
+        return self.bits + 16 * (2 if self.has_min else 1) / self.block
+
+
+GGUF_BLOCK_TYPES = {t.name: t for t in (
+    GGUFBlockType("q4_0", 4, has_min=False),
+    GGUFBlockType("q4_1", 4, has_min=True),
+    GGUFBlockType("q5_0", 5, has_min=False),
+    GGUFBlockType("q5_1", 5, has_min=True),
+    GGUFBlockType("q8_0", 8, has_min=False),
+)}
+
+
+@dataclass(frozen=True)
+class GGUFBlockGrid:
+    """A grid that is exactly a llama.cpp block format, so a method rounds under the format's
+    own constraints and GGUF export stores its codes and scales unchanged.
+
+    Codes are uint8 0..2^bits−1 in the :class:`QuantizedWeight`: the ``_0`` types keep the
+    format's fixed zero 2^(bits−1) as ``zero``; the ``_1`` types keep m as ``shift`` (a float,
+    not scale × integer, so it cannot be a zero point), giving w = d·q + m in the same float32
+    operations as llama.cpp's dequantizer. d and m are fp16 values; d may be negative, as
+    llama.cpp's Q4_0/Q5_0 reference makes it (the value of largest magnitude maps to code 0).
+    """
+
+    type: str = "q4_0"
+    kind: str = field(default="gguf", init=False)
+
+    def __post_init__(self):
+        name = self.type.lower() if isinstance(self.type, str) else None
+        if name not in GGUF_BLOCK_TYPES:
+            raise QuantConfigError(f"GGUF type {self.type!r} is unknown: the GGUF grid takes one of "
+                                   f"{', '.join(GGUF_BLOCK_TYPES)}")
+        object.__setattr__(self, "type", name)
+
+    @property
+    def format(self) -> GGUFBlockType:
+        return GGUF_BLOCK_TYPES[self.type]
+
+    @property
+    def bits(self) -> int:
+        return self.format.bits
+
+    @property
+    def group(self) -> int:
+        return self.format.block
+
+    @property
+    def ragged_groups(self) -> bool:
+        return False  # every block of the format is full
+
+    @property
+    def symmetric(self) -> bool:
+        return not self.format.has_min
+
+    @property
+    def has_min(self) -> bool:
+        return self.format.has_min
+
+    @property
+    def max_code(self) -> int:
+        return 2**self.bits - 1
+
+    @property
+    def fixed_zero(self) -> int | None:
+        """The ``_0`` types' implicit zero 2^(bits−1); None for the ``_1`` types, which store a min."""
+        return None if self.has_min else 2 ** (self.bits - 1)
+
+    @property
+    def code_bits(self) -> float:
+        return float(self.bits)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.format.bits_per_weight
+
+    def describe(self) -> str:
+        return f"gguf:{self.type}"
+
+
+Grid = Union[UniformGrid, TernaryGrid, GGUFBlockGrid]
+_GRID_CLASSES = {"uniform": UniformGrid, "ternary": TernaryGrid, "gguf": GGUFBlockGrid}
+GRID_KINDS = tuple(_GRID_CLASSES)
 
 
 def _group_tag(group: GroupSpec) -> str:
@@ -138,12 +235,9 @@ def grid_from_dict(spec: dict) -> Grid:
     """Build a grid from a recipe mapping such as ``{kind: uniform, bits: 2, group: 128}``."""
     spec = dict(spec)
     kind = spec.pop("kind", "uniform")
-    if kind == "uniform":
-        cls = UniformGrid
-    elif kind == "ternary":
-        cls = TernaryGrid
-    else:
-        raise QuantConfigError(f"grid kind {kind!r} is unknown: use 'uniform' or 'ternary'")
+    if kind not in _GRID_CLASSES:
+        raise QuantConfigError(f"grid kind {kind!r} is unknown: use one of {', '.join(GRID_KINDS)}")
+    cls = _GRID_CLASSES[kind]
     allowed = {f for f in cls.__dataclass_fields__ if f != "kind"}
     unknown = set(spec) - allowed
     if unknown:
@@ -155,6 +249,18 @@ def grid_to_dict(grid: Grid) -> dict:
     out = {"kind": grid.kind}
     out.update({k: getattr(grid, k) for k in grid.__dataclass_fields__ if k != "kind"})
     return out
+
+
+def grid_layout(shape: tuple[int, ...], grid: Grid, name: str = "weight") -> "GroupLayout":
+    """How ``grid`` splits a weight of ``shape`` into groups; a GGUF block that does not divide
+    the width is refused here, with the format's own terms."""
+    if isinstance(grid, GGUFBlockGrid) and len(shape) == 2 and shape[1] % grid.group:
+        raise QuantConfigError(
+            f"{name}: GGUF {grid.type.upper()} stores blocks of {grid.group} weights along the input dimension, "
+            f"which do not divide its input width {shape[1]}. No GGUF block type fits a width that {grid.group} "
+            f"does not divide (the k-quants need 256), so llama.cpp keeps such a tensor in F16: skip this linear "
+            "(it stays in float), or quantize the model on a uniform grid with ragged_groups=true")
+    return GroupLayout.for_weight(tuple(shape), grid.group, grid.ragged_groups, name=name)
 
 
 # --------------------------------------------------------------------------- groups
@@ -236,7 +342,8 @@ class GroupLayout:
 class QuantizedWeight:
     """Codes plus the scales that dequantize them.
 
-    uniform: w = scale·(codes − zero);  ternary: w = scale·codes (+ shift for DLT).
+    uniform: w = scale·(codes − zero);  ternary: w = scale·codes (+ shift for DLT);
+    GGUF blocks: w = d·(codes − zero) for the ``_0`` types, d·codes + m (m as ``shift``) for the ``_1`` types.
     ``scale``, ``zero`` and ``shift`` have the layout's ``scale_shape``.
     """
 
@@ -260,6 +367,8 @@ def storage_bits(layout: GroupLayout, grid: Grid) -> float:
     Zero points of asymmetric uniform grids are stored as k-bit integers, as GPTQ/AWQ
     checkpoints do; a symmetric grid's zero point is implicit. DLT adds an fp16 shift.
     """
+    if isinstance(grid, GGUFBlockGrid):
+        return layout.out_features * layout.in_features * grid.bits_per_weight
     n_groups = layout.scale_shape[0] * layout.scale_shape[1]
     bits = layout.out_features * layout.in_features * grid.code_bits + 16 * n_groups
     if isinstance(grid, UniformGrid) and not grid.symmetric:
@@ -348,16 +457,68 @@ def quantize_ternary(w: Tensor, grid: TernaryGrid, layout: GroupLayout | None = 
     return QuantizedWeight(codes, alpha, grid, layout, shift=shift)
 
 
+# --------------------------------------------------------------------------- GGUF block formats
+
+
+def gguf_block_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip: Tensor | float = 1.0
+                      ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(d, zero, m) per block by llama.cpp's reference rules, as fp16 values; ``clip`` (≤ 1)
+    shrinks the range as AWQ's clipping search does.
+
+    Q4_0/Q5_0: d = peak / −2^(bits−1) with peak the block's value of largest magnitude, so
+    peak lands on the code range's longer end exactly; Q8_0: d = max|w| / 127; the ``_1``
+    types: m = min, d = (max − m) / (2^bits − 1), d taken after m is rounded so the range
+    still reaches max. The codes are then rounded against the stored d and m.
+    """
+    w = w.float()
+    if grid.has_min:
+        low = as_fp16_values(layout.reduce(w, lambda g: g.amin(-1)) * clip)
+        high = layout.reduce(w, lambda g: g.amax(-1)) * clip
+        d = as_fp16_values(((high - low) / grid.max_code).clamp_min(SCALE_EPS))
+        return d, None, low
+    half = float(grid.fixed_zero)
+    if grid.bits == 8:
+        d = layout.reduce(w, lambda g: g.abs().amax(-1)) * clip / (half - 1)
+    else:
+        peak = layout.reduce(w, lambda g: g.gather(-1, g.abs().argmax(-1, keepdim=True)).squeeze(-1))
+        d = peak * clip / -half
+    # an all-zero block would divide by zero: give it the smallest scale, its codes all land on the zero
+    d = as_fp16_values(torch.where(d.abs() < SCALE_EPS, torch.full_like(d, SCALE_EPS), d))
+    return d, torch.full_like(d, half), None
+
+
+def affine_codes(w: Tensor, scale: Tensor, zero: Tensor | None, shift: Tensor | None, max_code: int,
+                 layout: GroupLayout) -> Tensor:
+    """Nearest codes 0..max_code of w = scale·(code − zero) + shift (either of zero and shift may be absent)."""
+    x = w.float()
+    if shift is not None:
+        x = x - layout.expand(shift)
+    x = x / layout.expand(scale)
+    if zero is not None:
+        x = x + layout.expand(zero)
+    return torch.round(x).clamp_(0, max_code).to(torch.uint8)
+
+
+def quantize_gguf_block(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout | None = None,
+                        clip: Tensor | float = 1.0) -> QuantizedWeight:
+    layout = layout or grid_layout(tuple(w.shape), grid)
+    scale, zero, shift = gguf_block_params(w, grid, layout, clip)
+    codes = affine_codes(w, scale, zero, shift, grid.max_code, layout)
+    return QuantizedWeight(codes, scale, grid, layout, zero=zero, shift=shift)
+
+
 # --------------------------------------------------------------------------- entry points
 
 
 def quantize_weight(w: Tensor, grid: Grid, name: str = "weight") -> QuantizedWeight:
     """Quantize one weight matrix on ``grid`` by round-to-nearest (or the variant's rule)."""
-    layout = GroupLayout.for_weight(tuple(w.shape), grid.group, grid.ragged_groups, name=name)
+    layout = grid_layout(tuple(w.shape), grid, name=name)
     if not torch.isfinite(w).all():
         raise QuantConfigError(f"{name}: the weight holds NaN or Inf values; fix the checkpoint before quantizing")
     if isinstance(grid, UniformGrid):
         return quantize_uniform(w, grid, layout)
+    if isinstance(grid, GGUFBlockGrid):
+        return quantize_gguf_block(w, grid, layout)
     return quantize_ternary(w, grid, layout)
 
 
