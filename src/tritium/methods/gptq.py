@@ -23,10 +23,10 @@ from torch import Tensor
 
 from ..calib.pipeline import BlockContext, BlockResult
 from ..models.adapters import ATTENTION_LINEARS, MLP_LINEARS
-from ..quant.grids import Grid, GroupLayout, QuantConfigError, TernaryGrid, UniformGrid
+from ..quant.grids import Grid, GroupLayout, QuantConfigError
 from .base import register_method
 from .calibrated import CalibratedConfig, block_grids, run_calibrated
-from .grid_params import GroupParams, code_range, layout_for, pack, rtn_params
+from .grid_params import code_range, layout_for, pack, rtn_params
 
 # Linears that read the same input are quantized together, in the order data flows.
 SEQUENTIAL_GROUPS = (ATTENTION_LINEARS[:3], ATTENTION_LINEARS[3:], MLP_LINEARS[:2], MLP_LINEARS[2:])
@@ -44,17 +44,13 @@ class GPTQConfig(CalibratedConfig):
 class _ColumnQuantizer:
     """Quantizes single columns against per-group parameters (filled lazily for dynamic groups)."""
 
-    def __init__(self, w: Tensor, grid: Grid, layout: GroupLayout, static: bool):
+    def __init__(self, w: Tensor, grid: Grid, layout: GroupLayout):
         self.grid, self.layout = grid, layout
         self.lo, self.hi = code_range(grid)
         self.grouped = not layout.per_tensor and layout.n_groups > 1
-        if static or not self.grouped:
-            self.params = rtn_params(w, grid, layout)
-        else:
-            empty = lambda: torch.zeros(layout.scale_shape, device=w.device)  # noqa: E731
-            has_zero = isinstance(grid, UniformGrid)
-            has_shift = isinstance(grid, TernaryGrid) and grid.has_shift
-            self.params = GroupParams(empty(), empty() if has_zero else None, empty() if has_shift else None)
+        # Static groups keep these parameters. Dynamic ones use them only as placeholders with the grid's
+        # own parts (zero point and/or shift): fit_group overwrites each group before its first column.
+        self.params = rtn_params(w, grid, layout)
 
     def group_of(self, column: int) -> int:
         return 0 if not self.grouped else column // self.layout.group_size
@@ -105,7 +101,7 @@ def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 
     H[dead, dead] = 1
     W[:, dead] = 0
     static = static_groups or act_order
-    quantizer = _ColumnQuantizer(W, grid, layout, static)
+    quantizer = _ColumnQuantizer(W, grid, layout)
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
