@@ -134,8 +134,8 @@ def test_read_back_validation_catches_a_wrong_tensor(tmp_path, tokenizer, monkey
     target = tmp_path / "m.gguf"
     encode = gguf_export.encode_tensor
 
-    def damaged(qw, qtype):  # an encoder bug: the first bytes of every row's first block are lost
-        raw = encode(qw, qtype).copy()
+    def damaged(qw, qtype, **kwargs):  # an encoder bug: the first bytes of every row's first block are lost
+        raw = encode(qw, qtype, **kwargs).copy()
         raw[:, :8] = 0
         return raw
 

@@ -9,6 +9,10 @@ DLT shift and for ≤4-bit uniform codes, both over 32-weight blocks. F16 is the
 TQ blocks are written by the ``gguf`` package's own quantizer: for a block holding
 α·T its absmax is α, so it reproduces T and α exactly. Q4_0/Q4_1 blocks are built here
 because their generic quantizers search a min/max range and would not keep the codes.
+
+A model quantized on a GGUF grid (:class:`~tritium.quant.grids.GGUFBlockGrid`: Q4_0, Q4_1,
+Q5_0, Q5_1, Q8_0) is written in that very type: its codes, fp16 d and fp16 m go into the
+blocks bit for bit, so llama.cpp's dequantizer gives exactly tritium's float32 weights.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from ..utils.errors import TritiumError
-from ..quant.grids import QuantizedWeight, TernaryGrid, UniformGrid
+from ..quant.grids import GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid
 
 TQ_BLOCK = 256
 Q4_BLOCK = 32
@@ -35,6 +39,7 @@ class GGUFTypeError(TritiumError, ValueError):
 class TensorChoice:
     qtype: GGMLQuantizationType
     reason: str
+    fallback: bool = False  # not the type asked for: the report lists it
 
 
 def _scale_constant_over(qw: QuantizedWeight, block: int) -> bool:
@@ -55,10 +60,13 @@ def _blocks_align(qw: QuantizedWeight, block: int) -> bool:
 
 def choose_tensor_type(qw: QuantizedWeight, preferred: str, allow_fallback: bool = True,
                        name: str = "tensor") -> TensorChoice:
-    """The GGUF type that stores ``qw`` exactly, preferring the ternary type ``preferred``."""
+    """The GGUF type that stores ``qw`` exactly: a GGUF grid's own type, else (ternary)
+    the ternary type ``preferred``, else an exact fallback."""
     if preferred not in TERNARY_TYPES:
         raise GGUFTypeError(f"unknown GGUF ternary type {preferred!r}: use one of {', '.join(TERNARY_TYPES)}")
     grid = qw.grid
+    if isinstance(grid, GGUFBlockGrid):
+        return TensorChoice(GGMLQuantizationType[grid.type.upper()], f"quantized on the {grid.describe()} grid")
     shifted = qw.shift is not None and bool(torch.any(qw.shift != 0))
     if isinstance(grid, TernaryGrid) and not shifted and _scale_constant_over(qw, TQ_BLOCK):
         return TensorChoice(TERNARY_TYPES[preferred], "ternary, 256-blocks of constant scale")
@@ -73,10 +81,11 @@ def choose_tensor_type(qw: QuantizedWeight, preferred: str, allow_fallback: bool
         )
     if _blocks_align(qw, Q4_BLOCK):
         if isinstance(grid, TernaryGrid) and not shifted:
-            return TensorChoice(GGMLQuantizationType.Q4_0, f"fallback: {why_not}")
+            return TensorChoice(GGMLQuantizationType.Q4_0, f"fallback: {why_not}", fallback=True)
         if isinstance(grid, TernaryGrid) or (isinstance(grid, UniformGrid) and grid.bits <= 4):
-            return TensorChoice(GGMLQuantizationType.Q4_1, f"fallback: {why_not}")
-    return TensorChoice(GGMLQuantizationType.F16, f"fallback: {why_not}, and no 4-bit type aligns with its groups")
+            return TensorChoice(GGMLQuantizationType.Q4_1, f"fallback: {why_not}", fallback=True)
+    return TensorChoice(GGMLQuantizationType.F16, f"fallback: {why_not}, and no 4-bit type aligns with its groups",
+                        fallback=True)
 
 
 def _per_block(stat: torch.Tensor, qw: QuantizedWeight, block: int) -> np.ndarray:
@@ -97,10 +106,53 @@ def _q4_blocks(codes: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> np.nda
     return np.concatenate([*header, _pack_nibbles(codes.reshape(-1, Q4_BLOCK))], axis=1)
 
 
-def encode_tensor(qw: QuantizedWeight, qtype: GGMLQuantizationType) -> np.ndarray:
+def _fp16_bytes(values: torch.Tensor, part: str, name: str) -> np.ndarray:
+    """One fp16 per block as [n_blocks, 2] bytes, refused unless the values are fp16 already (nothing may round)."""
+    exact = values.detach().cpu().float().numpy().reshape(-1, 1)
+    half = exact.astype(np.float16)
+    if not np.array_equal(half.astype(np.float32), exact):
+        raise GGUFTypeError(f"{name}: its {part} values are not fp16 values, so the GGUF blocks could not hold them "
+                            "exactly; quantize on the GGUF grid again (its scales are fp16 by construction)")
+    return half.view(np.uint8)
+
+
+def _fifth_bits(q: np.ndarray) -> np.ndarray:
+    """[n_blocks, 32] 5-bit codes → [n_blocks, 4] bytes: a little-endian uint32 whose bit j is bit 4 of code j."""
+    bits = (q.astype(np.uint32) >> 4) & 1
+    words = (bits << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    return words.astype("<u4").reshape(-1, 1).view(np.uint8)
+
+
+def _gguf_grid_blocks(qw: QuantizedWeight, qtype: GGMLQuantizationType, name: str) -> np.ndarray:
+    """The blocks of a weight quantized on a GGUF grid, in its own type: codes, d and m unchanged."""
+    grid: GGUFBlockGrid = qw.grid
+    if qtype.name.lower() != grid.type:
+        raise GGUFTypeError(f"{name}: a weight on the {grid.describe()} grid is stored as {grid.type.upper()}, "
+                            f"not {qtype.name}")
+    if grid.has_min and (qw.zero is not None or qw.shift is None):
+        raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight holds its min as the shift and no zero point")
+    if not grid.has_min and (qw.shift is not None or qw.zero is None or bool((qw.zero != grid.fixed_zero).any())):
+        raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight needs the fixed zero {grid.fixed_zero} and no "
+                            "shift; these codes were made on another grid")
+    q = qw.codes.cpu().numpy().astype(np.uint8).reshape(-1, grid.group)
+    parts = [_fp16_bytes(qw.scale, "scale (d)", name)]
+    if grid.has_min:
+        parts.append(_fp16_bytes(qw.shift, "min (m)", name))
+    if grid.bits == 8:  # Q8_0 stores q − 128 as int8
+        parts.append((q.astype(np.int16) - grid.fixed_zero).astype(np.int8).view(np.uint8))
+    else:
+        if grid.bits == 5:
+            parts.append(_fifth_bits(q))
+        parts.append(_pack_nibbles(q & 0x0F))
+    return np.concatenate(parts, axis=1)
+
+
+def encode_tensor(qw: QuantizedWeight, qtype: GGMLQuantizationType, name: str = "tensor") -> np.ndarray:
     """Raw GGUF bytes of ``qw`` as ``qtype``, shaped [out_features, bytes_per_row]."""
     out, width = qw.layout.out_features, qw.layout.in_features
-    if qtype in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
+    if isinstance(qw.grid, GGUFBlockGrid):
+        raw = _gguf_grid_blocks(qw, qtype, name)
+    elif qtype in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
         raw = quants.quantize(qw.dequantize(torch.float32).numpy(), qtype)
     elif qtype == GGMLQuantizationType.F16:
         return qw.dequantize(torch.float32).numpy().astype(np.float16).view(np.uint8)
