@@ -72,7 +72,8 @@ def load_recipe(name_or_path: str | None) -> dict:
 # --------------------------------------------------------------------------- validation
 
 GRID_KEYS = {"uniform": {"kind", "bits", "group", "symmetric", "ragged_groups"},
-             "ternary": {"kind", "variant", "group", "ragged_groups"}}
+             "ternary": {"kind", "variant", "group", "ragged_groups"},
+             "gguf": {"kind", "type"}}  # a llama.cpp block format, e.g. {kind: gguf, type: q4_0}
 EVAL_KEYS = {"datasets", "seqlen", "limit", "zeroshot", "zeroshot_limit", "batch_size", "scorers"}
 CALIB_KEYS = {"source", "samples", "seqlen", "seed"}
 
@@ -120,7 +121,7 @@ def validate_grid(grid, where: str) -> None:
                           f"{grid!r}" + (f": write `grid: {{kind: {grid}}}`" if isinstance(grid, str) else ""))
     kind = grid.get("kind", "uniform")
     if kind not in GRID_KEYS:
-        raise RecipeError(f"{where}: grid kind {kind!r} is unknown{_suggest(kind, GRID_KEYS)}: use uniform or ternary")
+        raise RecipeError(f"{where}: grid kind {kind!r} is unknown{_suggest(kind, GRID_KEYS)}: use {', '.join(GRID_KEYS)}")
     _check_keys(grid, GRID_KEYS[kind], f"{where}: the {kind} grid")
     if "bits" in grid and not _is_int(grid["bits"]):
         raise RecipeError(f"{where}: grid bits must be a whole number (2, 3, 4, 8), not {grid['bits']!r}")
