@@ -127,22 +127,42 @@ class TernaryGrid:
         return f"ternary-{self.variant}{_group_tag(self.group)}"
 
 
+# k-quant sub-block scales and mins are 6-bit integer multiples of the super-block's fp16 d and dmin
+K_SCALE_BITS = 6
+FP16_SMALLEST = 2.0**-24  # the smallest positive fp16 value (a subnormal)
+
+
 @dataclass(frozen=True)
 class GGUFBlockType:
-    """One of llama.cpp's simple block formats: each ``block`` weights of a row share an fp16
-    scale d and, for the ``_1`` types, an fp16 min m; the codes are ``bits``-bit integers q.
+    """One of llama.cpp's block formats; the codes are ``bits``-bit integers q.
 
-    ``_0`` types: w = d·(q − 2^(bits−1)) (Q8_0 stores q − 128 as int8); ``_1`` types: w = d·q + m.
+    Simple types: each ``block`` weights of a row share an fp16 scale d and, for the ``_1``
+    types, an fp16 min m. ``_0``: w = d·(q − 2^(bits−1)) (Q8_0 stores q − 128 as int8);
+    ``_1``: w = d·q + m.
+    k-quants (``super_block`` set): each super-block holds an fp16 d and dmin and, per
+    sub-block of ``block`` weights, 6-bit integers sc and m: w = (d·sc)·q − dmin·m.
     """
 
     name: str
     bits: int
     has_min: bool
     block: int = 32
+    super_block: int | None = None
+    # the type llama.cpp's quantize tool stores a tensor in when the super-block does not divide its width
+    fallback: str | None = None
+
+    @property
+    def row_multiple(self) -> int:
+        """What must divide a row: the super-block for the k-quants, else the block."""
+        return self.super_block or self.block
 
     @property
     def bits_per_weight(self) -> float:
-        """As llama.cpp stores it: the codes plus one fp16 d (and m) per block."""
+        """As llama.cpp stores it: the codes plus one fp16 d (and m) per block, or for the
+        k-quants an fp16 d and dmin per super-block and a 6-bit sc and m per sub-block."""
+        if self.super_block:
+            per_super = 2 * 16 + (self.super_block // self.block) * 2 * K_SCALE_BITS
+            return self.bits + per_super / self.super_block
         return self.bits + 16 * (2 if self.has_min else 1) / self.block
 
 
@@ -152,6 +172,7 @@ GGUF_BLOCK_TYPES = {t.name: t for t in (
     GGUFBlockType("q5_0", 5, has_min=False),
     GGUFBlockType("q5_1", 5, has_min=True),
     GGUFBlockType("q8_0", 8, has_min=False),
+    GGUFBlockType("q4_k", 4, has_min=True, super_block=256, fallback="q5_0"),
 )}
 
 
@@ -165,6 +186,8 @@ class GGUFBlockGrid:
     not scale × integer, so it cannot be a zero point), giving w = d·q + m in the same float32
     operations as llama.cpp's dequantizer. d and m are fp16 values; d may be negative, as
     llama.cpp's Q4_0/Q5_0 reference makes it (the value of largest magnitude maps to code 0).
+    Q4_K's groups are its 32-weight sub-blocks: ``scale`` holds d·sc and ``shift`` −dmin·m,
+    both exact float32 products (not fp16 values), as llama.cpp's dequantizer forms them.
     """
 
     type: str = "q4_0"
@@ -188,6 +211,11 @@ class GGUFBlockGrid:
     @property
     def group(self) -> int:
         return self.format.block
+
+    @property
+    def super_block(self) -> int | None:
+        """The k-quants' 256-weight super-block (one fp16 d and dmin); None for the simple types."""
+        return self.format.super_block
 
     @property
     def ragged_groups(self) -> bool:
@@ -254,12 +282,18 @@ def grid_to_dict(grid: Grid) -> dict:
 def grid_layout(shape: tuple[int, ...], grid: Grid, name: str = "weight") -> "GroupLayout":
     """How ``grid`` splits a weight of ``shape`` into groups; a GGUF block that does not divide
     the width is refused here, with the format's own terms."""
-    if isinstance(grid, GGUFBlockGrid) and len(shape) == 2 and shape[1] % grid.group:
+    if isinstance(grid, GGUFBlockGrid) and len(shape) == 2 and shape[1] % grid.format.row_multiple:
+        width, fallback = shape[1], grid.format.fallback
+        if fallback and width % GGUF_BLOCK_TYPES[fallback].row_multiple == 0:
+            advice = (f"The nearest type that fits is {fallback.upper()}, what llama.cpp's quantize falls back to: "
+                      f"put this linear on {{kind: gguf, type: {fallback}}} (grid_overrides), or skip it")
+        else:
+            advice = ("No GGUF block type fits a width that 32 does not divide, so llama.cpp keeps such a tensor "
+                      "in F16: skip this linear (it stays in float), or quantize the model on a uniform grid with "
+                      "ragged_groups=true")
         raise QuantConfigError(
-            f"{name}: GGUF {grid.type.upper()} stores blocks of {grid.group} weights along the input dimension, "
-            f"which do not divide its input width {shape[1]}. No GGUF block type fits a width that {grid.group} "
-            f"does not divide (the k-quants need 256), so llama.cpp keeps such a tensor in F16: skip this linear "
-            "(it stays in float), or quantize the model on a uniform grid with ragged_groups=true")
+            f"{name}: GGUF {grid.type.upper()} stores blocks of {grid.format.row_multiple} weights along the input "
+            f"dimension, which do not divide its input width {width}. {advice}")
     return GroupLayout.for_weight(tuple(shape), grid.group, grid.ragged_groups, name=name)
 
 
@@ -471,6 +505,8 @@ def gguf_block_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip:
     still reaches max. The codes are then rounded against the stored d and m.
     """
     w = w.float()
+    if grid.super_block:
+        return _k_quant_params(w, grid, layout, clip)
     if grid.has_min:
         low = as_fp16_values(layout.reduce(w, lambda g: g.amin(-1)) * clip)
         high = layout.reduce(w, lambda g: g.amax(-1)) * clip
@@ -485,6 +521,70 @@ def gguf_block_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip:
     # an all-zero block would divide by zero: give it the smallest scale, its codes all land on the zero
     d = as_fp16_values(torch.where(d.abs() < SCALE_EPS, torch.full_like(d, SCALE_EPS), d))
     return d, torch.full_like(d, half), None
+
+
+# Q4_K's sub-block search tries 2^bits − 1 + t levels across the range for these t, as llama.cpp's
+# reference quantizer does, and refits scale and min by least squares for each
+K_RANGE_STEPS = [step / 10 for step in range(-10, 11)]
+
+
+def _k_sub_block_fit(w: Tensor, layout: GroupLayout, max_code: int, clip: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Each sub-block's scale s > 0 and min b ≤ 0 (w ≈ s·q + b): the plain [min(w, 0), max w]
+    range, or a least-squares refit after rounding with a slightly wider or narrower step,
+    whichever leaves the smaller squared error. Shapes ``layout.scale_shape``."""
+    rows, n_groups = layout.scale_shape
+    x = w.reshape(rows, n_groups, layout.group_size)
+    clip = clip.unsqueeze(-1) if isinstance(clip, Tensor) else clip
+    low = (x.amin(-1, keepdim=True) * clip).clamp_max(0)
+    span = ((x.amax(-1, keepdim=True) * clip - low)).clamp_min(SCALE_EPS)
+    best_scale, best_min = span / max_code, low
+
+    def error(scale, minimum):
+        q = torch.round((x - minimum) / scale).clamp(0, max_code)
+        return (q * scale + minimum - x).pow(2).sum(-1, keepdim=True)
+
+    best_error = error(best_scale, best_min)
+    n = float(layout.group_size)
+    for step in K_RANGE_STEPS:
+        q = torch.round((x - low) * ((max_code + step) / span)).clamp(0, max_code)
+        sum_q, sum_qq = q.sum(-1, keepdim=True), (q * q).sum(-1, keepdim=True)
+        sum_x, sum_qx = x.sum(-1, keepdim=True), (q * x).sum(-1, keepdim=True)
+        det = n * sum_qq - sum_q * sum_q
+        scale = (n * sum_qx - sum_q * sum_x) / det.clamp_min(1e-12)
+        minimum = (sum_qq * sum_x - sum_q * sum_qx) / det.clamp_min(1e-12)
+        # a min above zero is not allowed: then the best scale with the min at zero
+        positive = minimum > 0
+        scale = torch.where(positive, sum_qx / sum_qq.clamp_min(1e-12), scale)
+        minimum = torch.where(positive, torch.zeros_like(minimum), minimum)
+        usable = (det > 0) & (scale > SCALE_EPS)
+        scale, minimum = torch.where(usable, scale, best_scale), torch.where(usable, minimum, best_min)
+        candidate = error(scale, minimum)
+        better = candidate < best_error
+        best_scale = torch.where(better, scale, best_scale)
+        best_min = torch.where(better, minimum, best_min)
+        best_error = torch.where(better, candidate, best_error)
+    return best_scale.squeeze(-1), best_min.squeeze(-1)
+
+
+def _k_quant_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip: Tensor | float
+                    ) -> tuple[Tensor, None, Tensor]:
+    """Q4_K: each sub-block's scale and min (≥ 0, as −b: llama.cpp's mins only lower a
+    sub-block) from :func:`_k_sub_block_fit`; per super-block d and dmin = the largest of
+    them / 63 as fp16, sc = round(scale / d) ∈ 1..63 (never 0, so no scale divides by zero),
+    m = round(min / dmin) ∈ 0..63. Returns (d·sc, None, −dmin·m) per sub-block.
+    """
+    sub_scale, sub_low = _k_sub_block_fit(w, layout, grid.max_code, clip)
+    rows, n_groups = sub_scale.shape
+    per_super = grid.super_block // grid.group
+    sub_scale = sub_scale.reshape(rows, n_groups // per_super, per_super)
+    sub_min = (-sub_low).reshape(rows, n_groups // per_super, per_super)
+    top = 2**K_SCALE_BITS - 1
+    d = as_fp16_values(sub_scale.amax(-1, keepdim=True) / top).clamp_min(FP16_SMALLEST)
+    sc = torch.round(sub_scale / d).clamp(1, top)
+    dmin = as_fp16_values(sub_min.amax(-1, keepdim=True) / top)
+    m = torch.where(dmin > 0, torch.round(sub_min / dmin.clamp_min(FP16_SMALLEST)).clamp(0, top),
+                    torch.zeros_like(sub_min))
+    return (d * sc).reshape(rows, n_groups), None, (-(dmin * m)).reshape(rows, n_groups)
 
 
 def affine_codes(w: Tensor, scale: Tensor, zero: Tensor | None, shift: Tensor | None, max_code: int,
