@@ -5,7 +5,7 @@ import torch
 
 from tritium.methods import config_from_dict, quantize_
 from tritium.methods.gptq import gptq_quantize
-from tritium.quant import GGUFBlockGrid, quantize_weight
+from tritium.quant import GGUFBlockGrid, QuantConfigError, quantize_weight
 
 from tiny_outliers import hidden_error, outlier_model
 
@@ -47,3 +47,45 @@ def test_calibrated_methods_beat_rtn_and_stay_on_the_format(method, args, gtype,
         assert qweight.grid == GGUFBlockGrid(gtype)
         assert_on_the_format(qweight, qweight.grid)
     assert hidden_error(model, reference, calib_ids) < hidden_error(rtn, reference, calib_ids)
+
+
+def wide_outlier_model():
+    """outlier_model's outlier channels on a model whose widths divide Q4_K's 256-weight super-blocks."""
+    from tritium.models import decoder_layout, tiny_model
+
+    model = tiny_model("llama", seed=0, num_hidden_layers=1, hidden_size=256, intermediate_size=512,
+                       num_attention_heads=4, num_key_value_heads=2)
+    with torch.no_grad():
+        for block in decoder_layout(model).blocks:
+            for norm in (block.input_layernorm, block.post_attention_layernorm):
+                norm.weight[torch.randperm(256, generator=torch.Generator().manual_seed(7))[:4]] *= 20
+    return model
+
+
+@pytest.mark.parametrize("method, args", [("gptq", {}), ("gptq", {"act_order": True}), ("awq", {}),
+                                          ("tesseraq", QUICK_TESSERAQ | {"dst": False})])
+def test_calibrated_methods_on_q4_k_keep_its_super_block_structure(method, args, calib_ids):
+    from gguf import GGMLQuantizationType
+
+    from tritium.export.gguf_tensors import decode_tensor, encode_tensor
+
+    grid = {"kind": "gguf", "type": "q4_k"}
+    reference, rtn, model = wide_outlier_model(), wide_outlier_model(), wide_outlier_model()
+    quantize_(rtn, config_from_dict("rtn", grid))
+    result = quantize_(model, config_from_dict(method, grid, **args), calib_ids)
+    for qweight in result.weights.values():  # 6-bit multiples of one d per 256, or encoding refuses
+        raw = encode_tensor(qweight, GGMLQuantizationType.Q4_K)
+        assert (decode_tensor(raw, GGMLQuantizationType.Q4_K) == qweight.dequantize().numpy()).all()
+    assert hidden_error(model, reference, calib_ids) < hidden_error(rtn, reference, calib_ids)
+
+
+def test_tesseraq_dst_is_refused_on_q4_k_whose_sub_block_scales_share_one_d():
+    from tritium.methods.grid_params import layout_for, rtn_params
+    from tritium.methods.tesseraq import RoundingState
+
+    grid = GGUFBlockGrid("q4_k")
+    w = torch.randn(4, 256)
+    params = rtn_params(w, grid, layout_for(w, grid))
+    with pytest.raises(QuantConfigError, match="DST tunes every group's scale.*dst: false"):
+        RoundingState("blk.0.q", w, params, grid, torch.device("cpu"), tune_scale=True)
+    RoundingState("blk.0.q", w, params, grid, torch.device("cpu"), tune_scale=False)

@@ -58,6 +58,14 @@ def layout_for(w: Tensor, grid: Grid, name: str = "weight") -> GroupLayout:
     return grid_layout(tuple(w.shape), grid, name=name)
 
 
+def fitting_span(grid: Grid, layout: GroupLayout) -> int:
+    """How many columns get their parameters together: a k-quant's super-block, whose sub-block
+    scales are 6-bit multiples of one d, else one group."""
+    if isinstance(grid, GGUFBlockGrid) and grid.super_block:
+        return grid.super_block
+    return layout.group_size
+
+
 def rtn_params(w: Tensor, grid: Grid, layout: GroupLayout, clip: Tensor | float = 1.0) -> GroupParams:
     """The grid's own parameters for ``w``; ``clip`` shrinks the range (uniform) or the scale (ternary)."""
     w = w.float()
