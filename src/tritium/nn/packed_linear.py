@@ -186,5 +186,7 @@ def empty_packed_linear(linear: nn.Linear | nn.Module, grid, ternary_layout: str
         return QuantLinear(in_features, out_features, bits=grid.bits, group_size=group_size,
                            symmetric=grid.symmetric, bias=bias, scale_dtype=dtype, device=device)
     if isinstance(grid, GGUFBlockGrid):
+        if grid.super_block:  # as pack_quantized stores them: k-quant sub-block scales are float32 products
+            dtype = torch.float32
         return GGUFBlockLinear(in_features, out_features, grid=grid, bias=bias, scale_dtype=dtype, device=device)
     raise PackError(f"{name}: grid {grid!r} has no packed module")
