@@ -11,8 +11,9 @@ TQ blocks are written by the ``gguf`` package's own quantizer: for a block holdi
 because their generic quantizers search a min/max range and would not keep the codes.
 
 A model quantized on a GGUF grid (:class:`~tritium.quant.grids.GGUFBlockGrid`: Q4_0, Q4_1,
-Q5_0, Q5_1, Q8_0) is written in that very type: its codes, fp16 d and fp16 m go into the
-blocks bit for bit, so llama.cpp's dequantizer gives exactly tritium's float32 weights.
+Q5_0, Q5_1, Q8_0, Q4_K) is written in that very type: its codes, fp16 d and fp16 m (for Q4_K
+d, dmin and the 6-bit sc, m they multiply) go into the blocks bit for bit, so llama.cpp's
+dequantizer gives exactly tritium's float32 weights.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from ..utils.errors import TritiumError
-from ..quant.grids import GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid
+from ..quant.grids import K_SCALE_BITS, GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid
 
 TQ_BLOCK = 256
 Q4_BLOCK = 32
@@ -123,12 +124,74 @@ def _fifth_bits(q: np.ndarray) -> np.ndarray:
     return words.astype("<u4").reshape(-1, 1).view(np.uint8)
 
 
+def _six_bit_factors(values: np.ndarray, part: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split each row of ``values`` [n_super, sub-blocks] (each d·k with k a 6-bit integer) into an
+    fp16 d per row and the integers k, such that d·k is each value exactly in float32.
+
+    tritium's own rounding makes the largest k 63, so d = largest/63 is tried first; rows where it
+    fails (a tiny super-block, or another quantizer's choice) try the other counts 62..1. Any d
+    that reproduces every value exactly dequantizes identically, since llama.cpp multiplies d·k."""
+    top = 2**K_SCALE_BITS - 1
+    peak = values.max(axis=1)
+
+    def try_count(rows: np.ndarray, count: np.ndarray):
+        d = (peak[rows] / count).astype(np.float32)
+        k = np.rint(values[rows] / np.where(d > 0, d, 1)[:, None])
+        ok = (d.astype(np.float16).astype(np.float32) == d) & (k >= 0).all(1) & (k <= top).all(1) & (
+            (d[:, None] * k.astype(np.float32)) == values[rows]).all(1)
+        return d, k, ok
+
+    d = np.zeros(len(values), np.float32)
+    k = np.zeros(values.shape, np.float32)
+    todo = np.flatnonzero(peak > 0)
+    for count in range(top, 0, -1):
+        if not todo.size:
+            break
+        found_d, found_k, ok = try_count(todo, np.float32(count))
+        d[todo[ok]], k[todo[ok]] = found_d[ok], found_k[ok]
+        todo = todo[~ok]
+    if todo.size or (values < 0).any():
+        raise GGUFTypeError(f"{name}: its sub-block {part}s are not 6-bit multiples of one fp16 value per 256 "
+                            "weights, so Q4_K cannot hold them exactly; quantize on the gguf q4_k grid again")
+    return d, k.astype(np.uint8)
+
+
+def _six_bit_pairs(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Eight 6-bit scales and mins per super-block → llama.cpp's 12 bytes: bytes 0–3 and 4–7 hold
+    sc/m of sub-blocks 0–3 in their low 6 bits and the top 2 bits of sub-blocks 4–7's; bytes 8–11
+    hold the low 4 bits of sub-blocks 4–7's sc (low nibble) and m (high nibble)."""
+    low_sc, high_sc, low_m, high_m = sc[:, :4], sc[:, 4:], m[:, :4], m[:, 4:]
+    first = low_sc | ((high_sc >> 4) << 6)
+    second = low_m | ((high_m >> 4) << 6)
+    third = (high_sc & 0x0F) | ((high_m & 0x0F) << 4)
+    return np.concatenate([first, second, third], axis=1).astype(np.uint8)
+
+
+def _k_quant_blocks(qw: QuantizedWeight, name: str) -> np.ndarray:
+    """Q4_K super-blocks: fp16 d and dmin, the 12 bytes of 6-bit sc and m, then 128 bytes of codes
+    (per 64 weights, 32 bytes: the first 32 codes in the low nibbles, the next 32 in the high)."""
+    grid: GGUFBlockGrid = qw.grid
+    if qw.zero is not None or qw.shift is None:
+        raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight holds −dmin·m as its shift and no zero point")
+    per_super = grid.super_block // grid.group
+    scale = qw.scale.detach().cpu().float().numpy().reshape(-1, per_super)
+    lowered = -qw.shift.detach().cpu().float().numpy().reshape(-1, per_super)
+    d, sc = _six_bit_factors(scale, "scale", name)
+    dmin, m = _six_bit_factors(lowered, "min", name)
+    q = qw.codes.cpu().numpy().astype(np.uint8).reshape(-1, grid.super_block // 64, 2, 32)
+    codes = (q[:, :, 0, :] | (q[:, :, 1, :] << 4)).reshape(len(d), -1)
+    header = [d.astype(np.float16).view(np.uint8).reshape(-1, 2), dmin.astype(np.float16).view(np.uint8).reshape(-1, 2)]
+    return np.concatenate([*header, _six_bit_pairs(sc, m), codes], axis=1)
+
+
 def _gguf_grid_blocks(qw: QuantizedWeight, qtype: GGMLQuantizationType, name: str) -> np.ndarray:
     """The blocks of a weight quantized on a GGUF grid, in its own type: codes, d and m unchanged."""
     grid: GGUFBlockGrid = qw.grid
     if qtype.name.lower() != grid.type:
         raise GGUFTypeError(f"{name}: a weight on the {grid.describe()} grid is stored as {grid.type.upper()}, "
                             f"not {qtype.name}")
+    if grid.super_block:
+        return _k_quant_blocks(qw, name)
     if grid.has_min and (qw.zero is not None or qw.shift is None):
         raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight holds its min as the shift and no zero point")
     if not grid.has_min and (qw.shift is not None or qw.zero is None or bool((qw.zero != grid.fixed_zero).any())):
