@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .schema import (  # noqa: F401
+from .schema import (
     CALIB_KEYS,
     EVAL_KEYS,
     GRID_KEYS,
@@ -25,6 +25,10 @@ from .schema import (  # noqa: F401
     RecipeError,
     check_save_format,
 )
+
+__all__ = ["CALIB_KEYS", "DEFAULT_RECIPE", "EVAL_KEYS", "GRID_KEYS", "RECIPE_DIR", "RECIPE_KEYS", "CalibSpec",
+           "EvalSpec", "GridSpec", "Recipe", "RecipeError", "check_save_format", "load_recipe", "load_recipe_object",
+           "recipe_names"]
 
 RECIPE_DIR = Path(__file__).parent
 DEFAULT_RECIPE = Recipe().to_dict()

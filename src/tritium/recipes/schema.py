@@ -70,8 +70,8 @@ def _check_keys(mapping: Mapping, known: set, where: str, flags: Mapping[str, st
             continue
         flag = (flags or {}).get(f"{section}.{key}" if section else key)
         if flag:
-            raise RecipeError(f"{flag} does not apply here: {where} has no setting {key!r}; its settings are "
-                              f"{', '.join(sorted(known))}")
+            raise RecipeError(f"{flag} does not apply: {where} has no setting {key!r} (its settings are "
+                              f"{', '.join(sorted(known))}); leave {flag} out")
         raise RecipeError(f"{where} has an unknown key {key!r}{_suggest(key, known)}; the keys are "
                           f"{', '.join(sorted(known))}")
 
@@ -343,4 +343,5 @@ def check_save_format(save_format: str, grid, overrides=None) -> None:
             try:
                 uniform_radix(bits)
             except PackError as err:
-                raise PackError(f"{err}; to save this grid anyway, pass --format fake (fake-quant float weights)") from None
+                raise PackError(f"{err}; to save this grid anyway, pass --format fake (fake-quant float "
+                                "weights)") from None
