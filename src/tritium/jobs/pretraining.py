@@ -73,7 +73,7 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_pretrain(args) -> int:
-    from ..eval.scaling import SuiteEntry, write_suite_report
+    from ..spectra import SuiteEntry, write_suite_report
     from ..eval.size import size_report
     from ..models.spectra import load_spectra_model
     from ..quant.grids import TernaryGrid
