@@ -61,3 +61,13 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
     d.add_argument("--no-save", action="store_true", help="do not save the distilled model")
     add_eval_args(d, data_flag="--data-dir")
+
+
+def cmd_distill(args) -> int:
+    from ..jobs.distill import DistillJob, distill_model
+    from .common import job_from_args, print_table, print_results
+
+    result = distill_model(job_from_args(DistillJob, args))
+    print_table(result.rows)
+    print_results(result)
+    return 0

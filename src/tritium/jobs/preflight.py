@@ -247,7 +247,7 @@ def check_linear_groups(model, config) -> None:
             check_group_divides(grid, {name: module.in_features})
 
 
-def preflight_distill(args, recipe: dict) -> None:
+def preflight_distill(job, recipe: dict) -> None:
     """The checks of a distill job that need no weights: the token budget and batch sizes, the evaluation
     settings, the device, the output folder, the group against the model's widths, the training seqlen."""
     from ..quant.grids import grid_from_dict
@@ -260,10 +260,10 @@ def preflight_distill(args, recipe: dict) -> None:
                             ("grad_accum", "--grad-accum", "pass the micro-batches per optimizer step")]:
         check_positive(train.get(key), flag, what)
     check_eval_settings(recipe["eval"])
-    check_device(getattr(args, "device", None))
-    check_writable(getattr(args, "out", None))
+    check_device(job.device)
+    check_writable(job.out)
     grid = grid_from_dict(recipe["grid"])
-    shape = model_shape(args.model)
+    shape = model_shape(job.model)
     if shape is not None:
         if not method_args.get("skip"):
             check_group_divides(grid, shape.input_widths)
