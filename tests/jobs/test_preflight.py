@@ -16,9 +16,8 @@ from tritium.models import tiny_model
 from tritium.utils.errors import TritiumError
 
 
-@pytest.fixture
-def spies(monkeypatch):
-    """Every step that evaluates, calibrates or trains, replaced by a recorder."""
+def _record_calls(monkeypatch, targets) -> list[str]:
+    """Replace each (module, name) by a recorder that fails the test; returns the names of those called."""
     started = []
 
     def spy(name):
@@ -27,12 +26,18 @@ def spies(monkeypatch):
             raise AssertionError(f"{name} started although the job should have been refused first")
         return record
 
-    for name in ("evaluate", "float_row", "quantize_model", "calibration_samples"):
-        monkeypatch.setattr(steps, name, spy(name))
+    for module, name in targets:
+        monkeypatch.setattr(module, name, spy(name))
+    return started
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Every step that evaluates, calibrates or trains, replaced by a recorder."""
     import tritium.train.distill as distill_module
 
-    monkeypatch.setattr(distill_module, "distill", spy("distill"))
-    return started
+    return _record_calls(monkeypatch, [(steps, "evaluate"), (steps, "float_row"), (steps, "quantize_model"),
+                                       (steps, "calibration_samples"), (distill_module, "distill")])
 
 
 def quantize_args(model, out, *extra):
@@ -100,12 +105,17 @@ def test_an_out_below_a_file_is_refused(tiny_folder, tiny_data, tmp_path, spies,
     assert spies == []
 
 
-def test_an_unwritable_out_is_refused(tiny_folder, tiny_data, tmp_path, spies, capsys, monkeypatch):
+def _locked_folder(tmp_path, monkeypatch):
+    """A folder this user may not write into (faked: the suite may run as root, who may write anywhere)."""
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    # the suite may run as root, for whom every folder is writable: the permission answer is faked
     monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
+    return locked
+
+
+def test_an_unwritable_out_is_refused(tiny_folder, tiny_data, tmp_path, spies, capsys, monkeypatch):
+    locked = _locked_folder(tmp_path, monkeypatch)
     refused(capsys, quantize_args(tiny_folder, locked / "run", "--bits", "4", "--group", "32"),
             f"{locked} is not writable", "choose a --out in a folder you can write")
     assert spies == []
@@ -217,27 +227,8 @@ def no_model_work(monkeypatch):
     import tritium.nn
     import tritium.runtime
 
-    started = []
-
-    def spy(name):
-        def record(*args, **kwargs):
-            started.append(name)
-            raise AssertionError(f"{name} started although the job should have been refused first")
-        return record
-
-    for module, name in [(tritium.models, "load_model"), (tritium.nn, "pack_with_codes"),
-                         (tritium.export.source, "load_folder_source"), (tritium.runtime, "FastDecoder")]:
-        monkeypatch.setattr(module, name, spy(name))
-    return started
-
-
-def _locked_folder(tmp_path, monkeypatch):
-    """A folder this user may not write into (faked: the suite may run as root, who may write anywhere)."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
-    return locked
+    return _record_calls(monkeypatch, [(tritium.models, "load_model"), (tritium.nn, "pack_with_codes"),
+                                       (tritium.export.source, "load_folder_source"), (tritium.runtime, "FastDecoder")])
 
 
 def test_pack_refuses_an_out_it_cannot_write_before_loading(narrow_runs, tmp_path, no_model_work, capsys,
