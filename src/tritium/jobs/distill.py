@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from .options import CommonEvalOptions, eval_settings, torch_dtype
+from .quantize import ModelReport
 
 
 @dataclass(kw_only=True)
@@ -55,13 +55,8 @@ class DistillJob(CommonEvalOptions):
 
 
 @dataclass
-class DistillResult:
-    rows: list[dict]  # the float row (unless no_float) and the distilled row, as in results.json
-    summary: dict
-    out: Path  # the run folder
-    json_path: Path
-    md_path: Path
-    model_folder: Path | None  # None with no_save
+class DistillResult(ModelReport):
+    """The rows (float unless no_float, then the distilled model), the report and the saved model."""
 
 
 def distill_recipe(job: DistillJob) -> dict:
