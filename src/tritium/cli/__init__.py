@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # One handler per command, looked up by name when the command runs (so a test may replace one here).
-# Each loads its job module only when its command runs.
+# The job modules load only for their own command.
 from .data import cmd_data  # noqa: E402
 from .distill import cmd_distill  # noqa: E402
 from .eval import cmd_eval, cmd_info  # noqa: E402

@@ -1,4 +1,5 @@
-"""The parser of ``tritium data ingest``; the job is :mod:`tritium.jobs.ingest`."""
+"""``tritium data ingest``: its flags, and the handler that makes them an :class:`~tritium.jobs.ingest.IngestJob`,
+runs it and prints the token folder's summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The parser of ``tritium distill``; the job is :mod:`tritium.jobs.distill`."""
+"""``tritium distill``: its flags, and the handler that makes them a :class:`~tritium.jobs.distill.DistillJob`,
+runs it and prints the result."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The parsers of ``tritium pack``, ``tritium run`` and ``tritium export``; the jobs are :mod:`tritium.jobs.pack`."""
+"""``tritium pack``, ``tritium run`` and ``tritium export``: their flags, and the handlers that make them a job
+of :mod:`tritium.jobs.pack` (PackJob, RunJob, ExportJob), run it and print the result."""
 
 from __future__ import annotations
 

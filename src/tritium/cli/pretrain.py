@@ -1,4 +1,5 @@
-"""The parsers of ``tritium pretrain`` and ``tritium suite``; the jobs are :mod:`tritium.jobs.pretraining`."""
+"""``tritium pretrain`` and ``tritium suite``: their flags, and the handlers that make them a PretrainJob or
+SuiteJob (:mod:`tritium.jobs.pretraining`), run it and print the result."""
 
 from __future__ import annotations
 
