@@ -31,6 +31,9 @@ RANKS = {
     "train": 10,
     # recipes describe jobs (method, grid, eval, calib settings); they sit with the other front ends of the library
     "recipes": 11, "export": 11, "integrations": 11,
+    # the Spectra analysis reads finished models' eval results and feeds the suite job: above train, so no library
+    # layer reaches for report code, and below jobs, which call it
+    "spectra": 11,
     "jobs": 12,
     "cli": 13,
     # the package's own __init__: the public facade, allowed to re-export from anything (lazily)

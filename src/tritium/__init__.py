@@ -31,7 +31,7 @@ _LAZY = {
 # names from the method registry: every method, "dlt" included, is registered before they are used
 _NEEDS_PLUGINS = {"MethodConfig", "QuantizationResult", "RTNConfig", "config_from_dict", "quantize_"}
 _SUBPACKAGES = {"calib", "cli", "data", "eval", "export", "integrations", "jobs", "kernels", "methods", "models",
-                "nn", "pack", "quant", "recipes", "runner", "runtime", "train", "utils"}
+                "nn", "pack", "quant", "recipes", "runner", "runtime", "spectra", "train", "utils"}
 
 __all__ = ["TritiumError", "__version__", *_LAZY]
 

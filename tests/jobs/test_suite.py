@@ -7,7 +7,7 @@ import torch
 
 from tritium.cli import main
 from tritium.data.tokens import TokenFolder, ingest, train_tokenizer
-from tritium.eval.scaling import load_suite
+from tritium.spectra import load_suite
 from tritium.eval.size import size_report
 from tritium.models.spectra import SpectraConfigError, build_model
 from tritium.jobs.suite import SPECTRA_QUANT_BITS, SuiteConfig, make_quantlm, quantlm_grid, run_suite

@@ -145,7 +145,7 @@ def _train_overrides(job: PretrainingOptions) -> dict:
 
 
 def pretrain_model(job: PretrainJob) -> PretrainResult:
-    from ..eval.scaling import SuiteEntry, write_suite_report
+    from ..spectra import SuiteEntry, write_suite_report
     from ..eval.size import size_report
     from ..models.spectra import load_spectra_model
     from ..quant.grids import TernaryGrid

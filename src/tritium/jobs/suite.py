@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..eval.perplexity import perplexity
-from ..eval.scaling import SuiteEntry, write_suite_report
+from ..spectra import SuiteEntry, write_suite_report
 from ..eval.size import size_report
 from ..eval.zeroshot import TASKS as ZEROSHOT_TASKS
 from ..models.spectra import SpectraConfigError, canonical_arch, load_spectra_model, size_preset

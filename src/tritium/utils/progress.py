@@ -3,9 +3,16 @@ huggingface_hub and datasets. ``--no-progress`` turns it off for the whole comma
 
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
+from contextlib import contextmanager
 
 _enabled = True
+
+# Library modules that call tqdm directly, past their library's switch: transformers' GGUF reader
+# ("Converting and de-quantizing GGUF tensors").
+DIRECT_TQDM_MODULES = ("transformers.modeling_gguf_pytorch_utils",)
 
 
 def progress_bars_enabled() -> bool:
@@ -35,6 +42,30 @@ def follow_progress_switch(datasets_module) -> None:
     switch = getattr(datasets_module, "enable_progress_bars" if _enabled else "disable_progress_bars", None)
     if switch is not None:
         switch()
+
+
+@contextmanager
+def direct_library_bars_follow_switch(module_names=DIRECT_TQDM_MODULES):
+    """While progress bars are off, the modules named here get a silent tqdm; restored on leaving."""
+    if _enabled:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    patched = []
+    try:
+        for name in module_names:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "tqdm"):
+                patched.append((module, module.tqdm))
+                module.tqdm = functools.partial(tqdm, disable=True)
+        yield
+    finally:
+        for module, original in patched:
+            module.tqdm = original
 
 
 def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
