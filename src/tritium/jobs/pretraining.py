@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from .options import RunFolderOptions
 
 if TYPE_CHECKING:
-    from ..eval.scaling import SuiteEntry, SuiteReportPaths
+    from ..spectra.records import SuiteEntry
+    from ..spectra.report import SuiteReportPaths
 
 DEFAULT_VAL_FRACTION = 0.05
 
