@@ -61,6 +61,8 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     d.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
     d.add_argument("--no-save", action="store_true", help="do not save the distilled model")
+    d.add_argument("--format", choices=["fake", "packed"], default="packed",
+                   help="saved model: packed codes (default; tritium.nn modules) or fake-quant float weights")
     add_eval_args(d, data_flag="--data-dir")
 
 

@@ -51,6 +51,8 @@ class DistillJob(CommonEvalOptions):
     no_resume: bool = False
     no_float: bool = False
     no_save: bool = False
+    # packed: the trained codes in tritium's packed layout (the default, as for quantize); fake: float weights
+    format: str = "packed"
     data_dir: str | None = None
 
 
@@ -175,8 +177,16 @@ def distill_model(job: DistillJob) -> DistillResult:
     model_folder, file_bytes = None, None
     if not job.no_save:
         model_folder = out / "model"
-        save_fake_quantized(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid), config.skip,
-                            result.method_args, weights=result.weights)
+        if job.format == "packed":
+            from ..export.hf import save_packed
+            from ..nn import pack_model
+
+            pack_model(model, result.weights)  # after the evaluation, which ran the same weights unpacked
+            save_packed(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid), config.skip,
+                        result.method_args)
+        else:
+            save_fake_quantized(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid),
+                                config.skip, result.method_args, weights=result.weights)
         file_bytes = folder_bytes(model_folder)
     rows.append(quantized_row(model, result, evaluation, file_bytes, time.perf_counter() - start))
     summary = {"title": f"{job.model} {tag}", "model": str(job.model), "source": source.describe(),

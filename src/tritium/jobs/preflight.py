@@ -268,6 +268,10 @@ def preflight_distill(job, recipe: dict) -> None:
     check_device(job.device)
     check_writable(job.out)
     grid = grid_from_dict(recipe["grid"])
+    if not job.no_save:
+        from .steps import check_save_format
+
+        check_save_format(job.format, grid)
     shape = model_shape(job.model)
     if shape is not None:
         if not method_args.get("skip"):
