@@ -10,8 +10,18 @@ from ..recipes import load_recipe_object
 
 
 @dataclass(kw_only=True)
-class EvalOptions:
-    """The evaluation and run-folder options every job shares (the CLI's shared flags)."""
+class RunFolderOptions:
+    """Where a job writes (its run folder; None: a new one under runs/) and whether it shows progress bars."""
+
+    out: str | None = None
+    overwrite: bool = False
+    no_progress: bool = False
+
+
+@dataclass(kw_only=True)
+class CommonEvalOptions(RunFolderOptions):
+    """The evaluation options of every job that evaluates a model, without the folder of the evaluation data,
+    whose flag differs (``--data`` in quantize and eval, ``--data-dir`` in distill)."""
 
     eval: list[str] | None = None
     zeroshot: list[str] | None = None
@@ -20,10 +30,13 @@ class EvalOptions:
     harness: list[str] | None = None
     seqlen: int | None = None
     batch_size: int | None = None
+
+
+@dataclass(kw_only=True)
+class EvalOptions(CommonEvalOptions):
+    """The evaluation and run-folder options quantize and eval share (the CLI's shared flags)."""
+
     data: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    no_progress: bool = False
 
 
 # (evaluation setting, the option that overrides it); an option's flag is its name (batch_size: --batch-size)
