@@ -16,9 +16,8 @@ from tritium.models import tiny_model
 from tritium.utils.errors import TritiumError
 
 
-@pytest.fixture
-def spies(monkeypatch):
-    """Every step that evaluates, calibrates or trains, replaced by a recorder."""
+def _record_calls(monkeypatch, targets) -> list[str]:
+    """Replace each (module, name) by a recorder that fails the test; returns the names of those called."""
     started = []
 
     def spy(name):
@@ -27,12 +26,18 @@ def spies(monkeypatch):
             raise AssertionError(f"{name} started although the job should have been refused first")
         return record
 
-    for name in ("evaluate", "float_row", "quantize_model", "calibration_samples"):
-        monkeypatch.setattr(steps, name, spy(name))
+    for module, name in targets:
+        monkeypatch.setattr(module, name, spy(name))
+    return started
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Every step that evaluates, calibrates or trains, replaced by a recorder."""
     import tritium.train.distill as distill_module
 
-    monkeypatch.setattr(distill_module, "distill", spy("distill"))
-    return started
+    return _record_calls(monkeypatch, [(steps, "evaluate"), (steps, "float_row"), (steps, "quantize_model"),
+                                       (steps, "calibration_samples"), (distill_module, "distill")])
 
 
 def quantize_args(model, out, *extra):
@@ -100,12 +105,17 @@ def test_an_out_below_a_file_is_refused(tiny_folder, tiny_data, tmp_path, spies,
     assert spies == []
 
 
-def test_an_unwritable_out_is_refused(tiny_folder, tiny_data, tmp_path, spies, capsys, monkeypatch):
+def _locked_folder(tmp_path, monkeypatch):
+    """A folder this user may not write into (faked: the suite may run as root, who may write anywhere)."""
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    # the suite may run as root, for whom every folder is writable: the permission answer is faked
     monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
+    return locked
+
+
+def test_an_unwritable_out_is_refused(tiny_folder, tiny_data, tmp_path, spies, capsys, monkeypatch):
+    locked = _locked_folder(tmp_path, monkeypatch)
     refused(capsys, quantize_args(tiny_folder, locked / "run", "--bits", "4", "--group", "32"),
             f"{locked} is not writable", "choose a --out in a folder you can write")
     assert spies == []
@@ -191,3 +201,131 @@ def test_the_python_job_raises_the_same_error(tiny_folder, tiny_data, tmp_path, 
     with pytest.raises(PreflightError, match="group size 48 does not divide") as caught:
         quantize(QuantizeJob(model=str(tiny_folder), bits=2, group=48, eval=["wikitext2"], out=str(tmp_path / "r")))
     assert isinstance(caught.value, TritiumError) and spies == []
+
+
+# --------------------------------------------------------------------------- pack, run, export
+
+QUIET = ["--eval", "none", "--no-float", "--no-progress", "--format", "fake"]
+
+
+@pytest.fixture(scope="module")
+def narrow_runs(tmp_path_factory, tokenizer):
+    """A float Llama 48 wide (rows that blocks of 32 do not cut) and a fake-quant ternary run of it."""
+    root = tmp_path_factory.mktemp("narrow")
+    tiny_model("llama", hidden_size=48).save_pretrained(root / "float")
+    tokenizer.save_pretrained(root / "float")
+    assert main(["quantize", "--model", str(root / "float"), "--grid", "ternary", "--group", "channel", *QUIET,
+                 "--out", str(root / "ternary")]) == 0
+    return root
+
+
+@pytest.fixture
+def no_model_work(monkeypatch):
+    """Loading a model, packing, exporting and decoding, each replaced by a recorder that fails the test."""
+    import tritium.export.source
+    import tritium.models
+    import tritium.nn
+    import tritium.runtime
+
+    return _record_calls(monkeypatch, [(tritium.models, "load_model"), (tritium.nn, "pack_with_codes"),
+                                       (tritium.export.source, "load_folder_source"), (tritium.runtime, "FastDecoder")])
+
+
+def test_pack_refuses_an_out_it_cannot_write_before_loading(narrow_runs, tmp_path, no_model_work, capsys,
+                                                             monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    refused(capsys, ["pack", str(narrow_runs / "ternary"), "--out", str(tmp_path / "a-file")],
+            "is a file, and a packed model is a folder", "choose another --out")
+    locked = _locked_folder(tmp_path, monkeypatch)
+    refused(capsys, ["pack", str(narrow_runs / "ternary"), "--out", str(locked / "packed")],
+            f"{locked} is not writable", "choose a --out in a folder you can write")
+    assert no_model_work == [] and not (locked / "packed").exists()
+
+
+def test_pack_and_run_refuse_a_block_head_the_width_cannot_hold_before_loading(narrow_runs, tmp_path, no_model_work,
+                                                                               capsys):
+    refused(capsys, ["pack", str(narrow_runs / "ternary"), "--head-type", "q8_0", "--out", str(tmp_path / "p")],
+            "the embedding: --head-type q8_0", "not a multiple of 32", "keep --head-type f16")
+    refused(capsys, ["run", str(narrow_runs / "float"), "--prompt", "hi", "--device", "cpu", "--head-type", "q4_0"],
+            "not a multiple of 32")
+    assert no_model_work == []
+
+
+@pytest.mark.parametrize("options, error, phrase", [
+    ({"format": "gguf"}, PreflightError, "pack writes only format 'tritium'"),
+    ({"ternary_layout": "3bit"}, TritiumError, "ternary_layout must be one of base3, 2bit"),
+    ({"scale_dtype": "float8"}, TritiumError, "scale_dtype must be one of"),
+    ({"float_dtype": "int8"}, TritiumError, "float_dtype must be one of"),
+    ({"head_type": "q5_k"}, TritiumError, "head type 'q5_k' is unknown"),
+])
+def test_a_python_pack_job_with_a_bad_option_is_refused_before_loading(narrow_runs, tmp_path, no_model_work, options,
+                                                                       error, phrase):
+    from tritium.jobs import PackJob, pack_folder
+
+    with pytest.raises(error, match=phrase):
+        pack_folder(PackJob(run=str(narrow_runs / "ternary"), out=str(tmp_path / "p"), **options))
+    assert no_model_work == [] and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--threads", "0"], "--threads must be at least 1"),
+])
+def test_run_refuses_sizes_below_one_before_loading(narrow_runs, no_model_work, capsys, flags, phrase):
+    refused(capsys, ["run", str(narrow_runs / "float"), "--prompt", "hi", "--device", "cpu", *flags], phrase)
+    assert no_model_work == []
+
+
+def test_run_refuses_a_missing_device_model_or_a_run_folder_before_loading(narrow_runs, tmp_path, no_model_work,
+                                                                           capsys, monkeypatch):
+    refused(capsys, ["run", str(narrow_runs / "ternary"), "--prompt", "hi", "--device", "cpu"],
+            "is a run folder, not a model folder", f"`tritium run {narrow_runs / 'ternary' / 'model'}`")
+    refused(capsys, ["run", str(tmp_path / "nowhere"), "--prompt", "hi", "--device", "cpu"], "was not found")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    refused(capsys, ["run", str(narrow_runs / "float"), "--prompt", "hi", "--device", "cuda"],
+            "--device cuda: no CUDA device is available here; use --device cpu")
+    assert no_model_work == []
+
+
+@pytest.mark.parametrize("options, phrase", [
+    ({"max_new_tokens": "5"}, "--max-new-tokens must be a whole number of at least 1, not '5'"),
+    ({"dtype": "float8"}, "--dtype 'float8' is unknown: choose one of auto, float32, bfloat16, float16"),
+    ({"loop": "turbo"}, "--loop 'turbo' is unknown"),
+    ({"device": "tpu:0"}, "is not a device torch knows"),
+    ({"head_type": "q5_k"}, "head type 'q5_k' is unknown"),
+])
+def test_a_python_run_job_with_a_bad_option_is_refused_before_loading(narrow_runs, no_model_work, options, phrase):
+    from tritium.jobs import RunJob, run_model
+
+    with pytest.raises(TritiumError, match=phrase):
+        run_model(RunJob(model=str(narrow_runs / "float"), prompt="hi", **{"device": "cpu", **options}))
+    assert no_model_work == []
+
+
+def test_export_refuses_an_out_it_cannot_write_before_loading(narrow_runs, tmp_path, no_model_work, capsys,
+                                                               monkeypatch):
+    locked = _locked_folder(tmp_path, monkeypatch)
+    refused(capsys, ["export", str(narrow_runs / "ternary"), "--gguf", str(locked / "m.gguf")],
+            f"{locked} is not writable", "choose a --out in a folder you can write")
+    assert no_model_work == [] and not (locked / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--format", "compressed-tensors"], "ternary"),  # a grid the format has no form for
+    (["--format", "compressed-tensors", "--type", "tq2_0"], "--type does not apply to --format"),
+    (["--gguf", "a.gguf", "--format", "tritium"], "--gguf a.gguf means --format gguf"),
+    ([], "choose a format"),
+])
+def test_export_refuses_a_format_its_options_or_grid_do_not_fit_before_loading(narrow_runs, no_model_work, capsys,
+                                                                               flags, phrase):
+    refused(capsys, ["export", str(narrow_runs / "ternary"), *flags], phrase)
+    assert no_model_work == []
+
+
+def test_a_python_export_job_refuses_an_unknown_format_before_loading(narrow_runs, no_model_work):
+    from tritium.export.registry import ExportError
+    from tritium.jobs import ExportJob, export_folder
+
+    with pytest.raises(ExportError, match="export format 'onnx' is unknown: choose one of"):
+        export_folder(ExportJob(model=str(narrow_runs / "ternary"), format="onnx"))
+    assert no_model_work == []

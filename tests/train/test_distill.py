@@ -81,7 +81,7 @@ def test_cli_distill_end_to_end(tmp_path, capsys):
     code = main(["distill", "--model", str(folder), "--recipe", "ternaryllm-cpu", "--steps", "3", "--data",
                  str(tmp_path / "train.jsonl"), "--train-seqlen", "16", "--micro-batch-size", "2", "--group", "32",
                  "--eval", str(tmp_path / "eval.txt"), "--seqlen", "32", "--out", str(out), "--no-progress",
-                 "--precision", "bf16"])
+                 "--precision", "bf16", "--format", "fake"])
     assert code == 0
     report = json.loads((out / "results.json").read_text())
     assert [r["model"] for r in report["rows"]] == ["float", "quantized"] and report["training"]["steps"] == 3

@@ -186,10 +186,15 @@ def test_cli_chain_and_scale_tuning(tmp_path, capsys):
     assert before.keys() == after.keys()
     assert all(torch.equal(before[n][0], after[n][0]) for n in before)  # the codes are the PTQ codes
     assert any(not torch.equal(before[n][1], after[n][1]) for n in before)  # the scales moved
-    # the tuned folder packs exactly: its export is what it trained
-    assert main(["pack", str(out), "--float-dtype", "float32"]) == 0
-    packed, _, _ = load_model(out / "packed")
-    tuned, _, _ = load_model(out / "model")
+    # distill saves packed codes by default, as quantize does
+    assert json.loads((out / "model" / "config.json").read_text())["quantization_config"]["format"] == "packed"
+    # with --format fake the tuned folder packs exactly: its export is what it trained
+    fake = tmp_path / "e2e-fake"
+    assert main([*distill_args, "--init-from", str(ptq_run / "model"), "--train", "scales", "--out", str(fake),
+                 "--format", "fake"]) == 0
+    assert main(["pack", str(fake), "--float-dtype", "float32"]) == 0
+    packed, _, _ = load_model(fake / "packed")
+    tuned, _, _ = load_model(fake / "model")
     ids = torch.tensor([[1, 5, 9, 30]])
     with torch.no_grad():
         torch.testing.assert_close(packed(ids).logits, tuned(ids).logits, rtol=1e-4, atol=1e-4)

@@ -39,53 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # One handler per command, looked up by name when the command runs (so a test may replace one here).
 # The job modules load only for their own command.
+from .data import cmd_data  # noqa: E402
+from .distill import cmd_distill  # noqa: E402
 from .eval import cmd_eval, cmd_info  # noqa: E402
+from .pack import cmd_export, cmd_pack, cmd_run  # noqa: E402
+from .pretrain import cmd_pretrain, cmd_suite  # noqa: E402
 from .quantize import cmd_quantize  # noqa: E402
 
 __all__ = ["build_parser", "main", "cmd_quantize", "cmd_eval", "cmd_info", "cmd_distill", "cmd_pack", "cmd_run",
            "cmd_export", "cmd_data", "cmd_pretrain", "cmd_suite"]
-
-
-def cmd_distill(args) -> int:
-    from ..jobs.distill import cmd_distill as run
-
-    return run(args)
-
-
-def cmd_pack(args) -> int:
-    from ..jobs.pack import cmd_pack as run
-
-    return run(args)
-
-
-def cmd_run(args) -> int:
-    from ..jobs.pack import cmd_run as run
-
-    return run(args)
-
-
-def cmd_export(args) -> int:
-    from ..jobs.pack import cmd_export as run
-
-    return run(args)
-
-
-def cmd_data(args) -> int:
-    from ..jobs.ingest import cmd_data as run
-
-    return run(args)
-
-
-def cmd_pretrain(args) -> int:
-    from ..jobs.pretraining import cmd_pretrain as run
-
-    return run(args)
-
-
-def cmd_suite(args) -> int:
-    from ..jobs.pretraining import cmd_suite as run
-
-    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

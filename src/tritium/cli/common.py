@@ -55,3 +55,9 @@ def print_table(rows) -> None:
     from ..eval.report import markdown_table
 
     print(markdown_table(rows), end="")
+
+
+def print_results(result) -> None:
+    """Where a job's report (and its saved model, if any) went."""
+    print(f"\nresults: {result.md_path}  {result.json_path}"
+          + ("" if result.model_folder is None else f"\nmodel:   {result.model_folder}"))

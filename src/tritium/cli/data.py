@@ -1,4 +1,5 @@
-"""The parser of ``tritium data ingest``; the job is :mod:`tritium.jobs.ingest`."""
+"""``tritium data ingest``: its flags, and the handler that makes them an :class:`~tritium.jobs.ingest.IngestJob`,
+runs it and prints the token folder's summary."""
 
 from __future__ import annotations
 
@@ -22,3 +23,15 @@ def add_data_parser(sub) -> None:
     i.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
     i.add_argument("--text-field", default="text", help="jsonl key / parquet or HF column holding the text")
     i.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def cmd_data(args) -> int:
+    from ..jobs.ingest import IngestJob, ingest_corpus
+    from .common import job_from_args
+
+    if args.data_command != "ingest":  # argparse allows only the subcommands above
+        raise ValueError(f"unknown data command {args.data_command!r}")
+    result = ingest_corpus(job_from_args(IngestJob, args))
+    print(result.folder.summary())
+    print(f"  time  {result.seconds:.1f} s ({result.tokenizer_seconds:.1f} s for the tokenizer)")
+    return 0

@@ -1,4 +1,5 @@
-"""The parser of ``tritium distill``; the job is :mod:`tritium.jobs.distill`."""
+"""``tritium distill``: its flags, and the handler that makes them a :class:`~tritium.jobs.distill.DistillJob`,
+runs it and prints the result."""
 
 from __future__ import annotations
 
@@ -60,4 +61,16 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     d.add_argument("--no-float", action="store_true", help="skip evaluating the float model")
     d.add_argument("--no-save", action="store_true", help="do not save the distilled model")
+    d.add_argument("--format", choices=["fake", "packed"], default="packed",
+                   help="saved model: packed codes (default; tritium.nn modules) or fake-quant float weights")
     add_eval_args(d, data_flag="--data-dir")
+
+
+def cmd_distill(args) -> int:
+    from ..jobs.distill import DistillJob, distill_model
+    from .common import job_from_args, print_table, print_results
+
+    result = distill_model(job_from_args(DistillJob, args))
+    print_table(result.rows)
+    print_results(result)
+    return 0

@@ -1,4 +1,5 @@
-"""The parsers of ``tritium pack``, ``tritium run`` and ``tritium export``; the jobs are :mod:`tritium.jobs.pack`."""
+"""``tritium pack``, ``tritium run`` and ``tritium export``: their flags, and the handlers that make them a job
+of :mod:`tritium.jobs.pack` (PackJob, RunJob, ExportJob), run it and print the result."""
 
 from __future__ import annotations
 
@@ -74,3 +75,51 @@ def _pack_format(value: str) -> str:
         hint = " GGUF files are written by `tritium export PACKED --gguf OUT.gguf`." if "gguf" in value.lower() else ""
         raise argparse.ArgumentTypeError(f"--format takes only 'tritium' (packed modules), not {value!r}.{hint}")
     return value
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def cmd_pack(args) -> int:
+    from ..jobs.pack import PackJob, pack_folder
+    from .common import job_from_args
+
+    result = pack_folder(job_from_args(PackJob, args))
+    print(f"packed {result.linears} linears on {result.grid} ({args.ternary_layout}, {args.scale_dtype} "
+          f"scales): {result.bits_per_weight:.3f} bits/weight ({result.code_bits_per_weight:.3f} for the codes), "
+          f"{_megabytes(result.packed_weight_bytes)} of packed weights")
+    kept = ("norms stay float; embedding and head in " + args.head_type if args.head_type != "f16" else
+            "embeddings, head and norms stay float")
+    print(f"folder size: fake {_megabytes(result.fake_bytes)} -> packed {_megabytes(result.packed_bytes)} "
+          f"({result.fake_bytes / max(result.packed_bytes, 1):.2f}x smaller; {kept})")
+    print(f"model: {result.out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import sys
+
+    from ..jobs.pack import RunJob, run_model
+    from .common import job_from_args
+
+    result = run_model(job_from_args(RunJob, args))
+    print(result.text)
+    rate = (f"{result.decode_tokens_per_second:.1f} tokens/s" if result.decode_tokens_per_second is not None
+            else "n/a (one token)")
+    kernel = f"; CPU kernel path {result.kernel_path}" if result.kernel_path else ""
+    print(f"tritium: {result.new_tokens} new tokens on {result.device} with the {result.loop} ({result.source}, "
+          f"{result.head_type} head); prefill of {result.prompt_tokens} tokens {result.prefill_seconds:.3f} s; "
+          f"decode {rate}{kernel}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..jobs.pack import ExportJob, export_folder
+    from .common import job_from_args
+
+    report = export_folder(job_from_args(ExportJob, args))
+    for line in report.lines:
+        print(line)
+    print(f"model: {report.path}")
+    return 0

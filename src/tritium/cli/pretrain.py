@@ -1,4 +1,5 @@
-"""The parsers of ``tritium pretrain`` and ``tritium suite``; the jobs are :mod:`tritium.jobs.pretraining`."""
+"""``tritium pretrain`` and ``tritium suite``: their flags, and the handlers that make them a PretrainJob or
+SuiteJob (:mod:`tritium.jobs.pretraining`), run it and print the result."""
 
 from __future__ import annotations
 
@@ -63,3 +64,26 @@ def add_pretrain_parsers(sub, token_count) -> None:
     s.add_argument("--quant-bits", type=_ints, help="QuantLM bits (Spectra: 3,4,6,8)")
     s.add_argument("--recipe", help="a suite YAML (suite-cpu is the 2-core miniature)")
     _add_shared(s, token_count)
+
+
+def cmd_pretrain(args) -> int:
+    from ..jobs.pretraining import PretrainJob, pretrain_model
+    from .common import job_from_args
+
+    result = pretrain_model(job_from_args(PretrainJob, args))
+    entry = result.entry
+    print(f"{entry.family} {entry.size}: held-out loss {entry.val_loss:.4f} (ppl {entry.metrics['val_ppl']:.2f}), "
+          + ", ".join(f"{k} {v:.4g}" for k, v in entry.metrics.items() if k != "val_ppl")
+          + f"; {entry.tokens_per_second:,.0f} tok/s, MFU {entry.mfu:.1%}")
+    print(f"report: {result.report}\nmodel:  {result.model_folder}")
+    return 0
+
+
+def cmd_suite(args) -> int:
+    from ..jobs.pretraining import SuiteJob, pretrain_suite
+    from .common import job_from_args
+
+    result = pretrain_suite(job_from_args(SuiteJob, args))
+    print(result.report.read_text())
+    print(f"report: {result.report}")
+    return 0

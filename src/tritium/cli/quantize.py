@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..recipes import recipe_names
-from .common import add_eval_args, add_model_args, csv_list, group_size, job_from_args, print_table
+from .common import add_eval_args, add_model_args, csv_list, group_size, job_from_args, print_results, print_table
 from .pack import HEAD_TYPE_CHOICES, HEAD_TYPE_HELP
 
 
@@ -59,6 +59,5 @@ def cmd_quantize(args) -> int:
         if result.float_text is not None:
             print(f"  float:     {args.generate}{result.float_text}")
         print(f"  quantized: {args.generate}{result.quantized_text}")
-    print(f"\nresults: {result.md_path}  {result.json_path}"
-          + ("" if result.model_folder is None else f"\nmodel:   {result.model_folder}"))
+    print_results(result)
     return 0

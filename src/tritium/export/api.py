@@ -37,17 +37,14 @@ def export_model(model_or_folder, format: str = "compressed-tensors", out: str |
     memory needs one). ``options`` are the format's own (see :func:`export_options`), e.g.
     ``float_dtype="float32"`` for compressed-tensors or ``type="tq2_0"`` for gguf.
     """
-    from .source import load_folder_source, model_grids, model_source, plan_folder
+    from .source import load_folder_source, model_grids, model_source
 
     exporter = get_exporter(format)
     chosen = _options(exporter, options)
     if isinstance(model_or_folder, (str, os.PathLike)):
         if result is not None or tokenizer is not None:
             raise ExportError("result= and tokenizer= go with a model in memory; a folder holds its own")
-        plan = plan_folder(model_or_folder)
-        exporter.check(plan.grid, plan.grid_overrides, chosen)
-        out = Path(out) if out is not None else plan.default_out(exporter.default_out)
-        _check_out(out, exporter, overwrite, protected=plan.folder)
+        plan, out = _plan_folder_export(model_or_folder, exporter, chosen, out, overwrite)
         if log:
             log(f"tritium: loading {plan.folder}")
         source = load_folder_source(plan)
@@ -60,6 +57,24 @@ def export_model(model_or_folder, format: str = "compressed-tensors", out: str |
         _check_out(out, exporter, overwrite, protected=None)
         source = model_source(model_or_folder, result, tokenizer)
     return _write(exporter, source, out, chosen)
+
+
+def check_folder_export(folder: str | os.PathLike, format: str, out: str | os.PathLike | None = None,
+                        overwrite: bool = False, options: dict | None = None) -> Path:
+    """Every check :func:`export_model` makes on a folder before loading it (the format, its options, the
+    folder's grids, the output); returns the output path, ``out`` or the format's default beside the run."""
+    exporter = get_exporter(format)
+    return _plan_folder_export(folder, exporter, _options(exporter, options or {}), out, overwrite)[1]
+
+
+def _plan_folder_export(folder, exporter: Exporter, options: dict, out, overwrite: bool):
+    from .source import plan_folder
+
+    plan = plan_folder(folder)
+    exporter.check(plan.grid, plan.grid_overrides, options)
+    out = Path(out) if out is not None else plan.default_out(exporter.default_out)
+    _check_out(out, exporter, overwrite, protected=plan.folder)
+    return plan, out
 
 
 def export_options(format: str) -> dict:

@@ -1,6 +1,7 @@
 """Write a quantized Llama, Mistral, Qwen2 or Gemma model as a GGUF file that llama.cpp runs.
 
-Decoder linears go to TQ1_0/TQ2_0 where they fit, else to an exact fallback
+Decoder linears quantized on a GGUF grid go to that grid's own type, bit for bit; ternary
+ones go to TQ1_0/TQ2_0 where they fit, else to an exact fallback
 (:mod:`tritium.export.gguf_tensors`); norms stay F32; embeddings and the output head
 take the type the user chooses. Tensor names come from the ``gguf`` package's own
 HF→GGUF name map. The file is validated after writing: every tensor is read back,
@@ -25,7 +26,7 @@ from ..utils.errors import TritiumError
 from ..utils.gguf_file import CHECKSUM_KEY, CHECKSUM_PLACEHOLDER, MARKER_KEY, MARKER_VALUE, check_gguf, seal_gguf
 from ..utils.io import TEMPORARY_SUFFIX, temporary_prefix
 from ..models.adapters import decoder_layout
-from ..quant.grids import QuantizedWeight
+from ..quant.grids import GGUFBlockGrid, QuantizedWeight
 from .gguf_tensors import TERNARY_TYPES, choose_tensor_type, decode_tensor, encode_tensor
 
 
@@ -184,7 +185,17 @@ def _head_is_the_embedding(model) -> bool:
         head.weight.shape == embedding.shape and torch.equal(head.weight, embedding))
 
 
-def _add_llama_metadata(writer: GGUFWriter, config, n_vocab: int, file_type) -> None:
+def file_type_of(linear_types: list[GGMLQuantizationType], ttype: str):
+    """general.file_type: the type most decoder linears have (``ttype``'s when there are none, or it has none)."""
+    if not linear_types:
+        return FILE_TYPES[ttype]
+    most = max(set(linear_types), key=lambda t: (linear_types.count(t), t.value))
+    if most == GGMLQuantizationType.Q4_K:  # the file type with Q4_K in most tensors
+        return gguf.LlamaFileType.MOSTLY_Q4_K_S
+    return getattr(gguf.LlamaFileType, f"MOSTLY_{most.name}", FILE_TYPES[ttype])
+
+
+def _add_llama_metadata(writer: GGUFWriter, config, n_vocab: int) -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
@@ -199,7 +210,6 @@ def _add_llama_metadata(writer: GGUFWriter, config, n_vocab: int, file_type) -> 
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
     writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(file_type)
 
 
 def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeight], ttype: str = "tq1_0",
@@ -222,9 +232,11 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
     tmp = path.with_name(f"{temporary_prefix(path)}{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")  # cleaned if orphaned
     report = GGUFReport(str(path))
     expected: dict[str, np.ndarray] = {}
+    exact: set[str] = set()  # tensors on a GGUF grid: they must read back bit for bit
+    linear_types: list[GGMLQuantizationType] = []
     writer = GGUFWriter(tmp, spec.name)
     try:
-        _add_llama_metadata(writer, config, layout.embed_tokens.weight.shape[0], FILE_TYPES[ttype])
+        _add_llama_metadata(writer, config, layout.embed_tokens.weight.shape[0])
         if tokenizer_gguf is not None:
             _copy_tokenizer_fields(writer, tokenizer_gguf)
         else:
@@ -242,11 +254,14 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
                     heads = config.num_attention_heads if module_name.endswith("q_proj") else config.num_key_value_heads
                     qw = _permute_rows(qw, rope_row_permutation(qw.codes.shape[0], heads))
                 choice = choose_tensor_type(qw, ttype, allow_fallback, name=gguf_name)
-                raw = encode_tensor(qw, choice.qtype)
+                raw = encode_tensor(qw, choice.qtype, name=gguf_name)
                 writer.add_tensor(gguf_name, raw, raw_dtype=choice.qtype)
                 expected[gguf_name] = qw.dequantize(torch.float32).numpy()
+                if isinstance(qw.grid, GGUFBlockGrid):
+                    exact.add(gguf_name)
                 report.tensor_types[gguf_name] = choice.qtype.name
-                if choice.qtype not in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
+                linear_types.append(choice.qtype)
+                if choice.fallback:
                     report.fallback_reasons[gguf_name] = choice.reason
                 report.linear_bits += raw.size * 8
                 report.linear_params += qw.codes.numel()
@@ -266,6 +281,7 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
             if not is_table and param.dim() == 2:  # a decoder linear left in float
                 report.linear_bits += array.nbytes * 8
                 report.linear_params += param.numel()
+        writer.add_file_type(file_type_of(linear_types, ttype))
         # Last keys: the marker and the placeholder that seal_gguf fills with the file's sha256.
         writer.add_string(MARKER_KEY, MARKER_VALUE)
         writer.add_string(CHECKSUM_KEY, CHECKSUM_PLACEHOLDER)
@@ -275,7 +291,7 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
         writer.close()
         seal_gguf(tmp)
         if validate:
-            report.max_abs_error = validate_gguf(tmp, expected)
+            report.max_abs_error = validate_gguf(tmp, expected, exact)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -284,8 +300,9 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
     return report
 
 
-def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray]) -> float:
-    """Read the file back and check each quantized tensor against ``expected`` to fp16 rounding.
+def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray], exact: set[str] = frozenset()) -> float:
+    """Read the file back and check each quantized tensor against ``expected`` to fp16 rounding,
+    the ``exact`` ones (on a GGUF grid) bit for bit.
 
     Returns the largest absolute difference seen."""
     check_gguf(path)
@@ -297,7 +314,7 @@ def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray]) -> f
             raise GGUFExportError(f"{path}: tensor {name} is missing after writing")
         tensor = tensors[name]
         got = decode_tensor(np.asarray(tensor.data), tensor.tensor_type).reshape(want.shape)
-        tolerance = 2e-3 * np.abs(want).max() + 1e-7
+        tolerance = 0.0 if name in exact else 2e-3 * np.abs(want).max() + 1e-7
         error = float(np.abs(got - want).max())
         if error > tolerance:
             raise GGUFExportError(

@@ -9,6 +9,11 @@ DLT shift and for ≤4-bit uniform codes, both over 32-weight blocks. F16 is the
 TQ blocks are written by the ``gguf`` package's own quantizer: for a block holding
 α·T its absmax is α, so it reproduces T and α exactly. Q4_0/Q4_1 blocks are built here
 because their generic quantizers search a min/max range and would not keep the codes.
+
+A model quantized on a GGUF grid (:class:`~tritium.quant.grids.GGUFBlockGrid`: Q4_0, Q4_1,
+Q5_0, Q5_1, Q8_0, Q4_K) is written in that very type: its codes, fp16 d and fp16 m (for Q4_K
+d, dmin and the 6-bit sc, m they multiply) go into the blocks bit for bit, so llama.cpp's
+dequantizer gives exactly tritium's float32 weights.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from ..utils.errors import TritiumError
-from ..quant.grids import QuantizedWeight, TernaryGrid, UniformGrid
+from ..quant.grids import K_SCALE_BITS, GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid
 
 TQ_BLOCK = 256
 Q4_BLOCK = 32
@@ -35,6 +40,7 @@ class GGUFTypeError(TritiumError, ValueError):
 class TensorChoice:
     qtype: GGMLQuantizationType
     reason: str
+    fallback: bool = False  # not the type asked for: the report lists it
 
 
 def _scale_constant_over(qw: QuantizedWeight, block: int) -> bool:
@@ -55,10 +61,13 @@ def _blocks_align(qw: QuantizedWeight, block: int) -> bool:
 
 def choose_tensor_type(qw: QuantizedWeight, preferred: str, allow_fallback: bool = True,
                        name: str = "tensor") -> TensorChoice:
-    """The GGUF type that stores ``qw`` exactly, preferring the ternary type ``preferred``."""
+    """The GGUF type that stores ``qw`` exactly: a GGUF grid's own type, else (ternary)
+    the ternary type ``preferred``, else an exact fallback."""
     if preferred not in TERNARY_TYPES:
         raise GGUFTypeError(f"unknown GGUF ternary type {preferred!r}: use one of {', '.join(TERNARY_TYPES)}")
     grid = qw.grid
+    if isinstance(grid, GGUFBlockGrid):
+        return TensorChoice(GGMLQuantizationType[grid.type.upper()], f"quantized on the {grid.describe()} grid")
     shifted = qw.shift is not None and bool(torch.any(qw.shift != 0))
     if isinstance(grid, TernaryGrid) and not shifted and _scale_constant_over(qw, TQ_BLOCK):
         return TensorChoice(TERNARY_TYPES[preferred], "ternary, 256-blocks of constant scale")
@@ -73,10 +82,11 @@ def choose_tensor_type(qw: QuantizedWeight, preferred: str, allow_fallback: bool
         )
     if _blocks_align(qw, Q4_BLOCK):
         if isinstance(grid, TernaryGrid) and not shifted:
-            return TensorChoice(GGMLQuantizationType.Q4_0, f"fallback: {why_not}")
+            return TensorChoice(GGMLQuantizationType.Q4_0, f"fallback: {why_not}", fallback=True)
         if isinstance(grid, TernaryGrid) or (isinstance(grid, UniformGrid) and grid.bits <= 4):
-            return TensorChoice(GGMLQuantizationType.Q4_1, f"fallback: {why_not}")
-    return TensorChoice(GGMLQuantizationType.F16, f"fallback: {why_not}, and no 4-bit type aligns with its groups")
+            return TensorChoice(GGMLQuantizationType.Q4_1, f"fallback: {why_not}", fallback=True)
+    return TensorChoice(GGMLQuantizationType.F16, f"fallback: {why_not}, and no 4-bit type aligns with its groups",
+                        fallback=True)
 
 
 def _per_block(stat: torch.Tensor, qw: QuantizedWeight, block: int) -> np.ndarray:
@@ -97,10 +107,115 @@ def _q4_blocks(codes: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> np.nda
     return np.concatenate([*header, _pack_nibbles(codes.reshape(-1, Q4_BLOCK))], axis=1)
 
 
-def encode_tensor(qw: QuantizedWeight, qtype: GGMLQuantizationType) -> np.ndarray:
+def _fp16_bytes(values: torch.Tensor, part: str, name: str) -> np.ndarray:
+    """One fp16 per block as [n_blocks, 2] bytes, refused unless the values are fp16 already (nothing may round)."""
+    exact = values.detach().cpu().float().numpy().reshape(-1, 1)
+    half = exact.astype(np.float16)
+    if not np.array_equal(half.astype(np.float32), exact):
+        raise GGUFTypeError(f"{name}: its {part} values are not fp16 values, so the GGUF blocks could not hold them "
+                            "exactly; quantize on the GGUF grid again (its scales are fp16 by construction)")
+    return half.view(np.uint8)
+
+
+def _fifth_bits(q: np.ndarray) -> np.ndarray:
+    """[n_blocks, 32] 5-bit codes → [n_blocks, 4] bytes: a little-endian uint32 whose bit j is bit 4 of code j."""
+    bits = (q.astype(np.uint32) >> 4) & 1
+    words = (bits << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    return words.astype("<u4").reshape(-1, 1).view(np.uint8)
+
+
+def _six_bit_factors(values: np.ndarray, part: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split each row of ``values`` [n_super, sub-blocks] (each d·k with k a 6-bit integer) into an
+    fp16 d per row and the integers k, such that d·k is each value exactly in float32.
+
+    tritium's own rounding makes the largest k 63, so d = largest/63 is tried first; rows where it
+    fails (a tiny super-block, or another quantizer's choice) try the other counts 62..1. Any d
+    that reproduces every value exactly dequantizes identically, since llama.cpp multiplies d·k."""
+    top = 2**K_SCALE_BITS - 1
+    peak = values.max(axis=1)
+
+    def try_count(rows: np.ndarray, count: np.ndarray):
+        d = (peak[rows] / count).astype(np.float32)
+        k = np.rint(values[rows] / np.where(d > 0, d, 1)[:, None])
+        ok = (d.astype(np.float16).astype(np.float32) == d) & (k >= 0).all(1) & (k <= top).all(1) & (
+            (d[:, None] * k.astype(np.float32)) == values[rows]).all(1)
+        return d, k, ok
+
+    d = np.zeros(len(values), np.float32)
+    k = np.zeros(values.shape, np.float32)
+    todo = np.flatnonzero(peak > 0)
+    for count in range(top, 0, -1):
+        if not todo.size:
+            break
+        found_d, found_k, ok = try_count(todo, np.float32(count))
+        d[todo[ok]], k[todo[ok]] = found_d[ok], found_k[ok]
+        todo = todo[~ok]
+    if todo.size or (values < 0).any():
+        raise GGUFTypeError(f"{name}: its sub-block {part}s are not 6-bit multiples of one fp16 value per 256 "
+                            "weights, so Q4_K cannot hold them exactly; quantize on the gguf q4_k grid again")
+    return d, k.astype(np.uint8)
+
+
+def _six_bit_pairs(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Eight 6-bit scales and mins per super-block → llama.cpp's 12 bytes: bytes 0–3 and 4–7 hold
+    sc/m of sub-blocks 0–3 in their low 6 bits and the top 2 bits of sub-blocks 4–7's; bytes 8–11
+    hold the low 4 bits of sub-blocks 4–7's sc (low nibble) and m (high nibble)."""
+    low_sc, high_sc, low_m, high_m = sc[:, :4], sc[:, 4:], m[:, :4], m[:, 4:]
+    first = low_sc | ((high_sc >> 4) << 6)
+    second = low_m | ((high_m >> 4) << 6)
+    third = (high_sc & 0x0F) | ((high_m & 0x0F) << 4)
+    return np.concatenate([first, second, third], axis=1).astype(np.uint8)
+
+
+def _k_quant_blocks(qw: QuantizedWeight, name: str) -> np.ndarray:
+    """Q4_K super-blocks: fp16 d and dmin, the 12 bytes of 6-bit sc and m, then 128 bytes of codes
+    (per 64 weights, 32 bytes: the first 32 codes in the low nibbles, the next 32 in the high)."""
+    grid: GGUFBlockGrid = qw.grid
+    if qw.zero is not None or qw.shift is None:
+        raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight holds −dmin·m as its shift and no zero point")
+    per_super = grid.super_block // grid.group
+    scale = qw.scale.detach().cpu().float().numpy().reshape(-1, per_super)
+    lowered = -qw.shift.detach().cpu().float().numpy().reshape(-1, per_super)
+    d, sc = _six_bit_factors(scale, "scale", name)
+    dmin, m = _six_bit_factors(lowered, "min", name)
+    q = qw.codes.cpu().numpy().astype(np.uint8).reshape(-1, grid.super_block // 64, 2, 32)
+    codes = (q[:, :, 0, :] | (q[:, :, 1, :] << 4)).reshape(len(d), -1)
+    header = [d.astype(np.float16).view(np.uint8).reshape(-1, 2), dmin.astype(np.float16).view(np.uint8).reshape(-1, 2)]
+    return np.concatenate([*header, _six_bit_pairs(sc, m), codes], axis=1)
+
+
+def _gguf_grid_blocks(qw: QuantizedWeight, qtype: GGMLQuantizationType, name: str) -> np.ndarray:
+    """The blocks of a weight quantized on a GGUF grid, in its own type: codes, d and m unchanged."""
+    grid: GGUFBlockGrid = qw.grid
+    if qtype.name.lower() != grid.type:
+        raise GGUFTypeError(f"{name}: a weight on the {grid.describe()} grid is stored as {grid.type.upper()}, "
+                            f"not {qtype.name}")
+    if grid.super_block:
+        return _k_quant_blocks(qw, name)
+    if grid.has_min and (qw.zero is not None or qw.shift is None):
+        raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight holds its min as the shift and no zero point")
+    if not grid.has_min and (qw.shift is not None or qw.zero is None or bool((qw.zero != grid.fixed_zero).any())):
+        raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight needs the fixed zero {grid.fixed_zero} and no "
+                            "shift; these codes were made on another grid")
+    q = qw.codes.cpu().numpy().astype(np.uint8).reshape(-1, grid.group)
+    parts = [_fp16_bytes(qw.scale, "scale (d)", name)]
+    if grid.has_min:
+        parts.append(_fp16_bytes(qw.shift, "min (m)", name))
+    if grid.bits == 8:  # Q8_0 stores q − 128 as int8
+        parts.append((q.astype(np.int16) - grid.fixed_zero).astype(np.int8).view(np.uint8))
+    else:
+        if grid.bits == 5:
+            parts.append(_fifth_bits(q))
+        parts.append(_pack_nibbles(q & 0x0F))
+    return np.concatenate(parts, axis=1)
+
+
+def encode_tensor(qw: QuantizedWeight, qtype: GGMLQuantizationType, name: str = "tensor") -> np.ndarray:
     """Raw GGUF bytes of ``qw`` as ``qtype``, shaped [out_features, bytes_per_row]."""
     out, width = qw.layout.out_features, qw.layout.in_features
-    if qtype in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
+    if isinstance(qw.grid, GGUFBlockGrid):
+        raw = _gguf_grid_blocks(qw, qtype, name)
+    elif qtype in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
         raw = quants.quantize(qw.dequantize(torch.float32).numpy(), qtype)
     elif qtype == GGMLQuantizationType.F16:
         return qw.dequantize(torch.float32).numpy().astype(np.float16).view(np.uint8)

@@ -175,6 +175,6 @@ def tritium_quantization_config(folder: Path, command: str) -> dict:
 
     qconfig = read_quantization_config(folder)  # the caller has checked the folder against its manifest
     if not qconfig or qconfig.get("quant_method") != "tritium":
-        raise ValueError(f"{folder} is not a tritium-quantized model: quantize it first with "
-                         f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
+        raise ExportError(f"{folder} is not a tritium-quantized model: quantize it first with "
+                          f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
     return qconfig

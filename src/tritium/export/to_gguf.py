@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..quant.grids import TernaryGrid
+from ..quant.grids import GGUFBlockGrid, TernaryGrid
 from .registry import ExportError, Exporter, register_exporter
 
 
 @register_exporter("gguf")
 class GGUFExporter(Exporter):
     kind = "file"  # write_gguf writes a temporary file, reads it back and renames it
-    summary = "GGUF file for llama.cpp (ternary linears as TQ1_0/TQ2_0, others in exact fallback types)"
+    summary = ("GGUF file for llama.cpp (linears on a GGUF grid in its own type, ternary ones as TQ1_0/TQ2_0, "
+               "others in exact fallback types)")
     default_out = "model.gguf"
     options = {"type": "tq1_0", "embedding_type": "f16", "allow_fallback": True}
 
@@ -40,7 +41,7 @@ class GGUFExporter(Exporter):
                             allow_fallback=options["allow_fallback"], embedding_type=options["embedding_type"],
                             tokenizer=source.tokenizer)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
-        if not isinstance(source.grid, TernaryGrid):
+        if not isinstance(source.grid, (TernaryGrid, GGUFBlockGrid)):
             lines.append(f"note: {source.grid.describe()} is not ternary; TQ types cannot hold it, so its linears "
                          "went to the exact fallback types")
         lines += [f"wrote {report.path}: {report.file_bytes / 1e6:.2f} MB; tensor types: {counts}",

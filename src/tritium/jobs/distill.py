@@ -1,145 +1,197 @@
-"""``tritium distill``: distillation into a ternary (DLT) or uniform QAT student from the command line
-(its flags: tritium.cli.distill)."""
+"""The distill job: distillation into a ternary (DLT) or uniform QAT student, evaluated beside the float
+model, saved with its report. ``tritium distill`` builds a :class:`DistillJob` from its flags
+(:mod:`tritium.cli.distill`) and calls :func:`distill_model`; Python code does the same::
+
+    from tritium.jobs import DistillJob, distill_model
+    result = distill_model(DistillJob(model="smollm2-135m", recipe="ternaryllm-cpu", tokens=20_000, out="runs/d"))
+    result.rows[-1]["perplexity"]
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
+
+from .options import CommonEvalOptions, eval_settings, torch_dtype
+from .quantize import ModelReport
 
 
-def _recipe_from_args(args) -> dict:
+@dataclass(kw_only=True)
+class DistillJob(CommonEvalOptions):
+    """What to distill and how; the field names are the CLI's flags' (``--lr-quant`` → lr_quant; ``--data`` is
+    ``train_data``, ``--train`` is ``trainable``, ``--data-dir`` the evaluation data folder). A ``None`` option
+    leaves the recipe's value."""
+
+    model: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    recipe: str = "ternaryllm"
+    tokens: int | None = None
+    steps: int | None = None
+    train_data: list[str] | None = None
+    train_seqlen: int | None = None
+    micro_batch_size: int | None = None
+    grad_accum: int | None = None
+    lr: float | None = None
+    lr_quant: float | None = None
+    group: int | str | None = None
+    bits: int | None = None
+    variant: str | None = None
+    off_weight: float | None = None
+    kl_weight: float | None = None
+    ce_weight: float | None = None
+    init_from: str | None = None
+    trainable: str | None = None
+    start_latents: str | None = None
+    checkpoint_every: int | None = None
+    eval_every: int | None = None
+    gradient_checkpointing: bool | None = None
+    precision: str | None = None
+    no_resume: bool = False
+    no_float: bool = False
+    no_save: bool = False
+    # packed: the trained codes in tritium's packed layout (the default, as for quantize); fake: float weights
+    format: str = "packed"
+    data_dir: str | None = None
+
+
+@dataclass
+class DistillResult(ModelReport):
+    """The rows (float unless no_float, then the distilled model), the report and the saved model."""
+
+
+def distill_recipe(job: DistillJob) -> dict:
+    """The recipe a distill job trains: ``job.recipe`` (a dlt one), each option that is set over its value."""
     from ..recipes import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(job.recipe)
     if recipe.get("method") != "dlt":
         from ..recipes import RecipeError
 
-        raise RecipeError(f"recipe {args.recipe!r} is for method {recipe.get('method')!r}; distill needs a dlt recipe "
+        raise RecipeError(f"recipe {job.recipe!r} is for method {recipe.get('method')!r}; distill needs a dlt recipe "
                           "such as ternaryllm")
     grid = dict(recipe["grid"])
-    if args.group is not None:
-        grid["group"] = args.group
-    if args.variant:
-        grid["variant"] = args.variant
-    if args.bits is not None:
+    if job.group is not None:
+        grid["group"] = job.group
+    if job.variant:
+        grid["variant"] = job.variant
+    if job.bits is not None:
         if grid.get("kind", "uniform") != "uniform":
             from ..recipes import RecipeError
 
-            raise RecipeError(f"--bits applies to a uniform grid; recipe {args.recipe!r} trains "
+            raise RecipeError(f"--bits applies to a uniform grid; recipe {job.recipe!r} trains "
                               f"{grid.get('kind')}: use a qat-* recipe such as qat-w2g128-cpu")
-        grid["bits"] = args.bits
+        grid["bits"] = job.bits
     recipe["grid"] = grid
     margs = recipe["method_args"] = dict(recipe.get("method_args") or {})
     train = margs["train"] = dict(margs.get("train") or {})
     optim = train["optim"] = dict(train.get("optim") or {})
     loss = margs["loss"] = dict(margs.get("loss") or {})
     data = margs["data"] = dict(margs.get("data") or {})
-    if args.tokens is not None:
-        train["tokens"], train["steps"] = args.tokens, None
-    if args.steps is not None:
-        train["steps"], train["tokens"] = args.steps, None
-    for key, value in [("micro_batch_size", args.micro_batch_size), ("grad_accum", args.grad_accum),
-                       ("checkpoint_every", args.checkpoint_every), ("eval_every", args.eval_every),
-                       ("gradient_checkpointing", args.gradient_checkpointing), ("device", args.device),
-                       ("precision", args.precision)]:
+    if job.tokens is not None:
+        train["tokens"], train["steps"] = job.tokens, None
+    if job.steps is not None:
+        train["steps"], train["tokens"] = job.steps, None
+    for key, value in [("micro_batch_size", job.micro_batch_size), ("grad_accum", job.grad_accum),
+                       ("checkpoint_every", job.checkpoint_every), ("eval_every", job.eval_every),
+                       ("gradient_checkpointing", job.gradient_checkpointing), ("device", job.device),
+                       ("precision", job.precision)]:
         if value is not None:
             train[key] = value
-    if args.no_progress:
+    if job.no_progress:
         train["progress"] = False
-    for key, value in [("lr", args.lr), ("lr_quant", args.lr_quant)]:
+    for key, value in [("lr", job.lr), ("lr_quant", job.lr_quant)]:
         if value is not None:
             optim[key] = value
-    for key, value in [("off_weight", args.off_weight), ("kl_weight", args.kl_weight), ("ce_weight", args.ce_weight)]:
+    for key, value in [("off_weight", job.off_weight), ("kl_weight", job.kl_weight), ("ce_weight", job.ce_weight)]:
         if value is not None:
             loss[key] = value
-    if args.train_data is not None:
-        data["sources"] = args.train_data
-    if args.train_seqlen is not None:
-        data["seqlen"] = args.train_seqlen
-    if args.init_from:
-        margs["init_from"] = args.init_from
-    if args.trainable:
-        margs["trainable"] = args.trainable
-    if getattr(args, "start_latents", None):
-        margs["start_latents"] = args.start_latents
-    for key, value in [("datasets", args.eval), ("zeroshot", args.zeroshot), ("limit", args.limit),
-                       ("zeroshot_limit", args.zeroshot_limit), ("seqlen", args.seqlen),
-                       ("batch_size", args.batch_size), ("scorers", args.harness)]:
-        if value is not None:
-            recipe["eval"][key] = value
-    from ..eval.harness import check_scorers
-
-    check_scorers(recipe["eval"].get("scorers"), recipe["eval"].get("zeroshot"))
+    if job.train_data is not None:
+        data["sources"] = job.train_data
+    if job.train_seqlen is not None:
+        data["seqlen"] = job.train_seqlen
+    if job.init_from:
+        margs["init_from"] = job.init_from
+    if job.trainable:
+        margs["trainable"] = job.trainable
+    if job.start_latents:
+        margs["start_latents"] = job.start_latents
+    recipe["eval"] = eval_settings(job, recipe["eval"])
     return recipe
 
 
-def cmd_distill(args) -> int:
-    import torch
-
+def distill_model(job: DistillJob) -> DistillResult:
+    from ..data import load_eval_text
     from ..eval.perplexity import tokenize_eval_text
-    from ..eval.report import markdown_table, write_report
+    from ..eval.report import write_report
     from ..export.hf import save_fake_quantized
     from ..methods import config_from_dict
     from ..models import load_model
     from ..quant.grids import grid_to_dict
-    from ..data import load_eval_text
-    from .steps import evaluate, float_row, peak_rss_megabytes, quantized_row
-    from ..utils.io import folder_bytes
-    from ..utils.runs import claim_run_folder, job_settings
     from ..train.data import check_training_sources
     from ..train.distill import distill, train_result_summary
-
-    recipe = _recipe_from_args(args)
+    from ..utils.io import folder_bytes
+    from ..utils.runs import claim_run_folder, job_settings
     from .preflight import preflight_distill, preflight_loaded_model
+    from .steps import evaluate, float_row, peak_rss_megabytes, quantized_row
 
-    preflight_distill(args, recipe)
+    recipe = distill_recipe(job)
+    preflight_distill(job, recipe)
     # fails before the model loads, as does an --init-from on another grid (only its config.json is read)
     config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
     data = config.data_config()  # an evaluation split in the training data fails here, by content, whatever its name
-    check_training_sources(data.sources, data.text_field, args.data_dir)
+    check_training_sources(data.sources, data.text_field, job.data_dir)
 
-    from ..utils.hardware import warn_if_emulated_bf16
     from ..train.trainer import Trainer
+    from ..utils.hardware import warn_if_emulated_bf16
 
     # said before the model loads and the float model is evaluated, not only when training starts
     planned = config.train_config()
     warn_if_emulated_bf16(planned.precision, Trainer._pick_device(planned.device))
     tag = recipe.get("name") or "distill"
     # The same job unfinished continues (the training checkpoint in it resumes, unless --no-resume).
-    out = claim_run_folder(args.out, "distill", job_settings(args), args.overwrite, (args.model, tag)).path
-    progress = not args.no_progress
-    print(f"tritium: loading {args.model}", file=sys.stderr)
-    model, tokenizer, source = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    out = claim_run_folder(job.out, "distill", job_settings(job), job.overwrite, (job.model, tag)).path
+    progress = not job.no_progress
+    print(f"tritium: loading {job.model}", file=sys.stderr)
+    model, tokenizer, source = load_model(job.model, dtype=torch_dtype(job.dtype), device=job.device)
     preflight_loaded_model(model, tokenizer)
     rows, token_cache = [], {}
     settings = recipe["eval"]
-    if not args.no_float:
+    if not job.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)
-        rows.append(float_row(model, tokenizer, settings, args.data_dir, progress, token_cache))
+        rows.append(float_row(model, tokenizer, settings, job.data_dir, progress, token_cache))
     eval_ids = None
     train_cfg = config.train_config()
     if train_cfg.eval_every and settings.get("datasets"):
         name = settings["datasets"][0]
         if name not in token_cache:
-            token_cache[name] = tokenize_eval_text(tokenizer, load_eval_text(name, args.data_dir))
+            token_cache[name] = tokenize_eval_text(tokenizer, load_eval_text(name, job.data_dir))
         eval_ids = token_cache[name]
     start = time.perf_counter()
     print(f"tritium: distilling into {config.grid.describe()} (run folder {out})", file=sys.stderr)
-    result, train = distill(model, tokenizer, config, out / "train", eval_ids=eval_ids, data_path=args.data_dir,
-                            resume=not args.no_resume)
+    result, train = distill(model, tokenizer, config, out / "train", eval_ids=eval_ids, data_path=job.data_dir,
+                            resume=not job.no_resume)
     print("tritium: evaluating the distilled model", file=sys.stderr)
-    evaluation = evaluate(model, tokenizer, settings, args.data_dir, progress, token_cache)
-    file_bytes = None
-    if not args.no_save:
-        save_fake_quantized(model, tokenizer, out / "model", result.method, grid_to_dict(result.grid), config.skip,
-                            result.method_args, weights=result.weights)
-        file_bytes = folder_bytes(out / "model")
+    evaluation = evaluate(model, tokenizer, settings, job.data_dir, progress, token_cache)
+    model_folder, file_bytes = None, None
+    if not job.no_save:
+        model_folder = out / "model"
+        if job.format == "packed":
+            from ..export.hf import save_packed
+            from ..nn import pack_model
+
+            pack_model(model, result.weights)  # after the evaluation, which ran the same weights unpacked
+            save_packed(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid), config.skip,
+                        result.method_args)
+        else:
+            save_fake_quantized(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid),
+                                config.skip, result.method_args, weights=result.weights)
+        file_bytes = folder_bytes(model_folder)
     rows.append(quantized_row(model, result, evaluation, file_bytes, time.perf_counter() - start))
-    summary = {"title": f"{args.model} {tag}", "model": str(args.model), "source": source.describe(),
+    summary = {"title": f"{job.model} {tag}", "model": str(job.model), "source": source.describe(),
                "recipe": recipe, "training": train_result_summary(train), "log": str(out / "train" / "log.jsonl"),
                "peak_rss_mb": peak_rss_megabytes(),
                "notes": ["training data never includes a test split; the training log holds loss parts per step"]}
     json_path, md_path = write_report(out, summary, rows)
-    print(markdown_table(rows), end="")
-    print(f"\nresults: {md_path}  {json_path}" + ("" if args.no_save else f"\nmodel:   {out / 'model'}"))
-    return 0
+    return DistillResult(rows, summary, out, json_path, md_path, model_folder)

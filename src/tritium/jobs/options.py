@@ -6,12 +6,22 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ..recipes import load_recipe
+from ..recipes import load_recipe_object
 
 
 @dataclass(kw_only=True)
-class EvalOptions:
-    """The evaluation and run-folder options every job shares (the CLI's shared flags)."""
+class RunFolderOptions:
+    """Where a job writes (its run folder; None: a new one under runs/) and whether it shows progress bars."""
+
+    out: str | None = None
+    overwrite: bool = False
+    no_progress: bool = False
+
+
+@dataclass(kw_only=True)
+class CommonEvalOptions(RunFolderOptions):
+    """The evaluation options of every job that evaluates a model, without the folder of the evaluation data,
+    whose flag differs (``--data`` in quantize and eval, ``--data-dir`` in distill)."""
 
     eval: list[str] | None = None
     zeroshot: list[str] | None = None
@@ -20,20 +30,38 @@ class EvalOptions:
     harness: list[str] | None = None
     seqlen: int | None = None
     batch_size: int | None = None
+
+
+@dataclass(kw_only=True)
+class EvalOptions(CommonEvalOptions):
+    """The evaluation and run-folder options quantize and eval share (the CLI's shared flags)."""
+
     data: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    no_progress: bool = False
+
+
+# (evaluation setting, the option that overrides it); an option's flag is its name (batch_size: --batch-size)
+EVAL_OPTIONS = [("datasets", "eval"), ("zeroshot", "zeroshot"), ("limit", "limit"),
+                ("zeroshot_limit", "zeroshot_limit"), ("seqlen", "seqlen"), ("batch_size", "batch_size"),
+                ("scorers", "harness")]
+# the same for the rest of a quantize job's recipe
+RECIPE_OPTIONS = [("grid.kind", "grid"), ("grid.bits", "bits"), ("grid.group", "group"), ("grid.variant", "variant"),
+                  ("grid.symmetric", "symmetric"), ("grid.ragged_groups", "ragged_groups"), ("method", "method"),
+                  ("method_args.skip", "skip"), ("method_args.checkpoint_dir", "checkpoint_dir"),
+                  ("method_args.offload_dir", "offload_dir"), ("method_args.bits_budget", "bits_budget"),
+                  ("calib.source", "calib"), ("calib.samples", "calib_samples"), ("calib.seqlen", "calib_seqlen"),
+                  *((f"eval.{key}", option) for key, option in EVAL_OPTIONS)]
+
+
+def flag_of(option: str) -> str:
+    return "--" + option.replace("_", "-")
 
 
 def eval_settings(options, recipe_eval: dict) -> dict:
     """The recipe's evaluation settings with the job's own (eval, zeroshot, limit, ...) over them."""
     settings = dict(recipe_eval)
-    for key, value in [("datasets", options.eval), ("zeroshot", options.zeroshot), ("limit", options.limit),
-                       ("zeroshot_limit", options.zeroshot_limit), ("seqlen", options.seqlen),
-                       ("batch_size", options.batch_size), ("scorers", options.harness)]:
-        if value is not None:
-            settings[key] = value
+    for key, option in EVAL_OPTIONS:
+        if getattr(options, option) is not None:
+            settings[key] = getattr(options, option)
     from ..eval.harness import check_scorers
 
     check_scorers(settings.get("scorers"), settings.get("zeroshot"))  # before any model loads
@@ -54,35 +82,27 @@ def method_recipe(method: str | None) -> str | None:
 
 
 def quantize_recipe(options) -> dict:
-    """The recipe a quantize job runs: ``options.recipe`` (or the one its method starts from), overridden."""
+    """The recipe a quantize job runs: ``options.recipe`` (or the one its method starts from), with each
+    option that is set over its value, checked as a recipe file is (a bad value names its flag)."""
     recipe_name = options.recipe or method_recipe(options.method)
     if recipe_name and not options.recipe:
         print(f"tritium: --method {options.method} without --recipe: starting from recipe {recipe_name}",
               file=sys.stderr)
-    recipe = load_recipe(recipe_name)
-    grid = dict(recipe["grid"])
-    if options.grid and options.grid != grid.get("kind"):
-        grid = {"kind": options.grid, **({"group": grid["group"]} if "group" in grid else {})}
-    for key, value in [("bits", options.bits), ("group", options.group), ("variant", options.variant),
-                       ("symmetric", options.symmetric), ("ragged_groups", options.ragged_groups)]:
+    recipe = load_recipe_object(recipe_name)
+    changes, flags = {}, {}
+    for key, option in RECIPE_OPTIONS:
+        value = getattr(options, option)
+        if option in ("checkpoint_dir", "offload_dir"):
+            value = value or None  # an empty folder name is no folder
         if value is not None:
-            grid[key] = value
-    recipe["grid"] = grid
-    if options.method:
-        recipe["method"] = options.method
-    if options.rotate is not None:
-        recipe["rotate"] = (recipe.get("rotate") or True) if options.rotate else False
-    method_args = dict(recipe.get("method_args") or {})
-    for key, value in [("skip", options.skip), ("checkpoint_dir", options.checkpoint_dir or None),
-                       ("offload_dir", options.offload_dir or None), ("bits_budget", options.bits_budget)]:
-        if value is not None:
-            method_args[key] = value
-    recipe["method_args"] = method_args
-    for key, value in [("source", options.calib), ("samples", options.calib_samples), ("seqlen", options.calib_seqlen)]:
-        if value is not None:
-            recipe["calib"][key] = value
-    recipe["eval"] = eval_settings(options, recipe["eval"])
-    return recipe
+            changes[key], flags[key] = value, flag_of(option)
+    if options.rotate is not None:  # --rotate keeps the recipe's rotation settings where it has them
+        changes["rotate"], flags["rotate"] = (recipe.rotate or True) if options.rotate else False, "--rotate"
+    settings = recipe.with_overrides(changes, flags).to_dict()
+    from ..eval.harness import check_scorers
+
+    check_scorers(settings["eval"].get("scorers"), settings["eval"].get("zeroshot"))  # before any model loads
+    return settings
 
 
 def torch_dtype(name: str):

@@ -1,164 +1,183 @@
-"""``tritium pack``, ``tritium run`` and ``tritium export``: from a quantize run to packed weights,
-generated text and the formats runtimes load (compressed-tensors for vLLM, GGUF for llama.cpp)."""
+"""The pack, run and export jobs: from a quantize run to packed weights, generated text and the formats
+runtimes load (compressed-tensors for vLLM, GGUF for llama.cpp). ``tritium pack``, ``tritium run`` and
+``tritium export`` build a :class:`PackJob`, :class:`RunJob` or :class:`ExportJob` from their flags
+(:mod:`tritium.cli.pack`) and call :func:`pack_folder`, :func:`run_model` or :func:`export_folder`;
+Python code does the same::
+
+    from tritium.jobs import ExportJob, PackJob, RunJob, export_folder, pack_folder, run_model
+    packed = pack_folder(PackJob(run="runs/w2")).out
+    run_model(RunJob(model=str(packed), prompt="The capital of France is")).text
+    export_folder(ExportJob(model="runs/w2", format="gguf")).path
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers.generation.streamers import BaseStreamer
-
-from ..export.source import model_folder as _model_folder
+from ..export.source import model_folder
 from .preflight import PreflightError
-from ..export.source import tritium_quantization_config as _quantization_config
+
+if TYPE_CHECKING:
+    from ..export.api import ExportReport
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
+@dataclass(kw_only=True)
+class PackJob:
+    """A fake-quant run (or its model folder) to pack; the field names are the CLI's flags."""
+
+    run: str
+    format: str = "tritium"
+    out: str | None = None  # default RUN/packed, or MODEL-packed beside a model folder
+    overwrite: bool = False
+    ternary_layout: str = "base3"
+    scale_dtype: str = "float16"
+    float_dtype: str = "float16"
+    head_type: str = "f16"
 
 
-def cmd_pack(args) -> int:
+@dataclass
+class PackResult:
+    folder: Path  # the fake-quant model folder that was packed
+    out: Path  # the packed model folder
+    grid: str  # the run's grid, described, with how many linears have grids of their own
+    linears: int  # packed linears
+    bits_per_weight: float  # of the packed linears: codes, scales and zero points or shifts
+    code_bits_per_weight: float
+    packed_weight_bytes: int
+    fake_bytes: int  # the folders' sizes
+    packed_bytes: int
+
+
+def pack_folder(job: PackJob) -> PackResult:
     from ..utils.integrity import verified_folder
 
-    folder, default_out = _model_folder(args.run)
+    folder, default_out = model_folder(job.run)
     with verified_folder(folder):  # config.json and the codes are read before the model loads
-        return _pack(args, folder, default_out)
+        return _pack(job, folder, default_out)
 
 
-def _pack(args, folder: Path, default_out: Path) -> int:
+def _pack(job: PackJob, folder: Path, default_out: Path) -> PackResult:
     from ..export.codes import load_codes
-    from ..export.hf import grids_from_dicts, save_packed
+    from ..export.hf import save_packed
     from ..models import load_model
-    from ..models.loader import read_quantization_config
     from ..nn import check_head_quantizable, pack_with_codes, packed_bits_report, quantize_head_
     from ..pack import PackError
-    from ..quant.grids import grid_from_dict
     from ..utils.io import folder_bytes
     from ..utils.runs import claim_output
+    from .preflight import preflight_pack
 
-    out = Path(args.out) if args.out else default_out
-    qconfig = _quantization_config(folder, "pack")
-    if qconfig.get("format") == "packed":
-        raise PreflightError(f"{folder} is already packed (format 'packed'): run it with `tritium run {folder}` or "
-                         f"export it with `tritium export {folder} --gguf OUT.gguf`")
-    if out.resolve() == folder.resolve():
-        raise PreflightError(f"--out {out} is the folder being packed; choose another folder")
-    if out.exists() and any(out.iterdir()):
-        existing = read_quantization_config(out) or {}
-        if existing.get("format") != "packed":  # only an earlier `tritium pack` may be replaced (--overwrite)
-            raise PreflightError(f"{out} exists and is not a packed tritium folder; choose another --out or remove it")
-    claim_output(out, "pack", args.overwrite)  # one writer at a time; an earlier pack is replaced only when told
+    plan = preflight_pack(job, folder, default_out)
+    out, qconfig = plan.out, plan.tritium_config
+    claim_output(out, "pack", job.overwrite)  # one writer at a time; an earlier pack is replaced only when told
     codes = load_codes(folder)
     if codes.grid != qconfig.get("grid") or codes.grid_overrides != (qconfig.get("grid_overrides") or {}):
         raise PreflightError(f"{folder}: the codes were made on grid {codes.grid} but config.json says "
-                         f"{qconfig.get('grid')} (or their per-linear grids differ): the folder is inconsistent; "
-                         "re-run `tritium quantize`")
-    grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
+                             f"{qconfig.get('grid')} (or their per-linear grids differ): the folder is inconsistent; "
+                             "re-run `tritium quantize`")
     print(f"tritium: loading {folder}", file=sys.stderr)
     model, tokenizer, _ = load_model(folder, dtype="auto")
-    check_head_quantizable(model, args.head_type)  # e.g. a width that blocks of 32 do not divide: before packing
+    check_head_quantizable(model, job.head_type)  # e.g. a width that blocks of 32 do not divide: before packing
     try:
-        pack_with_codes(model, codes.weights, grid, args.ternary_layout, args.scale_dtype, grid_overrides=overrides)
+        pack_with_codes(model, codes.weights, plan.grid, job.ternary_layout, job.scale_dtype,
+                        grid_overrides=plan.grid_overrides)
     except PackError as err:
         if "not exactly representable" not in str(err):
             raise
         raise PackError(f"{err}. Packing never changes a weight, and this run's scales do not fit "
-                        f"{args.scale_dtype} exactly: keep --scale-dtype float16 (the dtype tritium's methods round "
+                        f"{job.scale_dtype} exactly: keep --scale-dtype float16 (the dtype tritium's methods round "
                         "scales to)") from err
-    quantize_head_(model, args.head_type)
+    quantize_head_(model, job.head_type)
     save_packed(model, tokenizer, out, qconfig.get("method", "unknown"), qconfig["grid"],
                 qconfig.get("modules_not_quantized") or (), qconfig.get("method_args") or {},
-                ternary_layout=args.ternary_layout, scale_dtype=args.scale_dtype, float_dtype=args.float_dtype,
+                ternary_layout=job.ternary_layout, scale_dtype=job.scale_dtype, float_dtype=job.float_dtype,
                 grid_overrides=qconfig.get("grid_overrides"))
     report = packed_bits_report(model)
-    fake_bytes, packed_bytes = folder_bytes(folder), folder_bytes(out)
-    on = grid.describe() + (f" ({len(overrides)} on their own grids)" if overrides else "")
-    print(f"packed {len(report['layers'])} linears on {on} ({args.ternary_layout}, {args.scale_dtype} "
-          f"scales): {report['bits_per_weight']:.3f} bits/weight ({report['code_bits_per_weight']:.3f} for the codes), "
-          f"{_megabytes(report['bytes'])} of packed weights")
-    kept = ("norms stay float; embedding and head in " + args.head_type if args.head_type != "f16" else
-            "embeddings, head and norms stay float")
-    print(f"folder size: fake {_megabytes(fake_bytes)} -> packed {_megabytes(packed_bytes)} "
-          f"({fake_bytes / max(packed_bytes, 1):.2f}x smaller; {kept})")
-    print(f"model: {out}")
-    return 0
+    overrides = plan.grid_overrides
+    grid = plan.grid.describe() + (f" ({len(overrides)} on their own grids)" if overrides else "")
+    return PackResult(folder, out, grid, len(report["layers"]), report["bits_per_weight"],
+                      report["code_bits_per_weight"], report["bytes"], folder_bytes(folder), folder_bytes(out))
 
 
-class _TokenClock(BaseStreamer):
-    """A generate() streamer that notes when each step's tokens arrive: the first call brings the
-    prompt, the second the first new token (end of prefill), the rest one decode step each."""
+@dataclass(kw_only=True)
+class RunJob:
+    """A model to generate from and how; the field names are the CLI's flags."""
 
-    def __init__(self):
-        self.times: list[float] = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PreflightError("--device cuda: no CUDA device is available here; use --device cpu")
-    return name
+    model: str  # a model folder (packed, fake-quant or float), a .gguf file or a named model
+    prompt: str
+    max_new_tokens: int = 64
+    device: str = "auto"  # auto: cuda where available, else cpu
+    threads: int | None = None  # CPU threads (None: torch's)
+    dtype: str = "auto"  # of the unpacked parts (auto: the folder's)
+    chat: bool = False  # wrap the prompt in the tokenizer's chat template
+    head_type: str | None = None  # store the embedding and head as q8_0 or q4_0 first (None: as the model has them)
+    loop: str = "auto"  # fast (tritium's lean loop), hf (generate) or auto (the lean loop where it applies)
 
 
-def cmd_run(args) -> int:
+@dataclass
+class RunResult:
+    text: str  # the new tokens, decoded
+    new_tokens: int
+    prompt_tokens: int
+    device: str
+    loop: str  # "lean loop" or "HF generate"
+    source: str  # where the model came from, described
+    head_type: str  # the head it ran with
+    prefill_seconds: float
+    decode_tokens_per_second: float | None  # None when only one token was made (no decode step)
+    kernel_path: str | None  # the CPU kernel path packed layers ran on (None off the CPU or on the reference)
+    warning: str | None = None  # e.g. generation stopped at the model's context
+
+
+def run_model(job: RunJob) -> RunResult:
     import torch
 
     from ..models import load_model
+    from .preflight import preflight_run
 
-    if args.max_new_tokens < 1:
-        raise PreflightError("--max-new-tokens must be at least 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise PreflightError("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
-    device = _device(args.device)
-    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    _refuse_run_folder(args.model)
-    model, tokenizer, source = load_model(args.model, dtype=dtype, device=device)
-    if args.head_type is not None:
+    device = preflight_run(job)
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    dtype = "auto" if job.dtype == "auto" else getattr(torch, job.dtype)
+    model, tokenizer, source = load_model(job.model, dtype=dtype, device=device)
+    if job.head_type is not None:
         from ..nn import check_head_quantizable, quantize_head_
 
-        check_head_quantizable(model, args.head_type)  # a head the type cannot hold fails before any decoding
-        quantize_head_(model, args.head_type)
-    if args.chat:
+        check_head_quantizable(model, job.head_type)  # a head the type cannot hold fails before any decoding
+        quantize_head_(model, job.head_type)
+    if job.chat:
         if not getattr(tokenizer, "chat_template", None):
-            raise PreflightError(f"{args.model}: the tokenizer has no chat template; run without --chat")
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+            raise PreflightError(f"{job.model}: the tokenizer has no chat template; run without --chat")
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": job.prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
     else:
-        ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+        ids = tokenizer(job.prompt, return_tensors="pt")["input_ids"]
     if ids.shape[1] == 0:
         raise PreflightError("the prompt encodes to no tokens; give a non-empty --prompt")
     ids = ids.to(device)
     from ..runtime import FastDecoder, fast_decode_unsupported_reason, new_tokens_within_context
 
     # Past max_position_embeddings a model's output means nothing: both loops stop at that limit, with a warning.
-    max_new_tokens, warning = new_tokens_within_context(model, ids.shape[1], args.max_new_tokens, "--max-new-tokens")
+    max_new_tokens, warning = new_tokens_within_context(model, ids.shape[1], job.max_new_tokens, "--max-new-tokens")
     if warning:
         print(f"tritium: warning: {warning}", file=sys.stderr)
 
     reason = fast_decode_unsupported_reason(model)
-    if args.loop == "fast" and reason:
+    if job.loop == "fast" and reason:
         raise PreflightError(f"--loop fast does not support {reason}; use --loop hf")
-    if args.loop == "fast" or (args.loop == "auto" and reason is None):
+    if job.loop == "fast" or (job.loop == "auto" and reason is None):
         # The lean loop: same modules and tokens as generate, far fewer torch calls per token.
         decoder = FastDecoder(model, max_length=ids.shape[1] + max_new_tokens, head_dtype="auto")
         result = decoder.generate(ids, max_new_tokens, eos_token_id=model.generation_config.eos_token_id)
         new = result.tokens[0, ids.shape[1]:]
         prefill = result.prefill_seconds
-        rate = f"{result.decode_tokens_per_second:.1f} tokens/s" if result.decode_seconds > 0 else "n/a (one token)"
+        rate = result.decode_tokens_per_second if result.decode_seconds > 0 else None
         loop = "lean loop"
     else:
-        clock = _TokenClock()
+        clock = _token_clock()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         start = time.perf_counter()
         with torch.inference_mode():
@@ -168,70 +187,61 @@ def cmd_run(args) -> int:
         prefill = clock.times[1] - start if len(clock.times) > 1 else float("nan")
         decode_steps = max(len(clock.times) - 2, 0)
         decode_seconds = clock.times[-1] - clock.times[1] if decode_steps else 0.0
-        rate = f"{decode_steps / decode_seconds:.1f} tokens/s" if decode_seconds > 0 else "n/a (one token)"
+        rate = decode_steps / decode_seconds if decode_seconds > 0 else None
         loop = "HF generate"
-    print(tokenizer.decode(new, skip_special_tokens=True))
-    n_new = int(new.numel())
     from ..kernels.cpu import active_path
     from ..nn import head_type_of
 
-    kernel = f"; CPU kernel path {active_path()}" if str(device) == "cpu" and active_path() != "reference" else ""
-    print(f"tritium: {n_new} new tokens on {device} with the {loop} ({source.describe()}, {head_type_of(model)} head); "
-          f"prefill of {ids.shape[1]} tokens {prefill:.3f} s; decode {rate}{kernel}", file=sys.stderr)
-    return 0
+    kernel = active_path() if str(device) == "cpu" and active_path() != "reference" else None
+    return RunResult(tokenizer.decode(new, skip_special_tokens=True), int(new.numel()), int(ids.shape[1]), str(device),
+                     loop, source.describe(), head_type_of(model), prefill, rate, kernel, warning)
 
 
-def _refuse_run_folder(model: str) -> None:
-    """A `tritium quantize` run folder is not a model: name the model folders in it instead."""
-    from ..models import ModelSourceError
+def _token_clock():
+    """A generate() streamer that notes when each step's tokens arrive: the first call brings the
+    prompt, the second the first new token (end of prefill), the rest one decode step each.
+    Made here, not at import: importing the jobs must not load transformers."""
+    from transformers.generation.streamers import BaseStreamer
 
-    path = Path(model)
-    if not path.is_dir() or (path / "config.json").is_file():
-        return
-    inside = [path / name for name in ("model", "packed") if (path / name / "config.json").is_file()]
-    if inside:
-        kinds = {"model": "the quantized model", "packed": "its packed form, on tritium's kernels"}
-        options = " or ".join(f"`tritium run {p}` ({kinds[p.name]})" for p in inside)
-        raise ModelSourceError(f"{path} is a run folder, not a model folder: run {options}")
+    class TokenClock(BaseStreamer):
+        def __init__(self):
+            self.times: list[float] = []
 
+        def put(self, value):
+            self.times.append(time.perf_counter())
 
-def _export_request(args) -> tuple[str, str | None, dict]:
-    """(format, out, the format's options) from the flags; --gguf OUT is --format gguf --out OUT."""
-    from ..export.registry import ExportError
+        def end(self):
+            pass
 
-    fmt, out = args.format, args.out
-    if args.gguf is not None:
-        if fmt not in (None, "gguf") or (out is not None and out != args.gguf):
-            raise ExportError(f"--gguf {args.gguf} means --format gguf --out {args.gguf}; drop --gguf or the other "
-                              "--format/--out")
-        fmt, out = "gguf", args.gguf
-    if fmt is None:
-        raise ExportError("choose a format: --format compressed-tensors (vLLM), --format gguf (llama.cpp) or "
-                          "--format tritium (tritium's packed folder)")
-    flags = {"float_dtype": ("--float-dtype", args.float_dtype), "scale_dtype": ("--scale-dtype", args.scale_dtype),
-             "type": ("--type", args.type),
-             "embedding_type": ("--embedding-type", args.embedding_type),
-             "allow_fallback": ("--no-fallback", False if args.no_fallback else None)}
-    options = {name: value for name, (_, value) in flags.items() if value is not None}
-    from ..export.api import export_options
-
-    taken = export_options(fmt)
-    wrong = [flag for name, (flag, value) in flags.items() if value is not None and name not in taken]
-    if wrong:
-        raise ExportError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --format {fmt}")
-    return fmt, out, options
+    return TokenClock()
 
 
-def cmd_export(args) -> int:
-    from ..utils.integrity import verified_folder
+@dataclass(kw_only=True)
+class ExportJob:
+    """A run or model folder to write in a runtime's format; the field names are the CLI's flags. A ``None``
+    option takes the format's default; ``gguf=OUT`` is ``format="gguf", out=OUT``."""
+
+    model: str  # a `tritium quantize` run folder or a model folder it wrote (packed or fake)
+    format: str | None = None  # compressed-tensors, gguf or tritium
+    out: str | None = None  # default RUN/compressed-tensors, RUN/model.gguf or RUN/packed
+    gguf: str | None = None
+    overwrite: bool = False
+    float_dtype: str | None = None
+    scale_dtype: str | None = None
+    type: str | None = None
+    embedding_type: str | None = None
+    no_fallback: bool = False
+
+
+def export_folder(job: ExportJob) -> ExportReport:
+    """Export the job's folder; the report holds what was written (its path, size, a summary in lines)."""
     from ..export.api import export_model
+    from ..utils.integrity import verified_folder
+    from .preflight import export_request, preflight_export
 
-    fmt, out, options = _export_request(args)
-    folder, _ = _model_folder(args.model)
+    request = export_request(job)
+    folder, _ = model_folder(job.model)
     with verified_folder(folder):  # config.json and the codes are read before the model loads
-        report = export_model(args.model, format=fmt, out=out, overwrite=args.overwrite,
-                              log=lambda line: print(line, file=sys.stderr), **options)
-    for line in report.lines:
-        print(line)
-    print(f"model: {report.path}")
-    return 0
+        out = preflight_export(job, request)
+        return export_model(job.model, format=request.format, out=out, overwrite=job.overwrite,
+                            log=lambda line: print(line, file=sys.stderr), **request.options)

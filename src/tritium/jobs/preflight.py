@@ -28,6 +28,7 @@ class ModelShape:
     input_widths: dict[str, int]  # linear kind (q_proj, down_proj, ...) -> its input width
     context: int | None
     vocab_size: int | None
+    hidden_size: int | None = None  # the embedding's width
 
 
 _GGUF_LINEARS = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj",
@@ -62,7 +63,7 @@ def model_shape(model: str) -> ModelShape | None:
     if isinstance(config.get("intermediate_size"), int):
         widths["down_proj"] = config["intermediate_size"]
     return ModelShape(config.get("model_type"), widths, config.get("max_position_embeddings"),
-                      config.get("vocab_size"))
+                      config.get("vocab_size"), hidden)
 
 
 def _gguf_shape(path: Path) -> ModelShape | None:
@@ -81,8 +82,12 @@ def _gguf_shape(path: Path) -> ModelShape | None:
         if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GGUF_LINEARS and parts[3] == "weight":
             widths[_GGUF_LINEARS[parts[2]]] = int(tensor.shape[0])
     vocab = layout.fields.get(f"{arch}.vocab_size")
-    return ModelShape(arch, widths, int(context.value) if context is not None else None,
-                      int(vocab.value) if vocab is not None else None)
+    hidden = layout.fields.get(f"{arch}.embedding_length")
+    return ModelShape(arch, widths, _int_value(context), _int_value(vocab), _int_value(hidden))
+
+
+def _int_value(field) -> int | None:
+    return int(field.value) if field is not None else None
 
 
 # --------------------------------------------------------------------------- the checks
@@ -247,7 +252,7 @@ def check_linear_groups(model, config) -> None:
             check_group_divides(grid, {name: module.in_features})
 
 
-def preflight_distill(args, recipe: dict) -> None:
+def preflight_distill(job, recipe: dict) -> None:
     """The checks of a distill job that need no weights: the token budget and batch sizes, the evaluation
     settings, the device, the output folder, the group against the model's widths, the training seqlen."""
     from ..quant.grids import grid_from_dict
@@ -260,11 +265,175 @@ def preflight_distill(args, recipe: dict) -> None:
                             ("grad_accum", "--grad-accum", "pass the micro-batches per optimizer step")]:
         check_positive(train.get(key), flag, what)
     check_eval_settings(recipe["eval"])
-    check_device(getattr(args, "device", None))
-    check_writable(getattr(args, "out", None))
+    check_device(job.device)
+    check_writable(job.out)
     grid = grid_from_dict(recipe["grid"])
-    shape = model_shape(args.model)
+    if not job.no_save:
+        from .steps import check_save_format
+
+        check_save_format(job.format, grid)
+    shape = model_shape(job.model)
     if shape is not None:
         if not method_args.get("skip"):
             check_group_divides(grid, shape.input_widths)
         check_context((method_args.get("data") or {}).get("seqlen"), shape.context, "--train-seqlen")
+
+
+# --------------------------------------------------------------------------- pack, run, export
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """What a pack job found in its folder before loading the model."""
+
+    out: Path  # the packed folder to write
+    tritium_config: dict  # the folder's tritium quantization_config
+    grid: object
+    grid_overrides: dict
+
+
+def preflight_pack(job, folder: Path, default_out: Path) -> PackPlan:
+    """The checks of a pack job before the model loads, inside ``verified_folder(folder)`` (so config.json is
+    the one its manifest records): the options, the folder (tritium's, not packed yet), the output (not the
+    input, writable, at most an earlier pack to replace), the grid and the head type against the packed format."""
+    from ..export.hf import grids_from_dicts
+    from ..export.registry import get_exporter
+    from ..export.source import tritium_quantization_config
+    from ..models.loader import read_quantization_config
+    from ..pack.blocks import check_head_type
+    from ..quant.grids import grid_from_dict
+
+    if job.format != "tritium":
+        raise PreflightError(f"pack writes only format 'tritium' (packed modules), not {job.format!r}; GGUF and "
+                             "compressed-tensors are written by `tritium export`")
+    check_head_type(job.head_type)
+    out = Path(job.out) if job.out else default_out
+    qconfig = tritium_quantization_config(folder, "pack")
+    if qconfig.get("format") == "packed":
+        raise PreflightError(f"{folder} is already packed (format 'packed'): run it with `tritium run {folder}` or "
+                             f"export it with `tritium export {folder} --gguf OUT.gguf`")
+    if out.resolve() == folder.resolve():
+        raise PreflightError(f"--out {out} is the folder being packed; choose another folder")
+    if out.is_file():
+        raise PreflightError(f"--out {out} is a file, and a packed model is a folder: choose another --out")
+    if out.exists() and any(out.iterdir()):
+        existing = read_quantization_config(out) or {}
+        if existing.get("format") != "packed":  # only an earlier `tritium pack` may be replaced (--overwrite)
+            raise PreflightError(f"{out} exists and is not a packed tritium folder; choose another --out or remove it")
+    check_writable(out)
+    grid, overrides = grid_from_dict(qconfig["grid"]), grids_from_dicts(qconfig.get("grid_overrides"))
+    # the packed format's own checks, as `tritium export --format tritium` makes them: layout, dtypes, bits
+    get_exporter("tritium").check(grid, overrides, {"ternary_layout": job.ternary_layout,
+                                                    "scale_dtype": job.scale_dtype, "float_dtype": job.float_dtype})
+    check_head_width(str(folder), job.head_type)
+    return PackPlan(out, qconfig, grid, overrides)
+
+
+def check_head_width(model: str, head_type: str | None) -> None:
+    """A block head (q8_0, q4_0) needs rows that cut into blocks of 32: checked on the config's hidden size
+    (the embedding's width), before the model loads; the loaded model's own check follows."""
+    from ..pack.blocks import check_block_width
+
+    shape = model_shape(model) if head_type not in (None, "f16") else None
+    if shape is not None and shape.hidden_size:
+        check_block_width(shape.hidden_size, head_type, "the embedding")
+
+
+RUN_DTYPES = ("auto", "float32", "bfloat16", "float16")
+RUN_LOOPS = ("auto", "fast", "hf")
+
+
+def preflight_run(job) -> str:
+    """The checks of a run job before the model loads: the sizes, the choices, the device, the model (a model,
+    not a run folder) and a block head against its width. Returns the device to run on (``auto`` resolved)."""
+    import torch
+
+    from ..models.loader import resolve_model_source
+    from ..pack.blocks import check_head_type
+
+    _check_at_least_one(job.max_new_tokens, "--max-new-tokens")
+    if job.threads is not None:
+        _check_at_least_one(job.threads, "--threads")
+    for value, flag, choices in [(job.dtype, "--dtype", RUN_DTYPES), (job.loop, "--loop", RUN_LOOPS)]:
+        if value not in choices:
+            raise PreflightError(f"{flag} {value!r} is unknown: choose one of {', '.join(choices)}")
+    if not isinstance(job.prompt, str):
+        raise PreflightError(f"--prompt must be text, not {type(job.prompt).__name__}")
+    if job.head_type is not None:
+        check_head_type(job.head_type)
+    device = job.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise PreflightError("--device cuda: no CUDA device is available here; use --device cpu")
+    check_device(device)
+    check_not_a_run_folder(job.model)
+    resolve_model_source(job.model)  # a missing model is named with every place tried
+    check_head_width(job.model, job.head_type)
+    return device
+
+
+def _check_at_least_one(value, flag: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PreflightError(f"{flag} must be a whole number of at least 1, not {value!r}")
+    if value < 1:
+        raise PreflightError(f"{flag} must be at least 1")
+
+
+def check_not_a_run_folder(model: str) -> None:
+    """A `tritium quantize` run folder is not a model: name the model folders in it instead."""
+    from ..models import ModelSourceError
+
+    path = Path(model)
+    if not path.is_dir() or (path / "config.json").is_file():
+        return
+    inside = [path / name for name in ("model", "packed") if (path / name / "config.json").is_file()]
+    if inside:
+        kinds = {"model": "the quantized model", "packed": "its packed form, on tritium's kernels"}
+        options = " or ".join(f"`tritium run {p}` ({kinds[p.name]})" for p in inside)
+        raise ModelSourceError(f"{path} is a run folder, not a model folder: run {options}")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    format: str
+    out: str | None  # None: the format's default place beside the run
+    options: dict  # the format's options that were set
+
+
+def export_request(job) -> ExportRequest:
+    """The format, output and format options an export job asks for; ``gguf=OUT`` is format gguf, out OUT.
+    Checked on the flags alone, before the folder is read."""
+    from ..export.api import export_options
+    from ..export.registry import ExportError
+
+    fmt, out = job.format, job.out
+    if job.gguf is not None:
+        if fmt not in (None, "gguf") or (out is not None and out != job.gguf):
+            raise ExportError(f"--gguf {job.gguf} means --format gguf --out {job.gguf}; drop --gguf or the other "
+                              "--format/--out")
+        fmt, out = "gguf", job.gguf
+    if fmt is None:
+        raise ExportError("choose a format: --format compressed-tensors (vLLM), --format gguf (llama.cpp) or "
+                          "--format tritium (tritium's packed folder)")
+    flags = {"float_dtype": ("--float-dtype", job.float_dtype), "scale_dtype": ("--scale-dtype", job.scale_dtype),
+             "type": ("--type", job.type),
+             "embedding_type": ("--embedding-type", job.embedding_type),
+             "allow_fallback": ("--no-fallback", False if job.no_fallback else None)}
+    options = {name: value for name, (_, value) in flags.items() if value is not None}
+    taken = export_options(fmt)  # an unknown format is refused here
+    wrong = [flag for name, (flag, value) in flags.items() if value is not None and name not in taken]
+    if wrong:
+        raise ExportError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --format {fmt}")
+    return ExportRequest(fmt, out, options)
+
+
+def preflight_export(job, request: ExportRequest) -> Path:
+    """The checks of an export job before the model loads, inside ``verified_folder``: the folder (a tritium
+    run or model, with its codes), the format against its grids and option values, the output (not the input,
+    nothing replaced unasked, writable). Returns the output path."""
+    from ..export.api import check_folder_export
+
+    out = check_folder_export(job.model, request.format, request.out, job.overwrite, request.options)
+    check_writable(out)
+    return out

@@ -1,92 +1,165 @@
-"""``tritium pretrain`` (one FloatLM, TriLM or BitNet from scratch) and ``tritium suite`` (a
-matched Spectra family); both end in a report with a table, scaling-law fits and plots."""
+"""The pretrain job (one FloatLM, TriLM or BitNet from scratch) and the suite job (a matched Spectra
+family); both end in a report with a table, scaling-law fits and plots. ``tritium pretrain`` and
+``tritium suite`` build a :class:`PretrainJob` or :class:`SuiteJob` from their flags
+(:mod:`tritium.cli.pretrain`) and call :func:`pretrain_model` or :func:`pretrain_suite`; Python code
+does the same::
+
+    from tritium.jobs import PretrainJob, SuiteJob, pretrain_model, pretrain_suite
+    pretrain_model(PretrainJob(arch="trilm", size="tiny-xs", data=["corpus/"], tokens=100_000)).entry.val_loss
+    pretrain_suite(SuiteJob(recipe="suite-cpu", data=["corpus/"], out="runs/suite")).report
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .options import RunFolderOptions
+
+if TYPE_CHECKING:
+    from ..spectra.records import SuiteEntry
+    from ..spectra.report import SuiteReportPaths
 
 DEFAULT_VAL_FRACTION = 0.05
 
 
-def _token_folder(args, out: Path):
+@dataclass(kw_only=True)
+class PretrainingOptions(RunFolderOptions):
+    """The data, training and evaluation options pretrain and suite share; the field names are the CLI's flags.
+    A ``None`` option leaves the recipe's (or the preset's) value."""
+
+    data: list[str]  # a token folder, or raw text (files, folders, .deb, hf: specs) tokenized into OUT/tokens
+    tokenizer: str | None = None  # for raw text (default smollm2-135m)
+    train_tokenizer: int | None = None  # for raw text: a byte-level BPE of this many tokens learnt from it
+    val_fraction: float | None = None  # for raw text: documents held out (default DEFAULT_VAL_FRACTION)
+    tokens: int | None = None  # training budget per model, in tokens ...
+    steps: int | None = None  # ... or optimizer steps
+    seqlen: int | None = None  # training context
+    micro_batch_size: int | None = None
+    grad_accum: int | None = None
+    lr: float | None = None
+    shards: int | None = None
+    checkpoint_every: int | None = None
+    precision: str | None = None
+    device: str | None = None
+    eval: list[str] | None = None  # perplexity data sets besides the held-out split
+    limit: int | None = None
+    zeroshot: list[str] | None = None
+    zeroshot_limit: int | None = None
+    data_dir: str | None = None  # folder of the evaluation data sets
+    seed: int | None = None
+
+
+@dataclass(kw_only=True)
+class PretrainJob(PretrainingOptions):
+    arch: str  # float, trilm or bitnet
+    size: str  # tiny-xs ... tiny-xl, or Spectra's 99m ... 3.9b
+    recipe: str | None = None  # a pretraining YAML (default spectra-<arch>)
+
+
+@dataclass
+class PretrainResult:
+    entry: SuiteEntry  # the trained model: family, size, val_loss, metrics, tokens_per_second, mfu, ...
+    out: Path  # the run folder
+    report: Path  # report.md
+    model_folder: Path
+
+
+@dataclass(kw_only=True)
+class SuiteJob(PretrainingOptions):
+    sizes: list[str] | None = None  # None: the recipe's
+    kinds: list[str] | None = None  # float, trilm (tri), bitnet, quant
+    quant_bits: list[int] | None = None  # QuantLM bits (Spectra: 3, 4, 6, 8)
+    recipe: str | None = None  # a suite YAML (suite-cpu is the 2-core miniature)
+
+
+@dataclass
+class SuiteResult:
+    entries: list[SuiteEntry]  # one per model
+    out: Path  # the run folder
+    report: Path  # report.md
+    paths: SuiteReportPaths  # every file of the report
+
+
+def _token_folder(job: PretrainingOptions, out: Path):
     """The token folder to train on: given, or made from raw text under ``out/tokens`` (reused on a rerun)."""
     from ..data.tokens import (TokenFolder, check_token_folder, ingest, load_tokenizer_spec, train_tokenizer,
                                training_documents)
     from ..train.data import TrainDataError
 
-    if len(args.data) == 1 and TokenFolder.is_folder(args.data[0]):
-        tokens = TokenFolder.open(args.data[0])
-        if args.train_tokenizer:
+    if len(job.data) == 1 and TokenFolder.is_folder(job.data[0]):
+        tokens = TokenFolder.open(job.data[0])
+        if job.train_tokenizer:
             raise TrainDataError(f"{tokens.path} is a token folder: it was tokenized already, with "
                                  f"{tokens.meta.get('tokenizer')!r}, so --train-tokenizer cannot apply to it. Drop "
                                  f"--train-tokenizer to train on it, or pass the raw text to tokenize it again")
-        _refuse_other_tokenization(args, tokens)
-        check_token_folder(tokens, args.data_dir)  # no evaluation split in the training tokens
+        _refuse_other_tokenization(job, tokens)
+        check_token_folder(tokens, job.data_dir)  # no evaluation split in the training tokens
         return tokens
     folder = out / "tokens"
     if TokenFolder.is_folder(folder):  # a rerun: the first run tokenized the text with the same flags
         tokens = TokenFolder.open(folder)
-        _refuse_other_tokenization(args, tokens)
-        check_token_folder(tokens, args.data_dir)
+        _refuse_other_tokenization(job, tokens)
+        check_token_folder(tokens, job.data_dir)
         print(f"tritium: reusing {folder}, tokenized by an earlier run (delete it to tokenize again)", file=sys.stderr)
         return tokens
-    val_fraction = args.val_fraction if args.val_fraction is not None else DEFAULT_VAL_FRACTION
-    if args.train_tokenizer:  # learnt from the training documents only: the held-out ones stay unseen
-        tokenizer = train_tokenizer(training_documents(args.data, val_fraction, data_path=args.data_dir),
-                                    args.train_tokenizer)
+    val_fraction = job.val_fraction if job.val_fraction is not None else DEFAULT_VAL_FRACTION
+    if job.train_tokenizer:  # learnt from the training documents only: the held-out ones stay unseen
+        tokenizer = train_tokenizer(training_documents(job.data, val_fraction, data_path=job.data_dir),
+                                    job.train_tokenizer)
     else:
-        tokenizer = load_tokenizer_spec(args.tokenizer or "smollm2-135m")
-    print(f"tritium: tokenizing {', '.join(args.data)} into {folder}", file=sys.stderr)
-    return ingest(args.data, folder, tokenizer, val_fraction=val_fraction, progress=not args.no_progress,
-                  data_path=args.data_dir)
+        tokenizer = load_tokenizer_spec(job.tokenizer or "smollm2-135m")
+    print(f"tritium: tokenizing {', '.join(job.data)} into {folder}", file=sys.stderr)
+    return ingest(job.data, folder, tokenizer, val_fraction=val_fraction, progress=not job.no_progress,
+                  data_path=job.data_dir)
 
 
-def _refuse_other_tokenization(args, tokens) -> None:
+def _refuse_other_tokenization(job: PretrainingOptions, tokens) -> None:
     """A token folder fixes the tokenizer and the held-out split. Asking for others must fail: training on the
     folder anyway would silently give a model, and a report, of something other than what was asked for."""
     from ..data.tokens import load_tokenizer_spec
     from ..train.data import TrainDataError
 
     redo = "pass the raw text (and a new --out) to tokenize it that way"
-    if args.tokenizer and load_tokenizer_spec(args.tokenizer).get_vocab() != tokens.tokenizer().get_vocab():
+    if job.tokenizer and load_tokenizer_spec(job.tokenizer).get_vocab() != tokens.tokenizer().get_vocab():
         raise TrainDataError(f"{tokens.path} was tokenized with {tokens.meta.get('tokenizer')!r}, not with "
-                             f"{args.tokenizer!r}: the token folder fixes the tokenizer. Drop --tokenizer, or {redo}")
-    if args.val_fraction is not None and args.val_fraction != tokens.meta.get("val_fraction"):
+                             f"{job.tokenizer!r}: the token folder fixes the tokenizer. Drop --tokenizer, or {redo}")
+    if job.val_fraction is not None and job.val_fraction != tokens.meta.get("val_fraction"):
         raise TrainDataError(f"{tokens.path} holds out {tokens.meta.get('val_fraction')} of its documents, not "
-                             f"{args.val_fraction}: the token folder fixes the split. Drop --val-fraction, or {redo}")
+                             f"{job.val_fraction}: the token folder fixes the split. Drop --val-fraction, or {redo}")
 
 
-def _train_overrides(args) -> dict:
+def _train_overrides(job: PretrainingOptions) -> dict:
     train = {}
-    if args.tokens is not None:
-        train.update(tokens=args.tokens, steps=None)
-    if args.steps is not None:
-        train.update(steps=args.steps, tokens=None)
+    if job.tokens is not None:
+        train.update(tokens=job.tokens, steps=None)
+    if job.steps is not None:
+        train.update(steps=job.steps, tokens=None)
     for key in ("micro_batch_size", "grad_accum", "checkpoint_every", "precision", "device", "seed"):
-        if getattr(args, key) is not None:
-            train[key] = getattr(args, key)
-    if args.no_progress:
+        if getattr(job, key) is not None:
+            train[key] = getattr(job, key)
+    if job.no_progress:
         train["progress"] = False
     return train
 
 
-def cmd_pretrain(args) -> int:
+def pretrain_model(job: PretrainJob) -> PretrainResult:
     from ..spectra import SuiteEntry, write_suite_report
     from ..eval.size import size_report
     from ..models.spectra import load_spectra_model
     from ..quant.grids import TernaryGrid
-    from ..utils.runs import claim_run_folder, job_settings
     from ..train.pretrain import pretrain, pretrain_config
+    from ..utils.runs import claim_run_folder, job_settings
     from .suite import FAMILY, SuiteConfig, evaluate_model, model_linears
 
-    train = {"tokens": 1_000_000, "micro_batch_size": 8, **_train_overrides(args)}
-    config = pretrain_config(args.arch, args.size, recipe=args.recipe, train=train, seqlen=args.seqlen or 256,
-                             lr=args.lr, shards=args.shards)  # fails before any tokenizing
-    out = claim_run_folder(args.out, "pretrain", job_settings(args), args.overwrite,
-                           (f"{args.arch}-{args.size}", "pretrain")).path
-    tokens = _token_folder(args, out)
+    train = {"tokens": 1_000_000, "micro_batch_size": 8, **_train_overrides(job)}
+    config = pretrain_config(job.arch, job.size, recipe=job.recipe, train=train, seqlen=job.seqlen or 256,
+                             lr=job.lr, shards=job.shards)  # fails before any tokenizing
+    out = claim_run_folder(job.out, "pretrain", job_settings(job), job.overwrite,
+                           (f"{job.arch}-{job.size}", "pretrain")).path
+    tokens = _token_folder(job, out)
     tokenizer = tokens.tokenizer()
     print(f"tritium: pretraining {FAMILY[config.arch]} {config.size} (peak lr {config.peak_lr:g}, "
           f"{config.effective_schedule} schedule) in {out}", file=sys.stderr)
@@ -94,10 +167,10 @@ def cmd_pretrain(args) -> int:
                       val_tokens=tokens.val_tokens().long(), tokenizer=tokenizer)
     model = load_spectra_model(out / "model")
     evaluation = SuiteConfig(sizes=[config.size], kinds=[config.arch], seqlen=config.seqlen,
-                             eval_datasets=args.eval if args.eval is not None else ["wikitext2"],
-                             eval_limit=args.limit, zeroshot=args.zeroshot or [], zeroshot_limit=args.zeroshot_limit)
-    val_loss, metrics = evaluate_model(model, tokenizer, tokens.val_tokens().long(), evaluation, args.data_dir,
-                                       progress=not args.no_progress)
+                             eval_datasets=job.eval if job.eval is not None else ["wikitext2"],
+                             eval_limit=job.limit, zeroshot=job.zeroshot or [], zeroshot_limit=job.zeroshot_limit)
+    val_loss, metrics = evaluate_model(model, tokenizer, tokens.val_tokens().long(), evaluation, job.data_dir,
+                                       progress=not job.no_progress)
     ternary = config.arch != "float"
     report = size_report(model, TernaryGrid("absmean", group="tensor") if ternary else None,
                          model_linears(model) if ternary else ())
@@ -106,27 +179,21 @@ def cmd_pretrain(args) -> int:
                                         tokens_per_second=result.train.tokens_per_second, mfu=result.mfu)
     paths = write_suite_report([entry], out, title=f"tritium pretrain {config.arch} {config.size}",
                                extra_notes=[f"MFU against {result.peak_source}"])
-    print(f"{entry.family} {entry.size}: held-out loss {val_loss:.4f} (ppl {metrics['val_ppl']:.2f}), "
-          + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "val_ppl")
-          + f"; {result.train.tokens_per_second:,.0f} tok/s, MFU {result.mfu:.1%}")
-    print(f"report: {paths.report}\nmodel:  {out / 'model'}")
-    return 0
+    return PretrainResult(entry, out, paths.report, out / "model")
 
 
-def cmd_suite(args) -> int:
+def pretrain_suite(job: SuiteJob) -> SuiteResult:
     from ..utils.runs import claim_run_folder, job_settings
     from .suite import run_suite, suite_config_from_recipe
 
     config = suite_config_from_recipe(
-        args.recipe, sizes=args.sizes, kinds=args.kinds, quant_bits=args.quant_bits, seqlen=args.seqlen,
-        eval_datasets=args.eval, eval_limit=args.limit, zeroshot=args.zeroshot, zeroshot_limit=args.zeroshot_limit,
-        seed=args.seed, train=_train_overrides(args),
-        overrides={k: v for k, v in (("lr", args.lr), ("shards", args.shards)) if v is not None} or None)
+        job.recipe, sizes=job.sizes, kinds=job.kinds, quant_bits=job.quant_bits, seqlen=job.seqlen,
+        eval_datasets=job.eval, eval_limit=job.limit, zeroshot=job.zeroshot, zeroshot_limit=job.zeroshot_limit,
+        seed=job.seed, train=_train_overrides(job),
+        overrides={k: v for k, v in (("lr", job.lr), ("shards", job.shards)) if v is not None} or None)
     # The same job unfinished continues where it stopped (the suite's own checkpoints).
-    out = claim_run_folder(args.out, "suite", job_settings(args), args.overwrite, ("spectra", "suite")).path
-    tokens = _token_folder(args, out)
-    paths, entries = run_suite(config, tokens.path, out, args.data_dir, progress=not args.no_progress,
+    out = claim_run_folder(job.out, "suite", job_settings(job), job.overwrite, ("spectra", "suite")).path
+    tokens = _token_folder(job, out)
+    paths, entries = run_suite(config, tokens.path, out, job.data_dir, progress=not job.no_progress,
                                log=lambda m: print(m, file=sys.stderr))
-    print(paths.report.read_text())
-    print(f"report: {paths.report}")
-    return 0
+    return SuiteResult(entries, out, paths.report, paths)

@@ -52,13 +52,19 @@ class QuantizeJob(EvalOptions):
 
 
 @dataclass
-class QuantizeResult:
-    rows: list[dict]  # the float row (unless no_float) and the quantized row, as in results.json
+class ModelReport:
+    """What a job that makes a model (quantize, distill) leaves: its rows, its report and the model folder."""
+
+    rows: list[dict]  # the float row (unless no_float) and the new model's row, as in results.json
     summary: dict
     out: Path  # the run folder
     json_path: Path
     md_path: Path
     model_folder: Path | None  # None with no_save
+
+
+@dataclass
+class QuantizeResult(ModelReport):
     float_text: str | None = None
     quantized_text: str | None = None
 

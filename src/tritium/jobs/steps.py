@@ -20,6 +20,7 @@ from ..models.adapters import decoder_layout
 from ..nn.block_head import head_type_of
 from ..models.rotation import check_rotatable, rotate_model_, rotation_settings
 from ..quant.grids import grid_from_dict
+from ..recipes import check_save_format  # noqa: F401  (preflight's; the recipe's own check)
 
 
 def evaluate(model, tokenizer, settings: dict, data_path=None, progress: bool = True,
@@ -220,21 +221,6 @@ def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-
-def check_save_format(save_format: str, grid, overrides=None) -> None:
-    """Refuse, before any work, a grid that the packed format cannot store (6-bit has no layout)."""
-    from ..pack.layouts import PackError, uniform_radix
-
-    if save_format != "packed":
-        return
-    for each in [grid, *(overrides or {}).values()]:
-        bits = getattr(each, "bits", None)
-        if getattr(each, "kind", "uniform") == "uniform" and bits is not None:
-            try:
-                uniform_radix(bits)
-            except PackError as err:
-                raise PackError(f"{err}; to save this grid anyway, pass --format fake (fake-quant float weights)") from None
 
 
 def peak_rss_megabytes() -> float:

@@ -23,10 +23,10 @@ from torch import Tensor
 
 from ..calib.pipeline import BlockContext, BlockResult
 from ..models.adapters import ATTENTION_LINEARS, MLP_LINEARS
-from ..quant.grids import Grid, GroupLayout, QuantConfigError, TernaryGrid, UniformGrid
+from ..quant.grids import Grid, GroupLayout, QuantConfigError
 from .base import register_method
 from .calibrated import CalibratedConfig, block_grids, run_calibrated
-from .grid_params import GroupParams, code_range, layout_for, pack, rtn_params
+from .grid_params import code_range, fitting_span, layout_for, pack, rtn_params
 
 # Linears that read the same input are quantized together, in the order data flows.
 SEQUENTIAL_GROUPS = (ATTENTION_LINEARS[:3], ATTENTION_LINEARS[3:], MLP_LINEARS[:2], MLP_LINEARS[2:])
@@ -44,30 +44,28 @@ class GPTQConfig(CalibratedConfig):
 class _ColumnQuantizer:
     """Quantizes single columns against per-group parameters (filled lazily for dynamic groups)."""
 
-    def __init__(self, w: Tensor, grid: Grid, layout: GroupLayout, static: bool):
+    def __init__(self, w: Tensor, grid: Grid, layout: GroupLayout):
         self.grid, self.layout = grid, layout
         self.lo, self.hi = code_range(grid)
         self.grouped = not layout.per_tensor and layout.n_groups > 1
-        if static or not self.grouped:
-            self.params = rtn_params(w, grid, layout)
-        else:
-            empty = lambda: torch.zeros(layout.scale_shape, device=w.device)  # noqa: E731
-            has_zero = isinstance(grid, UniformGrid)
-            has_shift = isinstance(grid, TernaryGrid) and grid.has_shift
-            self.params = GroupParams(empty(), empty() if has_zero else None, empty() if has_shift else None)
+        # Static groups keep these parameters. Dynamic ones use them only as placeholders with the grid's
+        # own parts (zero point and/or shift): fit_groups overwrites each group before its first column.
+        self.params = rtn_params(w, grid, layout)
 
     def group_of(self, column: int) -> int:
         return 0 if not self.grouped else column // self.layout.group_size
 
-    def fit_group(self, group_columns: Tensor, group: int) -> None:
-        """Take group ``group``'s parameters from its current columns ``[out, group width]``."""
-        cols = group_columns.shape[1]
-        fitted = rtn_params(group_columns, self.grid, GroupLayout(group_columns.shape[0], cols, cols))
-        self.params.scale[:, group] = fitted.scale[:, 0]
+    def fit_groups(self, columns: Tensor, first: int) -> None:
+        """Take the parameters of the groups from ``first`` on from their current columns
+        ``[out, span]``: one group, or a k-quant's super-block of groups that share one d."""
+        cols = columns.shape[1]
+        fitted = rtn_params(columns, self.grid, GroupLayout(columns.shape[0], cols, min(self.layout.group_size, cols)))
+        n = fitted.scale.shape[1]
+        self.params.scale[:, first:first + n] = fitted.scale
         if fitted.zero is not None:
-            self.params.zero[:, group] = fitted.zero[:, 0]
+            self.params.zero[:, first:first + n] = fitted.zero
         if fitted.shift is not None:
-            self.params.shift[:, group] = fitted.shift[:, 0]
+            self.params.shift[:, first:first + n] = fitted.shift
 
     def quantize(self, column: Tensor, original_index: int) -> tuple[Tensor, Tensor]:
         g = self.group_of(original_index)
@@ -105,15 +103,16 @@ def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 
     H[dead, dead] = 1
     W[:, dead] = 0
     static = static_groups or act_order
-    quantizer = _ColumnQuantizer(W, grid, layout, static)
+    quantizer = _ColumnQuantizer(W, grid, layout)
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
     else:
         perm = torch.arange(columns, device=W.device)
     hinv = _inverse_hessian_factor(H, damp_percent, name)
-    if quantizer.grouped:  # a lazy batch must start where a group starts
-        block_size = max(1, block_size // layout.group_size) * layout.group_size
+    span = fitting_span(grid, layout)  # the columns whose parameters are fitted together
+    if quantizer.grouped:  # a lazy batch must start where such a span starts
+        block_size = max(1, block_size // span) * span
     codes = torch.zeros_like(W)
     loss = torch.zeros(W.shape[0], device=W.device)
     perm_list = perm.tolist()
@@ -123,9 +122,9 @@ def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             j = i1 + i
-            if quantizer.grouped and not static and j % layout.group_size == 0:
-                # Groups never straddle a lazy batch, so the group's current columns are all in W1.
-                quantizer.fit_group(W1[:, i:i + layout.group_size], j // layout.group_size)
+            if quantizer.grouped and not static and j % span == 0:
+                # Spans never straddle a lazy batch, so the span's current columns are all in W1.
+                quantizer.fit_groups(W1[:, i:i + span], j // layout.group_size)
             column, d = W1[:, i], Hinv1[i, i]
             code, value = quantizer.quantize(column, perm_list[j])
             codes[:, j] = code

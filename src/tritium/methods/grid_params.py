@@ -2,10 +2,12 @@
 
 GPTQ, AWQ's clipping search and TesseraQ all pick per-group parameters first and
 then choose codes against them, so they need the grid split into "parameters" and
-"codes given parameters". Both grids are treated as an affine set of integer levels:
+"codes given parameters". Every grid is treated as an affine set of integer levels:
 
 * uniform: x = w/scale + zero, codes 0..2^k−1, w = scale·(code − zero);
-* ternary: x = (w − shift)/scale, codes −1..1, w = scale·code + shift.
+* ternary: x = (w − shift)/scale, codes −1..1, w = scale·code + shift;
+* GGUF blocks: as uniform with the format's fixed zero (``_0`` types), or as ternary's
+  form with the fp16 min m as the shift (``_1`` types: x = (w − m)/d, w = d·code + m).
 
 Codes are the nearest level to x (clamped), which for the uniform grid and ternary
 absmean is exactly round-to-nearest; for TWN/DLT it is the nearest point of the set
@@ -21,11 +23,14 @@ from torch import Tensor
 
 from ..quant.grids import (
     SCALE_EPS,
+    GGUFBlockGrid,
     Grid,
     GroupLayout,
     QuantizedWeight,
     TernaryGrid,
     as_fp16_values,
+    gguf_block_params,
+    grid_layout,
     quantize_ternary,
     uniform_params,
 )
@@ -33,7 +38,8 @@ from ..quant.grids import (
 
 @dataclass
 class GroupParams:
-    """Per-group scale, and zero point (uniform) or shift (ternary DLT), each ``layout.scale_shape``."""
+    """Per-group scale, and zero point (uniform, GGUF ``_0``) or shift (ternary DLT, GGUF ``_1`` min),
+    each ``layout.scale_shape``."""
 
     scale: Tensor
     zero: Tensor | None = None
@@ -49,7 +55,15 @@ def code_range(grid: Grid) -> tuple[int, int]:
 
 
 def layout_for(w: Tensor, grid: Grid, name: str = "weight") -> GroupLayout:
-    return GroupLayout.for_weight(tuple(w.shape), grid.group, grid.ragged_groups, name=name)
+    return grid_layout(tuple(w.shape), grid, name=name)
+
+
+def fitting_span(grid: Grid, layout: GroupLayout) -> int:
+    """How many columns get their parameters together: a k-quant's super-block, whose sub-block
+    scales are 6-bit multiples of one d, else one group."""
+    if isinstance(grid, GGUFBlockGrid) and grid.super_block:
+        return grid.super_block
+    return layout.group_size
 
 
 def rtn_params(w: Tensor, grid: Grid, layout: GroupLayout, clip: Tensor | float = 1.0) -> GroupParams:
@@ -59,6 +73,9 @@ def rtn_params(w: Tensor, grid: Grid, layout: GroupLayout, clip: Tensor | float 
         q = quantize_ternary(w, grid, layout)
         scale = q.scale if isinstance(clip, float) and clip == 1.0 else as_fp16_values((q.scale * clip).clamp_min(SCALE_EPS))
         return GroupParams(scale, shift=q.shift)
+    if isinstance(grid, GGUFBlockGrid):
+        scale, zero, low = gguf_block_params(w, grid, layout, clip)
+        return GroupParams(scale, zero=zero, shift=low)
     scale, zero = uniform_params(w, grid, layout, clip)
     return GroupParams(scale, zero=zero)
 

@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 from ..calib.pipeline import BlockContext, BlockResult, finite_guard
 from ..calib.capture import NonFiniteError
-from ..quant.grids import QuantConfigError, as_fp16_values
+from ..quant.grids import GGUFBlockGrid, QuantConfigError, as_fp16_values
 from .awq import AWQConfig, awq_transform
 from .base import register_method
 from .calibrated import block_grids, run_calibrated
@@ -82,6 +82,11 @@ class RoundingState:
 
     def __init__(self, name: str, weight: Tensor, params: GroupParams, grid, device, tune_scale: bool = True):
         self.name, self.grid, self.tune_scale = name, grid, tune_scale
+        if tune_scale and isinstance(grid, GGUFBlockGrid) and grid.super_block:
+            raise QuantConfigError(
+                f"{name}: TesseraQ's DST tunes every group's scale on its own, but {grid.type.upper()} stores its "
+                "sub-block scales as 6-bit multiples of one fp16 d per 256 weights: run TesseraQ with dst: false "
+                "on this grid")
         w = weight.detach().float().to(device)
         self.layout = layout_for(w, grid, name)
         self.params = params.to(device)

@@ -22,4 +22,11 @@ from .convert import (  # noqa: F401
     unpack_model,
     verify_packed_model,
 )
-from .packed_linear import PackedLinear, QuantLinear, TernaryLinear, empty_packed_linear  # noqa: F401
+from .packed_linear import (  # noqa: F401
+    GGUFBlockLinear,
+    PackedLinear,
+    QuantLinear,
+    TernaryLinear,
+    empty_packed_linear,
+    packed_class,
+)

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from ..pack.layouts import PackError, digits_per_byte, ternary_radix, uniform_radix
 from ..pack.packed import SCALE_DTYPES, PackedWeight, bits_report, pack_quantized
-from ..quant.grids import GroupLayout, QuantizedWeight, TernaryGrid, UniformGrid
-from .packed_linear import PackedLinear, QuantLinear, TernaryLinear, empty_packed_linear
+from ..quant.grids import GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid, grid_layout
+from .packed_linear import PackedLinear, TernaryLinear, empty_packed_linear, packed_class
 
 
 @torch.no_grad()
@@ -117,8 +117,7 @@ def packed_to_quantized(weight: PackedWeight | PackedLinear, grid, name: str = "
     if isinstance(weight, PackedLinear):
         weight = weight.packed_weight()
     weight.validate(name)
-    layout = GroupLayout.for_weight((weight.out_features, weight.in_features), grid.group, grid.ragged_groups,
-                                    name=name)
+    layout = grid_layout((weight.out_features, weight.in_features), grid, name=name)
     group_size = weight.in_features if layout.per_tensor else layout.group_size
     if group_size != weight.group_size:
         raise PackError(f"{name}: the packed weight has groups of {weight.group_size} but the grid "
@@ -153,6 +152,16 @@ def packed_to_quantized(weight: PackedWeight | PackedLinear, grid, name: str = "
             raise PackError(f"{name}: a uniform grid has no shift, but the packed weight holds one")
         return QuantizedWeight(digits.to(torch.uint8), grouped(scale, "scale"), grid, layout,
                                zero=grouped(zero, "zero point"))
+    if isinstance(grid, GGUFBlockGrid):
+        stored_zero = None if grid.has_min else float(grid.fixed_zero)
+        if weight.radix != 2**grid.bits or weight.zero is not None or (shift is not None) != grid.has_min or (
+                stored_zero is not None and weight.implicit_zero != stored_zero):
+            raise PackError(f"{name}: this packed weight (radix {weight.radix}, "
+                            f"{'a shift' if shift is not None else 'no shift'}, zero "
+                            f"{'stored' if weight.zero is not None else weight.implicit_zero}) is not a "
+                            f"{grid.describe()} weight: the codes and the config disagree")
+        return QuantizedWeight(digits.to(torch.uint8), scale, grid, layout,
+                               zero=None if grid.has_min else zero, shift=shift)
     raise PackError(f"{name}: grid {grid!r} has no packed form")
 
 
@@ -189,7 +198,7 @@ def pack_with_codes(model: nn.Module, codes: dict[str, PackedWeight], grid, tern
         own = (grid_overrides or {}).get(name, grid)
         ternary = isinstance(own, TernaryGrid)
         radix = ternary_radix(ternary_layout) if ternary else None
-        target = TernaryLinear if ternary else QuantLinear
+        target = packed_class(own)
         try:
             linear = model.get_submodule(name)
         except AttributeError as err:

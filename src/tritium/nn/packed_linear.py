@@ -1,7 +1,8 @@
 """Linear layers that hold only packed codes and per-group fp16 parameters.
 
-``TernaryLinear`` (codes in {−1, 0, 1}, scale α, optional DLT shift γ) and
-``QuantLinear`` (2/3/4/8-bit uniform codes, scale, zero point) share one base class
+``TernaryLinear`` (codes in {−1, 0, 1}, scale α, optional DLT shift γ),
+``QuantLinear`` (2/3/4/8-bit uniform codes, scale, zero point) and ``GGUFBlockLinear``
+(a llama.cpp block format's codes, fp16 d, and m for the ``_1`` types) share one base class
 whose forward is the ``tritium::packed_linear`` op; the dispatcher picks the C++ CPU
 kernel, the Triton CUDA kernel or the reference from the input's device.
 """
@@ -15,7 +16,7 @@ from ..kernels import bit_planes, packed_linear, planes_available
 from ..kernels.cpu import layout_epoch
 from ..pack.layouts import PackError, group_sizes, packed_length, ternary_radix, uniform_radix
 from ..pack.packed import SCALE_DTYPES, PackedWeight, pack_quantized
-from ..quant.grids import GroupLayout, QuantizedWeight, TernaryGrid, UniformGrid
+from ..quant.grids import GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid, grid_layout
 
 
 class PackedLinear(nn.Module):
@@ -59,8 +60,7 @@ class PackedLinear(nn.Module):
     @classmethod
     def from_quantized(cls, qweight: QuantizedWeight, bias: Tensor | None = None, ternary_layout: str = "base3",
                        scale_dtype: str = "float16", name: str = "weight") -> "PackedLinear":
-        target = TernaryLinear if isinstance(qweight.grid, TernaryGrid) else QuantLinear
-        return target.from_packed(pack_quantized(qweight, ternary_layout, scale_dtype, name), bias)
+        return packed_class(qweight.grid).from_packed(pack_quantized(qweight, ternary_layout, scale_dtype, name), bias)
 
     def load_packed(self, weight: PackedWeight) -> None:
         for part in ("packed", "scale", "zero", "shift"):
@@ -153,11 +153,29 @@ class QuantLinear(PackedLinear):
                          scale_dtype=scale_dtype, device=device)
 
 
+class GGUFBlockLinear(PackedLinear):
+    """A llama.cpp block format (:class:`~tritium.quant.grids.GGUFBlockGrid`): k-bit digits per 32-weight
+    block with the format's implicit zero 2^(k−1) (``_0`` types) or an fp16 min as the shift (``_1`` types)."""
+
+    def __init__(self, in_features: int, out_features: int, *, grid: GGUFBlockGrid, bias: bool = False,
+                 scale_dtype: torch.dtype = torch.float16, device=None):
+        super().__init__(in_features, out_features, radix=2**grid.bits, group_size=grid.group, bias=bias,
+                         has_shift=grid.has_min, implicit_zero=float(grid.fixed_zero or 0), scale_dtype=scale_dtype,
+                         device=device)
+
+
+def packed_class(grid) -> type[PackedLinear]:
+    """The packed module class that holds weights on ``grid``."""
+    if isinstance(grid, TernaryGrid):
+        return TernaryLinear
+    return GGUFBlockLinear if isinstance(grid, GGUFBlockGrid) else QuantLinear
+
+
 def empty_packed_linear(linear: nn.Linear | nn.Module, grid, ternary_layout: str = "base3",
                         scale_dtype: str = "float16", name: str = "weight", device=None) -> PackedLinear:
     """The packed module that ``grid`` makes of ``linear``, with empty buffers, ready for a state dict."""
     out_features, in_features = linear.out_features, linear.in_features
-    layout = GroupLayout.for_weight((out_features, in_features), grid.group, grid.ragged_groups, name=name)
+    layout = grid_layout((out_features, in_features), grid, name=name)
     group_size = in_features if layout.per_tensor else layout.group_size
     dtype = SCALE_DTYPES[scale_dtype]
     bias = getattr(linear, "bias", None) is not None
@@ -167,4 +185,8 @@ def empty_packed_linear(linear: nn.Linear | nn.Module, grid, ternary_layout: str
     if isinstance(grid, UniformGrid):
         return QuantLinear(in_features, out_features, bits=grid.bits, group_size=group_size,
                            symmetric=grid.symmetric, bias=bias, scale_dtype=dtype, device=device)
+    if isinstance(grid, GGUFBlockGrid):
+        if grid.super_block:  # as pack_quantized stores them: k-quant sub-block scales are float32 products
+            dtype = torch.float32
+        return GGUFBlockLinear(in_features, out_features, grid=grid, bias=bias, scale_dtype=dtype, device=device)
     raise PackError(f"{name}: grid {grid!r} has no packed module")

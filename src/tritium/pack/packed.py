@@ -6,7 +6,9 @@ Every grid reads as one formula, which the kernels implement:
 
 Ternary codes t ∈ {−1, 0, 1} are stored as digits t + 1 with an implicit zero of 1;
 uniform k-bit codes are their own digits with a stored zero point (or the implicit
-2^(k−1) of a symmetric grid); only DLT has a shift.
+2^(k−1) of a symmetric grid); DLT has a shift. GGUF-grid codes are their own digits too:
+the ``_0`` types with the format's implicit zero 2^(k−1), the ``_1`` types with no zero and
+their fp16 min as the shift.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..quant.grids import QuantizedWeight, TernaryGrid, UniformGrid
+from ..quant.grids import GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid
 from .layouts import (
     PackError,
     code_bits_per_weight,
@@ -137,6 +139,19 @@ def pack_quantized(qweight: QuantizedWeight, ternary_layout: str = "base3", scal
             raise PackError(f"{name}: a uniform-grid weight needs its zero points")
         if grid.symmetric and bool((zero == 2 ** (grid.bits - 1)).all()):
             zero, implicit_zero = None, float(2 ** (grid.bits - 1))
+    elif isinstance(grid, GGUFBlockGrid):
+        radix = 2**grid.bits  # 5-bit codes take a byte each here; the GGUF file packs them densely
+        if grid.super_block:  # d·sc and dmin·m are exact float32 products, not fp16 values
+            dtype = torch.float32
+        digits, implicit_zero = codes, 0.0
+        if grid.has_min:
+            if zero is not None or shift is None:
+                raise PackError(f"{name}: a {grid.describe()} weight holds its min as a shift and no zero point")
+        else:
+            if zero is None or shift is not None or not bool((zero == grid.fixed_zero).all()):
+                raise PackError(f"{name}: a {grid.describe()} weight needs the fixed zero {grid.fixed_zero} "
+                                "and no shift")
+            zero, implicit_zero = None, float(grid.fixed_zero)
     else:
         raise PackError(f"{name}: grid {grid!r} has no packed layout")
     packed = pack_grouped(digits, group_size, radix)

@@ -1,8 +1,11 @@
 """Grids, fake-quant and the straight-through estimator, as pure functions."""
 
 from .grids import (  # noqa: F401
+    GGUF_BLOCK_TYPES,
+    GRID_KINDS,
     SUPPORTED_BITS,
     TERNARY_VARIANTS,
+    GGUFBlockGrid,
     Grid,
     GroupLayout,
     QuantConfigError,
@@ -15,8 +18,10 @@ from .grids import (  # noqa: F401
     dequantize,
     fake_quantize,
     grid_from_dict,
+    grid_layout,
     grid_to_dict,
     least_squares_alpha,
+    quantize_gguf_block,
     quantize_ternary,
     quantize_uniform,
     quantize_weight,

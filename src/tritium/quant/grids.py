@@ -127,7 +127,132 @@ class TernaryGrid:
         return f"ternary-{self.variant}{_group_tag(self.group)}"
 
 
-Grid = Union[UniformGrid, TernaryGrid]
+# k-quant sub-block scales and mins are 6-bit integer multiples of the super-block's fp16 d and dmin
+K_SCALE_BITS = 6
+FP16_SMALLEST = 2.0**-24  # the smallest positive fp16 value (a subnormal)
+
+
+@dataclass(frozen=True)
+class GGUFBlockType:
+    """One of llama.cpp's block formats; the codes are ``bits``-bit integers q.
+
+    Simple types: each ``block`` weights of a row share an fp16 scale d and, for the ``_1``
+    types, an fp16 min m. ``_0``: w = d·(q − 2^(bits−1)) (Q8_0 stores q − 128 as int8);
+    ``_1``: w = d·q + m.
+    k-quants (``super_block`` set): each super-block holds an fp16 d and dmin and, per
+    sub-block of ``block`` weights, 6-bit integers sc and m: w = (d·sc)·q − dmin·m.
+    """
+
+    name: str
+    bits: int
+    has_min: bool
+    block: int = 32
+    super_block: int | None = None
+    # the type llama.cpp's quantize tool stores a tensor in when the super-block does not divide its width
+    fallback: str | None = None
+
+    @property
+    def row_multiple(self) -> int:
+        """What must divide a row: the super-block for the k-quants, else the block."""
+        return self.super_block or self.block
+
+    @property
+    def bits_per_weight(self) -> float:
+        """As llama.cpp stores it: the codes plus one fp16 d (and m) per block, or for the
+        k-quants an fp16 d and dmin per super-block and a 6-bit sc and m per sub-block."""
+        if self.super_block:
+            per_super = 2 * 16 + (self.super_block // self.block) * 2 * K_SCALE_BITS
+            return self.bits + per_super / self.super_block
+        return self.bits + 16 * (2 if self.has_min else 1) / self.block
+
+
+GGUF_BLOCK_TYPES = {t.name: t for t in (
+    GGUFBlockType("q4_0", 4, has_min=False),
+    GGUFBlockType("q4_1", 4, has_min=True),
+    GGUFBlockType("q5_0", 5, has_min=False),
+    GGUFBlockType("q5_1", 5, has_min=True),
+    GGUFBlockType("q8_0", 8, has_min=False),
+    GGUFBlockType("q4_k", 4, has_min=True, super_block=256, fallback="q5_0"),
+)}
+
+
+@dataclass(frozen=True)
+class GGUFBlockGrid:
+    """A grid that is exactly a llama.cpp block format, so a method rounds under the format's
+    own constraints and GGUF export stores its codes and scales unchanged.
+
+    Codes are uint8 0..2^bits−1 in the :class:`QuantizedWeight`: the ``_0`` types keep the
+    format's fixed zero 2^(bits−1) as ``zero``; the ``_1`` types keep m as ``shift`` (a float,
+    not scale × integer, so it cannot be a zero point), giving w = d·q + m in the same float32
+    operations as llama.cpp's dequantizer. d and m are fp16 values; d may be negative, as
+    llama.cpp's Q4_0/Q5_0 reference makes it (the value of largest magnitude maps to code 0).
+    Q4_K's groups are its 32-weight sub-blocks: ``scale`` holds d·sc and ``shift`` −dmin·m,
+    both exact float32 products (not fp16 values), as llama.cpp's dequantizer forms them.
+    """
+
+    type: str = "q4_0"
+    kind: str = field(default="gguf", init=False)
+
+    def __post_init__(self):
+        name = self.type.lower() if isinstance(self.type, str) else None
+        if name not in GGUF_BLOCK_TYPES:
+            raise QuantConfigError(f"GGUF type {self.type!r} is unknown: the GGUF grid takes one of "
+                                   f"{', '.join(GGUF_BLOCK_TYPES)}")
+        object.__setattr__(self, "type", name)
+
+    @property
+    def format(self) -> GGUFBlockType:
+        return GGUF_BLOCK_TYPES[self.type]
+
+    @property
+    def bits(self) -> int:
+        return self.format.bits
+
+    @property
+    def group(self) -> int:
+        return self.format.block
+
+    @property
+    def super_block(self) -> int | None:
+        """The k-quants' 256-weight super-block (one fp16 d and dmin); None for the simple types."""
+        return self.format.super_block
+
+    @property
+    def ragged_groups(self) -> bool:
+        return False  # every block of the format is full
+
+    @property
+    def symmetric(self) -> bool:
+        return not self.format.has_min
+
+    @property
+    def has_min(self) -> bool:
+        return self.format.has_min
+
+    @property
+    def max_code(self) -> int:
+        return 2**self.bits - 1
+
+    @property
+    def fixed_zero(self) -> int | None:
+        """The ``_0`` types' implicit zero 2^(bits−1); None for the ``_1`` types, which store a min."""
+        return None if self.has_min else 2 ** (self.bits - 1)
+
+    @property
+    def code_bits(self) -> float:
+        return float(self.bits)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.format.bits_per_weight
+
+    def describe(self) -> str:
+        return f"gguf:{self.type}"
+
+
+Grid = Union[UniformGrid, TernaryGrid, GGUFBlockGrid]
+_GRID_CLASSES = {"uniform": UniformGrid, "ternary": TernaryGrid, "gguf": GGUFBlockGrid}
+GRID_KINDS = tuple(_GRID_CLASSES)
 
 
 def _group_tag(group: GroupSpec) -> str:
@@ -138,12 +263,9 @@ def grid_from_dict(spec: dict) -> Grid:
     """Build a grid from a recipe mapping such as ``{kind: uniform, bits: 2, group: 128}``."""
     spec = dict(spec)
     kind = spec.pop("kind", "uniform")
-    if kind == "uniform":
-        cls = UniformGrid
-    elif kind == "ternary":
-        cls = TernaryGrid
-    else:
-        raise QuantConfigError(f"grid kind {kind!r} is unknown: use 'uniform' or 'ternary'")
+    if kind not in _GRID_CLASSES:
+        raise QuantConfigError(f"grid kind {kind!r} is unknown: use one of {', '.join(GRID_KINDS)}")
+    cls = _GRID_CLASSES[kind]
     allowed = {f for f in cls.__dataclass_fields__ if f != "kind"}
     unknown = set(spec) - allowed
     if unknown:
@@ -155,6 +277,24 @@ def grid_to_dict(grid: Grid) -> dict:
     out = {"kind": grid.kind}
     out.update({k: getattr(grid, k) for k in grid.__dataclass_fields__ if k != "kind"})
     return out
+
+
+def grid_layout(shape: tuple[int, ...], grid: Grid, name: str = "weight") -> "GroupLayout":
+    """How ``grid`` splits a weight of ``shape`` into groups; a GGUF block that does not divide
+    the width is refused here, with the format's own terms."""
+    if isinstance(grid, GGUFBlockGrid) and len(shape) == 2 and shape[1] % grid.format.row_multiple:
+        width, fallback = shape[1], grid.format.fallback
+        if fallback and width % GGUF_BLOCK_TYPES[fallback].row_multiple == 0:
+            advice = (f"The nearest type that fits is {fallback.upper()}, what llama.cpp's quantize falls back to: "
+                      f"put this linear on {{kind: gguf, type: {fallback}}} (grid_overrides), or skip it")
+        else:
+            advice = ("No GGUF block type fits a width that 32 does not divide, so llama.cpp keeps such a tensor "
+                      "in F16: skip this linear (it stays in float), or quantize the model on a uniform grid with "
+                      "ragged_groups=true")
+        raise QuantConfigError(
+            f"{name}: GGUF {grid.type.upper()} stores blocks of {grid.format.row_multiple} weights along the input "
+            f"dimension, which do not divide its input width {width}. {advice}")
+    return GroupLayout.for_weight(tuple(shape), grid.group, grid.ragged_groups, name=name)
 
 
 # --------------------------------------------------------------------------- groups
@@ -236,7 +376,8 @@ class GroupLayout:
 class QuantizedWeight:
     """Codes plus the scales that dequantize them.
 
-    uniform: w = scale·(codes − zero);  ternary: w = scale·codes (+ shift for DLT).
+    uniform: w = scale·(codes − zero);  ternary: w = scale·codes (+ shift for DLT);
+    GGUF blocks: w = d·(codes − zero) for the ``_0`` types, d·codes + m (m as ``shift``) for the ``_1`` types.
     ``scale``, ``zero`` and ``shift`` have the layout's ``scale_shape``.
     """
 
@@ -260,6 +401,8 @@ def storage_bits(layout: GroupLayout, grid: Grid) -> float:
     Zero points of asymmetric uniform grids are stored as k-bit integers, as GPTQ/AWQ
     checkpoints do; a symmetric grid's zero point is implicit. DLT adds an fp16 shift.
     """
+    if isinstance(grid, GGUFBlockGrid):
+        return layout.out_features * layout.in_features * grid.bits_per_weight
     n_groups = layout.scale_shape[0] * layout.scale_shape[1]
     bits = layout.out_features * layout.in_features * grid.code_bits + 16 * n_groups
     if isinstance(grid, UniformGrid) and not grid.symmetric:
@@ -348,16 +491,134 @@ def quantize_ternary(w: Tensor, grid: TernaryGrid, layout: GroupLayout | None = 
     return QuantizedWeight(codes, alpha, grid, layout, shift=shift)
 
 
+# --------------------------------------------------------------------------- GGUF block formats
+
+
+def gguf_block_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip: Tensor | float = 1.0
+                      ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(d, zero, m) per block by llama.cpp's reference rules, as fp16 values; ``clip`` (≤ 1)
+    shrinks the range as AWQ's clipping search does.
+
+    Q4_0/Q5_0: d = peak / −2^(bits−1) with peak the block's value of largest magnitude, so
+    peak lands on the code range's longer end exactly; Q8_0: d = max|w| / 127; the ``_1``
+    types: m = min, d = (max − m) / (2^bits − 1), d taken after m is rounded so the range
+    still reaches max. The codes are then rounded against the stored d and m.
+    """
+    w = w.float()
+    if grid.super_block:
+        return _k_quant_params(w, grid, layout, clip)
+    if grid.has_min:
+        low = as_fp16_values(layout.reduce(w, lambda g: g.amin(-1)) * clip)
+        high = layout.reduce(w, lambda g: g.amax(-1)) * clip
+        d = as_fp16_values(((high - low) / grid.max_code).clamp_min(SCALE_EPS))
+        return d, None, low
+    half = float(grid.fixed_zero)
+    if grid.bits == 8:
+        d = layout.reduce(w, lambda g: g.abs().amax(-1)) * clip / (half - 1)
+    else:
+        peak = layout.reduce(w, lambda g: g.gather(-1, g.abs().argmax(-1, keepdim=True)).squeeze(-1))
+        d = peak * clip / -half
+    # an all-zero block would divide by zero: give it the smallest scale, its codes all land on the zero
+    d = as_fp16_values(torch.where(d.abs() < SCALE_EPS, torch.full_like(d, SCALE_EPS), d))
+    return d, torch.full_like(d, half), None
+
+
+# Q4_K's sub-block search tries 2^bits − 1 + t levels across the range for these t, as llama.cpp's
+# reference quantizer does, and refits scale and min by least squares for each
+K_RANGE_STEPS = [step / 10 for step in range(-10, 11)]
+
+
+def _k_sub_block_fit(w: Tensor, layout: GroupLayout, max_code: int, clip: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Each sub-block's scale s > 0 and min b ≤ 0 (w ≈ s·q + b): the plain [min(w, 0), max w]
+    range, or a least-squares refit after rounding with a slightly wider or narrower step,
+    whichever leaves the smaller squared error. Shapes ``layout.scale_shape``."""
+    rows, n_groups = layout.scale_shape
+    x = w.reshape(rows, n_groups, layout.group_size)
+    clip = clip.unsqueeze(-1) if isinstance(clip, Tensor) else clip
+    low = (x.amin(-1, keepdim=True) * clip).clamp_max(0)
+    span = ((x.amax(-1, keepdim=True) * clip - low)).clamp_min(SCALE_EPS)
+    best_scale, best_min = span / max_code, low
+
+    def error(scale, minimum):
+        q = torch.round((x - minimum) / scale).clamp(0, max_code)
+        return (q * scale + minimum - x).pow(2).sum(-1, keepdim=True)
+
+    best_error = error(best_scale, best_min)
+    n = float(layout.group_size)
+    for step in K_RANGE_STEPS:
+        q = torch.round((x - low) * ((max_code + step) / span)).clamp(0, max_code)
+        sum_q, sum_qq = q.sum(-1, keepdim=True), (q * q).sum(-1, keepdim=True)
+        sum_x, sum_qx = x.sum(-1, keepdim=True), (q * x).sum(-1, keepdim=True)
+        det = n * sum_qq - sum_q * sum_q
+        scale = (n * sum_qx - sum_q * sum_x) / det.clamp_min(1e-12)
+        minimum = (sum_qq * sum_x - sum_q * sum_qx) / det.clamp_min(1e-12)
+        # a min above zero is not allowed: then the best scale with the min at zero
+        positive = minimum > 0
+        scale = torch.where(positive, sum_qx / sum_qq.clamp_min(1e-12), scale)
+        minimum = torch.where(positive, torch.zeros_like(minimum), minimum)
+        usable = (det > 0) & (scale > SCALE_EPS)
+        scale, minimum = torch.where(usable, scale, best_scale), torch.where(usable, minimum, best_min)
+        candidate = error(scale, minimum)
+        better = candidate < best_error
+        best_scale = torch.where(better, scale, best_scale)
+        best_min = torch.where(better, minimum, best_min)
+        best_error = torch.where(better, candidate, best_error)
+    return best_scale.squeeze(-1), best_min.squeeze(-1)
+
+
+def _k_quant_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip: Tensor | float
+                    ) -> tuple[Tensor, None, Tensor]:
+    """Q4_K: each sub-block's scale and min (≥ 0, as −b: llama.cpp's mins only lower a
+    sub-block) from :func:`_k_sub_block_fit`; per super-block d and dmin = the largest of
+    them / 63 as fp16, sc = round(scale / d) ∈ 1..63 (never 0, so no scale divides by zero),
+    m = round(min / dmin) ∈ 0..63. Returns (d·sc, None, −dmin·m) per sub-block.
+    """
+    sub_scale, sub_low = _k_sub_block_fit(w, layout, grid.max_code, clip)
+    rows, n_groups = sub_scale.shape
+    per_super = grid.super_block // grid.group
+    sub_scale = sub_scale.reshape(rows, n_groups // per_super, per_super)
+    sub_min = (-sub_low).reshape(rows, n_groups // per_super, per_super)
+    top = 2**K_SCALE_BITS - 1
+    d = as_fp16_values(sub_scale.amax(-1, keepdim=True) / top).clamp_min(FP16_SMALLEST)
+    sc = torch.round(sub_scale / d).clamp(1, top)
+    dmin = as_fp16_values(sub_min.amax(-1, keepdim=True) / top)
+    m = torch.where(dmin > 0, torch.round(sub_min / dmin.clamp_min(FP16_SMALLEST)).clamp(0, top),
+                    torch.zeros_like(sub_min))
+    return (d * sc).reshape(rows, n_groups), None, (-(dmin * m)).reshape(rows, n_groups)
+
+
+def affine_codes(w: Tensor, scale: Tensor, zero: Tensor | None, shift: Tensor | None, max_code: int,
+                 layout: GroupLayout) -> Tensor:
+    """Nearest codes 0..max_code of w = scale·(code − zero) + shift (either of zero and shift may be absent)."""
+    x = w.float()
+    if shift is not None:
+        x = x - layout.expand(shift)
+    x = x / layout.expand(scale)
+    if zero is not None:
+        x = x + layout.expand(zero)
+    return torch.round(x).clamp_(0, max_code).to(torch.uint8)
+
+
+def quantize_gguf_block(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout | None = None,
+                        clip: Tensor | float = 1.0) -> QuantizedWeight:
+    layout = layout or grid_layout(tuple(w.shape), grid)
+    scale, zero, shift = gguf_block_params(w, grid, layout, clip)
+    codes = affine_codes(w, scale, zero, shift, grid.max_code, layout)
+    return QuantizedWeight(codes, scale, grid, layout, zero=zero, shift=shift)
+
+
 # --------------------------------------------------------------------------- entry points
 
 
 def quantize_weight(w: Tensor, grid: Grid, name: str = "weight") -> QuantizedWeight:
     """Quantize one weight matrix on ``grid`` by round-to-nearest (or the variant's rule)."""
-    layout = GroupLayout.for_weight(tuple(w.shape), grid.group, grid.ragged_groups, name=name)
+    layout = grid_layout(tuple(w.shape), grid, name=name)
     if not torch.isfinite(w).all():
         raise QuantConfigError(f"{name}: the weight holds NaN or Inf values; fix the checkpoint before quantizing")
     if isinstance(grid, UniformGrid):
         return quantize_uniform(w, grid, layout)
+    if isinstance(grid, GGUFBlockGrid):
+        return quantize_gguf_block(w, grid, layout)
     return quantize_ternary(w, grid, layout)
 
 

@@ -1,0 +1,352 @@
+"""The typed recipe: a quantize job's method, grid, evaluation and calibration settings as dataclasses.
+
+:meth:`Recipe.from_mapping` checks a recipe file's mapping as it builds the object: its keys (an
+unknown one is refused with the closest known key suggested), the type and range of every setting of
+the grid, evaluation and calibration, and a ``method``, which a file must name. A wrong value is
+refused, never coerced (``symmetric: "no"`` is not a boolean) nor replaced by a default. What a file
+leaves out comes from the defaults: each section key by key, the grid whole (a default bit width means
+nothing to a ternary grid).
+
+:meth:`Recipe.with_overrides` applies a job's options (the CLI's flags) to the same object and checks
+the result the same way, so a bad flag value is refused as a bad file value is; the error names the flag.
+:meth:`Recipe.to_dict` gives the plain mapping the jobs, methods and trainer consume.
+
+``method_args`` and ``e2e`` stay mappings: their options belong to each method's config (and the e2e
+trainer's), which check them when the config is built (``methods.config_from_dict``, ``train.e2e``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from ..utils.errors import TritiumError
+
+# e2e: end-to-end scale tuning after PTQ (tritium.train.e2e); absent by default
+RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib", "rotate", "e2e"}
+GRID_KEYS = {"uniform": {"kind", "bits", "group", "symmetric", "ragged_groups"},
+             "ternary": {"kind", "variant", "group", "ragged_groups"},
+             "gguf": {"kind", "type"}}  # a llama.cpp block format, e.g. {kind: gguf, type: q4_0}
+EVAL_KEYS = {"datasets", "seqlen", "limit", "zeroshot", "zeroshot_limit", "batch_size", "scorers"}
+CALIB_KEYS = {"source", "samples", "seqlen", "seed"}
+# the sections whose keys an override may set one by one ("calib.samples")
+SECTIONS = ("grid", "eval", "calib", "method_args", "e2e")
+
+
+class RecipeError(TritiumError, ValueError):
+    """A recipe that cannot be found or read, or a setting of one (from its file or a job's option) that is wrong."""
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where the values being checked come from: ``text`` opens a file value's error ("recipe r.yaml");
+    ``flags`` names the option that set a field ("eval.batch_size" -> "--batch-size"), which that field's error
+    names instead."""
+
+    text: str
+    flags: Mapping[str, str] = field(default_factory=dict)
+
+    def refuse(self, path: str, requirement: str, value, hint: str = "", fix: str = ""):
+        """``hint`` follows a file value's error, ``fix`` a flag's."""
+        flag = self.flags.get(path)
+        if flag:
+            raise RecipeError(f"{flag} {value!r} is not {requirement}" + (f": {fix}" if fix else ""))
+        raise RecipeError(f"{self.text}: {path.replace('.', ' ')} must be {requirement}, not {value!r}{hint}")
+
+
+def _suggest(key, known) -> str:
+    close = difflib.get_close_matches(str(key), sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(mapping: Mapping, known: set, where: str, flags: Mapping[str, str] | None = None,
+                section: str = "") -> None:
+    for key in mapping:
+        if key in known:
+            continue
+        flag = (flags or {}).get(f"{section}.{key}" if section else key)
+        if flag:
+            raise RecipeError(f"{flag} does not apply: {where} has no setting {key!r} (its settings are "
+                              f"{', '.join(sorted(known))}); leave {flag} out")
+        raise RecipeError(f"{where} has an unknown key {key!r}{_suggest(key, known)}; the keys are "
+                          f"{', '.join(sorted(known))}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value, path: str, where: _Where, optional: bool = False):
+    if (value is None and optional) or (_is_int(value) and value >= 1):
+        return value
+    where.refuse(path, "a positive whole number", value, " (or null for no limit)" if optional else "",
+                 "pass 1 or more" + (", or leave it out for no limit" if optional else ""))
+
+
+def _boolean(value, path: str, where: _Where):
+    if isinstance(value, bool):
+        return value
+    where.refuse(path, "true or false", value, ": write it unquoted (YAML reads \"no\" in quotes as text)",
+                 "pass True or False")
+
+
+def _names(value, path: str, where: _Where):
+    """A list of names (or None), kept as a tuple so that the frozen section stays unchanged."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        where.refuse(path, "a list of names, e.g. [wikitext2]", value)
+    return tuple(value)
+
+
+def _mapping_or_none(value, key: str, where: _Where) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise RecipeError(f"{where.text}: {key} must be a mapping of settings, not {value!r}")
+
+
+def _listed(value):
+    """A section value as the plain mapping holds it: tuples of names become lists again."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The recipe's grid. ``None`` is a setting the recipe leaves to the grid's own default
+    (``tritium.quant.grids``); a file cannot write ``null`` for one."""
+
+    kind: str = "uniform"
+    bits: int | None = None  # uniform only
+    group: int | str | None = None  # a positive size, "channel" or "tensor"
+    symmetric: bool | None = None  # uniform only
+    variant: str | None = None  # ternary only: absmean, twn or dlt
+    ragged_groups: bool | None = None
+    type: str | None = None  # gguf only: the llama.cpp block format (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k)
+
+    @classmethod
+    def from_mapping(cls, grid, where: str | _Where, flags: Mapping[str, str] | None = None) -> GridSpec:
+        where = where if isinstance(where, _Where) else _Where(where, flags or {})
+        if not isinstance(grid, Mapping):
+            raise RecipeError(f"{where.text}: grid must be a mapping such as {{kind: uniform, bits: 2, group: 128}}, "
+                              f"not {grid!r}" + (f": write `grid: {{kind: {grid}}}`" if isinstance(grid, str) else ""))
+        kind = grid.get("kind", "uniform")
+        if kind not in GRID_KEYS:
+            if where.flags.get("grid.kind"):
+                raise RecipeError(f"{where.flags['grid.kind']} {kind!r} is not a grid kind: use "
+                                  f"{', '.join(GRID_KEYS)}")
+            raise RecipeError(f"{where.text}: grid kind {kind!r} is unknown{_suggest(kind, GRID_KEYS)}: use "
+                              f"{', '.join(GRID_KEYS)}")
+        _check_keys(grid, GRID_KEYS[kind], f"{where.text}: the {kind} grid", where.flags, "grid")
+        if "bits" in grid and not _is_int(grid["bits"]):
+            where.refuse("grid.bits", "a whole number (2, 3, 4, 8)", grid["bits"])
+        group = grid.get("group")
+        if "group" in grid and group not in ("channel", "tensor") and (not _is_int(group) or group < 1):
+            where.refuse("grid.group", "a positive whole number, 'channel' or 'tensor'", group)  # null too
+        for key in ("symmetric", "ragged_groups"):
+            if key in grid:
+                _boolean(grid[key], f"grid.{key}", where)
+        if "variant" in grid and not isinstance(grid["variant"], str):
+            where.refuse("grid.variant", "absmean, twn or dlt", grid["variant"])
+        if "type" in grid and not isinstance(grid["type"], str):
+            where.refuse("grid.type", "a GGUF block type such as q4_0", grid["type"])
+        spec = cls(**dict(grid))
+        spec._check_range(where.text)
+        return spec
+
+    def _check_range(self, where: str) -> None:
+        """The values the grid itself refuses (bits it has no codes for, an unknown variant), said here."""
+        from ..quant.grids import QuantConfigError
+
+        try:
+            self.to_grid()
+        except QuantConfigError as err:
+            raise RecipeError(f"{where}: grid: {err}") from None
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)
+                                      if f.name != "kind" and getattr(self, f.name) is not None}}
+
+    def to_grid(self):
+        """The grid object (``tritium.quant.grids``) this spec describes."""
+        from ..quant.grids import grid_from_dict
+
+        return grid_from_dict(self.to_dict())
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What the float and the quantized model are evaluated on."""
+
+    datasets: tuple[str, ...] | None = ("wikitext2",)
+    seqlen: int = 2048
+    limit: int | None = None  # perplexity chunks; None: all of them
+    zeroshot: tuple[str, ...] | None = ()
+    zeroshot_limit: int | None = None  # documents of each task; None: all of them
+    batch_size: int = 1
+    scorers: tuple[str, ...] | None = None  # None: tritium's own (eval.harness)
+
+    @classmethod
+    def from_mapping(cls, settings, where: str | _Where, flags: Mapping[str, str] | None = None) -> EvalSpec:
+        """The settings of ``settings`` over the defaults."""
+        where = where if isinstance(where, _Where) else _Where(where, flags or {})
+        _mapping_or_none(settings, "eval", where)
+        settings = settings or {}
+        _check_keys(settings, EVAL_KEYS, f"{where.text}: eval", where.flags, "eval")
+        values = {}
+        for key in ("datasets", "zeroshot", "scorers"):
+            if key in settings:
+                values[key] = _names(settings[key], f"eval.{key}", where)
+        for key, optional in [("seqlen", False), ("batch_size", False), ("limit", True), ("zeroshot_limit", True)]:
+            if key in settings:
+                values[key] = _positive_int(settings[key], f"eval.{key}", where, optional)
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {f.name: _listed(getattr(self, f.name)) for f in fields(self)
+                if f.name != "scorers" or self.scorers is not None}
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """The calibration text of a calibrated method (and of a bit budget's sensitivity measurement)."""
+
+    source: str = "wikitext2-valid"  # a data set split or a file; never a test split
+    samples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, settings, where: str | _Where, flags: Mapping[str, str] | None = None) -> CalibSpec:
+        """The settings of ``settings`` over the defaults."""
+        where = where if isinstance(where, _Where) else _Where(where, flags or {})
+        _mapping_or_none(settings, "calib", where)
+        settings = settings or {}
+        _check_keys(settings, CALIB_KEYS, f"{where.text}: calib", where.flags, "calib")
+        if "source" in settings and not isinstance(settings["source"], str):
+            where.refuse("calib.source", "a data set split or a file", settings["source"])
+        for key in ("samples", "seqlen"):
+            if key in settings:
+                _positive_int(settings[key], f"calib.{key}", where)
+        if "seed" in settings and not _is_int(settings["seed"]):
+            where.refuse("calib.seed", "a whole number", settings["seed"])
+        return cls(**dict(settings))
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A quantize job's recipe; ``Recipe()`` is the defaults (RTN, W4 g128), which a job without a recipe runs."""
+
+    method: str = "rtn"
+    grid: GridSpec = field(default_factory=lambda: GridSpec(kind="uniform", bits=4, group=128))
+    method_args: Mapping = field(default_factory=dict)  # the method's own options (its config checks them)
+    # false, true, or {seed, kind, heads}: fold norms and rotate the weights first (tritium.models.rotation)
+    rotate: bool | Mapping | None = False
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    calib: CalibSpec = field(default_factory=CalibSpec)
+    e2e: Mapping | None = None  # end-to-end scale tuning after PTQ (tritium.train.e2e checks its options)
+    description: str | None = ""
+    name: str | None = None  # the file's stem; None for the defaults
+
+    @classmethod
+    def from_mapping(cls, mapping, where: str, *, name: str | None = None,
+                     flags: Mapping[str, str] | None = None) -> Recipe:
+        """The recipe a file's ``mapping`` describes, over the defaults; ``where`` opens each error
+        ("recipe r.yaml"). ``flags``: see :meth:`with_overrides`."""
+        at = _Where(where, flags or {})
+        if not isinstance(mapping, Mapping):
+            raise RecipeError(f"{where} must be a mapping of {sorted(RECIPE_KEYS)}")
+        _check_keys(mapping, RECIPE_KEYS, where, at.flags)
+        if "method" not in mapping:
+            raise RecipeError(f"{where} names no method: add e.g. `method: rtn` (or gptq, awq, tesseraq, dlt)")
+        if not isinstance(mapping["method"], str) or not mapping["method"]:
+            at.refuse("method", "a method name such as rtn or gptq", mapping["method"])
+        grid = GridSpec.from_mapping(mapping["grid"], at) if "grid" in mapping else cls().grid
+        for key in ("method_args", "eval", "calib", "e2e"):
+            _mapping_or_none(mapping.get(key), key, at)
+        rotate = mapping.get("rotate", False)
+        if rotate is not None and not isinstance(rotate, (bool, Mapping)):
+            at.refuse("rotate", "true, false or a mapping {seed, kind, heads}", rotate)
+        description = mapping.get("description", "")
+        if description is not None and not isinstance(description, str):
+            at.refuse("description", "text", description)
+        return cls(method=mapping["method"], grid=grid,
+                   method_args=copy.deepcopy(dict(mapping.get("method_args") or {})),
+                   rotate=copy.deepcopy(rotate), eval=EvalSpec.from_mapping(mapping.get("eval"), at),
+                   calib=CalibSpec.from_mapping(mapping.get("calib"), at),
+                   e2e=copy.deepcopy(dict(mapping["e2e"])) if mapping.get("e2e") is not None else None,
+                   description=description, name=name)
+
+    def to_dict(self) -> dict:
+        """The plain mapping the jobs consume (a fresh copy: changing it leaves the recipe as it is)."""
+        out = {"description": self.description, "method": self.method, "grid": self.grid.to_dict(),
+               "method_args": copy.deepcopy(dict(self.method_args)), "rotate": copy.deepcopy(self.rotate),
+               "eval": self.eval.to_dict(), "calib": self.calib.to_dict()}
+        if self.e2e is not None:
+            out["e2e"] = copy.deepcopy(dict(self.e2e))
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+    def with_overrides(self, changes: Mapping[str, object], flags: Mapping[str, str] | None = None) -> Recipe:
+        """This recipe with ``changes`` applied and checked as a file is: each key a recipe key ("method",
+        "rotate") or a section's ("grid.bits", "calib.samples", "method_args.skip"), e.g.
+        ``recipe.with_overrides({"grid.bits": 2, "calib.samples": 16})``. A new ``grid.kind`` starts a grid
+        of that kind that keeps only the group. ``flags``: the option that set each key ("grid.bits" ->
+        "--bits"); an error about that setting names the option and its value."""
+        flags = dict(flags or {})
+        data = self.to_dict()
+        data.pop("name", None)
+        for key, value in changes.items():
+            section, _, setting = key.partition(".")
+            if not setting:
+                data[section] = value
+                continue
+            if section not in SECTIONS:
+                raise RecipeError(f"cannot override {key!r}: {section!r} is not a section of a recipe; the sections "
+                                  f"are {', '.join(SECTIONS)}")
+            current = dict(data.get(section) or {})
+            if (section, setting) == ("grid", "kind") and value != current.get("kind"):
+                current = {"group": current["group"]} if "group" in current else {}
+            current[setting] = value
+            data[section] = current
+        shown = " ".join(f"{flag} {changes[key]!r}" for key, flag in flags.items() if key in changes)
+        where = f"recipe {self.name}" if self.name else "the default recipe"
+        return Recipe.from_mapping(data, f"{where} with {shown or 'its overrides'}", name=self.name, flags=flags)
+
+    def check_format(self, save_format: str) -> None:
+        """Refuse, before any work, a grid (or a linear's grid of ``method_args.grid_overrides``) that
+        ``save_format`` cannot store."""
+        from ..quant.grids import grid_from_dict
+
+        overrides = self.method_args.get("grid_overrides") or {}
+        check_save_format(save_format, self.grid.to_grid(),
+                          {name: grid_from_dict(g) if isinstance(g, Mapping) else g for name, g in overrides.items()})
+
+
+def check_save_format(save_format: str, grid, overrides=None) -> None:
+    """Refuse, before any work, a grid that the packed format cannot store (6-bit has no layout)."""
+    from ..pack.layouts import PackError, uniform_radix
+
+    if save_format != "packed":
+        return
+    for each in [grid, *(overrides or {}).values()]:
+        bits = getattr(each, "bits", None)
+        if getattr(each, "kind", "uniform") == "uniform" and bits is not None:
+            try:
+                uniform_radix(bits)
+            except PackError as err:
+                raise PackError(f"{err}; to save this grid anyway, pass --format fake (fake-quant float "
+                                "weights)") from None

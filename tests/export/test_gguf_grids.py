@@ -1,0 +1,155 @@
+"""Models quantized on a GGUF grid export to that very type, losslessly, and llama.cpp runs them like tritium."""
+
+import llama_cpp  # noqa: F401  (installed with the project: if it is missing these tests fail, never skip)
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+
+from tritium.export.api import export_model
+from tritium.export.gguf import write_gguf
+from tritium.export.gguf_tensors import GGUFTypeError, choose_tensor_type, decode_tensor, encode_tensor
+from tritium.methods import RTNConfig, quantize_
+from tritium.methods.gptq import GPTQConfig, gptq_quantize
+from tritium.models import tiny_model
+from tritium.quant import GGUF_BLOCK_TYPES, GGUFBlockGrid, fake_quantize, quantize_weight
+
+from test_gguf import assert_llama_cpp_matches
+
+TYPES = list(GGUF_BLOCK_TYPES)
+# llama.cpp multiplies the k-quants with activations rounded to int8 over 256-blocks (Q8_K), the simple
+# types with 32-blocks (Q8_0/Q8_1): its logits stray further from tritium's float activations there, though
+# the weights it reads are tritium's bit for bit (checked on read-back).
+LOGIT_TOLERANCE = {"q4_k": 0.25}
+
+
+def edge_weight():
+    """Random rows plus the blocks that break careless encoders: zero, constant, an outlier, one sign only."""
+    w = torch.randn(6, 256, generator=torch.Generator().manual_seed(0))
+    w[0, :32] = 0
+    w[1, 32:64] = -0.25
+    w[2, 70] = 9.0
+    w[3, 96:128] = w[3, 96:128].abs() + 2
+    w[4, 128:160] = -w[4, 128:160].abs()
+    return w
+
+
+def correlated_hessian(width=256, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(512, width, generator=generator) @ torch.randn(width, width, generator=generator) / 8
+    return 2 * x.t() @ x / x.shape[0]
+
+
+@pytest.mark.parametrize("gtype", TYPES)
+@pytest.mark.parametrize("method", ["rtn", "gptq", "gptq-act-order"])
+def test_every_type_round_trips_bit_exactly_through_ggufs_own_dequantizer(gtype, method):
+    grid = GGUFBlockGrid(gtype)
+    w = edge_weight()
+    if method == "rtn":
+        qw = quantize_weight(w, grid)
+    else:
+        qw, _ = gptq_quantize(w, correlated_hessian(), grid, act_order=method.endswith("act-order"))
+    qtype = GGMLQuantizationType[gtype.upper()]
+    choice = choose_tensor_type(qw, "tq1_0")
+    assert choice.qtype == qtype and not choice.fallback
+    raw = encode_tensor(qw, qtype)
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    assert raw.dtype == np.uint8 and raw.shape == (6, 256 // block * type_size)
+    decoded = decode_tensor(raw, qtype)
+    ours = qw.dequantize(torch.float32).numpy()
+    assert decoded.dtype == np.float32 and np.array_equal(decoded, ours)
+    if method == "rtn":  # and that is the weight the fake-quant model computes with
+        assert np.array_equal(fake_quantize(w, grid).detach().numpy(), decoded)
+
+
+def test_q4_k_sub_block_scales_that_are_not_6_bit_multiples_are_refused():
+    qw = quantize_weight(torch.randn(2, 256), GGUFBlockGrid("q4_k"))
+    qw.scale[0, 3] *= 1.001
+    with pytest.raises(GGUFTypeError, match="sub-block scales are not 6-bit multiples of one fp16 value"):
+        encode_tensor(qw, GGMLQuantizationType.Q4_K)
+    qw = quantize_weight(torch.randn(2, 256), GGUFBlockGrid("q4_k"))
+    qw.shift[1, 0] = 0.5  # a min that raises the sub-block: Q4_K's mins only lower it
+    with pytest.raises(GGUFTypeError, match="sub-block mins are not 6-bit multiples"):
+        encode_tensor(qw, GGMLQuantizationType.Q4_K)
+
+
+def test_scales_that_are_not_fp16_values_are_refused_rather_than_rounded():
+    qw = quantize_weight(torch.randn(2, 64), GGUFBlockGrid("q4_1"))
+    qw.scale[0, 0] = 1 / 3
+    with pytest.raises(GGUFTypeError, match=r"blk\.0\.ffn_up: its scale \(d\) values are not fp16"):
+        encode_tensor(qw, GGMLQuantizationType.Q4_1, name="blk.0.ffn_up")
+    with pytest.raises(GGUFTypeError, match="stored as Q4_1, not Q8_0"):
+        encode_tensor(qw, GGMLQuantizationType.Q8_0)
+
+
+def small_llama(hidden=256, seed=0):
+    model = tiny_model("llama", seed=seed, hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
+                       num_key_value_heads=2)
+    with torch.no_grad():  # sharper attention and logits, so a wrong q/k row order would show
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(4)
+            layer.self_attn.k_proj.weight.mul_(4)
+        model.lm_head.weight.mul_(3)
+    return model
+
+
+def _file_type(path):
+    return int(GGUFReader(path).fields["general.file_type"].parts[-1][0])
+
+
+@pytest.mark.parametrize("gtype", TYPES)
+def test_llama_cpp_runs_a_gguf_grid_model_like_tritium(tmp_path, tokenizer, gtype):
+    import gguf
+
+    model = small_llama()
+    result = quantize_(model, RTNConfig(grid=GGUFBlockGrid(gtype)))
+    report = write_gguf(model, tmp_path / "m.gguf", result.weights, tokenizer=tokenizer)
+    assert report.type_counts()[gtype.upper()] == 14 and report.fallback_reasons == {}
+    assert report.max_abs_error == 0.0  # checked bit for bit on read-back
+    assert report.linear_bits_per_weight == pytest.approx(GGUF_BLOCK_TYPES[gtype].bits_per_weight)
+    file_type = "MOSTLY_Q4_K_S" if gtype == "q4_k" else f"MOSTLY_{gtype.upper()}"
+    assert _file_type(tmp_path / "m.gguf") == getattr(gguf.LlamaFileType, file_type)
+    assert_llama_cpp_matches(tmp_path / "m.gguf", model, LOGIT_TOLERANCE.get(gtype, 0.1))
+
+
+@pytest.mark.parametrize("gtype", ["q4_0", "q4_1", "q4_k"])
+def test_a_gptq_model_on_a_gguf_grid_exports_losslessly_and_runs_in_llama_cpp(tmp_path, tokenizer, gtype):
+    model = small_llama()
+    calibration = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(2))
+    result = quantize_(model, GPTQConfig(grid=GGUFBlockGrid(gtype), act_order=True), calibration)
+    report = write_gguf(model, tmp_path / "m.gguf", result.weights, tokenizer=tokenizer)
+    assert report.type_counts()[gtype.upper()] == 14 and report.max_abs_error == 0.0
+    assert_llama_cpp_matches(tmp_path / "m.gguf", model, LOGIT_TOLERANCE.get(gtype, 0.1))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("gtype", ["q5_1", "q4_k"])  # Q4_K's sub-block scales are float32 products, not fp16
+def test_fake_and_packed_folders_on_a_gguf_grid_export_losslessly(tmp_path, tokenizer, packed, gtype):
+    from tritium.export.hf import save_fake_quantized, save_packed
+    from tritium.nn import GGUFBlockLinear, pack_model
+    from tritium.quant import grid_to_dict
+
+    grid = GGUFBlockGrid(gtype)
+    model = small_llama(hidden=256 if grid.super_block else 128)
+    result = quantize_(model, RTNConfig(grid=grid))
+    folder = tmp_path / "model"
+    ids = torch.randint(3, 512, (1, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fake_logits = model(ids).logits
+    if packed:
+        pack_model(model, result.weights)
+        assert isinstance(model.model.layers[0].mlp.down_proj, GGUFBlockLinear)
+        with torch.no_grad():  # the packed modules compute what the fake-quant weights compute
+            assert torch.allclose(model(ids).logits, fake_logits, atol=1e-4)
+        save_packed(model, tokenizer, folder, "rtn", grid_to_dict(grid), (), result.method_args)
+    else:
+        save_fake_quantized(model, tokenizer, folder, "rtn", grid_to_dict(grid), (), result.method_args,
+                            weights=result.weights)
+    report = export_model(folder, "gguf", tmp_path / "m.gguf")
+    gguf_report = report.details["gguf"]
+    assert gguf_report.type_counts()[gtype.upper()] == 14 and gguf_report.max_abs_error == 0.0
+    assert not any("fallback" in line for line in report.lines)
+    tensors = {t.name: t for t in GGUFReader(tmp_path / "m.gguf").tensors}
+    down = tensors["blk.1.ffn_down.weight"]
+    want = result.weights["model.layers.1.mlp.down_proj"].dequantize().numpy()
+    assert np.array_equal(decode_tensor(np.asarray(down.data), down.tensor_type).reshape(want.shape), want)
