@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tritium.cli import main
 from tritium.models import tiny_model
@@ -205,3 +206,17 @@ def test_a_grid_the_packed_default_cannot_hold_is_refused_before_loading(tiny_fo
                  "--out", str(tmp_path / "run")]) == 2
     assert "--format fake" in capsys.readouterr().err
     assert not loaded and not (tmp_path / "run").exists()
+
+
+def test_the_advised_format_fake_saves_a_grid_that_has_no_packed_layout(tiny_folder, tiny_data, tmp_path, capsys):
+    """--bits 6 --format fake (the advice above) ends with a saved folder, not an error after the evaluation."""
+    out = tmp_path / "run"
+    assert main(["quantize", "--model", str(tiny_folder), "--recipe", "w4g128-rtn", "--bits", "6", "--group", "32",
+                 "--format", "fake", "--no-float", "--eval", "wikitext2", "--seqlen", "32", "--limit", "2",
+                 "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    from tritium.models import load_model
+
+    model, _, _ = load_model(out / "model")
+    weight = model.model.layers[0].mlp.up_proj.weight
+    assert len(torch.unique(weight[0, :32])) <= 64  # 6-bit codes: at most 64 values per group
+    assert not (out / "model" / "tritium_codes.safetensors").exists()  # no packed layout holds 6-bit codes

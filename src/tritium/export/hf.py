@@ -61,10 +61,24 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if weights:
+        if weights and _has_packed_layout(grid, grid_overrides):
             write_codes(tmp, weights, grid, grid_overrides)
         write_manifest(tmp)  # last: it seals every file written above
     return folder
+
+
+def _has_packed_layout(grid: dict, grid_overrides: dict | None) -> bool:
+    """False for a grid that no packed layout holds (6-bit: fake quant and sizing only). Its folder gets no codes
+    sidecar, which exists only so that `tritium pack` can pack the folder later."""
+    from ..pack.layouts import PackError, uniform_radix
+
+    for spec in [grid, *(grid_overrides or {}).values()]:
+        if spec.get("kind", "uniform") == "uniform" and spec.get("bits") is not None:
+            try:
+                uniform_radix(spec["bits"])
+            except PackError:
+                return False
+    return True
 
 
 def _state_dict_in(model, modules: dict, dtype) -> dict:
