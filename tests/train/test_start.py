@@ -186,8 +186,12 @@ def test_cli_chain_and_scale_tuning(tmp_path, capsys):
     assert before.keys() == after.keys()
     assert all(torch.equal(before[n][0], after[n][0]) for n in before)  # the codes are the PTQ codes
     assert any(not torch.equal(before[n][1], after[n][1]) for n in before)  # the scales moved
-    # distill saves packed codes by default, as quantize does
+    # distill saves packed codes by default, as quantize does, with the float parts in fp16
     assert json.loads((out / "model" / "config.json").read_text())["quantization_config"]["format"] == "packed"
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model" / "model.safetensors"), framework="pt") as f:
+        assert f.get_slice("model.embed_tokens.weight").get_dtype() == "F16"
     # with --format fake the tuned folder packs exactly: its export is what it trained
     fake = tmp_path / "e2e-fake"
     assert main([*distill_args, "--init-from", str(ptq_run / "model"), "--train", "scales", "--out", str(fake),

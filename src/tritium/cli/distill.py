@@ -63,6 +63,8 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--no-save", action="store_true", help="do not save the distilled model")
     d.add_argument("--format", choices=["fake", "packed"], default="packed",
                    help="saved model: packed codes (default; tritium.nn modules) or fake-quant float weights")
+    d.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                   help="--format packed: storage of the parts left in float (embeddings, norms)")
     add_eval_args(d, data_flag="--data-dir")
 
 

@@ -53,6 +53,7 @@ class DistillJob(CommonEvalOptions):
     no_save: bool = False
     # packed: the trained codes in tritium's packed layout (the default, as for quantize); fake: float weights
     format: str = "packed"
+    float_dtype: str = "float16"  # --format packed: storage of the parts left in float (embeddings, norms)
     data_dir: str | None = None
 
 
@@ -183,7 +184,7 @@ def distill_model(job: DistillJob) -> DistillResult:
 
             pack_model(model, result.weights)  # after the evaluation, which ran the same weights unpacked
             save_packed(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid), config.skip,
-                        result.method_args)
+                        result.method_args, float_dtype=job.float_dtype)
         else:
             save_fake_quantized(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid),
                                 config.skip, result.method_args, weights=result.weights)
