@@ -78,6 +78,27 @@ def test_one_flipped_byte_in_the_embedding_is_refused_and_named(packed_folder, c
             load()
 
 
+def test_an_intact_file_is_read_once_for_its_sha256_and_a_damaged_one_again_to_name_its_tensors(
+        packed_folder, copy_of, monkeypatch):
+    calls = []
+
+    def counting(path, ranges=None, skip=None):
+        calls.append((path.name, bool(ranges)))
+        return digest_file(path, ranges, skip)
+
+    monkeypatch.setattr(integrity, "digest_file", counting)
+    verify_folder(packed_folder)
+    assert [c for c in calls if c[0] == "model.safetensors"] == [("model.safetensors", False)]
+    folder = copy_of(packed_folder)
+    start, end = safetensors_tensor_ranges(folder / "model.safetensors")["model.norm.weight"]
+    _flip(folder / "model.safetensors", start)
+    calls.clear()
+    with pytest.raises(DamagedFileError, match=r"damaged tensors: model\.norm\.weight"):
+        verify_folder(folder)
+    assert [c for c in calls if c[0] == "model.safetensors"] == [("model.safetensors", False),
+                                                                 ("model.safetensors", True)]
+
+
 def _every_file_and_region(folder):
     """(file, byte offset) pairs: the start, middle and end of every file, and the safetensors header."""
     cases = []
