@@ -19,7 +19,9 @@ class CodeTrackingError(TritiumError, ValueError):
 
 
 class CodeFlipTracker:
-    """A trainer step metric (``Trainer(step_metrics=[tracker])``) over the students' current codes."""
+    """A trainer step metric (``Trainer(step_metrics=[tracker])``) over the students' current codes.
+
+    It counts from the codes the students hold when it is made: in a resumed run, from the checkpoint's."""
 
     def __init__(self, students: dict[str, nn.Module]):
         lacking = [name for name, module in students.items() if not hasattr(module, "codes")]
