@@ -21,7 +21,9 @@ class CodeTrackingError(TritiumError, ValueError):
 class CodeFlipTracker:
     """A trainer step metric (``Trainer(step_metrics=[tracker])``) over the students' current codes.
 
-    It counts from the codes the students hold when it is made: in a resumed run, from the checkpoint's."""
+    It counts from the codes the students hold when it is made (the start's, before a checkpoint loads): in a
+    resumed run ``codes_moved`` still counts from the start, and the first step after resuming reports, as its
+    ``code_flips``, every flip since the start."""
 
     def __init__(self, students: dict[str, nn.Module]):
         lacking = [name for name, module in students.items() if not hasattr(module, "codes")]
