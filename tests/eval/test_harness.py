@@ -192,3 +192,21 @@ def test_quantized_models_are_scored_by_lm_eval_too(save_format, tiny_folder, ti
     for task in ("piqa", "arc_easy"):
         for metric in ("acc", "acc_norm"):
             assert row["zeroshot_lm_eval"][task][metric] == pytest.approx(row["zeroshot"][task][metric])
+
+
+def test_no_progress_silences_lm_eval_s_own_bars(tasks_dir, model, tokenizer, capfd):
+    """lm-eval calls tqdm directly (with disable=False): progress=False must still hide its request bars."""
+    from tritium.utils.progress import set_progress_bars
+
+    set_progress_bars(True)  # the process-wide switch on (a CLI test before may have left it off): only progress=False
+    task = sorted(TASKS)[0]
+    capfd.readouterr()
+    evaluate_with_harness(model, tokenizer, [task], data_path=tasks_dir, progress=False)
+    err = capfd.readouterr().err
+    assert "requests" not in err and "Tokenizing" not in err, err[-500:]
+    import lm_eval.models.huggingface as hf_model
+    from tqdm import tqdm
+
+    assert hf_model.tqdm is tqdm  # restored afterwards
+    evaluate_with_harness(model, tokenizer, [task], data_path=tasks_dir, progress=True)
+    assert "requests" in capfd.readouterr().err  # the oracle: with bars on, lm-eval's bar shows

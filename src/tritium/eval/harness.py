@@ -176,6 +176,8 @@ def evaluate_with_harness(model, tokenizer, tasks: list[str], limit: int | None 
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
+        from ..utils.progress import direct_library_bars_follow_switch
+
         if not progress:
             logging.getLogger("lm-eval").setLevel(logging.WARNING)
             logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -186,8 +188,10 @@ def evaluate_with_harness(model, tokenizer, tasks: list[str], limit: int | None 
                               metadata={DATA_PATH_KEY: folder})
         was_training = model.training
         try:
-            results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                      bootstrap_iters=0, log_samples=log_samples, num_fewshot=0)
+            # lm-eval's request loops call tqdm directly, past every switch
+            with direct_library_bars_follow_switch(enabled=progress):
+                results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+                                          bootstrap_iters=0, log_samples=log_samples, num_fewshot=0)
         finally:
             model.train(was_training)
     out = {}

@@ -11,8 +11,9 @@ from contextlib import contextmanager
 _enabled = True
 
 # Library modules that call tqdm directly, past their library's switch: transformers' GGUF reader
-# ("Converting and de-quantizing GGUF tensors").
-DIRECT_TQDM_MODULES = ("transformers.modeling_gguf_pytorch_utils",)
+# ("Converting and de-quantizing GGUF tensors") and lm-eval's request loops ("Running loglikelihood requests").
+DIRECT_TQDM_MODULES = ("transformers.modeling_gguf_pytorch_utils", "lm_eval.api.model", "lm_eval.api.task",
+                       "lm_eval.models.huggingface")
 
 
 def progress_bars_enabled() -> bool:
@@ -45,14 +46,13 @@ def follow_progress_switch(datasets_module) -> None:
 
 
 @contextmanager
-def direct_library_bars_follow_switch(module_names=DIRECT_TQDM_MODULES):
-    """While progress bars are off, the modules named here get a silent tqdm; restored on leaving."""
-    if _enabled:
+def direct_library_bars_follow_switch(module_names=DIRECT_TQDM_MODULES, enabled: bool = True):
+    """While progress bars are off (or ``enabled`` is False), the modules named here that are installed get a
+    tqdm that never shows, and datasets' bars are off; both restored on leaving."""
+    if enabled and _enabled:
         yield
         return
-    from tqdm.auto import tqdm
-
-    patched = []
+    patched, datasets_module, datasets_were_on = [], None, False
     try:
         for name in module_names:
             try:
@@ -61,11 +61,22 @@ def direct_library_bars_follow_switch(module_names=DIRECT_TQDM_MODULES):
                 continue
             if hasattr(module, "tqdm"):
                 patched.append((module, module.tqdm))
-                module.tqdm = functools.partial(tqdm, disable=True)
+                module.tqdm = functools.partial(_silent_tqdm, module.tqdm)
+        datasets_module = sys.modules.get("datasets")  # lm-eval imports it
+        if datasets_module is not None:
+            datasets_were_on = datasets_module.is_progress_bar_enabled()
+            datasets_module.disable_progress_bars()
         yield
     finally:
         for module, original in patched:
             module.tqdm = original
+        if datasets_were_on:
+            datasets_module.enable_progress_bars()
+
+
+def _silent_tqdm(tqdm_class, *args, **kwargs):
+    kwargs["disable"] = True  # over the caller's own disable= (lm-eval passes disable=False)
+    return tqdm_class(*args, **kwargs)
 
 
 def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
