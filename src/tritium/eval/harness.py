@@ -176,7 +176,7 @@ def evaluate_with_harness(model, tokenizer, tasks: list[str], limit: int | None 
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
-        from ..utils.progress import direct_library_bars_follow_switch
+        from ..utils.progress import LM_EVAL_MODULES, direct_library_bars_follow_switch
 
         if not progress:
             logging.getLogger("lm-eval").setLevel(logging.WARNING)
@@ -189,7 +189,7 @@ def evaluate_with_harness(model, tokenizer, tasks: list[str], limit: int | None 
         was_training = model.training
         try:
             # lm-eval's request loops call tqdm directly, past every switch
-            with direct_library_bars_follow_switch(enabled=progress):
+            with direct_library_bars_follow_switch(LM_EVAL_MODULES, enabled=progress):
                 results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
                                           bootstrap_iters=0, log_samples=log_samples, num_fewshot=0)
         finally:

@@ -143,7 +143,7 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
 
     # quant_method "tritium" is registered with transformers by ``import tritium`` (tritium.integrations)
     from ..utils.integrity import check_config_matches_tensors, verified_folder, warn_unsealed
-    from ..utils.progress import direct_library_bars_follow_switch
+    from ..utils.progress import GGUF_READER_MODULES, direct_library_bars_follow_switch
 
     resolved = resolve_model_source(source)
     kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
@@ -162,7 +162,8 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
                 check_config_matches_tensors(resolved.location,
                                                                     read_quantization_config(resolved.location))
                 kwargs["output_loading_info"] = True
-            with direct_library_bars_follow_switch():  # transformers' GGUF reader ignores its own switch
+            # transformers' GGUF reader ignores its own switch
+            with direct_library_bars_follow_switch(GGUF_READER_MODULES if resolved.gguf_file else ()):
                 loaded = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
             model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
             if tritium_folder:

@@ -10,10 +10,11 @@ from contextlib import contextmanager
 
 _enabled = True
 
-# Library modules that call tqdm directly, past their library's switch: transformers' GGUF reader
-# ("Converting and de-quantizing GGUF tensors") and lm-eval's request loops ("Running loglikelihood requests").
-DIRECT_TQDM_MODULES = ("transformers.modeling_gguf_pytorch_utils", "lm_eval.api.model", "lm_eval.api.task",
-                       "lm_eval.models.huggingface")
+# Library modules that call tqdm directly, past their library's switch (each imported only by the caller that
+# runs it): transformers' GGUF reader ("Converting and de-quantizing GGUF tensors"), and lm-eval's request loops
+# ("Running loglikelihood requests").
+GGUF_READER_MODULES = ("transformers.modeling_gguf_pytorch_utils",)
+LM_EVAL_MODULES = ("lm_eval.api.model", "lm_eval.api.task", "lm_eval.models.huggingface")
 
 
 def progress_bars_enabled() -> bool:
@@ -46,7 +47,7 @@ def follow_progress_switch(datasets_module) -> None:
 
 
 @contextmanager
-def direct_library_bars_follow_switch(module_names=DIRECT_TQDM_MODULES, enabled: bool = True):
+def direct_library_bars_follow_switch(module_names: tuple[str, ...], enabled: bool = True):
     """While progress bars are off (or ``enabled`` is False), the modules named here that are installed get a
     tqdm that never shows, and datasets' bars are off; both restored on leaving."""
     if enabled and _enabled:
