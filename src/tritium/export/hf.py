@@ -70,14 +70,14 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
 def _has_packed_layout(grid: dict, grid_overrides: dict | None) -> bool:
     """False for a grid that no packed layout holds (6-bit: fake quant and sizing only). Its folder gets no codes
     sidecar, which exists only so that `tritium pack` can pack the folder later."""
-    from ..pack.layouts import PackError, uniform_radix
+    from ..pack.layouts import PackError
+    from ..quant.grids import grid_from_dict
+    from ..recipes.schema import check_save_format
 
-    for spec in [grid, *(grid_overrides or {}).values()]:
-        if spec.get("kind", "uniform") == "uniform" and spec.get("bits") is not None:
-            try:
-                uniform_radix(spec["bits"])
-            except PackError:
-                return False
+    try:
+        check_save_format("packed", grid_from_dict(grid), grids_from_dicts(grid_overrides))
+    except PackError:
+        return False
     return True
 
 

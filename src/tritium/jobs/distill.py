@@ -126,16 +126,13 @@ def distill_model(job: DistillJob) -> DistillResult:
     from ..data import load_eval_text
     from ..eval.perplexity import tokenize_eval_text
     from ..eval.report import write_report
-    from ..export.hf import save_fake_quantized
     from ..methods import config_from_dict
     from ..models import load_model
-    from ..quant.grids import grid_to_dict
     from ..train.data import check_training_sources
     from ..train.distill import distill, train_result_summary
-    from ..utils.io import folder_bytes
     from ..utils.runs import claim_run_folder, job_settings
     from .preflight import preflight_distill, preflight_loaded_model
-    from .steps import evaluate, float_row, peak_rss_megabytes, quantized_row
+    from .steps import evaluate, float_row, peak_rss_megabytes, quantized_row, save_model_folder
 
     recipe = distill_recipe(job)
     preflight_distill(job, recipe)
@@ -178,17 +175,9 @@ def distill_model(job: DistillJob) -> DistillResult:
     model_folder, file_bytes = None, None
     if not job.no_save:
         model_folder = out / "model"
-        if job.format == "packed":
-            from ..export.hf import save_packed
-            from ..nn import pack_model
-
-            pack_model(model, result.weights)  # after the evaluation, which ran the same weights unpacked
-            save_packed(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid), config.skip,
-                        result.method_args, float_dtype=job.float_dtype)
-        else:
-            save_fake_quantized(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid),
-                                config.skip, result.method_args, weights=result.weights)
-        file_bytes = folder_bytes(model_folder)
+        # after the evaluation, which ran the same weights unpacked
+        file_bytes = save_model_folder(model, tokenizer, model_folder, result, config.skip, job.format,
+                                       job.float_dtype)
     rows.append(quantized_row(model, result, evaluation, file_bytes, time.perf_counter() - start))
     summary = {"title": f"{job.model} {tag}", "model": str(job.model), "source": source.describe(),
                "recipe": recipe, "training": train_result_summary(train), "log": str(out / "train" / "log.jsonl"),

@@ -71,10 +71,7 @@ class QuantizeResult(ModelReport):
 
 def quantize(job: QuantizeJob) -> QuantizeResult:
     from ..eval.report import write_report
-    from ..export.hf import save_fake_quantized
     from ..models import load_model
-    from ..quant.grids import grid_to_dict
-    from ..utils.io import folder_bytes
     from ..utils.runs import claim_run_folder, job_settings
     from . import steps
     from .preflight import preflight_loaded_model, preflight_quantize
@@ -113,18 +110,8 @@ def quantize(job: QuantizeJob) -> QuantizeResult:
     model_folder = None
     if not job.no_save:
         model_folder = out / "model"
-        if job.format == "packed":
-            from ..export.hf import save_packed
-            from ..nn import pack_model
-
-            pack_model(model, result.weights)
-            save_packed(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid), config.skip,
-                        result.method_args, float_dtype=job.float_dtype, grid_overrides=result.grid_overrides_dict())
-        else:
-            save_fake_quantized(model, tokenizer, model_folder, result.method, grid_to_dict(result.grid),
-                                config.skip, result.method_args, weights=result.weights,
-                                grid_overrides=result.grid_overrides_dict())
-        rows[-1]["file_bytes"] = folder_bytes(model_folder)
+        rows[-1]["file_bytes"] = steps.save_model_folder(model, tokenizer, model_folder, result, config.skip,
+                                                         job.format, job.float_dtype)
     # after packing, so the packed kernels produce the quantized text
     quantized_text = steps.greedy_text(model, tokenizer, job.generate, job.generate_tokens) if job.generate else None
     notes = ["size counts packed codes (ternary 1.6 bits, k-bit uniform k bits) plus fp16 scales; " + (

@@ -212,6 +212,25 @@ def quantized_row(model, result, evaluation: dict, file_bytes: int | None, secon
     return row
 
 
+def save_model_folder(model, tokenizer, folder: Path, result, skip, save_format: str, float_dtype: str) -> int:
+    """Save a quantized ``model`` (fake-quantized in place, ``result`` its weights) as ``save_format`` (packed:
+    packed in place first; fake: float weights and the codes sidecar); returns the folder's bytes."""
+    from ..export.hf import save_fake_quantized, save_packed
+    from ..nn import pack_model
+    from ..quant.grids import grid_to_dict
+    from ..utils.io import folder_bytes
+
+    grid, overrides = grid_to_dict(result.grid), result.grid_overrides_dict()
+    if save_format == "packed":
+        pack_model(model, result.weights)
+        save_packed(model, tokenizer, folder, result.method, grid, skip, result.method_args, float_dtype=float_dtype,
+                    grid_overrides=overrides)
+    else:
+        save_fake_quantized(model, tokenizer, folder, result.method, grid, skip, result.method_args,
+                            weights=result.weights, grid_overrides=overrides)
+    return folder_bytes(folder)
+
+
 def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """The greedy continuation of ``prompt``, so a user sees whether a quantized model still speaks."""
     import torch
