@@ -163,7 +163,7 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
                                                                     read_quantization_config(resolved.location))
                 kwargs["output_loading_info"] = True
             # transformers' GGUF reader ignores its own switch
-            with direct_library_bars_follow_switch(GGUF_READER_MODULES if resolved.gguf_file else ()):
+            with direct_library_bars_follow_switch(GGUF_READER_MODULES) if resolved.gguf_file else nullcontext():
                 loaded = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
             model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
             if tritium_folder:
