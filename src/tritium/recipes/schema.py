@@ -109,6 +109,14 @@ def _mapping_or_none(value, key: str, where: _Where) -> None:
         raise RecipeError(f"{where.text}: {key} must be a mapping of settings, not {value!r}")
 
 
+def _section_settings(settings, section: str, known: set, where: _Where) -> Mapping:
+    """A section's settings ({} for none), refused unless a mapping of known keys."""
+    _mapping_or_none(settings, section, where)
+    settings = settings or {}
+    _check_keys(settings, known, f"{where.text}: {section}", where.flags, section)
+    return settings
+
+
 def _listed(value):
     """A section value as the plain mapping holds it: tuples of names become lists again."""
     return list(value) if isinstance(value, tuple) else value
@@ -196,9 +204,7 @@ class EvalSpec:
     def from_mapping(cls, settings, where: str | _Where, flags: Mapping[str, str] | None = None) -> EvalSpec:
         """The settings of ``settings`` over the defaults."""
         where = where if isinstance(where, _Where) else _Where(where, flags or {})
-        _mapping_or_none(settings, "eval", where)
-        settings = settings or {}
-        _check_keys(settings, EVAL_KEYS, f"{where.text}: eval", where.flags, "eval")
+        settings = _section_settings(settings, "eval", EVAL_KEYS, where)
         values = {}
         for key in ("datasets", "zeroshot", "scorers"):
             if key in settings:
@@ -226,9 +232,7 @@ class CalibSpec:
     def from_mapping(cls, settings, where: str | _Where, flags: Mapping[str, str] | None = None) -> CalibSpec:
         """The settings of ``settings`` over the defaults."""
         where = where if isinstance(where, _Where) else _Where(where, flags or {})
-        _mapping_or_none(settings, "calib", where)
-        settings = settings or {}
-        _check_keys(settings, CALIB_KEYS, f"{where.text}: calib", where.flags, "calib")
+        settings = _section_settings(settings, "calib", CALIB_KEYS, where)
         if "source" in settings and not isinstance(settings["source"], str):
             where.refuse("calib.source", "a data set split or a file", settings["source"])
         for key in ("samples", "seqlen"):
