@@ -355,3 +355,63 @@ def test_a_straight_through_student_has_no_codes_to_track():
     students = to_fake_quant_(model, grid_from_dict({"kind": "ternary", "variant": "twn", "group": 32}))
     with pytest.raises(CodeTrackingError, match="no"):
         CodeFlipTracker(students)
+
+
+# ---------------------------------------------------------------- ParetoQ's threshold (ternary_threshold: seq)
+
+
+def test_seq_codes_round_to_the_nearest_level():
+    from tritium.quant.grids import GroupLayout
+
+    layout = GroupLayout.for_weight((4, 64), 32)
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    alpha = torch.rand(layout.scale_shape, generator=torch.Generator().manual_seed(1)) + 0.2
+    shift = 0.1 * torch.randn(layout.scale_shape, generator=torch.Generator().manual_seed(2))
+    expected = torch.clamp(torch.round((w - layout.expand(shift)) / layout.expand(alpha)), -1, 1).to(torch.int8)
+    assert torch.equal(dlt_codes(w, shift, layout, alpha, "seq"), expected)
+    # TWN's threshold does not depend on α
+    assert torch.equal(dlt_codes(w, shift, layout, alpha, "twn"), dlt_codes(w, shift, layout, 5 * alpha, "twn"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_a_seq_chain_starts_exactly_at_the_ptq_model_with_latents_on_the_levels(tmp_path, arch):
+    folder, ptq = _ptq_folder(tmp_path, arch, DLT32, "gptq")
+    reference, _, _ = load_model(folder)
+    config = _config(DLT32, init_from=str(folder), ternary_threshold="seq", ste_clip=1.5)
+    student = tiny_model(arch, seed=0)
+    students = prepare_student(student, config, config.start_source())
+    assert_student_is_the_ptq_model(student, students, reference, ptq)
+    for name, module in students.items():
+        # with the stretched clip 1.5·α the midway start is the level itself, the centre of the ±1 cell
+        torch.testing.assert_close(module.weight.detach(), module.quantized_weight().detach(), rtol=0, atol=1e-6)
+    float_config = _config(DLT32, init_from=str(folder), ternary_threshold="seq", ste_clip=1.5, start_latents="float")
+    student = tiny_model(arch, seed=0)
+    assert_student_is_the_ptq_model(student, prepare_student(student, float_config, float_config.start_source()),
+                                    reference, ptq)
+
+
+def test_a_seq_student_trains_and_its_export_is_its_forward(tmp_path):
+    seqs = torch.randint(0, 500, (8, 16), generator=torch.Generator().manual_seed(0))
+    config = _config(DLT32, ternary_threshold="seq", ste_clip=1.5)
+    model = tiny_model("llama", seed=0)
+    result, train = distill(model, None, config, tmp_path / "run", sequences=seqs)
+    losses = train.losses()
+    assert all(torch.isfinite(torch.tensor(losses))) and min(losses[-3:]) < losses[0]
+    assert result.weights  # the codes it saves, as the forward used them
+    students = prepare_student(tiny_model("llama", seed=1), config, None)
+    for module in students.values():
+        assert module.threshold_rule == "seq"
+        with torch.no_grad():  # latents anywhere, some α negative: the export still equals the forward
+            module.weight.add_(0.05 * torch.randn_like(module.weight))
+            module.alpha[0] *= -1
+        torch.testing.assert_close(module.to_quantized().dequantize(), module.quantized_weight().detach(),
+                                   rtol=0, atol=2e-3)
+
+
+def test_seq_settings_that_cannot_work_are_refused():
+    with pytest.raises(QuantConfigError, match="ste_clip above 0.5"):
+        _config(DLT32, ternary_threshold="seq", ste_clip=0.4)
+    with pytest.raises(QuantConfigError, match="unknown"):
+        _config(DLT32, ternary_threshold="nearest")
+    with pytest.raises(QuantConfigError, match="applies to ternary dlt grids"):
+        _config(W2_RAGGED, ternary_threshold="seq")

@@ -64,6 +64,8 @@ class DistillConfig(MethodConfig):
     shift_init: str = "mean"
     learn_shift: bool = True
     ste_clip: float | None = 1.0
+    # Ternary dlt grids: where a latent turns into ±1, TWN's 0.7·mean|W − γ| ("twn") or ParetoQ's α/2 ("seq").
+    ternary_threshold: str = "twn"
     quantize_lm_head: bool = False
     # Float parameters that train beside the quantized ones: none, the norms, or all (embeddings too).
     train_float: str = "none"
@@ -111,6 +113,9 @@ class DistillConfig(MethodConfig):
         if self.scale_gradient != "lsq" and not isinstance(self.grid, UniformGrid):
             raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} applies to uniform grids; "
                                    f"{self.grid.describe()} trains its own quantizer: drop the option")
+        if self.ternary_threshold != "twn" and self.student_kind != "dlt":
+            raise QuantConfigError(f"ternary_threshold={self.ternary_threshold!r} applies to ternary dlt grids; "
+                                   f"{self.grid.describe()} has no ternary threshold: drop the option")
         self.skip = tuple(self.skip or ())
         # Build every part once now so a bad option fails before a model loads.
         self.dlt_config(), self.loss_config(), self.train_config(), self.data_config()
@@ -125,7 +130,8 @@ class DistillConfig(MethodConfig):
 
     def dlt_config(self) -> DLTConfig:
         return DLTConfig(group=self.grid.group, ragged_groups=self.grid.ragged_groups, shift_init=self.shift_init,
-                         learn_shift=self.learn_shift, ste_clip=self.ste_clip, skip=self.skip,
+                         learn_shift=self.learn_shift, ste_clip=self.ste_clip,
+                         ternary_threshold=self.ternary_threshold, skip=self.skip,
                          quantize_lm_head=self.quantize_lm_head)
 
     def loss_config(self) -> LossConfig:

@@ -2,7 +2,10 @@
 
 Each quantization group holds a learnable scale α and shift γ; the forward weight is
 ``α·T + γ`` with ``T = sign(W − γ)·[|W − γ| > Δ]`` and TWN's threshold
-``Δ = 0.7·mean|W − γ|`` over the group. The latent float weights ``W`` train through a
+``Δ = 0.7·mean|W − γ|`` over the group (``ternary_threshold: twn``, TernaryLLM's), or the
+threshold tied to the scale, ``Δ = α/2`` (``seq``: ParetoQ's stretched elastic quantizer, where
+T rounds (W − γ)/α to the nearest level, so each level sits at the centre of its cell and, with
+``ste_clip: 1.5``, the three cells split the clip range ±1.5·α evenly). The latent float weights ``W`` train through a
 straight-through estimator clipped to the ternary range ``|W − γ| ≤ clip·|α|``; α and γ get
 their exact gradients (T is piecewise constant, so ∂ŵ/∂α = T and ∂ŵ/∂γ = 1 almost
 everywhere). The grid math (groups, threshold, least-squares α) is tritium.quant.grids'.
@@ -36,6 +39,9 @@ from ..quant.grids import (
 from .qat import UniformQATLinear
 
 SHIFT_INITS = ("mean", "zero")
+TERNARY_THRESHOLDS = ("twn", "seq")
+# Under ``seq`` the threshold is half the level: T = clamp(round((W − γ)/α), −1, 1).
+SEQ_THRESHOLD_FACTOR = 0.5
 
 
 @dataclass
@@ -51,6 +57,9 @@ class DLTConfig:
     learn_shift: bool = True
     # The latent weights get gradient where |W − γ| ≤ ste_clip·|α| (the ternary range); None passes it everywhere.
     ste_clip: float | None = 1.0
+    # Where a latent turns into ±1: TWN's Δ = 0.7·mean|W − γ| ("twn", TernaryLLM) or Δ = α/2 ("seq", ParetoQ's
+    # stretched elastic quantizer; its clip range is ste_clip: 1.5).
+    ternary_threshold: str = "twn"
     # Module-name patterns (fnmatch) kept in float, e.g. "*.mlp.down_proj".
     skip: tuple[str, ...] = ()
     # The LM head stays float by default, as in TernaryLLM; a tied head cannot be ternarized without its embedding.
@@ -61,6 +70,14 @@ class DLTConfig:
             raise QuantConfigError(f"shift_init={self.shift_init!r} is unknown: use one of {SHIFT_INITS}")
         if self.ste_clip is not None and self.ste_clip <= 0:
             raise QuantConfigError(f"ste_clip must be positive (in units of α) or null, got {self.ste_clip}")
+        if self.ternary_threshold not in TERNARY_THRESHOLDS:
+            raise QuantConfigError(f"ternary_threshold={self.ternary_threshold!r} is unknown: use one of "
+                                   f"{TERNARY_THRESHOLDS}")
+        if (self.ternary_threshold == "seq" and self.ste_clip is not None
+                and self.ste_clip <= SEQ_THRESHOLD_FACTOR):
+            raise QuantConfigError(f"ternary_threshold: seq turns a latent into ±1 at |W − γ| > α/2, so ste_clip "
+                                   f"{self.ste_clip} leaves no ±1 latent a gradient: use ste_clip above 0.5 "
+                                   "(ParetoQ's range is 1.5)")
         self.skip = tuple(self.skip or ())
 
     @property
@@ -72,11 +89,19 @@ def _group_sum(x: Tensor, layout: GroupLayout) -> Tensor:
     return layout.reduce(x, lambda g: g.sum(-1))
 
 
-def dlt_codes(weight: Tensor, shift: Tensor, layout: GroupLayout) -> Tensor:
-    """T ∈ {−1, 0, 1} (int8): TWN's threshold applied to W − γ, group by group."""
+def dlt_threshold(centered: Tensor, alpha: Tensor | None, layout: GroupLayout, rule: str = "twn") -> Tensor:
+    """Δ per group for latents already centred (W − γ): TWN's 0.7·mean|W − γ|, or α/2 under ``seq``."""
+    if rule == "seq":
+        return SEQ_THRESHOLD_FACTOR * alpha.abs()
+    return TWN_THRESHOLD_FACTOR * layout.reduce(centered, lambda g: g.abs().mean(-1))
+
+
+def dlt_codes(weight: Tensor, shift: Tensor, layout: GroupLayout, alpha: Tensor | None = None,
+              rule: str = "twn") -> Tensor:
+    """T ∈ {−1, 0, 1} (int8): the threshold of ``rule`` applied to W − γ, group by group (``seq`` needs α).
+    The sign is that of W − γ: a negative α's flip is :meth:`DLTLinear.codes`' business."""
     centered = weight - layout.expand(shift)
-    delta = TWN_THRESHOLD_FACTOR * layout.reduce(centered, lambda g: g.abs().mean(-1))
-    return ternary_codes_threshold(centered, delta, layout)
+    return ternary_codes_threshold(centered, dlt_threshold(centered, alpha, layout, rule), layout)
 
 
 # How far inside its cell a latent placed from the float weights sits, as a fraction of the threshold Δ:
@@ -85,26 +110,26 @@ CELL_MARGIN = 0.05
 
 
 def _float_positions_in_cells(reference: Tensor, codes: Tensor, alpha: Tensor, shift: Tensor, layout: GroupLayout,
-                              edge: float, iterations: int = 12) -> Tensor | None:
+                              edge: float, iterations: int = 12, rule: str = "twn") -> Tensor | None:
     """Latents W with dlt_codes(W, γ) = ``codes`` that stay as close as the cells allow to ``reference``:
     zeros clamped inside ±(1 − m)·Δ, ±1s to T·[(1 + m)·Δ, edge·α] (a wrong sign goes to the near edge).
-    Δ = 0.7·mean|W − γ| depends on the result, so the projection repeats a fixed ``iterations`` times for
-    Δ to settle, and the codes are checked after: None when they are not reproduced (Δ still moving, or
-    a group whose threshold would pass the clip edge)."""
+    TWN's Δ = 0.7·mean|W − γ| depends on the result, so the projection repeats a fixed ``iterations`` times
+    for Δ to settle (``seq``'s α/2 does not move), and the codes are checked after: None when they are not
+    reproduced (Δ still moving, or a group whose threshold would pass the clip edge)."""
     u = reference - layout.expand(shift)
     ceiling = layout.expand(edge * alpha)
     nonzero = codes != 0
     magnitude = torch.where(torch.sign(u) == codes, u.abs(), torch.zeros_like(u))
     placed = u
     for _ in range(iterations):
-        delta = layout.expand(TWN_THRESHOLD_FACTOR * layout.reduce(placed, lambda g: g.abs().mean(-1)))
+        delta = layout.expand(dlt_threshold(placed, alpha, layout, rule))
         low = (1 + CELL_MARGIN) * delta
         high = torch.maximum(ceiling, low)
         ones = codes * torch.minimum(torch.maximum(magnitude, low), high)
         zeros = u.clamp(-(1 - CELL_MARGIN) * delta, (1 - CELL_MARGIN) * delta)
         placed = torch.where(nonzero, ones, zeros)
     latents = placed + layout.expand(shift)
-    if not torch.equal(dlt_codes(latents, shift, layout), codes.to(torch.int8)):
+    if not torch.equal(dlt_codes(latents, shift, layout, alpha, rule), codes.to(torch.int8)):
         return None
     return latents
 
@@ -113,10 +138,11 @@ class DLTWeight(torch.autograd.Function):
     """ŵ = α·T + γ with the clipped straight-through gradient to W and exact ones to α, γ."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, alpha: Tensor, shift: Tensor, layout: GroupLayout, ste_clip: float | None):
+    def forward(ctx, weight: Tensor, alpha: Tensor, shift: Tensor, layout: GroupLayout, ste_clip: float | None,
+                rule: str = "twn"):
         shift_full = layout.expand(shift)
         alpha_full = layout.expand(alpha)
-        codes = dlt_codes(weight, shift, layout)
+        codes = dlt_codes(weight, shift, layout, alpha, rule)
         t = codes.to(weight.dtype)
         # Only int8 codes and a bool mask are kept for backward: a quarter and an eighth of the weight's bytes.
         inside = None
@@ -137,12 +163,12 @@ class DLTWeight(torch.autograd.Function):
             grad_alpha = _group_sum(grad * codes.to(grad.dtype), layout)
         if ctx.needs_input_grad[2]:
             grad_shift = _group_sum(grad, layout)
-        return grad_weight, grad_alpha, grad_shift, None, None
+        return grad_weight, grad_alpha, grad_shift, None, None, None
 
 
 def dlt_weight(weight: Tensor, alpha: Tensor, shift: Tensor, layout: GroupLayout,
-               ste_clip: float | None = 1.0) -> Tensor:
-    return DLTWeight.apply(weight, alpha, shift, layout, ste_clip)
+               ste_clip: float | None = 1.0, rule: str = "twn") -> Tensor:
+    return DLTWeight.apply(weight, alpha, shift, layout, ste_clip, rule)
 
 
 class DLTLinear(nn.Linear):
@@ -156,6 +182,7 @@ class DLTLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.layout = GroupLayout.for_weight((out_features, in_features), config.group, config.ragged_groups, name=name)
         self.ste_clip = config.ste_clip
+        self.threshold_rule = config.ternary_threshold
         self.grid = config.grid
         shape = self.layout.scale_shape
         self.alpha = nn.Parameter(torch.ones(shape, device=device, dtype=torch.float32))
@@ -204,26 +231,42 @@ class DLTLinear(nn.Linear):
         t = codes.float()
         self.alpha.copy_(alpha)
         self.shift.copy_(shift)
+        rule = self.threshold_rule
         if reference is not None:
             latents = _float_positions_in_cells(reference.float(), t, alpha.float(), shift.float(), self.layout,
-                                                self.ste_clip if self.ste_clip is not None else 1.0)
+                                                self._clip_edge(), rule=rule)
             if latents is not None:
                 self.weight.copy_(latents)
                 return True
-        nonzero = self.layout.reduce(t.abs(), lambda g: g.mean(-1))
-        edge = self.ste_clip if self.ste_clip is not None else 1.0
-        # c·α = (Δ + edge·α)/2 with Δ = 0.7·f·c·α (f: the group's nonzero fraction)
-        c = edge / (2 - TWN_THRESHOLD_FACTOR * nonzero)
+        edge = self._clip_edge()
+        if rule == "seq":
+            # Δ = α/2 does not depend on the latents: midway between it and the edge (the level itself at 1.5).
+            c = torch.full_like(alpha, (SEQ_THRESHOLD_FACTOR + edge) / 2)
+        else:
+            nonzero = self.layout.reduce(t.abs(), lambda g: g.mean(-1))
+            # c·α = (Δ + edge·α)/2 with Δ = 0.7·f·c·α (f: the group's nonzero fraction)
+            c = edge / (2 - TWN_THRESHOLD_FACTOR * nonzero)
         self.weight.copy_(self.layout.expand(shift) + self.layout.expand(c * alpha) * t)
-        if not torch.equal(dlt_codes(self.weight.float(), self.shift.float(), self.layout), codes.to(torch.int8)):
+        if not torch.equal(self._latent_codes(), codes.to(torch.int8)):
             raise QuantConfigError("the start's codes could not be reproduced by the DLT threshold: "
                                    "is its scale α positive in every group?")
         return False
 
+    def _clip_edge(self) -> float:
+        """The STE clip edge in units of α; without a clip, TWN's 1 and SEQ's stretched 1.5 place the latents."""
+        if self.ste_clip is not None:
+            return self.ste_clip
+        return 1.5 if self.threshold_rule == "seq" else 1.0
+
+    def _latent_codes(self) -> Tensor:
+        """T of the latents as the forward computes it (before a negative α's flip)."""
+        return dlt_codes(self.weight.detach().float(), self.shift.detach().float(), self.layout,
+                         self.alpha.detach().float(), self.threshold_rule)
+
     @torch.no_grad()
     def freeze_codes(self) -> None:
         """Fix the current codes T; from now on only α and γ train (E2E-QP), with exact gradients T and 1."""
-        self.frozen_codes = dlt_codes(self.weight.float(), self.shift.float(), self.layout)
+        self.frozen_codes = self._latent_codes()
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
@@ -241,7 +284,7 @@ class DLTLinear(nn.Linear):
             t = self.frozen_codes.to(self.weight.dtype)
             return self.layout.expand(alpha.to(t.dtype)) * t + self.layout.expand(shift.to(t.dtype))
         alpha, shift = self.alpha.to(self.weight.dtype), self.shift.to(self.weight.dtype)
-        return dlt_weight(self.weight, alpha, shift, self.layout, self.ste_clip)
+        return dlt_weight(self.weight, alpha, shift, self.layout, self.ste_clip, self.threshold_rule)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
@@ -251,8 +294,7 @@ class DLTLinear(nn.Linear):
         """The codes T the forward uses now, with the sign a negative α gives them (as :meth:`to_quantized`)."""
         if self.frozen_codes is not None:
             return self.frozen_codes
-        codes = dlt_codes(self.weight.detach().float(), self.shift.detach().float(), self.layout)
-        return codes * self.layout.expand(torch.where(self.alpha.detach() < 0, -1, 1).to(torch.int8))
+        return self._latent_codes() * self.layout.expand(torch.where(self.alpha.detach() < 0, -1, 1).to(torch.int8))
 
     @torch.no_grad()
     def to_quantized(self) -> QuantizedWeight:
@@ -271,7 +313,8 @@ class DLTLinear(nn.Linear):
         return QuantizedWeight(codes, scale, self.grid, self.layout, shift=as_fp16_values(shift))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dlt {self.grid.describe()}, ste_clip={self.ste_clip}"
+        return (f"{super().extra_repr()}, dlt {self.grid.describe()}, ste_clip={self.ste_clip}, "
+                f"threshold={self.threshold_rule}")
 
 
 class FakeQuantLinear(nn.Linear):
