@@ -246,3 +246,47 @@ def test_overrides_reach_settings_nested_in_a_section():
     assert train["optim"]["lr_quant"] == recipe.method_args["train"]["optim"]["lr_quant"]  # the rest stays
     assert changed.method_args["new"] == {"deeper": 1} and recipe.method_args["train"]["tokens"] == 1_000_000
     refused(lambda: recipe.with_overrides({"method_args.skip.more": 1}), "'skip' holds [], not a mapping")
+
+
+def test_distill_options_override_fields_of_the_same_recipe():
+    from tritium.jobs.distill import DistillJob, distill_recipe
+
+    job = DistillJob(model="unused", recipe="qat-w2g128-cpu", tokens=5000, lr=1e-3, kl_weight=0.5, group=64,
+                     train_data=["wikitext2-valid"], train_seqlen=64, limit=2, no_progress=True)
+    expected = load_recipe_object("qat-w2g128-cpu").with_overrides({
+        "grid.group": 64, "method_args.train.tokens": 5000, "method_args.train.steps": None,
+        "method_args.train.device": "cpu", "method_args.train.optim.lr": 1e-3, "method_args.loss.kl_weight": 0.5,
+        "method_args.data.sources": ["wikitext2-valid"], "method_args.data.seqlen": 64, "eval.limit": 2,
+        "method_args.train.progress": False}).to_dict()
+    assert distill_recipe(job) == expected
+    steps = distill_recipe(DistillJob(model="unused", recipe="ternaryllm-cpu", steps=3))["method_args"]["train"]
+    assert steps["steps"] == 3 and steps["tokens"] is None  # one budget clears the recipe's other
+
+
+@pytest.mark.parametrize("options, phrase", [
+    ({"limit": 0}, "--limit 0 is not a positive whole number: pass 1 or more"),
+    ({"batch_size": -1}, "--batch-size -1 is not a positive whole number"),
+    ({"group": 0}, "--group 0 is not a positive whole number, 'channel' or 'tensor'"),
+    ({"variant": "twn"}, "--variant does not apply: recipe qat-w2g128-cpu with --variant 'twn': the uniform grid has "
+                         "no setting 'variant'"),
+    ({"bits": 5}, "bits=5 is not supported"),
+    ({"eval": "wikitext2"}, "--eval 'wikitext2' is not a list of names"),
+])
+def test_a_bad_distill_option_is_refused_naming_its_flag(options, phrase):
+    from tritium.jobs.distill import DistillJob, distill_recipe
+
+    refused(lambda: distill_recipe(DistillJob(model="unused", recipe="qat-w2g128-cpu", **options)), phrase)
+
+
+@pytest.mark.parametrize("options, phrase", [
+    ({"zeroshot_limit": 0}, "--zeroshot-limit 0 is not a positive whole number"),
+    ({"seqlen": "64"}, "--seqlen '64' is not a positive whole number"),
+    ({"eval": "wikitext2"}, "--eval 'wikitext2' is not a list of names"),
+])
+def test_a_bad_eval_option_is_refused_naming_its_flag(options, phrase):
+    from tritium.jobs.evaluate import EvalJob
+    from tritium.jobs.options import eval_settings
+
+    refused(lambda: eval_settings(EvalJob(model="unused", **options)), phrase)
+    assert eval_settings(EvalJob(model="unused", limit=3, harness=["tritium"])) == (
+        DEFAULT_RECIPE["eval"] | {"limit": 3, "scorers": ["tritium"]})

@@ -122,11 +122,7 @@ def check_positive(value, flag: str, what: str) -> None:
 
 
 def check_eval_settings(settings: dict) -> None:
-    check_positive(settings.get("batch_size"), "--batch-size", "pass the number of chunks per forward pass, e.g. 1")
-    check_positive(settings.get("limit"), "--limit", "pass how many perplexity chunks to evaluate, or leave it out "
-                                                     "for all of them")
-    check_positive(settings.get("zeroshot_limit"), "--zeroshot-limit",
-                   "pass how many documents of each task to evaluate, or leave it out for all of them")
+    """What the recipe's own checks (positive sizes and limits, :class:`~tritium.recipes.EvalSpec`) leave to a job."""
     seqlen = settings.get("seqlen")
     if seqlen is not None and (not isinstance(seqlen, int) or seqlen < 2):
         raise PreflightError(f"--seqlen {seqlen} is too short: a perplexity chunk needs at least 2 tokens")
@@ -205,8 +201,7 @@ def preflight_quantize(job, recipe: dict):
     check_eval_settings(recipe["eval"])
     calib = recipe.get("calib") or {}
     calibrates = steps.needs_calibration_text(recipe)
-    if calibrates:
-        check_positive(calib.get("samples"), "--calib-samples", "pass how many calibration sequences to use, e.g. 128")
+    if calibrates:  # the sample count is the recipe's to check (CalibSpec)
         seqlen = calib.get("seqlen")
         if seqlen is not None and (not isinstance(seqlen, int) or seqlen < 2):
             raise PreflightError(f"--calib-seqlen {seqlen} is too short: a calibration sequence needs at least 2 "
