@@ -3,8 +3,6 @@ evaluation, calibration or training starts (spies on those steps prove none bega
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -16,27 +14,12 @@ from tritium.models import tiny_model
 from tritium.utils.errors import TritiumError
 
 
-def _record_calls(monkeypatch, targets) -> list[str]:
-    """Replace each (module, name) by a recorder that fails the test; returns the names of those called."""
-    started = []
-
-    def spy(name):
-        def record(*args, **kwargs):
-            started.append(name)
-            raise AssertionError(f"{name} started although the job should have been refused first")
-        return record
-
-    for module, name in targets:
-        monkeypatch.setattr(module, name, spy(name))
-    return started
-
-
 @pytest.fixture
-def spies(monkeypatch):
+def spies(record_calls):
     """Every step that evaluates, calibrates or trains, replaced by a recorder."""
     import tritium.train.distill as distill_module
 
-    return _record_calls(monkeypatch, [(steps, "evaluate"), (steps, "float_row"), (steps, "quantize_model"),
+    return record_calls([(steps, "evaluate"), (steps, "float_row"), (steps, "quantize_model"),
                                        (steps, "calibration_samples"), (distill_module, "distill")])
 
 
@@ -105,17 +88,8 @@ def test_an_out_below_a_file_is_refused(tiny_folder, tiny_data, tmp_path, spies,
     assert spies == []
 
 
-def _locked_folder(tmp_path, monkeypatch):
-    """A folder this user may not write into (faked: the suite may run as root, who may write anywhere)."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
-    return locked
-
-
-def test_an_unwritable_out_is_refused(tiny_folder, tiny_data, tmp_path, spies, capsys, monkeypatch):
-    locked = _locked_folder(tmp_path, monkeypatch)
+def test_an_unwritable_out_is_refused(tiny_folder, tiny_data, tmp_path, spies, capsys, locked_folder):
+    locked = locked_folder
     refused(capsys, quantize_args(tiny_folder, locked / "run", "--bits", "4", "--group", "32"),
             f"{locked} is not writable", "choose a --out in a folder you can write")
     assert spies == []
@@ -220,23 +194,23 @@ def narrow_runs(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture
-def no_model_work(monkeypatch):
+def no_model_work(record_calls):
     """Loading a model, packing, exporting and decoding, each replaced by a recorder that fails the test."""
     import tritium.export.source
     import tritium.models
     import tritium.nn
     import tritium.runtime
 
-    return _record_calls(monkeypatch, [(tritium.models, "load_model"), (tritium.nn, "pack_with_codes"),
+    return record_calls([(tritium.models, "load_model"), (tritium.nn, "pack_with_codes"),
                                        (tritium.export.source, "load_folder_source"), (tritium.runtime, "FastDecoder")])
 
 
 def test_pack_refuses_an_out_it_cannot_write_before_loading(narrow_runs, tmp_path, no_model_work, capsys,
-                                                             monkeypatch):
+                                                             locked_folder):
     (tmp_path / "a-file").write_text("not a folder")
     refused(capsys, ["pack", str(narrow_runs / "ternary"), "--out", str(tmp_path / "a-file")],
             "is a file, and a packed model is a folder", "choose another --out")
-    locked = _locked_folder(tmp_path, monkeypatch)
+    locked = locked_folder
     refused(capsys, ["pack", str(narrow_runs / "ternary"), "--out", str(locked / "packed")],
             f"{locked} is not writable", "choose a --out in a folder you can write")
     assert no_model_work == [] and not (locked / "packed").exists()
@@ -303,8 +277,8 @@ def test_a_python_run_job_with_a_bad_option_is_refused_before_loading(narrow_run
 
 
 def test_export_refuses_an_out_it_cannot_write_before_loading(narrow_runs, tmp_path, no_model_work, capsys,
-                                                               monkeypatch):
-    locked = _locked_folder(tmp_path, monkeypatch)
+                                                               locked_folder):
+    locked = locked_folder
     refused(capsys, ["export", str(narrow_runs / "ternary"), "--gguf", str(locked / "m.gguf")],
             f"{locked} is not writable", "choose a --out in a folder you can write")
     assert no_model_work == [] and not (locked / "m.gguf").exists()
