@@ -153,6 +153,43 @@ def test_nan_weights_are_refused_at_load_before_evaluation(tokenizer, tiny_data,
     assert spies == []
 
 
+def test_a_truncated_safetensors_file_is_refused_before_evaluation(tiny_folder, tiny_data, tmp_path, spies, capsys):
+    weights = tiny_folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    refused(capsys, quantize_args(tiny_folder, tmp_path / "run", "--bits", "4", "--group", "32"),
+            f"{weights} is truncated or corrupt", "copy, download or save the model again")
+    refused(capsys, ["eval", "--model", str(tiny_folder), "--eval", "wikitext2", "--out", str(tmp_path / "e")],
+            f"{weights} is truncated or corrupt")
+    assert spies == []
+
+
+@pytest.mark.parametrize("text, phrases", [
+    ("method: gptq\ngrid: {kind: uniform, bits: 2, group: 32}\ncalib: {samples: many}\n",
+     ["calib samples must be a positive whole number, not 'many'"]),
+    ("method: rtn\ngrid: {kind: uniform, bits: 2, group: 32, symmetric: \"no\"}\n",
+     ["grid symmetric must be true or false, not 'no'", "write it unquoted"]),
+    ("grid: {kind: uniform, bits: 2, group: 32}\n", ["names no method", "add e.g. `method: rtn`"]),
+    ("method: rtn\ngrid: uniform\n", ["grid must be a mapping", "write `grid: {kind: uniform}`"]),
+])
+def test_a_bad_recipe_file_is_refused_before_the_model_loads(tiny_folder, tiny_data, tmp_path, spies, capsys,
+                                                             monkeypatch, text, phrases):
+    import tritium.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    refused(capsys, quantize_args(tiny_folder, tmp_path / "run", "--recipe", str(recipe)), f"recipe {recipe}",
+            *phrases)
+    assert spies == [] and not (tmp_path / "run").exists()
+
+
+def test_two_training_budgets_are_refused_before_distillation(tiny_folder, tiny_data, tmp_path, spies, capsys):
+    refused(capsys, ["distill", "--model", str(tiny_folder), "--recipe", "ternaryllm-cpu", "--tokens", "5000",
+                     "--steps", "3", "--eval", "wikitext2", "--no-progress", "--out", str(tmp_path / "run")],
+            "--tokens 5000 and --steps 3 are two budgets for one run: give one of them")
+    assert spies == []
+
+
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
 def test_a_calibration_or_training_file_that_is_not_utf8_is_named(tiny_folder, tiny_data, tmp_path, spies, capsys,
                                                                      suffix):

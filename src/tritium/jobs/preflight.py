@@ -252,6 +252,7 @@ def preflight_distill(job, recipe: dict) -> None:
     settings, the device, the output folder, the group against the model's widths, the training seqlen."""
     from ..quant.grids import grid_from_dict
 
+    check_budget(job.tokens, job.steps)
     method_args = recipe.get("method_args") or {}
     train = method_args.get("train") or {}
     for key, flag, what in [("tokens", "--tokens", "pass the training budget in tokens, e.g. 500k"),
