@@ -20,10 +20,11 @@ from pathlib import Path
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..export.hf import SUPPORTED_FORMATS, grids_from_dicts
+from ..quant.grids import grids_from_dicts
 from ..utils.integrity import (
     QUANT_CONFIG_VERSION,
     QUANT_METHOD,
+    SUPPORTED_FORMATS,
     check_config_matches_tensors,
     check_quantization_config_version,
 )

@@ -363,6 +363,7 @@ def verified_folder(folder: str | os.PathLike, background: bool = False):
 
 PACKED_SUFFIX = ".packed"
 QUANT_METHOD = "tritium"  # the quant_method of every quantization_config tritium writes
+SUPPORTED_FORMATS = ("fake", "packed")  # the formats of those configs: fake-quant float weights, or packed codes
 # The layout of the quantization_config tritium writes. Folders saved before it was recorded carry none
 # and read as version 1, which they are.
 QUANT_CONFIG_VERSION = 1
