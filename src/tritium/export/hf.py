@@ -128,7 +128,9 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
     state_dict = None
     if float_dtype is not None:
         if float_dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"float_dtype must be float16, bfloat16 or float32, not {float_dtype!r}")
+            from .registry import ExportError
+
+            raise ExportError(f"float_dtype must be float16, bfloat16 or float32, not {float_dtype!r}")
         state_dict = _state_dict_in(model, modules, getattr(torch, float_dtype))
     # A model loaded from a tritium folder carries our quantizer, and transformers lets a quantizer's
     # (empty) state dict replace the one passed in: set it aside while saving.
