@@ -1,11 +1,54 @@
-"""What the preflight tests share: spies that fail a test when refused work starts anyway, and a folder this user
-may not write into."""
+"""What the job tests share: a small text corpus and its token folder; for the preflight tests, spies that fail a
+test when refused work starts anyway, a folder this user may not write into, and the check of a refused command."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+WORDS = ("ternary weights keep a scale per matrix while float models keep sixteen bits for every weight and "
+         "the suite compares them by parameters and by bits").split()
+
+
+def write_corpus(folder, n_docs=24, words=120):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        text = " ".join(WORDS[(i * 7 + k * (1 + i % 3)) % len(WORDS)] for k in range(words))
+        (folder / f"doc{i:02d}.txt").write_text(text + ".")
+    return folder
+
+
+@pytest.fixture
+def corpus():
+    """``corpus(folder)``: a folder of small text documents, written and returned."""
+    return write_corpus
+
+
+@pytest.fixture(scope="module")
+def token_folder(tmp_path_factory):
+    """The corpus tokenized by a 320-token BPE learnt from it, a fifth of the documents held out."""
+    from tritium.data.tokens import ingest, train_tokenizer
+
+    root = tmp_path_factory.mktemp("suite-data")
+    src = write_corpus(root / "text")
+    tokenizer = train_tokenizer([p.read_text() for p in sorted(src.iterdir())], 320)
+    return ingest([str(src)], root / "tokens", tokenizer, val_fraction=0.2, progress=False)
+
+
+@pytest.fixture
+def refused(capsys):
+    """``refused(argv, *phrases)``: the command exits 2 and its error holds every phrase; returns the error."""
+    from tritium.cli import main
+
+    def check(argv, *phrases):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        for phrase in phrases:
+            assert phrase in err, err
+        return err
+
+    return check
 
 
 @pytest.fixture

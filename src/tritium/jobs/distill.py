@@ -110,7 +110,7 @@ def distill_model(job: DistillJob) -> DistillResult:
     from ..train.data import check_training_sources
     from ..train.distill import distill, train_result_summary
     from ..utils.runs import claim_run_folder, job_settings
-    from .preflight import preflight_distill, preflight_loaded_model
+    from .preflight import check_eval_context, model_context, preflight_distill, preflight_loaded_model
     from .steps import evaluate, float_row, peak_rss_megabytes, quantized_row, save_model_folder
 
     recipe = distill_recipe(job)
@@ -133,8 +133,9 @@ def distill_model(job: DistillJob) -> DistillResult:
     print(f"tritium: loading {job.model}", file=sys.stderr)
     model, tokenizer, source = load_model(job.model, dtype=torch_dtype(job.dtype), device=job.device)
     preflight_loaded_model(model, tokenizer)
-    rows, token_cache = [], {}
     settings = recipe["eval"]
+    check_eval_context(settings, model_context(model))  # else the evaluation after training fails
+    rows, token_cache = [], {}
     if not job.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)
         rows.append(float_row(model, tokenizer, settings, job.data_dir, progress, token_cache))

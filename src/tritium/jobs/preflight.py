@@ -116,13 +116,25 @@ def check_context(seqlen: int | None, context: int | None, flag: str) -> None:
                              f"pass {flag} {context} or less")
 
 
+def check_eval_context(settings: dict, context: int | None) -> None:
+    """Perplexity chunks no longer than the context: otherwise the evaluation after quantizing or training fails."""
+    if settings.get("datasets"):
+        check_context(settings.get("seqlen"), context, "--seqlen")
+
+
 def check_positive(value, flag: str, what: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise PreflightError(f"{flag} {value} is not a positive whole number: {what}")
 
 
 def check_eval_settings(settings: dict) -> None:
-    """What the recipe's own checks (positive sizes and limits, :class:`~tritium.recipes.EvalSpec`) leave to a job."""
+    """What the recipe's own checks (positive sizes and limits, :class:`~tritium.recipes.EvalSpec`) leave to a job:
+    a perplexity chunk of two tokens at least, and zero-shot tasks tritium's scorer knows."""
+    from ..eval.zeroshot import check_task
+
+    if "tritium" in (settings.get("scorers") or ["tritium"]):  # lm-eval's tasks are check_scorers'
+        for task in settings.get("zeroshot") or ():
+            check_task(task)
     seqlen = settings.get("seqlen")
     if seqlen is not None and (not isinstance(seqlen, int) or seqlen < 2):
         raise PreflightError(f"--seqlen {seqlen} is too short: a perplexity chunk needs at least 2 tokens")
@@ -226,13 +238,18 @@ def preflight_loaded_model(model, tokenizer, recipe: dict | None = None, config=
     check_vocabulary(model, tokenizer)
     if recipe is None:
         return
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    context = model_context(model)
     from . import steps
 
     if steps.needs_calibration_text(recipe):
         check_context((recipe.get("calib") or {}).get("seqlen"), context, "--calib-seqlen")
     if config is not None:
         check_linear_groups(model, config)
+    check_eval_context(recipe["eval"], context)
+
+
+def model_context(model) -> int | None:
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 def check_linear_groups(model, config) -> None:
