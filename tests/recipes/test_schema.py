@@ -10,8 +10,8 @@ import yaml
 from tritium.jobs.options import quantize_recipe
 from tritium.jobs.quantize import QuantizeJob
 from tritium.pack.layouts import PackError
-from tritium.recipes import (DEFAULT_RECIPE, RECIPE_DIR, CalibSpec, EvalSpec, GridSpec, Recipe, RecipeError, load_recipe,
-                             load_recipe_object, recipe_names)
+from tritium.recipes import (DEFAULT_RECIPE, RECIPE_DIR, CalibSpec, EvalSpec, GridSpec, Recipe, RecipeError,
+                             load_recipe, load_recipe_object, recipe_names)
 from tritium.utils.errors import TritiumError
 
 # The defaults and merge rule of load_recipe before the Recipe dataclass, kept here as the reference
