@@ -148,3 +148,38 @@ def test_low_layers_import_neither_transformers_nor_the_trainer(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(SRC), "PATH": ""})
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def layer_edges() -> dict[str, set[str]]:
+    """Each layer and the other layers its modules import."""
+    edges: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        own = layer_of(_module_name(path))
+        edges.setdefault(own, set()).update(other for other in map(layer_of, _imported(path))
+                                            if other != own and other in RANKS)
+    return edges
+
+
+def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles among the layers (peers of one rank may import each other, but not both ways round)."""
+    cycles, done = [], set()
+
+    def visit(layer, path):
+        if layer in path:
+            cycles.append(path[path.index(layer):] + [layer])
+            return
+        if layer in done:
+            return
+        for other in sorted(edges.get(layer, ())):
+            visit(other, path + [layer])
+        done.add(layer)
+
+    for layer in sorted(edges):
+        visit(layer, [])
+    return cycles
+
+
+def test_no_two_layers_import_each_other():
+    assert import_cycles(layer_edges()) == []
+    assert import_cycles({"export": {"integrations"}, "integrations": {"export"}}) == [
+        ["export", "integrations", "export"]]  # the check can fail

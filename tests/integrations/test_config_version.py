@@ -5,21 +5,26 @@ import json
 import pytest
 
 import tritium  # noqa: F401  (registers quant_method "tritium")
-from tritium.export.hf import save_fake_quantized
+from tritium.export.hf import save_fake_quantized, save_packed
 from tritium.methods import RTNConfig, quantize_
 from tritium.models import load_model, tiny_model
 from tritium.models.loader import read_quantization_config
+from tritium.nn import pack_model
 from tritium.quant import UniformGrid
 from tritium.quant.grids import grid_to_dict
 from tritium.utils.errors import TritiumError
 from tritium.utils.integrity import QUANT_CONFIG_VERSION, write_manifest
 
 
-def _saved(tmp_path, tokenizer):
+def _saved(tmp_path, tokenizer, save_format="fake"):
     model = tiny_model("llama")
     result = quantize_(model, RTNConfig(grid=UniformGrid(4, group=32)))
-    folder = tmp_path / "fake"
-    save_fake_quantized(model, tokenizer, folder, "rtn", grid_to_dict(result.grid), weights=result.weights)
+    folder = tmp_path / save_format
+    if save_format == "packed":
+        pack_model(model, result.weights)
+        save_packed(model, tokenizer, folder, "rtn", grid_to_dict(result.grid))
+    else:
+        save_fake_quantized(model, tokenizer, folder, "rtn", grid_to_dict(result.grid), weights=result.weights)
     return folder
 
 
@@ -34,8 +39,9 @@ def _set_version(folder, version):
     write_manifest(folder)  # the edit is deliberate: reseal, so only the version check speaks
 
 
-def test_saved_configs_carry_the_version(tmp_path, tokenizer):
-    folder = _saved(tmp_path, tokenizer)
+@pytest.mark.parametrize("save_format", ["fake", "packed"])
+def test_saved_configs_carry_the_version(tmp_path, tokenizer, save_format):
+    folder = _saved(tmp_path, tokenizer, save_format)
     assert read_quantization_config(folder)["format_version"] == QUANT_CONFIG_VERSION
 
 

@@ -106,3 +106,31 @@ def test_pack_run_and_export_from_python_give_what_the_cli_gives(tiny_folder, ti
     assert main(["export", str(run), "--gguf", str(tmp_path / "cli.gguf")]) == 0
     assert report.path == tmp_path / "py.gguf"
     assert (tmp_path / "py.gguf").read_bytes() == (tmp_path / "cli.gguf").read_bytes()
+
+
+def test_ingest_and_pretrain_from_the_cli_and_from_python_write_the_same_files(tmp_path, capsys, corpus):
+    from tritium.jobs import ingest_corpus, pretrain_model
+
+    src = corpus(tmp_path / "text")
+    assert main(["data", "ingest", str(src), "--out", str(tmp_path / "cli-tokens"), "--train-tokenizer", "320",
+                 "--val-fraction", "0.25", "--no-progress"]) == 0
+    made = ingest_corpus(IngestJob(sources=[str(src)], out=str(tmp_path / "py-tokens"), train_tokenizer=320,
+                                   val_fraction=0.25, no_progress=True))
+    assert made.folder.path == tmp_path / "py-tokens"
+    for name in ("tokens.json", "train.bin", "val.bin"):
+        assert (tmp_path / "cli-tokens" / name).read_bytes() == (tmp_path / "py-tokens" / name).read_bytes(), name
+
+    flags = ["--steps", "2", "--seqlen", "32", "--micro-batch-size", "2", "--eval", "none"]
+    assert main(["pretrain", "--arch", "trilm", "--size", "tiny-xs", "--data", str(tmp_path / "cli-tokens"), *flags,
+                 "--no-progress", "--out", str(tmp_path / "cli")]) == 0
+    result = pretrain_model(PretrainJob(arch="trilm", size="tiny-xs", data=[str(tmp_path / "cli-tokens")], steps=2,
+                                        seqlen=32, micro_batch_size=2, eval=[], no_progress=True,
+                                        out=str(tmp_path / "py")))
+    assert result.report == tmp_path / "py" / "report.md" and result.model_folder == tmp_path / "py" / "model"
+
+    def suite_file(folder):
+        entries = json.loads((folder / "suite.json").read_text())["entries"]
+        return [_without_timings({k: v for k, v in e.items() if k != "mfu"}) for e in entries]
+
+    assert suite_file(tmp_path / "cli") == suite_file(tmp_path / "py")
+    assert suite_file(tmp_path / "py")[0]["val_loss"] == result.entry.val_loss

@@ -6,31 +6,11 @@ import pytest
 import torch
 
 from tritium.cli import main
-from tritium.data.tokens import TokenFolder, ingest, train_tokenizer
+from tritium.data.tokens import TokenFolder
 from tritium.spectra import load_suite
 from tritium.eval.size import size_report
 from tritium.models.spectra import SpectraConfigError, build_model
 from tritium.jobs.suite import SPECTRA_QUANT_BITS, SuiteConfig, make_quantlm, quantlm_grid, run_suite
-
-WORDS = ("ternary weights keep a scale per matrix while float models keep sixteen bits for every weight and "
-         "the suite compares them by parameters and by bits").split()
-
-
-def _corpus(folder, n_docs=24, words=120):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n_docs):
-        text = " ".join(WORDS[(i * 7 + k * (1 + i % 3)) % len(WORDS)] for k in range(words))
-        (folder / f"doc{i:02d}.txt").write_text(text + ".")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def token_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("suite-data")
-    src = _corpus(root / "text")
-    tokenizer = train_tokenizer([p.read_text() for p in sorted(src.iterdir())], 320)
-    return ingest([str(src)], root / "tokens", tokenizer, val_fraction=0.2, progress=False)
-
 
 def _config(**overrides):
     settings = dict(sizes=["tiny-xs", "tiny-s"], kinds=["float", "trilm", "quant"], quant_bits=[4, 8], seqlen=32,
@@ -106,8 +86,8 @@ def test_quantlm_is_symmetric_gptq_at_3_4_6_and_8_bits_with_groups_of_128_at_3_a
     assert bits_per_weight[3] < bits_per_weight[4] < bits_per_weight[6] < bits_per_weight[8] < 16
 
 
-def test_the_cli_pretrains_from_raw_text_and_runs_a_suite(tmp_path, capsys):
-    src = _corpus(tmp_path / "text")
+def test_the_cli_pretrains_from_raw_text_and_runs_a_suite(tmp_path, capsys, corpus):
+    src = corpus(tmp_path / "text")
     code = main(["pretrain", "--arch", "trilm", "--size", "tiny-xs", "--data", str(src), "--train-tokenizer", "320",
                  "--steps", "2", "--seqlen", "32", "--micro-batch-size", "2", "--eval", "none", "--out",
                  str(tmp_path / "one"), "--no-progress"])
@@ -153,8 +133,8 @@ def test_a_token_folder_refuses_a_tokenizer_or_split_other_than_its_own(tmp_path
     assert main(run + ["--tokenizer", str(token_folder.path), "--val-fraction", "0.2", "--out", str(tmp_path / "d")]) == 0
 
 
-def test_a_rerun_on_raw_text_refuses_another_tokenizer_for_the_tokens_it_made(tmp_path, capsys):
-    src = _corpus(tmp_path / "text")
+def test_a_rerun_on_raw_text_refuses_another_tokenizer_for_the_tokens_it_made(tmp_path, capsys, corpus):
+    src = corpus(tmp_path / "text")
     run = ["pretrain", "--arch", "float", "--size", "tiny-xs", "--data", str(src), "--steps", "1", "--seqlen", "32",
            "--micro-batch-size", "2", "--eval", "none", "--out", str(tmp_path / "run"), "--no-progress"]
     assert main(run + ["--train-tokenizer", "320"]) == 0

@@ -10,8 +10,8 @@ import yaml
 from tritium.jobs.options import quantize_recipe
 from tritium.jobs.quantize import QuantizeJob
 from tritium.pack.layouts import PackError
-from tritium.recipes import (DEFAULT_RECIPE, RECIPE_DIR, EvalSpec, GridSpec, Recipe, RecipeError, load_recipe,
-                             load_recipe_object, recipe_names)
+from tritium.recipes import (DEFAULT_RECIPE, RECIPE_DIR, CalibSpec, EvalSpec, GridSpec, Recipe, RecipeError,
+                             load_recipe, load_recipe_object, recipe_names)
 from tritium.utils.errors import TritiumError
 
 # The defaults and merge rule of load_recipe before the Recipe dataclass, kept here as the reference
@@ -191,3 +191,102 @@ def test_recipe_files_are_found_by_name_or_path(tmp_path):
     assert load_recipe_object(path).name == Path(path).stem == "r"
     refused(lambda: load_recipe_object("no-such-recipe"), "recipe 'no-such-recipe' not found")
     refused(lambda: load_recipe_object(write(tmp_path, "method: [rtn\n")), "is not valid YAML")
+
+
+# (a recipe built in Python, the same setting in a file, what both errors say)
+PYTHON_AND_FILE = [
+    (lambda: GridSpec(bits=2, group=128, symmetric="no"), "grid: {kind: uniform, bits: 2, symmetric: \"no\"}",
+     "symmetric must be true or false, not 'no'"),
+    (lambda: GridSpec(bits=2, group=0), "grid: {kind: uniform, bits: 2, group: 0}",
+     "group must be a positive whole number, 'channel' or 'tensor', not 0"),
+    (lambda: GridSpec(bits="2"), "grid: {kind: uniform, bits: \"2\"}", "bits must be a whole number"),
+    (lambda: GridSpec(bits=5), "grid: {kind: uniform, bits: 5}", "bits=5 is not supported"),
+    (lambda: GridSpec(kind="ternary", bits=2), "grid: {kind: ternary, bits: 2}", "the ternary grid has an unknown "
+                                                                                "key 'bits'"),
+    (lambda: GridSpec(kind="unifrom"), "grid: {kind: unifrom}", "grid kind 'unifrom' is unknown (did you mean "
+                                                                "'uniform'?)"),
+    (lambda: EvalSpec(batch_size=-1), "eval: {batch_size: -1}", "batch_size must be a positive whole number, not -1"),
+    (lambda: EvalSpec(zeroshot_limit=0), "eval: {zeroshot_limit: 0}", "zeroshot_limit must be a positive whole number"),
+    (lambda: EvalSpec(datasets="wikitext2"), "eval: {datasets: wikitext2}", "datasets must be a list of names"),
+    (lambda: CalibSpec(samples="many"), "calib: {samples: many}", "samples must be a positive whole number, not "
+                                                                  "'many'"),
+    (lambda: CalibSpec(seed=1.5), "calib: {seed: 1.5}", "seed must be a whole number, not 1.5"),
+    (lambda: Recipe(method=4), "method: 4", "method must be a method name such as rtn or gptq, not 4"),
+    (lambda: Recipe(rotate="yes please"), "rotate: yes please", "rotate must be true, false or a mapping"),
+    (lambda: Recipe(e2e="tune"), "e2e: tune", "e2e must be a mapping of settings, not 'tune'"),
+]
+
+
+@pytest.mark.parametrize("build, line, phrase", PYTHON_AND_FILE)
+def test_a_recipe_built_in_python_is_refused_as_the_same_file_is(tmp_path, build, line, phrase):
+    from_python = refused(build, phrase)
+    text = line if line.startswith("method") else "method: rtn\n" + line
+    from_file = refused(text + "\n", phrase, tmp_path)
+    # the file's error names the file; Python's names the class whose field is wrong and how to set it
+    assert from_file.startswith(f"recipe {tmp_path / 'r.yaml'}")
+    assert from_python.split(":")[0] in ("GridSpec", "EvalSpec", "CalibSpec", "Recipe")
+
+
+def test_a_recipe_built_in_python_takes_only_its_section_types_and_keeps_names_as_tuples():
+    refused(lambda: Recipe(grid={"kind": "uniform", "bits": 2}), "Recipe: grid must be a GridSpec")
+    refused(lambda: Recipe(eval={"limit": 4}), "Recipe: eval must be an EvalSpec")
+    refused(lambda: Recipe(method_args=None), "Recipe: method_args must be a mapping")
+    refused(lambda: dataclasses.replace(Recipe().grid, group=-2), "GridSpec: grid.group must be a positive")
+    built = Recipe(method="rtn", grid=GridSpec(bits=2, group=128), eval=EvalSpec(datasets=["wikitext2"], limit=4))
+    assert built == Recipe.from_mapping({"method": "rtn", "grid": {"kind": "uniform", "bits": 2, "group": 128},
+                                         "eval": {"datasets": ["wikitext2"], "limit": 4}}, "here")
+
+
+def test_overrides_reach_settings_nested_in_a_section():
+    recipe = load_recipe_object("ternaryllm-cpu")
+    changed = recipe.with_overrides({"method_args.train.tokens": 5000, "method_args.train.steps": None,
+                                     "method_args.train.optim.lr": 1e-3, "method_args.new.deeper": 1})
+    train = changed.method_args["train"]
+    assert train["tokens"] == 5000 and train["steps"] is None and train["optim"]["lr"] == 1e-3
+    assert train["optim"]["lr_quant"] == recipe.method_args["train"]["optim"]["lr_quant"]  # the rest stays
+    assert changed.method_args["new"] == {"deeper": 1} and recipe.method_args["train"]["tokens"] == 1_000_000
+    refused(lambda: recipe.with_overrides({"method_args.skip.more": 1}), "'skip' holds [], not a mapping")
+
+
+def test_distill_options_override_fields_of_the_same_recipe():
+    from tritium.jobs.distill import DistillJob, distill_recipe
+
+    job = DistillJob(model="unused", recipe="qat-w2g128-cpu", tokens=5000, lr=1e-3, kl_weight=0.5, group=64,
+                     train_data=["wikitext2-valid"], train_seqlen=64, limit=2, no_progress=True)
+    expected = load_recipe_object("qat-w2g128-cpu").with_overrides({
+        "grid.group": 64, "method_args.train.tokens": 5000, "method_args.train.steps": None,
+        "method_args.train.device": "cpu", "method_args.train.optim.lr": 1e-3, "method_args.loss.kl_weight": 0.5,
+        "method_args.data.sources": ["wikitext2-valid"], "method_args.data.seqlen": 64, "eval.limit": 2,
+        "method_args.train.progress": False}).to_dict()
+    assert distill_recipe(job) == expected
+    steps = distill_recipe(DistillJob(model="unused", recipe="ternaryllm-cpu", steps=3))["method_args"]["train"]
+    assert steps["steps"] == 3 and steps["tokens"] is None  # one budget clears the recipe's other
+
+
+@pytest.mark.parametrize("options, phrase", [
+    ({"limit": 0}, "--limit 0 is not a positive whole number: pass 1 or more"),
+    ({"batch_size": -1}, "--batch-size -1 is not a positive whole number"),
+    ({"group": 0}, "--group 0 is not a positive whole number, 'channel' or 'tensor'"),
+    ({"variant": "twn"}, "--variant does not apply: recipe qat-w2g128-cpu with --variant 'twn': the uniform grid has "
+                         "no setting 'variant'"),
+    ({"bits": 5}, "bits=5 is not supported"),
+    ({"eval": "wikitext2"}, "--eval 'wikitext2' is not a list of names"),
+])
+def test_a_bad_distill_option_is_refused_naming_its_flag(options, phrase):
+    from tritium.jobs.distill import DistillJob, distill_recipe
+
+    refused(lambda: distill_recipe(DistillJob(model="unused", recipe="qat-w2g128-cpu", **options)), phrase)
+
+
+@pytest.mark.parametrize("options, phrase", [
+    ({"zeroshot_limit": 0}, "--zeroshot-limit 0 is not a positive whole number"),
+    ({"seqlen": "64"}, "--seqlen '64' is not a positive whole number"),
+    ({"eval": "wikitext2"}, "--eval 'wikitext2' is not a list of names"),
+])
+def test_a_bad_eval_option_is_refused_naming_its_flag(options, phrase):
+    from tritium.jobs.evaluate import EvalJob
+    from tritium.jobs.options import eval_settings
+
+    refused(lambda: eval_settings(EvalJob(model="unused", **options)), phrase)
+    assert eval_settings(EvalJob(model="unused", limit=3, harness=["tritium"])) == (
+        DEFAULT_RECIPE["eval"] | {"limit": 3, "scorers": ["tritium"]})

@@ -42,13 +42,29 @@ def test_cli_turns_a_tritium_error_into_exit_2(monkeypatch, capsys):
     assert "the group size 100 does not divide 576" in capsys.readouterr().err
 
 
-def test_cli_shows_an_unexpected_error_as_a_bug_with_its_traceback(monkeypatch, capsys):
+@pytest.mark.parametrize("error", [ZeroDivisionError, ValueError, KeyError])
+def test_cli_shows_an_unexpected_error_as_a_bug_with_its_traceback(monkeypatch, capsys, error):
     from tritium import cli
 
     def broken(args):
-        raise ZeroDivisionError("a bug, not an input")
+        raise error("a bug, not an input")
 
     monkeypatch.setattr(cli, "cmd_info", broken)
-    with pytest.raises(ZeroDivisionError):  # the traceback reaches the user (exit 1 from the entry point)
+    with pytest.raises(error):  # the traceback reaches the user (exit 1 from the entry point)
         cli.main(["info", "--model", "whatever"])
     assert "a bug in tritium rather than in your input" in capsys.readouterr().err
+
+
+def test_the_entry_point_exits_1_with_the_traceback_and_the_bug_line(tmp_path):
+    import subprocess
+    import sys
+
+    # the handler of `tritium info` replaced by one that fails as a bug would, then the real entry point
+    script = ("import sys, tritium.cli as cli\n"
+              "cli.cmd_info = lambda args: [][1]\n"
+              "sys.argv = ['tritium', 'info', '--model', 'whatever']\n"
+              "import runpy; runpy.run_module('tritium.cli', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "a bug in tritium rather than in your input" in proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr and "IndexError: list index out of range" in proc.stderr

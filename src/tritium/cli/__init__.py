@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             code = handler(args)
             session.failed = code != 0
         return code
-    # ValueError: older input checks not yet converted to a TritiumError subclass.
-    except (TritiumError, ValueError) as err:
+    except TritiumError as err:
         print(f"tritium: error: {err}", file=sys.stderr)
         return 2
     except Exception:  # not an input tritium refused: its traceback follows (exit 1), with this line before it

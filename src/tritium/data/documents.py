@@ -280,6 +280,16 @@ def check_sources(items: Iterable[str], text_field: str = "text", data_path=None
         check_documents(item_documents(item, text_field), what, data_path, "training", memo_key=memo)
 
 
+def check_readable(items: Iterable[str], text_field: str = "text") -> None:
+    """Read every document of the expanded local sources once, so that a file that does not decode as text (or a
+    jsonl line without its field) fails now rather than midway through tokenizing; ``hf:`` specs are the datasets
+    library's to read."""
+    for item in items:
+        if not item.startswith(HF_PREFIX):
+            for _ in item_documents(item, text_field):
+                pass
+
+
 def iter_documents(sources: Iterable[str], text_field: str = "text", data_path=None) -> Iterator[str]:
     """The documents of every source, streamed: one per text/HTML file, jsonl line, parquet row or package page.
 

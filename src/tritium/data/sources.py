@@ -149,12 +149,17 @@ def load_eval_text(source: str, path: str | os.PathLike | None = None) -> str:
 
     Data set rows are joined with "\\n\\n" as GPTQ/OmniQuant do; a file is read as-is.
     """
+    check_eval_source(source)
     if source in DATASETS:
         return "\n\n".join(load_text_rows(source, "test", path))
+    return read_utf8(Path(source).expanduser(), "evaluation text file")
+
+
+def check_eval_source(source: str) -> None:
+    """An evaluation source must be a known data set or an existing file (checked without reading it)."""
     file = Path(source).expanduser()
-    if file.is_file():
-        return read_utf8(file, "evaluation text file")
-    raise DataNotFoundError(
-        f"{source!r} is neither a known data set ({', '.join(n for n in DATASETS if 'test' in DATASETS[n].files)}) "
-        f"nor a readable text file ({file.resolve()} does not exist)"
-    )
+    if source not in DATASETS and not file.is_file():
+        raise DataNotFoundError(
+            f"{source!r} is neither a known data set ({', '.join(n for n in DATASETS if 'test' in DATASETS[n].files)}) "
+            f"nor a readable text file ({file.resolve()} does not exist)"
+        )

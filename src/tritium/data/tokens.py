@@ -52,9 +52,11 @@ def _split_score(seed: int, index: int) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-def _check_fraction(val_fraction: float) -> None:
-    if not 0 < val_fraction < 1:
-        raise TrainDataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+def check_val_fraction(val_fraction, name: str = "val_fraction") -> None:
+    """The share of documents held out for validation; ``name`` is the setting's (or its flag's) in the error."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise TrainDataError(f"{name} must be between 0 and 1 (exclusive), got {val_fraction!r}: it is the share of "
+                             "documents held out for validation, e.g. 0.01")
 
 
 def _numbered_documents(documents: Iterable[str]) -> Iterator[tuple[int, str]]:
@@ -70,7 +72,7 @@ def training_documents(sources: Iterable[str], val_fraction: float = 0.01, seed:
                        text_field: str = "text", data_path=None) -> Iterator[str]:
     """The documents ``ingest`` puts in the training split (bar the rare one it moves to fill an empty
     validation split): what a tokenizer should learn from, so validation text stays unseen."""
-    _check_fraction(val_fraction)
+    check_val_fraction(val_fraction)
     for index, doc in _numbered_documents(iter_documents(sources, text_field, data_path)):
         if _split_score(seed, index) >= val_fraction:
             yield doc
@@ -80,12 +82,16 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, progress: bool = 
     """A byte-level BPE tokenizer of ``vocab_size`` tokens learnt from ``documents``; ``<|endoftext|>`` ends each."""
     from ..models.tiny import train_byte_level_bpe
 
-    if vocab_size < 300:
-        raise TrainDataError(f"a byte-level BPE vocabulary needs more than its 256 bytes and end-of-text token: "
-                             f"got {vocab_size}, use e.g. 8192")
+    check_bpe_vocab_size(vocab_size)
     tokenizer = train_byte_level_bpe(documents, vocab_size, show_progress=progress)
     tokenizer.name_or_path = f"byte-level BPE, {len(tokenizer)} tokens, trained on the corpus"
     return tokenizer
+
+
+def check_bpe_vocab_size(vocab_size, name: str = "vocab_size") -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 300:
+        raise TrainDataError(f"a byte-level BPE vocabulary needs more than its 256 bytes and end-of-text token: "
+                             f"{name} {vocab_size!r}, use e.g. 8192")
 
 
 # --------------------------------------------------------------------------- writing
@@ -140,11 +146,10 @@ def ingest(sources: Iterable[str] | str, out_dir, tokenizer, val_fraction: float
     from ..utils.progress import progress_bar
 
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
-    _check_fraction(val_fraction)
+    check_val_fraction(val_fraction)
     expand_sources(sources)  # a missing file fails here, before the folder is touched
     out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and not (out_dir / META_FILE).is_file() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise TrainDataError(f"{out_dir} exists and is not a token folder: choose a new or empty folder for --out")
+    check_token_output(out_dir)
     eos = _eos_id(tokenizer)
     vocab_size = len(tokenizer)
     dtype = token_dtype(vocab_size)
@@ -194,6 +199,13 @@ def ingest(sources: Iterable[str] | str, out_dir, tokenizer, val_fraction: float
                 "test_split_check": checked_splits(data_path)}
         atomic_write_json(tmp / META_FILE, meta)
     return TokenFolder.open(out_dir)
+
+
+def check_token_output(out_dir) -> None:
+    """A token folder is written new, or over an earlier token folder (replaced whole), never over other files."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not (out_dir / META_FILE).is_file() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise TrainDataError(f"{out_dir} exists and is not a token folder: choose a new or empty folder for --out")
 
 
 # --------------------------------------------------------------------------- reading
@@ -288,17 +300,21 @@ class TokenFolder:
         This copies the windows into an int64 tensor, which the miniature corpora afford (a few
         million tokens); a large corpus would index the memory map batch by batch instead.
         """
+        n = self.check_sequences(seqlen, split)
+        array = np.memmap(self.path / SPLIT_FILES[split], dtype=self.dtype, mode="r", shape=(n * seqlen,))
+        return torch.from_numpy(array.astype(np.int64).reshape(n, seqlen))
+
+    def check_sequences(self, seqlen: int, split: str = "train") -> int:
+        """How many whole sequences of ``seqlen`` the split holds; none is an error that says what to change."""
         if seqlen < 2:
             raise TrainDataError(f"seqlen must be at least 2 tokens, got {seqlen}")
         total = self.n_tokens(split)
-        n = total // seqlen
-        if n == 0:
+        if total < seqlen:
             fix = "raise --val-fraction, " if split == "val" else ""
             raise TrainDataError(
                 f"the {split} split of {self.path} has {total} tokens, fewer than one sequence of {seqlen}: "
                 f"{fix}add text (`tritium data ingest` more sources) or lower seqlen to at most {total}")
-        array = np.memmap(self.path / SPLIT_FILES[split], dtype=self.dtype, mode="r", shape=(n * seqlen,))
-        return torch.from_numpy(array.astype(np.int64).reshape(n, seqlen))
+        return total // seqlen
 
     def train_sequences(self, seqlen: int) -> Tensor:
         return self.sequences(seqlen, "train")
@@ -378,14 +394,20 @@ def check_token_folder(folder: TokenFolder, data_path=None) -> None:
 
 def load_tokenizer_spec(spec: str):
     """A tokenizer from a token folder, a tokenizer folder, or a model (named default, HF folder, .gguf, hub id)."""
+    return tokenizer_loader(spec)()
+
+
+def tokenizer_loader(spec: str):
+    """What loads the tokenizer ``spec`` names, found without loading it: a spec that names nothing fails here."""
     from transformers import AutoTokenizer
 
-    from ..models.loader import load_tokenizer
+    from ..models.loader import load_tokenizer, resolve_model_source
 
     path = Path(os.path.expandvars(spec)).expanduser()
     if TokenFolder.is_folder(path):
-        return TokenFolder.open(path).tokenizer()
+        return TokenFolder.open(path).tokenizer
     if path.is_dir() and not (path / "config.json").is_file() and \
             any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return AutoTokenizer.from_pretrained(str(path))
-    return load_tokenizer(spec)
+        return lambda: AutoTokenizer.from_pretrained(str(path))
+    source = resolve_model_source(spec)
+    return lambda: load_tokenizer(source)

@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.sources import require_data_file
+from ..utils.errors import TritiumError
 from ..utils.progress import progress_bar
+
+
+class ZeroShotTaskError(TritiumError, ValueError):
+    """A zero-shot task tritium does not know, or cannot score with the model's tokenizer."""
 
 
 @dataclass
@@ -166,7 +171,8 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
     for context, continuation in pairs:
         ctx, cont = encode_pair(tokenizer, context, continuation)
         if not cont:
-            raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+            raise ZeroShotTaskError(f"continuation {continuation!r} encodes to no tokens: the tokenizer cannot score "
+                                    "this task; evaluate it with the model's own tokenizer")
         # Keep the last max_length+1 tokens; the final token is only ever a target.
         tokens = (ctx + cont)[-(max_length + 1):]
         # A continuation longer than the window is scored on the tokens the window predicts;
@@ -234,10 +240,14 @@ def evaluate_docs(model, tokenizer, docs: list[Doc], metrics=("acc", "acc_norm")
 
 def evaluate_task(model, tokenizer, task: str, limit: int | None = None, data_path=None, batch_size: int = 16,
                   progress: bool = True) -> TaskResult:
-    if task not in TASKS:
-        raise ValueError(f"unknown zero-shot task {task!r}: choose from {', '.join(TASKS)}")
+    check_task(task)
     spec = TASKS[task]
     docs = spec.load(data_path)
     if limit:
         docs = docs[:limit]
     return TaskResult(task, len(docs), evaluate_docs(model, tokenizer, docs, spec.metrics, batch_size, progress))
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ZeroShotTaskError(f"unknown zero-shot task {task!r}: choose from {', '.join(TASKS)}")

@@ -10,16 +10,18 @@ ends with a manifest (:mod:`tritium.utils.integrity`).
 
 from __future__ import annotations
 
-# their names here before they moved down to utils, where the loader may use them
+# their names here before they moved down (to quant and utils), where the loader and the from_pretrained
+# plug-in may use them without importing export
+from ..quant.grids import grids_from_dicts
 from ..utils.integrity import (
     CODES_SIDECAR,
     PACKED_SUFFIX,
     QUANT_METHOD,
+    SUPPORTED_FORMATS,
     check_config_matches_tensors,
     weight_tensor_names,
 )
 
-SUPPORTED_FORMATS = ("fake", "packed")
 __all__ = [
     "CODES_SIDECAR",
     "PACKED_SUFFIX",
@@ -31,13 +33,6 @@ __all__ = [
     "save_fake_quantized",
     "save_packed",
 ]
-
-
-def grids_from_dicts(grid_overrides: dict | None) -> dict:
-    """A saved ``grid_overrides`` mapping (linear name -> grid mapping) as grid objects; {} for None."""
-    from ..quant.grids import grid_from_dict
-
-    return {name: grid_from_dict(spec) for name, spec in (grid_overrides or {}).items()}
 
 
 def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None,
@@ -133,7 +128,9 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
     state_dict = None
     if float_dtype is not None:
         if float_dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"float_dtype must be float16, bfloat16 or float32, not {float_dtype!r}")
+            from .registry import ExportError
+
+            raise ExportError(f"float_dtype must be float16, bfloat16 or float32, not {float_dtype!r}")
         state_dict = _state_dict_in(model, modules, getattr(torch, float_dtype))
     # A model loaded from a tritium folder carries our quantizer, and transformers lets a quantizer's
     # (empty) state dict replace the one passed in: set it aside while saving.

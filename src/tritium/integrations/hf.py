@@ -20,10 +20,12 @@ from pathlib import Path
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..export.hf import SUPPORTED_FORMATS, grids_from_dicts
+from ..quant.grids import grids_from_dicts
 from ..utils.integrity import (
     QUANT_CONFIG_VERSION,
     QUANT_METHOD,
+    SUPPORTED_FORMATS,
+    InconsistentFolderError,
     check_config_matches_tensors,
     check_quantization_config_version,
 )
@@ -56,7 +58,7 @@ class TritiumConfig(QuantizationConfigMixin):
         # format "packed" only: the embedding / LM head storage (tritium.nn.block_head.head_record); f16 = float
         self.head = dict(head or {"type": "f16"})
         if format not in SUPPORTED_FORMATS:
-            raise ValueError(
+            raise InconsistentFolderError(
                 f"tritium quantization format {format!r} is not supported by this version "
                 f"(supported: {', '.join(SUPPORTED_FORMATS)}); upgrade tritium"
             )
@@ -100,8 +102,9 @@ class TritiumHfQuantizer(HfQuantizer):
             from ..quant.grids import grid_from_dict
 
             if not config.packed_modules:
-                raise ValueError("this tritium packed checkpoint lists no packed_modules in its quantization_config: "
-                                 "the config.json is damaged; re-export the model with tritium")
+                raise InconsistentFolderError("this tritium packed checkpoint lists no packed_modules in its "
+                                              "quantization_config: the config.json is damaged; re-export the model "
+                                              "with tritium")
             replace_with_empty_packed(model, config.packed_modules, grid_from_dict(config.grid),
                                       config.ternary_layout, config.scale_dtype,
                                       grid_overrides=grids_from_dicts(config.grid_overrides))

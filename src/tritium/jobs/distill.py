@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .options import CommonEvalOptions, eval_settings, torch_dtype
+from .options import JOB_EVAL_OPTIONS, CommonEvalOptions, flag_of, option_changes, overridden, torch_dtype
 from .quantize import ModelReport
 
 
@@ -62,64 +62,43 @@ class DistillResult(ModelReport):
     """The rows (float unless no_float, then the distilled model), the report and the saved model."""
 
 
+# (recipe setting, the option that overrides it) of a distill job; the training budget is set apart (one clears
+# the other)
+_TRAIN = "method_args.train"
+DISTILL_OPTIONS = [("grid.group", "group"), ("grid.variant", "variant"), ("grid.bits", "bits"),
+                   *((f"{_TRAIN}.{key}", key) for key in ("micro_batch_size", "grad_accum", "checkpoint_every",
+                                                           "eval_every", "gradient_checkpointing", "precision")),
+                   (f"{_TRAIN}.optim.lr", "lr"), (f"{_TRAIN}.optim.lr_quant", "lr_quant"),
+                   *((f"method_args.loss.{key}", key) for key in ("off_weight", "kl_weight", "ce_weight")),
+                   ("method_args.data.sources", "train_data"), ("method_args.data.seqlen", "train_seqlen"),
+                   *((f"method_args.{key}", key) for key in ("init_from", "trainable", "start_latents")),
+                   *JOB_EVAL_OPTIONS]
+# as before the typed recipe, an empty value of these leaves the recipe's
+DISTILL_EMPTY_IS_UNSET = {"variant", "init_from", "trainable", "start_latents"}
+
+
 def distill_recipe(job: DistillJob) -> dict:
-    """The recipe a distill job trains: ``job.recipe`` (a dlt one), each option that is set over its value."""
-    from ..recipes import load_recipe
+    """The recipe a distill job trains: ``job.recipe`` (a dlt one), each option that is set over its value,
+    checked once as a recipe file is."""
+    from ..recipes import RecipeError, load_recipe_object
 
-    recipe = load_recipe(job.recipe)
-    if recipe.get("method") != "dlt":
-        from ..recipes import RecipeError
-
-        raise RecipeError(f"recipe {job.recipe!r} is for method {recipe.get('method')!r}; distill needs a dlt recipe "
+    recipe = load_recipe_object(job.recipe)
+    if recipe.method != "dlt":
+        raise RecipeError(f"recipe {job.recipe!r} is for method {recipe.method!r}; distill needs a dlt recipe "
                           "such as ternaryllm")
-    grid = dict(recipe["grid"])
-    if job.group is not None:
-        grid["group"] = job.group
-    if job.variant:
-        grid["variant"] = job.variant
-    if job.bits is not None:
-        if grid.get("kind", "uniform") != "uniform":
-            from ..recipes import RecipeError
-
-            raise RecipeError(f"--bits applies to a uniform grid; recipe {job.recipe!r} trains "
-                              f"{grid.get('kind')}: use a qat-* recipe such as qat-w2g128-cpu")
-        grid["bits"] = job.bits
-    recipe["grid"] = grid
-    margs = recipe["method_args"] = dict(recipe.get("method_args") or {})
-    train = margs["train"] = dict(margs.get("train") or {})
-    optim = train["optim"] = dict(train.get("optim") or {})
-    loss = margs["loss"] = dict(margs.get("loss") or {})
-    data = margs["data"] = dict(margs.get("data") or {})
-    if job.tokens is not None:
-        train["tokens"], train["steps"] = job.tokens, None
-    if job.steps is not None:
-        train["steps"], train["tokens"] = job.steps, None
-    for key, value in [("micro_batch_size", job.micro_batch_size), ("grad_accum", job.grad_accum),
-                       ("checkpoint_every", job.checkpoint_every), ("eval_every", job.eval_every),
-                       ("gradient_checkpointing", job.gradient_checkpointing), ("device", job.device),
-                       ("precision", job.precision)]:
-        if value is not None:
-            train[key] = value
+    if job.bits is not None and recipe.grid.kind != "uniform":
+        raise RecipeError(f"--bits applies to a uniform grid; recipe {job.recipe!r} trains {recipe.grid.kind}: use "
+                          "a qat-* recipe such as qat-w2g128-cpu")
+    changes, flags = option_changes(job, DISTILL_OPTIONS, DISTILL_EMPTY_IS_UNSET)
+    for budget, other in (("tokens", "steps"), ("steps", "tokens")):
+        if getattr(job, budget) is not None:
+            changes[f"{_TRAIN}.{budget}"], changes[f"{_TRAIN}.{other}"] = getattr(job, budget), None
+            flags[f"{_TRAIN}.{budget}"] = flag_of(budget)
+    if job.device is not None:  # no flag named: the trainer's device is where the job loads the model, always
+        changes[f"{_TRAIN}.device"] = job.device
     if job.no_progress:
-        train["progress"] = False
-    for key, value in [("lr", job.lr), ("lr_quant", job.lr_quant)]:
-        if value is not None:
-            optim[key] = value
-    for key, value in [("off_weight", job.off_weight), ("kl_weight", job.kl_weight), ("ce_weight", job.ce_weight)]:
-        if value is not None:
-            loss[key] = value
-    if job.train_data is not None:
-        data["sources"] = job.train_data
-    if job.train_seqlen is not None:
-        data["seqlen"] = job.train_seqlen
-    if job.init_from:
-        margs["init_from"] = job.init_from
-    if job.trainable:
-        margs["trainable"] = job.trainable
-    if job.start_latents:
-        margs["start_latents"] = job.start_latents
-    recipe["eval"] = eval_settings(job, recipe["eval"])
-    return recipe
+        changes[f"{_TRAIN}.progress"] = False
+    return overridden(recipe, changes, flags).to_dict()
 
 
 def distill_model(job: DistillJob) -> DistillResult:
@@ -131,7 +110,7 @@ def distill_model(job: DistillJob) -> DistillResult:
     from ..train.data import check_training_sources
     from ..train.distill import distill, train_result_summary
     from ..utils.runs import claim_run_folder, job_settings
-    from .preflight import preflight_distill, preflight_loaded_model
+    from .preflight import check_eval_context, model_context, preflight_distill, preflight_loaded_model
     from .steps import evaluate, float_row, peak_rss_megabytes, quantized_row, save_model_folder
 
     recipe = distill_recipe(job)
@@ -154,8 +133,9 @@ def distill_model(job: DistillJob) -> DistillResult:
     print(f"tritium: loading {job.model}", file=sys.stderr)
     model, tokenizer, source = load_model(job.model, dtype=torch_dtype(job.dtype), device=job.device)
     preflight_loaded_model(model, tokenizer)
-    rows, token_cache = [], {}
     settings = recipe["eval"]
+    check_eval_context(settings, model_context(model))  # else the evaluation after training fails
+    rows, token_cache = [], {}
     if not job.no_float:
         print("tritium: evaluating the float model", file=sys.stderr)
         rows.append(float_row(model, tokenizer, settings, job.data_dir, progress, token_cache))

@@ -35,13 +35,12 @@ def evaluate_model(job: EvalJob) -> EvalResult:
     from ..models import decoder_layout, load_model
     from ..models.loader import read_quantization_config
     from ..quant.grids import grid_from_dict
-    from ..recipes import DEFAULT_RECIPE
     from ..utils.io import folder_bytes
     from ..utils.runs import claim_run_folder, job_settings
     from . import steps
     from .preflight import check_device, check_eval_settings, check_writable, preflight_loaded_model
 
-    settings = eval_settings(job, DEFAULT_RECIPE["eval"])
+    settings = eval_settings(job)
     check_eval_settings(settings)
     check_device(job.device)
     check_writable(job.out)

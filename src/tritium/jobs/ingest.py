@@ -43,10 +43,9 @@ class IngestResult:
 def ingest_corpus(job: IngestJob) -> IngestResult:
     from ..data.tokens import ingest, load_tokenizer_spec, train_tokenizer, training_documents
     from ..utils.runs import claim_output
-    from .preflight import PreflightError
+    from .preflight import preflight_ingest
 
-    if job.tokenizer and job.train_tokenizer:
-        raise PreflightError("give either --tokenizer or --train-tokenizer, not both")
+    preflight_ingest(job)  # before any tokenizer is loaded or learnt
     # A lock beside --out stops a second ingest into the same folder (the later rename would silently win);
     # an existing token folder is replaced whole, as before, and ingest refuses any other folder.
     claim_output(job.out, "data ingest", overwrite=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ..recipes import load_recipe_object
+from ..recipes import Recipe, load_recipe_object
 
 
 @dataclass(kw_only=True)
@@ -43,29 +43,51 @@ class EvalOptions(CommonEvalOptions):
 EVAL_OPTIONS = [("datasets", "eval"), ("zeroshot", "zeroshot"), ("limit", "limit"),
                 ("zeroshot_limit", "zeroshot_limit"), ("seqlen", "seqlen"), ("batch_size", "batch_size"),
                 ("scorers", "harness")]
+JOB_EVAL_OPTIONS = [(f"eval.{key}", option) for key, option in EVAL_OPTIONS]
 # the same for the rest of a quantize job's recipe
 RECIPE_OPTIONS = [("grid.kind", "grid"), ("grid.bits", "bits"), ("grid.group", "group"), ("grid.variant", "variant"),
                   ("grid.symmetric", "symmetric"), ("grid.ragged_groups", "ragged_groups"), ("method", "method"),
                   ("method_args.skip", "skip"), ("method_args.checkpoint_dir", "checkpoint_dir"),
                   ("method_args.offload_dir", "offload_dir"), ("method_args.bits_budget", "bits_budget"),
                   ("calib.source", "calib"), ("calib.samples", "calib_samples"), ("calib.seqlen", "calib_seqlen"),
-                  *((f"eval.{key}", option) for key, option in EVAL_OPTIONS)]
+                  *JOB_EVAL_OPTIONS]
+# the options whose empty value means "not set", as it always has (an empty folder name is no folder)
+EMPTY_IS_UNSET = {"checkpoint_dir", "offload_dir"}
+# the options whose flag is not their name
+FLAGS = {"train_data": "--data", "trainable": "--train"}
 
 
 def flag_of(option: str) -> str:
-    return "--" + option.replace("_", "-")
+    return FLAGS.get(option) or "--" + option.replace("_", "-")
 
 
-def eval_settings(options, recipe_eval: dict) -> dict:
-    """The recipe's evaluation settings with the job's own (eval, zeroshot, limit, ...) over them."""
-    settings = dict(recipe_eval)
-    for key, option in EVAL_OPTIONS:
-        if getattr(options, option) is not None:
-            settings[key] = getattr(options, option)
+def option_changes(options, table, empty_is_unset=EMPTY_IS_UNSET) -> tuple[dict, dict]:
+    """The recipe changes that ``options`` set by ``table`` ((recipe key, option) pairs), and the flag of each
+    (for :meth:`Recipe.with_overrides`). An option left at None changes nothing."""
+    changes, flags = {}, {}
+    for key, option in table:
+        value = getattr(options, option)
+        if option in empty_is_unset:
+            value = value or None
+        if value is not None:
+            changes[key], flags[key] = value, flag_of(option)
+    return changes, flags
+
+
+def overridden(recipe: Recipe, changes: dict, flags: dict) -> Recipe:
+    """``recipe`` with the job's ``changes``, checked once as a recipe file is (a bad value names its flag), and
+    its zero-shot scorers checked against its tasks, before any model loads."""
+    recipe = recipe.with_overrides(changes, flags)
     from ..eval.harness import check_scorers
 
-    check_scorers(settings.get("scorers"), settings.get("zeroshot"))  # before any model loads
-    return settings
+    check_scorers(recipe.eval.scorers, recipe.eval.zeroshot)
+    return recipe
+
+
+def eval_settings(options) -> dict:
+    """The evaluation settings of a job that evaluates without a recipe (eval): the default recipe's, with the
+    job's options (eval, zeroshot, limit, ...) over them."""
+    return overridden(Recipe(), *option_changes(options, JOB_EVAL_OPTIONS)).eval.to_dict()
 
 
 def method_recipe(method: str | None) -> str | None:
@@ -89,20 +111,10 @@ def quantize_recipe(options) -> dict:
         print(f"tritium: --method {options.method} without --recipe: starting from recipe {recipe_name}",
               file=sys.stderr)
     recipe = load_recipe_object(recipe_name)
-    changes, flags = {}, {}
-    for key, option in RECIPE_OPTIONS:
-        value = getattr(options, option)
-        if option in ("checkpoint_dir", "offload_dir"):
-            value = value or None  # an empty folder name is no folder
-        if value is not None:
-            changes[key], flags[key] = value, flag_of(option)
+    changes, flags = option_changes(options, RECIPE_OPTIONS)
     if options.rotate is not None:  # --rotate keeps the recipe's rotation settings where it has them
         changes["rotate"], flags["rotate"] = (recipe.rotate or True) if options.rotate else False, "--rotate"
-    settings = recipe.with_overrides(changes, flags).to_dict()
-    from ..eval.harness import check_scorers
-
-    check_scorers(settings["eval"].get("scorers"), settings["eval"].get("zeroshot"))  # before any model loads
-    return settings
+    return overridden(recipe, changes, flags).to_dict()
 
 
 def torch_dtype(name: str):

@@ -116,17 +116,25 @@ def check_context(seqlen: int | None, context: int | None, flag: str) -> None:
                              f"pass {flag} {context} or less")
 
 
+def check_eval_context(settings: dict, context: int | None) -> None:
+    """Perplexity chunks no longer than the context: otherwise the evaluation after quantizing or training fails."""
+    if settings.get("datasets"):
+        check_context(settings.get("seqlen"), context, "--seqlen")
+
+
 def check_positive(value, flag: str, what: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise PreflightError(f"{flag} {value} is not a positive whole number: {what}")
 
 
 def check_eval_settings(settings: dict) -> None:
-    check_positive(settings.get("batch_size"), "--batch-size", "pass the number of chunks per forward pass, e.g. 1")
-    check_positive(settings.get("limit"), "--limit", "pass how many perplexity chunks to evaluate, or leave it out "
-                                                     "for all of them")
-    check_positive(settings.get("zeroshot_limit"), "--zeroshot-limit",
-                   "pass how many documents of each task to evaluate, or leave it out for all of them")
+    """What the recipe's own checks (positive sizes and limits, :class:`~tritium.recipes.EvalSpec`) leave to a job:
+    a perplexity chunk of two tokens at least, and zero-shot tasks tritium's scorer knows."""
+    from ..eval.zeroshot import check_task
+
+    if "tritium" in (settings.get("scorers") or ["tritium"]):  # lm-eval's tasks are check_scorers'
+        for task in settings.get("zeroshot") or ():
+            check_task(task)
     seqlen = settings.get("seqlen")
     if seqlen is not None and (not isinstance(seqlen, int) or seqlen < 2):
         raise PreflightError(f"--seqlen {seqlen} is too short: a perplexity chunk needs at least 2 tokens")
@@ -205,8 +213,7 @@ def preflight_quantize(job, recipe: dict):
     check_eval_settings(recipe["eval"])
     calib = recipe.get("calib") or {}
     calibrates = steps.needs_calibration_text(recipe)
-    if calibrates:
-        check_positive(calib.get("samples"), "--calib-samples", "pass how many calibration sequences to use, e.g. 128")
+    if calibrates:  # the sample count is the recipe's to check (CalibSpec)
         seqlen = calib.get("seqlen")
         if seqlen is not None and (not isinstance(seqlen, int) or seqlen < 2):
             raise PreflightError(f"--calib-seqlen {seqlen} is too short: a calibration sequence needs at least 2 "
@@ -231,13 +238,18 @@ def preflight_loaded_model(model, tokenizer, recipe: dict | None = None, config=
     check_vocabulary(model, tokenizer)
     if recipe is None:
         return
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    context = model_context(model)
     from . import steps
 
     if steps.needs_calibration_text(recipe):
         check_context((recipe.get("calib") or {}).get("seqlen"), context, "--calib-seqlen")
     if config is not None:
         check_linear_groups(model, config)
+    check_eval_context(recipe["eval"], context)
+
+
+def model_context(model) -> int | None:
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 def check_linear_groups(model, config) -> None:
@@ -257,6 +269,7 @@ def preflight_distill(job, recipe: dict) -> None:
     settings, the device, the output folder, the group against the model's widths, the training seqlen."""
     from ..quant.grids import grid_from_dict
 
+    check_budget(job.tokens, job.steps)
     method_args = recipe.get("method_args") or {}
     train = method_args.get("train") or {}
     for key, flag, what in [("tokens", "--tokens", "pass the training budget in tokens, e.g. 500k"),
@@ -277,6 +290,120 @@ def preflight_distill(job, recipe: dict) -> None:
         if not method_args.get("skip"):
             check_group_divides(grid, shape.input_widths)
         check_context((method_args.get("data") or {}).get("seqlen"), shape.context, "--train-seqlen")
+
+
+# --------------------------------------------------------------------------- pretrain, suite, ingest
+
+
+def check_budget(tokens, steps) -> None:
+    """One training budget, given in tokens or in steps, positive."""
+    if tokens is not None and steps is not None:
+        raise PreflightError(f"--tokens {tokens} and --steps {steps} are two budgets for one run: give one of them")
+    check_positive(tokens, "--tokens", "pass the training budget in tokens, e.g. 500k")
+    check_positive(steps, "--steps", "pass how many optimizer steps to train")
+
+
+def check_not_negative(value, flag: str, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise PreflightError(f"{flag} {value} is not a whole number of 0 or more: {what}")
+
+
+def check_raw_text(sources, tokenizer, train_tokenizer, val_fraction, text_field: str = "text",
+                   data_path=None) -> None:
+    """Raw text to tokenize: the tokenizer options agree, the sources exist, decode as text and hold no test split,
+    before any tokenizer is learnt or any token written."""
+    from ..data.contamination import load_fingerprints
+    from ..data.documents import check_readable, check_sources, expand_sources
+    from ..data.tokens import check_bpe_vocab_size, check_val_fraction, tokenizer_loader
+
+    if tokenizer and train_tokenizer is not None:
+        raise PreflightError(f"give either --tokenizer or --train-tokenizer, not both: --tokenizer {tokenizer} uses "
+                             f"that tokenizer, --train-tokenizer {train_tokenizer} learns a new one from the text")
+    if train_tokenizer is not None:
+        check_bpe_vocab_size(train_tokenizer, "--train-tokenizer")
+    if val_fraction is not None:
+        check_val_fraction(val_fraction, "--val-fraction")
+    if not isinstance(text_field, str) or not text_field:
+        raise PreflightError(f"--text-field must name the jsonl key or column that holds the text, not {text_field!r}")
+    if tokenizer:
+        tokenizer_loader(tokenizer)  # a tokenizer that is nowhere fails here; loading it waits for the job
+    items = expand_sources(sources, data_path)  # each one exists; none is a test split by its name
+    if load_fingerprints(data_path) is None:
+        check_readable(items, text_field)  # no evaluation split to compare with: read them all the same
+    else:
+        check_sources(items, text_field, data_path)  # reads every document, for the test splits' text
+
+
+def check_same_tokenization(job, tokens) -> None:
+    """A token folder fixes the tokenizer and the held-out split. Asking for others must fail: training on the
+    folder anyway would silently give a model, and a report, of something other than what was asked for."""
+    from ..data.documents import TrainDataError
+    from ..data.tokens import load_tokenizer_spec
+
+    redo = "pass the raw text (and a new --out) to tokenize it that way"
+    if job.tokenizer and load_tokenizer_spec(job.tokenizer).get_vocab() != tokens.tokenizer().get_vocab():
+        raise TrainDataError(f"{tokens.path} was tokenized with {tokens.meta.get('tokenizer')!r}, not with "
+                             f"{job.tokenizer!r}: the token folder fixes the tokenizer. Drop --tokenizer, or {redo}")
+    if job.val_fraction is not None and job.val_fraction != tokens.meta.get("val_fraction"):
+        raise TrainDataError(f"{tokens.path} holds out {tokens.meta.get('val_fraction')} of its documents, not "
+                             f"{job.val_fraction}: the token folder fixes the split. Drop --val-fraction, or {redo}")
+
+
+def preflight_pretraining(job, config, eval_datasets, eval_limit=None, zeroshot_limit=None):
+    """The checks of a pretrain or suite job before any tokenizing or training: the budget and batch sizes, the
+    device, the output folder, the evaluation data sets, and the data: a token folder (its tokenizer and split as
+    asked, no test split in it, a whole training sequence and a held-out chunk of ``config.seqlen``, a budget of
+    one step at least), or raw text (see :func:`check_raw_text`). ``config``: the PretrainConfig of the (first)
+    model to train. Returns the token folder, or None for raw text."""
+    from ..data.documents import TrainDataError
+    from ..data.sources import check_eval_source
+    from ..data.tokens import TokenFolder, check_token_folder
+    from ..train.pretrain import total_steps_for
+
+    check_budget(job.tokens, job.steps)
+    for value, flag, what in [(job.micro_batch_size, "--micro-batch-size", "pass the sequences per forward pass"),
+                              (job.grad_accum, "--grad-accum", "pass the micro-batches per optimizer step"),
+                              (job.shards, "--shards", "pass the absmean scales per ternary matrix, e.g. 1"),
+                              (job.seqlen, "--seqlen", "pass the training context in tokens, e.g. 256"),
+                              (eval_limit, "--limit", "pass how many chunks of each data set to evaluate"),
+                              (zeroshot_limit, "--zeroshot-limit", "pass how many documents of each task to "
+                                                                   "evaluate")]:
+        check_positive(value, flag, what)
+    check_not_negative(job.checkpoint_every, "--checkpoint-every", "pass the steps between checkpoints (0: only "
+                                                                   "at the end)")
+    if job.lr is not None and (isinstance(job.lr, bool) or not isinstance(job.lr, (int, float)) or not job.lr > 0):
+        raise PreflightError(f"--lr {job.lr} is not a positive learning rate: pass e.g. 1e-3, or leave it out for the "
+                             "recipe's rate for the size")
+    check_device(job.device)
+    check_writable(job.out)
+    for name in eval_datasets or ():
+        check_eval_source(name)
+    if not (len(job.data) == 1 and TokenFolder.is_folder(job.data[0])):
+        check_raw_text(job.data, job.tokenizer, job.train_tokenizer, job.val_fraction, data_path=job.data_dir)
+        return None
+    tokens = TokenFolder.open(job.data[0])
+    if job.train_tokenizer is not None:
+        raise TrainDataError(f"{tokens.path} is a token folder: it was tokenized already, with "
+                             f"{tokens.meta.get('tokenizer')!r}, so --train-tokenizer cannot apply to it. Drop "
+                             f"--train-tokenizer to train on it, or pass the raw text to tokenize it again")
+    check_same_tokenization(job, tokens)
+    check_token_folder(tokens, job.data_dir)  # no evaluation split in the training tokens
+    for split in ("train", "val"):  # a training sequence, and a held-out chunk to evaluate on
+        tokens.check_sequences(config.seqlen, split)
+    total_steps_for(config)  # a token budget of less than one step
+    return tokens
+
+
+def preflight_ingest(job) -> None:
+    """The checks of an ingest job before any tokenizer loads or is learnt: the options, the output (writable, new
+    or a token folder to replace) and the sources (see :func:`check_raw_text`)."""
+    from ..data.tokens import check_token_output
+
+    if isinstance(job.seed, bool) or not isinstance(job.seed, int):
+        raise PreflightError(f"--seed must be a whole number, not {job.seed!r}")
+    check_writable(job.out)
+    check_token_output(job.out)
+    check_raw_text(job.sources, job.tokenizer, job.train_tokenizer, job.val_fraction, job.text_field)
 
 
 # --------------------------------------------------------------------------- pack, run, export

@@ -83,25 +83,19 @@ class SuiteResult:
     paths: SuiteReportPaths  # every file of the report
 
 
-def _token_folder(job: PretrainingOptions, out: Path):
-    """The token folder to train on: given, or made from raw text under ``out/tokens`` (reused on a rerun)."""
-    from ..data.tokens import (TokenFolder, check_token_folder, ingest, load_tokenizer_spec, train_tokenizer,
-                               training_documents)
-    from ..train.data import TrainDataError
+def _token_folder(job: PretrainingOptions, out: Path, given):
+    """The token folder to train on: ``given`` (the one preflight opened), or made from raw text under
+    ``out/tokens`` (reused on a rerun)."""
+    from ..data.tokens import TokenFolder, check_token_folder, ingest, load_tokenizer_spec, train_tokenizer, \
+        training_documents
+    from .preflight import check_same_tokenization
 
-    if len(job.data) == 1 and TokenFolder.is_folder(job.data[0]):
-        tokens = TokenFolder.open(job.data[0])
-        if job.train_tokenizer:
-            raise TrainDataError(f"{tokens.path} is a token folder: it was tokenized already, with "
-                                 f"{tokens.meta.get('tokenizer')!r}, so --train-tokenizer cannot apply to it. Drop "
-                                 f"--train-tokenizer to train on it, or pass the raw text to tokenize it again")
-        _refuse_other_tokenization(job, tokens)
-        check_token_folder(tokens, job.data_dir)  # no evaluation split in the training tokens
-        return tokens
+    if given is not None:
+        return given
     folder = out / "tokens"
     if TokenFolder.is_folder(folder):  # a rerun: the first run tokenized the text with the same flags
         tokens = TokenFolder.open(folder)
-        _refuse_other_tokenization(job, tokens)
+        check_same_tokenization(job, tokens)
         check_token_folder(tokens, job.data_dir)
         print(f"tritium: reusing {folder}, tokenized by an earlier run (delete it to tokenize again)", file=sys.stderr)
         return tokens
@@ -114,21 +108,6 @@ def _token_folder(job: PretrainingOptions, out: Path):
     print(f"tritium: tokenizing {', '.join(job.data)} into {folder}", file=sys.stderr)
     return ingest(job.data, folder, tokenizer, val_fraction=val_fraction, progress=not job.no_progress,
                   data_path=job.data_dir)
-
-
-def _refuse_other_tokenization(job: PretrainingOptions, tokens) -> None:
-    """A token folder fixes the tokenizer and the held-out split. Asking for others must fail: training on the
-    folder anyway would silently give a model, and a report, of something other than what was asked for."""
-    from ..data.tokens import load_tokenizer_spec
-    from ..train.data import TrainDataError
-
-    redo = "pass the raw text (and a new --out) to tokenize it that way"
-    if job.tokenizer and load_tokenizer_spec(job.tokenizer).get_vocab() != tokens.tokenizer().get_vocab():
-        raise TrainDataError(f"{tokens.path} was tokenized with {tokens.meta.get('tokenizer')!r}, not with "
-                             f"{job.tokenizer!r}: the token folder fixes the tokenizer. Drop --tokenizer, or {redo}")
-    if job.val_fraction is not None and job.val_fraction != tokens.meta.get("val_fraction"):
-        raise TrainDataError(f"{tokens.path} holds out {tokens.meta.get('val_fraction')} of its documents, not "
-                             f"{job.val_fraction}: the token folder fixes the split. Drop --val-fraction, or {redo}")
 
 
 def _train_overrides(job: PretrainingOptions) -> dict:
@@ -152,23 +131,27 @@ def pretrain_model(job: PretrainJob) -> PretrainResult:
     from ..quant.grids import TernaryGrid
     from ..train.pretrain import pretrain, pretrain_config
     from ..utils.runs import claim_run_folder, job_settings
+    from .preflight import preflight_pretraining
     from .suite import FAMILY, SuiteConfig, evaluate_model, model_linears
 
     train = {"tokens": 1_000_000, "micro_batch_size": 8, **_train_overrides(job)}
     config = pretrain_config(job.arch, job.size, recipe=job.recipe, train=train, seqlen=job.seqlen or 256,
                              lr=job.lr, shards=job.shards)  # fails before any tokenizing
+    # built before training, so that an unknown zero-shot task fails now
+    evaluation = SuiteConfig(sizes=[config.size], kinds=[config.arch], seqlen=config.seqlen,
+                             eval_datasets=job.eval if job.eval is not None else ["wikitext2"],
+                             eval_limit=job.limit, zeroshot=job.zeroshot or [], zeroshot_limit=job.zeroshot_limit)
+    given = preflight_pretraining(job, config, evaluation.eval_datasets, evaluation.eval_limit,
+                                  evaluation.zeroshot_limit)
     out = claim_run_folder(job.out, "pretrain", job_settings(job), job.overwrite,
                            (f"{job.arch}-{job.size}", "pretrain")).path
-    tokens = _token_folder(job, out)
+    tokens = _token_folder(job, out, given)
     tokenizer = tokens.tokenizer()
     print(f"tritium: pretraining {FAMILY[config.arch]} {config.size} (peak lr {config.peak_lr:g}, "
           f"{config.effective_schedule} schedule) in {out}", file=sys.stderr)
     result = pretrain(config, tokens.train_sequences(config.seqlen), out, tokens.vocab_size,
                       val_tokens=tokens.val_tokens().long(), tokenizer=tokenizer)
     model = load_spectra_model(out / "model")
-    evaluation = SuiteConfig(sizes=[config.size], kinds=[config.arch], seqlen=config.seqlen,
-                             eval_datasets=job.eval if job.eval is not None else ["wikitext2"],
-                             eval_limit=job.limit, zeroshot=job.zeroshot or [], zeroshot_limit=job.zeroshot_limit)
     val_loss, metrics = evaluate_model(model, tokenizer, tokens.val_tokens().long(), evaluation, job.data_dir,
                                        progress=not job.no_progress)
     ternary = config.arch != "float"
@@ -184,6 +167,7 @@ def pretrain_model(job: PretrainJob) -> PretrainResult:
 
 def pretrain_suite(job: SuiteJob) -> SuiteResult:
     from ..utils.runs import claim_run_folder, job_settings
+    from .preflight import preflight_pretraining
     from .suite import run_suite, suite_config_from_recipe
 
     config = suite_config_from_recipe(
@@ -191,9 +175,12 @@ def pretrain_suite(job: SuiteJob) -> SuiteResult:
         eval_datasets=job.eval, eval_limit=job.limit, zeroshot=job.zeroshot, zeroshot_limit=job.zeroshot_limit,
         seed=job.seed, train=_train_overrides(job),
         overrides={k: v for k, v in (("lr", job.lr), ("shards", job.shards)) if v is not None} or None)
+    # the first model's training settings stand for every model's: they differ only in size and kind
+    given = preflight_pretraining(job, config.pretrain_config(config.trained_kinds()[0], config.sizes[0]),
+                                  config.eval_datasets, config.eval_limit, config.zeroshot_limit)
     # The same job unfinished continues where it stopped (the suite's own checkpoints).
     out = claim_run_folder(job.out, "suite", job_settings(job), job.overwrite, ("spectra", "suite")).path
-    tokens = _token_folder(job, out)
+    tokens = _token_folder(job, out, given)
     paths, entries = run_suite(config, tokens.path, out, job.data_dir, progress=not job.no_progress,
                                log=lambda m: print(m, file=sys.stderr))
     return SuiteResult(entries, out, paths.report, paths)

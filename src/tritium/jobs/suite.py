@@ -69,6 +69,11 @@ class SuiteConfig:
     def trained_kinds(self) -> list[str]:
         return [k for k in ("float", "trilm", "bitnet") if k in self.kinds]
 
+    def pretrain_config(self, arch: str, size: str, progress: bool = True):
+        """The PretrainConfig of the suite's ``arch`` model of ``size``."""
+        return pretrain_config(arch, size, train={**self.train, "seed": self.seed, "progress": progress},
+                               **{**self.overrides, "seqlen": self.seqlen})
+
 
 def quantlm_grid(bits: int, group: int = 128) -> UniformGrid:
     """Spectra's QuantLM grid: symmetric, g128 at 3 and 4 bits, per channel at 6 and 8. A width
@@ -141,9 +146,7 @@ def run_suite(config: SuiteConfig, folder, out_dir, data_path=None, progress: bo
             entry = _read_entry(run_dir / "entry.json")
             if entry is None:
                 log(f"tritium suite: training {FAMILY[arch]} {size} in {run_dir}")
-                settings = {**config.overrides, "seqlen": config.seqlen}
-                run_config = pretrain_config(arch, size, train={**config.train, "seed": config.seed,
-                                                                "progress": progress}, **settings)
+                run_config = config.pretrain_config(arch, size, progress)
                 result = pretrain(run_config, train_sequences, run_dir, tokens.vocab_size, tokenizer=tokenizer)
                 model = load_spectra_model(run_dir / "model")
                 val_loss, metrics = evaluate_model(model, tokenizer, val_tokens, config, data_path, cache)

@@ -176,6 +176,11 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
                 f"folder, a .gguf file or a named default ({', '.join(NAMED_MODELS)})."
             ) from err
         raise ModelSourceError(f"could not read the model at {resolved.describe()}: {err}") from err
+    except ValueError as err:  # transformers' word on a config or file it cannot take (an unknown model_type, ...)
+        if isinstance(err, TritiumError):
+            raise
+        raise ModelSourceError(f"could not load the model at {resolved.describe()}: {err}; pass a model folder, .gguf "
+                               "file or hub id that transformers can load") from err
     if resolved.gguf_file:
         # transformers dequantized the GGUF into plain float weights; drop its GGUF quantizer
         # so the model saves and quantizes like any float checkpoint.

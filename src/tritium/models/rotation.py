@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..quant.hadamard import orthogonal_matrix
+from ..utils.errors import TritiumError
 from .adapters import UnsupportedArchitectureError, decoder_layout
 
 ROTATION_KINDS = ("hadamard", "random")
@@ -31,6 +32,10 @@ ROTATION_CONFIG_KEY = "tritium_rotation"
 # Norms that sit *after* a sublayer (Gemma 2/3's sandwich norms) scale the stream in the
 # unrotated basis, which no weight can absorb.
 _SANDWICH_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
+class RotationError(TritiumError, ValueError):
+    """A rotate setting the rotation cannot take, or a model rotated otherwise already."""
 
 
 @dataclass
@@ -41,11 +46,11 @@ class RotationSettings:
 
     def __post_init__(self):
         if self.kind not in ROTATION_KINDS:
-            raise ValueError(f"rotation kind {self.kind!r} is unknown: use one of {ROTATION_KINDS}")
+            raise RotationError(f"rotation kind {self.kind!r} is unknown: use one of {ROTATION_KINDS}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"rotation seed must be an integer, not {self.seed!r}")
+            raise RotationError(f"rotation seed must be an integer, not {self.seed!r}")
         if not isinstance(self.heads, bool):
-            raise ValueError(f"rotation heads must be true or false, not {self.heads!r}")
+            raise RotationError(f"rotation heads must be true or false, not {self.heads!r}")
 
 
 def rotation_settings(value) -> RotationSettings | None:
@@ -59,10 +64,10 @@ def rotation_settings(value) -> RotationSettings | None:
     if isinstance(value, dict):
         unknown = set(value) - set(RotationSettings.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"rotate has unknown option(s) {sorted(unknown)}; allowed: "
+            raise RotationError(f"rotate has unknown option(s) {sorted(unknown)}; allowed: "
                              f"{sorted(RotationSettings.__dataclass_fields__)}")
         return RotationSettings(**value)
-    raise ValueError(f"rotate must be true, false or a mapping such as {{seed: 0, kind: hadamard}}, not {value!r}")
+    raise RotationError(f"rotate must be true, false or a mapping such as {{seed: 0, kind: hadamard}}, not {value!r}")
 
 
 @dataclass
@@ -91,7 +96,7 @@ def match_rotation_(model: nn.Module, settings: RotationSettings | None) -> bool
     if settings is None or current == settings:
         return False
     if current is not None:
-        raise ValueError(f"the model is already rotated with {current}, not {settings}: start from the unrotated model")
+        raise RotationError(f"the model is already rotated with {current}, not {settings}: start from the unrotated model")
     rotate_model_(model, settings)
     return True
 

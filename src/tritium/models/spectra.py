@@ -283,5 +283,6 @@ def load_spectra_model(folder, dtype=torch.float32):
         state.update(load_file(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{folder} does not match a BitNet {spec.size}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise SpectraConfigError(f"{folder} does not match a BitNet {spec.size}: missing {missing[:3]}, unexpected "
+                                 f"{unexpected[:3]}; pass the BitNet folder `tritium pretrain` saved, whole")
     return model.eval()

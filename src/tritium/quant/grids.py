@@ -273,6 +273,11 @@ def grid_from_dict(spec: dict) -> Grid:
     return cls(**spec)
 
 
+def grids_from_dicts(grid_overrides: dict | None) -> dict:
+    """A saved ``grid_overrides`` mapping (linear name -> grid mapping) as grid objects; {} for None."""
+    return {name: grid_from_dict(spec) for name, spec in (grid_overrides or {}).items()}
+
+
 def grid_to_dict(grid: Grid) -> dict:
     out = {"kind": grid.kind}
     out.update({k: getattr(grid, k) for k in grid.__dataclass_fields__ if k != "kind"})

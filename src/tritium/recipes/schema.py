@@ -1,11 +1,13 @@
 """The typed recipe: a quantize job's method, grid, evaluation and calibration settings as dataclasses.
 
-:meth:`Recipe.from_mapping` checks a recipe file's mapping as it builds the object: its keys (an
-unknown one is refused with the closest known key suggested), the type and range of every setting of
-the grid, evaluation and calibration, and a ``method``, which a file must name. A wrong value is
-refused, never coerced (``symmetric: "no"`` is not a boolean) nor replaced by a default. What a file
-leaves out comes from the defaults: each section key by key, the grid whole (a default bit width means
-nothing to a ternary grid).
+Each dataclass checks its own fields when it is built (``__post_init__``), so a recipe made in Python
+(``Recipe(method="rtn", grid=GridSpec(bits=2, group=128))``) is checked as a file is: the type and range
+of every setting of the grid, evaluation and calibration, and the grid's keys against its kind. A wrong
+value is refused, never coerced (``symmetric: "no"`` is not a boolean) nor replaced by a default.
+:meth:`Recipe.from_mapping` adds what only a file can get wrong: unknown keys (refused with the closest
+known key suggested), a section that is not a mapping, and a missing ``method``, which a file must name.
+What a file leaves out comes from the defaults: each section key by key, the grid whole (a default bit
+width means nothing to a ternary grid).
 
 :meth:`Recipe.with_overrides` applies a job's options (the CLI's flags) to the same object and checks
 the result the same way, so a bad flag value is refused as a bad file value is; the error names the flag.
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 
 from ..utils.errors import TritiumError
@@ -46,17 +50,38 @@ class RecipeError(TritiumError, ValueError):
 class _Where:
     """Where the values being checked come from: ``text`` opens a file value's error ("recipe r.yaml");
     ``flags`` names the option that set a field ("eval.batch_size" -> "--batch-size"), which that field's error
-    names instead."""
+    names instead; ``python``: the values are a dataclass's fields set in Python code ("GridSpec")."""
 
     text: str
     flags: Mapping[str, str] = field(default_factory=dict)
+    python: bool = False
 
     def refuse(self, path: str, requirement: str, value, hint: str = "", fix: str = ""):
-        """``hint`` follows a file value's error, ``fix`` a flag's."""
+        """``hint`` follows a file value's error (it speaks of YAML), ``fix`` a flag's or a field's."""
         flag = self.flags.get(path)
         if flag:
             raise RecipeError(f"{flag} {value!r} is not {requirement}" + (f": {fix}" if fix else ""))
+        if self.python:
+            raise RecipeError(f"{self.text}: {path} must be {requirement}, not {value!r}" + (f": {fix}" if fix else ""))
         raise RecipeError(f"{self.text}: {path.replace('.', ' ')} must be {requirement}, not {value!r}{hint}")
+
+
+# The origin of the values being built: set by from_mapping (a file, or a job's flags) around the dataclass
+# it builds, so that __post_init__ words its errors for that origin; unset, the fields came from Python code.
+_BUILDING: ContextVar[_Where | None] = ContextVar("tritium_recipe_where", default=None)
+
+
+@contextmanager
+def _building(where: _Where) -> Iterator[None]:
+    token = _BUILDING.set(where)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def _where_for(spec) -> _Where:
+    return _BUILDING.get() or _Where(type(spec).__name__, python=True)
 
 
 def _suggest(key, known) -> str:
@@ -109,6 +134,30 @@ def _mapping_or_none(value, key: str, where: _Where) -> None:
         raise RecipeError(f"{where.text}: {key} must be a mapping of settings, not {value!r}")
 
 
+def _text(value, path: str, where: _Where, requirement: str):
+    if isinstance(value, str):
+        return value
+    where.refuse(path, requirement, value)
+
+
+def _whole_number(value, path: str, where: _Where, requirement: str = "a whole number"):
+    if _is_int(value):
+        return value
+    where.refuse(path, requirement, value)
+
+
+def _group(value, path: str, where: _Where):
+    if value in ("channel", "tensor") or (_is_int(value) and value >= 1):
+        return value
+    where.refuse(path, "a positive whole number, 'channel' or 'tensor'", value)
+
+
+def _instance(value, cls, path: str, where: _Where, requirement: str):
+    if isinstance(value, cls):
+        return value
+    where.refuse(path, requirement, value)
+
+
 def _section_settings(settings, section: str, known: set, where: _Where) -> Mapping:
     """A section's settings ({} for none), refused unless a mapping of known keys."""
     _mapping_or_none(settings, section, where)
@@ -138,6 +187,16 @@ class GridSpec:
     ragged_groups: bool | None = None
     type: str | None = None  # gguf only: the llama.cpp block format (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k)
 
+    def __post_init__(self):
+        where = _where_for(self)
+        _check_grid_kind(self.kind, where)
+        _check_keys({f.name: None for f in fields(self) if getattr(self, f.name) is not None}, GRID_KEYS[self.kind],
+                    f"{where.text}: the {self.kind} grid", where.flags, "grid")
+        for key, check in _GRID_CHECKS.items():
+            if getattr(self, key) is not None:
+                check(getattr(self, key), f"grid.{key}", where)
+        self._check_range(where.text)
+
     @classmethod
     def from_mapping(cls, grid, where: str | _Where, flags: Mapping[str, str] | None = None) -> GridSpec:
         where = where if isinstance(where, _Where) else _Where(where, flags or {})
@@ -145,28 +204,13 @@ class GridSpec:
             raise RecipeError(f"{where.text}: grid must be a mapping such as {{kind: uniform, bits: 2, group: 128}}, "
                               f"not {grid!r}" + (f": write `grid: {{kind: {grid}}}`" if isinstance(grid, str) else ""))
         kind = grid.get("kind", "uniform")
-        if kind not in GRID_KEYS:
-            if where.flags.get("grid.kind"):
-                raise RecipeError(f"{where.flags['grid.kind']} {kind!r} is not a grid kind: use "
-                                  f"{', '.join(GRID_KEYS)}")
-            raise RecipeError(f"{where.text}: grid kind {kind!r} is unknown{_suggest(kind, GRID_KEYS)}: use "
-                              f"{', '.join(GRID_KEYS)}")
+        _check_grid_kind(kind, where)
         _check_keys(grid, GRID_KEYS[kind], f"{where.text}: the {kind} grid", where.flags, "grid")
-        if "bits" in grid and not _is_int(grid["bits"]):
-            where.refuse("grid.bits", "a whole number (2, 3, 4, 8)", grid["bits"])
-        group = grid.get("group")
-        if "group" in grid and group not in ("channel", "tensor") and (not _is_int(group) or group < 1):
-            where.refuse("grid.group", "a positive whole number, 'channel' or 'tensor'", group)  # null too
-        for key in ("symmetric", "ragged_groups"):
-            if key in grid:
-                _boolean(grid[key], f"grid.{key}", where)
-        if "variant" in grid and not isinstance(grid["variant"], str):
-            where.refuse("grid.variant", "absmean, twn or dlt", grid["variant"])
-        if "type" in grid and not isinstance(grid["type"], str):
-            where.refuse("grid.type", "a GGUF block type such as q4_0", grid["type"])
-        spec = cls(**dict(grid))
-        spec._check_range(where.text)
-        return spec
+        for key, value in grid.items():
+            if value is None and key in _GRID_CHECKS:  # a file's null would silently mean the grid's default
+                _GRID_CHECKS[key](value, f"grid.{key}", where)
+        with _building(where):
+            return cls(**dict(grid))
 
     def _check_range(self, where: str) -> None:
         """The values the grid itself refuses (bits it has no codes for, an unknown variant), said here."""
@@ -188,6 +232,26 @@ class GridSpec:
         return grid_from_dict(self.to_dict())
 
 
+def _check_grid_kind(kind, where: _Where) -> None:
+    if kind in GRID_KEYS:
+        return
+    if where.flags.get("grid.kind"):
+        raise RecipeError(f"{where.flags['grid.kind']} {kind!r} is not a grid kind: use {', '.join(GRID_KEYS)}")
+    raise RecipeError(f"{where.text}: grid kind {kind!r} is unknown{_suggest(kind, GRID_KEYS)}: use "
+                      f"{', '.join(GRID_KEYS)}")
+
+
+# The type of each grid setting besides kind; its range is the grid's own (GridSpec._check_range).
+_GRID_CHECKS = {
+    "bits": lambda value, path, where: _whole_number(value, path, where, "a whole number (2, 3, 4, 8)"),
+    "group": _group,
+    "symmetric": _boolean,
+    "ragged_groups": _boolean,
+    "variant": lambda value, path, where: _text(value, path, where, "absmean, twn or dlt"),
+    "type": lambda value, path, where: _text(value, path, where, "a GGUF block type such as q4_0"),
+}
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     """What the float and the quantized model are evaluated on."""
@@ -200,19 +264,20 @@ class EvalSpec:
     batch_size: int = 1
     scorers: tuple[str, ...] | None = None  # None: tritium's own (eval.harness)
 
+    def __post_init__(self):
+        where = _where_for(self)
+        for key in ("datasets", "zeroshot", "scorers"):  # a list of names is kept as a tuple: the spec is frozen
+            object.__setattr__(self, key, _names(getattr(self, key), f"eval.{key}", where))
+        for key, optional in [("seqlen", False), ("batch_size", False), ("limit", True), ("zeroshot_limit", True)]:
+            _positive_int(getattr(self, key), f"eval.{key}", where, optional)
+
     @classmethod
     def from_mapping(cls, settings, where: str | _Where, flags: Mapping[str, str] | None = None) -> EvalSpec:
         """The settings of ``settings`` over the defaults."""
         where = where if isinstance(where, _Where) else _Where(where, flags or {})
         settings = _section_settings(settings, "eval", EVAL_KEYS, where)
-        values = {}
-        for key in ("datasets", "zeroshot", "scorers"):
-            if key in settings:
-                values[key] = _names(settings[key], f"eval.{key}", where)
-        for key, optional in [("seqlen", False), ("batch_size", False), ("limit", True), ("zeroshot_limit", True)]:
-            if key in settings:
-                values[key] = _positive_int(settings[key], f"eval.{key}", where, optional)
-        return cls(**values)
+        with _building(where):
+            return cls(**dict(settings))
 
     def to_dict(self) -> dict:
         return {f.name: _listed(getattr(self, f.name)) for f in fields(self)
@@ -228,19 +293,20 @@ class CalibSpec:
     seqlen: int = 2048
     seed: int = 0
 
+    def __post_init__(self):
+        where = _where_for(self)
+        _text(self.source, "calib.source", where, "a data set split or a file")
+        for key in ("samples", "seqlen"):
+            _positive_int(getattr(self, key), f"calib.{key}", where)
+        _whole_number(self.seed, "calib.seed", where)
+
     @classmethod
     def from_mapping(cls, settings, where: str | _Where, flags: Mapping[str, str] | None = None) -> CalibSpec:
         """The settings of ``settings`` over the defaults."""
         where = where if isinstance(where, _Where) else _Where(where, flags or {})
         settings = _section_settings(settings, "calib", CALIB_KEYS, where)
-        if "source" in settings and not isinstance(settings["source"], str):
-            where.refuse("calib.source", "a data set split or a file", settings["source"])
-        for key in ("samples", "seqlen"):
-            if key in settings:
-                _positive_int(settings[key], f"calib.{key}", where)
-        if "seed" in settings and not _is_int(settings["seed"]):
-            where.refuse("calib.seed", "a whole number", settings["seed"])
-        return cls(**dict(settings))
+        with _building(where):
+            return cls(**dict(settings))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -264,6 +330,20 @@ class Recipe:
     description: str | None = ""
     name: str | None = None  # the file's stem; None for the defaults
 
+    def __post_init__(self):
+        where = _where_for(self)
+        if not isinstance(self.method, str) or not self.method:
+            where.refuse("method", "a method name such as rtn or gptq", self.method)
+        _instance(self.grid, GridSpec, "grid", where, "a GridSpec such as GridSpec(kind='uniform', bits=2, group=128)")
+        _instance(self.eval, EvalSpec, "eval", where, "an EvalSpec such as EvalSpec(datasets=('wikitext2',))")
+        _instance(self.calib, CalibSpec, "calib", where, "a CalibSpec such as CalibSpec(samples=128)")
+        _instance(self.method_args, Mapping, "method_args", where, "a mapping of the method's settings")
+        _mapping_or_none(self.e2e, "e2e", where)
+        if self.rotate is not None and not isinstance(self.rotate, (bool, Mapping)):
+            where.refuse("rotate", "true, false or a mapping {seed, kind, heads}", self.rotate)
+        if self.description is not None and not isinstance(self.description, str):
+            where.refuse("description", "text", self.description)
+
     @classmethod
     def from_mapping(cls, mapping, where: str, *, name: str | None = None,
                      flags: Mapping[str, str] | None = None) -> Recipe:
@@ -275,23 +355,17 @@ class Recipe:
         _check_keys(mapping, RECIPE_KEYS, where, at.flags)
         if "method" not in mapping:
             raise RecipeError(f"{where} names no method: add e.g. `method: rtn` (or gptq, awq, tesseraq, dlt)")
-        if not isinstance(mapping["method"], str) or not mapping["method"]:
-            at.refuse("method", "a method name such as rtn or gptq", mapping["method"])
-        grid = GridSpec.from_mapping(mapping["grid"], at) if "grid" in mapping else cls().grid
         for key in ("method_args", "eval", "calib", "e2e"):
             _mapping_or_none(mapping.get(key), key, at)
-        rotate = mapping.get("rotate", False)
-        if rotate is not None and not isinstance(rotate, (bool, Mapping)):
-            at.refuse("rotate", "true, false or a mapping {seed, kind, heads}", rotate)
-        description = mapping.get("description", "")
-        if description is not None and not isinstance(description, str):
-            at.refuse("description", "text", description)
-        return cls(method=mapping["method"], grid=grid,
-                   method_args=copy.deepcopy(dict(mapping.get("method_args") or {})),
-                   rotate=copy.deepcopy(rotate), eval=EvalSpec.from_mapping(mapping.get("eval"), at),
-                   calib=CalibSpec.from_mapping(mapping.get("calib"), at),
-                   e2e=copy.deepcopy(dict(mapping["e2e"])) if mapping.get("e2e") is not None else None,
-                   description=description, name=name)
+        with _building(at):
+            return cls(method=mapping["method"],
+                       grid=GridSpec.from_mapping(mapping["grid"], at) if "grid" in mapping else cls().grid,
+                       method_args=copy.deepcopy(dict(mapping.get("method_args") or {})),
+                       rotate=copy.deepcopy(mapping.get("rotate", False)),
+                       eval=EvalSpec.from_mapping(mapping.get("eval"), at),
+                       calib=CalibSpec.from_mapping(mapping.get("calib"), at),
+                       e2e=copy.deepcopy(dict(mapping["e2e"])) if mapping.get("e2e") is not None else None,
+                       description=mapping.get("description", ""), name=name)
 
     def to_dict(self) -> dict:
         """The plain mapping the jobs consume (a fresh copy: changing it leaves the recipe as it is)."""
@@ -306,26 +380,33 @@ class Recipe:
 
     def with_overrides(self, changes: Mapping[str, object], flags: Mapping[str, str] | None = None) -> Recipe:
         """This recipe with ``changes`` applied and checked as a file is: each key a recipe key ("method",
-        "rotate") or a section's ("grid.bits", "calib.samples", "method_args.skip"), e.g.
-        ``recipe.with_overrides({"grid.bits": 2, "calib.samples": 16})``. A new ``grid.kind`` starts a grid
-        of that kind that keeps only the group. ``flags``: the option that set each key ("grid.bits" ->
-        "--bits"); an error about that setting names the option and its value."""
+        "rotate") or a section's ("grid.bits", "calib.samples", "method_args.skip"), deeper in a section's
+        mappings too ("method_args.train.tokens"), e.g. ``recipe.with_overrides({"grid.bits": 2,
+        "calib.samples": 16})``. A new ``grid.kind`` starts a grid of that kind that keeps only the group.
+        ``flags``: the option that set each key ("grid.bits" -> "--bits"); an error about that setting names
+        the option and its value."""
         flags = dict(flags or {})
-        data = self.to_dict()
+        data = self.to_dict()  # a fresh copy, changed in place below
         data.pop("name", None)
         for key, value in changes.items():
-            section, _, setting = key.partition(".")
-            if not setting:
+            section, *path = key.split(".")
+            if not path:
                 data[section] = value
                 continue
             if section not in SECTIONS:
                 raise RecipeError(f"cannot override {key!r}: {section!r} is not a section of a recipe; the sections "
                                   f"are {', '.join(SECTIONS)}")
             current = dict(data.get(section) or {})
-            if (section, setting) == ("grid", "kind") and value != current.get("kind"):
+            if (section, path) == ("grid", ["kind"]) and value != current.get("kind"):
                 current = {"group": current["group"]} if "group" in current else {}
-            current[setting] = value
             data[section] = current
+            for part in path[:-1]:
+                inner = current.get(part)
+                if inner is not None and not isinstance(inner, Mapping):
+                    raise RecipeError(f"cannot override {key!r}: {part!r} holds {inner!r}, not a mapping of settings")
+                current[part] = dict(inner or {})
+                current = current[part]
+            current[path[-1]] = value
         shown = " ".join(f"{flag} {changes[key]!r}" for key, flag in flags.items() if key in changes)
         where = f"recipe {self.name}" if self.name else "the default recipe"
         return Recipe.from_mapping(data, f"{where} with {shown or 'its overrides'}", name=self.name, flags=flags)

@@ -11,6 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.errors import TritiumError
+
+
+class SuiteRecordError(TritiumError, ValueError):
+    """A suite entry or suite file that does not hold what a suite records."""
+
 
 AXES = ("params", "bits")
 PARAM_FIELDS = ("linear_params", "params")
@@ -36,32 +42,32 @@ class SuiteEntry:
     def __post_init__(self):
         what = f"suite entry {self.family!r}/{self.size!r}"
         if not isinstance(self.family, str) or not self.family:
-            raise ValueError(f"{what}: family must be a non-empty name such as 'TriLM'")
+            raise SuiteRecordError(f"{what}: family must be a non-empty name such as 'TriLM'")
         for name in ("params", "linear_params"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"{what}: {name} must be a positive integer count, got {value!r}")
+                raise SuiteRecordError(f"{what}: {name} must be a positive integer count, got {value!r}")
             setattr(self, name, int(value))
         if not _finite_positive(self.bits):
-            raise ValueError(f"{what}: bits must be a positive finite size in bits, got {self.bits!r}")
+            raise SuiteRecordError(f"{what}: bits must be a positive finite size in bits, got {self.bits!r}")
         if not _finite(self.val_loss):
-            raise ValueError(f"{what}: val_loss must be a finite number (nats/token), got {self.val_loss!r}; "
+            raise SuiteRecordError(f"{what}: val_loss must be a finite number (nats/token), got {self.val_loss!r}; "
                              "leave diverged runs out of the suite")
         self.bits, self.val_loss = float(self.bits), float(self.val_loss)
         bad = {k: v for k, v in self.metrics.items() if not _finite(v)}
         if bad:
-            raise ValueError(f"{what}: metrics must be finite numbers, got {bad}")
+            raise SuiteRecordError(f"{what}: metrics must be finite numbers, got {bad}")
         self.metrics = {str(k): float(v) for k, v in self.metrics.items()}
         # numpy scalars would reach suite.json as strings: store plain Python numbers
         if self.tokens is not None:
             if isinstance(self.tokens, bool) or not isinstance(self.tokens, (int, np.integer)) or self.tokens < 0:
-                raise ValueError(f"{what}: tokens must be a non-negative integer count, got {self.tokens!r}")
+                raise SuiteRecordError(f"{what}: tokens must be a non-negative integer count, got {self.tokens!r}")
             self.tokens = int(self.tokens)
         for name in ("train_seconds", "tokens_per_second", "mfu"):
             value = getattr(self, name)
             if value is not None:
                 if not _finite(value) or value < 0:
-                    raise ValueError(f"{what}: {name} must be a non-negative finite number or None, got {value!r}")
+                    raise SuiteRecordError(f"{what}: {name} must be a non-negative finite number or None, got {value!r}")
                 setattr(self, name, float(value))
 
     @classmethod
@@ -107,10 +113,10 @@ class SuiteEntry:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"suite entry has unknown fields {sorted(unknown)}; known: {sorted(known)}")
+            raise SuiteRecordError(f"suite entry has unknown fields {sorted(unknown)}; known: {sorted(known)}")
         missing = {"family", "size", "params", "linear_params", "bits", "val_loss"} - set(data)
         if missing:
-            raise ValueError(f"suite entry is missing {sorted(missing)}: {data}")
+            raise SuiteRecordError(f"suite entry is missing {sorted(missing)}: {data}")
         return cls(**data)
 
 
@@ -125,9 +131,9 @@ def _finite_positive(value) -> bool:
 
 def check_axis(axis: str, param_field: str = "linear_params"):
     if axis not in AXES:
-        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+        raise SuiteRecordError(f"axis must be one of {AXES}, got {axis!r}")
     if param_field not in PARAM_FIELDS:
-        raise ValueError(f"param_field must be one of {PARAM_FIELDS}, got {param_field!r}")
+        raise SuiteRecordError(f"param_field must be one of {PARAM_FIELDS}, got {param_field!r}")
 
 
 def is_zero_shot_metric(name: str) -> bool:
@@ -171,7 +177,7 @@ def load_suite(path: str | Path) -> list[SuiteEntry]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); rewrite it with write_suite_report") from err
+        raise SuiteRecordError(f"{path} is not valid JSON ({err}); rewrite it with write_suite_report") from err
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        raise ValueError(f"{path} has no 'entries' list: not a tritium suite file")
+        raise SuiteRecordError(f"{path} has no 'entries' list: not a tritium suite file")
     return [SuiteEntry.from_dict(d) for d in data["entries"]]

@@ -37,6 +37,8 @@ BACKGROUND_BYTES = 8 << 20
 # Files a loader reads (weights, configs, tokenizers, chat templates, remote code): one that the
 # manifest does not list was added after saving and is refused. Other files (a README) are ignored.
 LOADER_INPUTS = re.compile(r".*\.(safetensors|bin|pt|pth|json|gguf|model|txt|jinja|py|tiktoken)$")
+# a safetensors file cut short or damaged, whoever wrote it
+REFETCH = "the file was cut short or damaged: copy, download or save the model again"
 REEXPORT = "re-export the model with tritium (`tritium quantize`, `tritium pack` or the script that saved it)"
 
 
@@ -85,18 +87,19 @@ def safetensors_tensor_ranges(path: str | os.PathLike) -> dict[str, tuple[int, i
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise DamagedFileError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
+            raise DamagedFileError(f"{path} is truncated: {size} bytes, too short for a safetensors header; {REFETCH}")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > size - 8:
             raise DamagedFileError(f"{path} is truncated or corrupt: its header claims {header_len} bytes, the file "
-                                   f"has {size}")
+                                   f"has {size}; {REFETCH}")
         raw = f.read(header_len)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DamagedFileError(f"{path} is corrupt: its safetensors header is not valid JSON ({err})") from err
+        raise DamagedFileError(f"{path} is corrupt: its safetensors header is not valid JSON ({err}); {REFETCH}") \
+            from err
     if not isinstance(header, dict):
-        raise DamagedFileError(f"{path} is corrupt: its safetensors header is not a JSON object")
+        raise DamagedFileError(f"{path} is corrupt: its safetensors header is not a JSON object; {REFETCH}")
     start = 8 + header_len
     ranges = {}
     for name, info in header.items():
@@ -105,10 +108,10 @@ def safetensors_tensor_ranges(path: str | os.PathLike) -> dict[str, tuple[int, i
         try:
             begin, end = (int(v) for v in info["data_offsets"])
         except (TypeError, KeyError, ValueError) as err:
-            raise DamagedFileError(f"{path} is corrupt: tensor {name!r} has no valid data_offsets") from err
+            raise DamagedFileError(f"{path} is corrupt: tensor {name!r} has no valid data_offsets; {REFETCH}") from err
         if not 0 <= begin <= end or start + end > size:
             raise DamagedFileError(f"{path} is truncated or corrupt: tensor {name!r} needs bytes {start + begin}.."
-                                   f"{start + end}, the file has {size}")
+                                   f"{start + end}, the file has {size}; {REFETCH}")
         ranges[name] = (start + begin, start + end)
     return ranges
 
@@ -360,6 +363,7 @@ def verified_folder(folder: str | os.PathLike, background: bool = False):
 
 PACKED_SUFFIX = ".packed"
 QUANT_METHOD = "tritium"  # the quant_method of every quantization_config tritium writes
+SUPPORTED_FORMATS = ("fake", "packed")  # the formats of those configs: fake-quant float weights, or packed codes
 # The layout of the quantization_config tritium writes. Folders saved before it was recorded carry none
 # and read as version 1, which they are.
 QUANT_CONFIG_VERSION = 1
