@@ -1,4 +1,4 @@
-"""Grids that are llama.cpp's block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the k-quants Q2_K to Q6_K, TQ1_0 and TQ2_0."""
+"""Grids that are llama.cpp's block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the k-quants Q2_K to Q6_K, TQ1_0, TQ2_0."""
 
 import numpy as np
 import pytest
@@ -52,7 +52,8 @@ def test_the_grid_round_trips_through_its_recipe_mapping(gtype):
 
 
 def test_unknown_types_and_options_are_refused_with_the_known_ones():
-    with pytest.raises(QuantConfigError, match="'q3_0' is unknown.*q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, tq1_0, tq2_0"):
+    with pytest.raises(QuantConfigError, match="'q3_0' is unknown.*q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, "
+                                               "q5_k, q6_k, tq1_0, tq2_0"):
         GGUFBlockGrid("q3_0")
     with pytest.raises(QuantConfigError, match=r"unknown gguf grid option\(s\) \['bits'\]"):
         grid_from_dict({"kind": "gguf", "type": "q4_0", "bits": 4})
@@ -73,7 +74,8 @@ def test_a_width_the_block_does_not_divide_is_refused_naming_width_block_and_wha
 def test_a_256_type_refuses_a_width_256_does_not_divide_naming_llama_cpps_fallback_type(gtype):
     fallback = LLAMA_CPP_FALLBACKS[gtype]
     with pytest.raises(QuantConfigError, match=rf"{gtype.upper()} stores blocks of 256 .*input width 288\. The nearest "
-                                               rf"type that fits is {fallback.upper()}.*\{{kind: gguf, type: {fallback}\}}"):
+                                               rf"type that fits is {fallback.upper()}.*"
+                                               rf"\{{kind: gguf, type: {fallback}\}}"):
         quantize_weight(torch.randn(4, 288), GGUFBlockGrid(gtype))
     with pytest.raises(QuantConfigError, match=f"input width 100, nor do those of {fallback.upper()}.*F16"):
         quantize_weight(torch.randn(4, 100), GGUFBlockGrid(gtype))
@@ -116,7 +118,8 @@ def test_codes_and_fp16_scales_follow_the_format(gtype):
     assert torch.equal(qw.scale.half().float(), qw.scale)  # d is an fp16 value
     if grid.has_min:  # w = d·q + m, m an fp16 value of its own (not d times an integer)
         assert qw.zero is None and torch.equal(qw.shift.half().float(), qw.shift)
-        expected = qw.codes.float() * qw.scale.repeat_interleave(grid.group, 1) + qw.shift.repeat_interleave(grid.group, 1)
+        expected = qw.codes.float() * qw.scale.repeat_interleave(grid.group, 1) + \
+            qw.shift.repeat_interleave(grid.group, 1)
     else:  # w = d·(q − levels/2)
         assert qw.shift is None and bool((qw.zero == grid.levels // 2).all())
         expected = (qw.codes.float() - grid.levels // 2) * qw.scale.repeat_interleave(grid.group, 1)

@@ -26,7 +26,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from ..utils.errors import TritiumError
-from ..quant.grids import GGUFBlockGrid, QuantizedWeight, SubScaleCode, TernaryGrid, UniformGrid
+from ..quant.grids import GGUFBlockGrid, QuantizedWeight, SubScaleCode, TernaryGrid, UniformGrid, sub_block_factors
 
 TQ_BLOCK = 256
 Q4_BLOCK = 32
@@ -127,32 +127,14 @@ def _fifth_bits(q: np.ndarray) -> np.ndarray:
 
 def _sub_block_factors(values: np.ndarray, code: SubScaleCode, part: str, gtype: str, name: str
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Split each row of ``values`` [n_super, sub-blocks] (each d·k with k an integer in ``code``'s range)
-    into an fp16 d per row and the integers k, such that d·k is each value exactly in float32.
-
-    tritium's own rounding puts the value of largest magnitude on ``code``'s longer end, so that count
-    is tried first; rows where it fails (a tiny super-block, or another quantizer's choice) try every
-    other count. Any d that reproduces every value exactly dequantizes identically, since llama.cpp
-    multiplies d·k."""
-    peak = np.take_along_axis(values, np.abs(values).argmax(axis=1)[:, None], axis=1)[:, 0]
-    counts = sorted((c for c in range(code.low, code.high + 1) if c), key=lambda c: (c != code.peak, -abs(c)))
-    d = np.zeros(len(values), np.float32)
-    k = np.zeros(values.shape, np.float32)
-    todo = np.flatnonzero(peak != 0)
-    for count in counts:
-        if not todo.size:
-            break
-        found = (peak[todo] / np.float32(count)).astype(np.float32)
-        ks = np.rint(values[todo] / found[:, None])
-        ok = (found.astype(np.float16).astype(np.float32) == found) & (ks >= code.low).all(1) & (
-            ks <= code.high).all(1) & ((found[:, None] * ks.astype(np.float32)) == values[todo]).all(1)
-        d[todo[ok]], k[todo[ok]] = found[ok], ks[ok]
-        todo = todo[~ok]
-    if todo.size:
+    """Each row of ``values`` [n_super, sub-blocks] as an fp16 d and the integers k with d·k each value
+    exactly (:func:`~tritium.quant.grids.sub_block_factors`), or an error naming the tensor."""
+    d, k, exact = sub_block_factors(torch.from_numpy(np.ascontiguousarray(values)), code)
+    if not bool(exact.all()):
         raise GGUFTypeError(f"{name}: its sub-block {part}s are not {code.bits}-bit multiples of one fp16 value per "
                             f"256 weights, so {gtype.upper()} cannot hold them exactly; quantize on the gguf {gtype} "
                             "grid again")
-    return d, k.astype(np.int16)
+    return d.numpy(), k.numpy().astype(np.int16)
 
 
 def _fp16(values: np.ndarray) -> np.ndarray:

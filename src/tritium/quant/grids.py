@@ -721,6 +721,34 @@ def _sub_block_multiples(values: Tensor, code: SubScaleCode, nonzero: bool) -> T
     return d * k
 
 
+def sub_block_factors(values: Tensor, code: SubScaleCode) -> tuple[Tensor, Tensor, Tensor]:
+    """Split each row of ``values`` [n, sub-blocks] (each d·k with k an integer in ``code``'s range) into
+    one fp16 d per row and the integers k, with d·k each value exactly in float32; the inverse of
+    :func:`_sub_block_multiples`, for the encoder and for TesseraQ's DST, which tunes d.
+
+    tritium's own rounding puts the value of largest magnitude on ``code``'s longer end, so that count
+    is tried first; rows where it fails (a tiny super-block, or another quantizer's choice) try every
+    other count. Any d that reproduces every value exactly dequantizes identically, since llama.cpp
+    multiplies d·k. Returns (d [n], k [n, sub-blocks], exact [n]); an all-zero row is d = 0, k = 0.
+    """
+    values = values.float()
+    peak = _signed_peak(values)
+    counts = sorted((c for c in range(code.low, code.high + 1) if c), key=lambda c: (c != code.peak, -abs(c)))
+    d, k = torch.zeros_like(peak), torch.zeros_like(values)
+    exact = peak == 0
+    for count in counts:
+        todo = (~exact).nonzero().squeeze(1)
+        if not todo.numel():
+            break
+        found = peak[todo] / count
+        steps = torch.round(values[todo] / found.unsqueeze(1))
+        ok = (as_fp16_values(found) == found) & (steps >= code.low).all(1) & (steps <= code.high).all(1) & (
+            (found.unsqueeze(1) * steps) == values[todo]).all(1)
+        d[todo[ok]], k[todo[ok]] = found[ok], steps[ok]
+        exact[todo[ok]] = True
+    return d, k, exact
+
+
 def _k_quant_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip: Tensor | float
                     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The k-quants: each sub-block's scale (and min) from the sub-block fits, then per super-block
