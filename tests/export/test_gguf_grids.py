@@ -1,5 +1,6 @@
 """Models quantized on a GGUF grid export to that very type, losslessly, and llama.cpp runs them like tritium."""
 
+import gguf
 import llama_cpp  # noqa: F401  (installed with the project: if it is missing these tests fail, never skip)
 import numpy as np
 import pytest
@@ -130,9 +131,9 @@ def test_scales_that_are_not_fp16_values_are_refused_rather_than_rounded():
         encode_tensor(qw, GGMLQuantizationType.Q8_0)
 
 
-def small_llama(hidden=256, seed=0):
-    model = tiny_model("llama", seed=seed, hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
-                       num_key_value_heads=2)
+def small_llama(hidden=256, seed=0, intermediate=None):
+    model = tiny_model("llama", seed=seed, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                       num_attention_heads=4, num_key_value_heads=2)
     with torch.no_grad():  # sharper attention and logits, so a wrong q/k row order would show
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(4)
@@ -147,8 +148,6 @@ def _file_type(path):
 
 @pytest.mark.parametrize("gtype", TYPES)
 def test_llama_cpp_runs_a_gguf_grid_model_like_tritium(tmp_path, tokenizer, gtype):
-    import gguf
-
     model = small_llama()
     result = quantize_(model, RTNConfig(grid=GGUFBlockGrid(gtype)))
     report = write_gguf(model, tmp_path / "m.gguf", result.weights, tokenizer=tokenizer)
@@ -202,3 +201,20 @@ def test_fake_and_packed_folders_on_a_gguf_grid_export_losslessly(tmp_path, toke
     down = tensors["blk.1.ffn_down.weight"]
     want = result.weights["model.layers.1.mlp.down_proj"].dequantize().numpy()
     assert np.array_equal(decode_tensor(np.asarray(down.data), down.tensor_type).reshape(want.shape), want)
+
+
+def test_a_model_with_fallback_linears_exports_each_in_its_own_type_and_runs_in_llama_cpp(tmp_path, tokenizer):
+    from tritium.export.hf import save_fake_quantized
+    from tritium.quant import grid_to_dict
+
+    model = small_llama(intermediate=288)  # the down projections read 288 inputs: Q4_0, as llama.cpp's quantize does
+    result = quantize_(model, RTNConfig(grid=GGUFBlockGrid("q2_k")))
+    assert sorted(result.details["gguf_fallbacks"]) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    folder = tmp_path / "model"
+    save_fake_quantized(model, tokenizer, folder, "rtn", grid_to_dict(result.grid), (), result.method_args,
+                        weights=result.weights, grid_overrides=result.grid_overrides_dict())
+    report = export_model(folder, "gguf", tmp_path / "m.gguf").details["gguf"]
+    assert report.type_counts() == {"Q2_K": 12, "Q4_0": 2, "F32": 5, "F16": 2} and report.max_abs_error == 0.0
+    assert report.tensor_types["blk.1.ffn_down.weight"] == "Q4_0"
+    assert _file_type(tmp_path / "m.gguf") == gguf.LlamaFileType.MOSTLY_Q2_K
+    assert_llama_cpp_matches(tmp_path / "m.gguf", model, LOGIT_TOLERANCE["q2_k"])
