@@ -94,7 +94,12 @@ def quantize_recipe(options) -> dict:
         value = getattr(options, option)
         if option in ("checkpoint_dir", "offload_dir"):
             value = value or None  # an empty folder name is no folder
-        if value is not None:
+        if option == "grid" and value is not None:  # a kind, or gguf:<type> for the kind and its type together
+            from ..quant.grids import parse_grid_name
+
+            for setting, part in parse_grid_name(value).items():
+                changes[f"grid.{setting}"], flags[f"grid.{setting}"] = part, "--grid"
+        elif value is not None:
             changes[key], flags[key] = value, flag_of(option)
     if options.rotate is not None:  # --rotate keeps the recipe's rotation settings where it has them
         changes["rotate"], flags["rotate"] = (recipe.rotate or True) if options.rotate else False, "--rotate"
