@@ -711,7 +711,7 @@ def _sub_block_multiples(values: Tensor, code: SubScaleCode, nonzero: bool) -> T
     of largest magnitude onto ``code``'s longer end, k = round(value/d) in ``code``'s range. ``nonzero``:
     k is never 0 (a sub-block scale, which methods divide by). Returns the exact float32 products d·k."""
     d = as_fp16_values(_signed_peak(values).unsqueeze(-1) / code.peak)
-    if nonzero or code.signed:  # d = 0 only where every value is 0: then any d gives k = 0
+    if nonzero or code.signed:  # only the mins may keep d = 0 (every one of them 0, so every m is 0)
         d = torch.where(d.abs() < FP16_SMALLEST, torch.full_like(d, FP16_SMALLEST), d)
     ratio = torch.where(d != 0, values / d, torch.zeros_like(values))
     k = torch.round(ratio).clamp(code.low, code.high)
