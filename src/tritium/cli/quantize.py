@@ -14,7 +14,9 @@ def add_quantize_parser(sub) -> None:
     add_model_args(q)
     q.add_argument("--recipe", help=f"a YAML file or a shipped recipe: {', '.join(recipe_names())}")
     q.add_argument("--method", help="quantization method (rtn, ...)")
-    q.add_argument("--grid", choices=["uniform", "ternary"], help="grid kind")
+    q.add_argument("--grid", help="grid kind: uniform, ternary, or a llama.cpp block format gguf:TYPE (gguf:q4_0, "
+                                  "q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, tq1_0, tq2_0), exact to the "
+                                  "GGUF export")
     q.add_argument("--bits", type=int, help="bits of the uniform grid (2, 3, 4, 8)")
     q.add_argument("--group", type=group_size, help="group size, 'channel' or 'tensor'")
     q.add_argument("--variant", help="ternary variant: absmean, twn, dlt")

@@ -190,8 +190,8 @@ def file_type_of(linear_types: list[GGMLQuantizationType], ttype: str):
     if not linear_types:
         return FILE_TYPES[ttype]
     most = max(set(linear_types), key=lambda t: (linear_types.count(t), t.value))
-    if most == GGMLQuantizationType.Q4_K:  # the file type with Q4_K in most tensors
-        return gguf.LlamaFileType.MOSTLY_Q4_K_S
+    if most in (GGMLQuantizationType.Q3_K, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K):
+        return getattr(gguf.LlamaFileType, f"MOSTLY_{most.name}_S")  # the file type with it in most tensors
     return getattr(gguf.LlamaFileType, f"MOSTLY_{most.name}", FILE_TYPES[ttype])
 
 

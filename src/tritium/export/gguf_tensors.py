@@ -11,9 +11,10 @@ TQ blocks are written by the ``gguf`` package's own quantizer: for a block holdi
 because their generic quantizers search a min/max range and would not keep the codes.
 
 A model quantized on a GGUF grid (:class:`~tritium.quant.grids.GGUFBlockGrid`: Q4_0, Q4_1,
-Q5_0, Q5_1, Q8_0, Q4_K) is written in that very type: its codes, fp16 d and fp16 m (for Q4_K
-d, dmin and the 6-bit sc, m they multiply) go into the blocks bit for bit, so llama.cpp's
-dequantizer gives exactly tritium's float32 weights.
+Q5_0, Q5_1, Q8_0, the k-quants Q2_K to Q6_K, TQ1_0 and TQ2_0) is written in that very type:
+its codes, fp16 d and fp16 m (for the k-quants d, dmin and the sub-block integers sc, m they
+multiply) go into the blocks bit for bit, so llama.cpp's dequantizer gives exactly tritium's
+float32 weights. The byte layouts are llama.cpp's block structs (ggml-common.h).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from ..utils.errors import TritiumError
-from ..quant.grids import K_SCALE_BITS, GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid
+from ..quant.grids import GGUFBlockGrid, QuantizedWeight, SubScaleCode, TernaryGrid, UniformGrid, sub_block_factors
 
 TQ_BLOCK = 256
 Q4_BLOCK = 32
@@ -124,41 +125,26 @@ def _fifth_bits(q: np.ndarray) -> np.ndarray:
     return words.astype("<u4").reshape(-1, 1).view(np.uint8)
 
 
-def _six_bit_factors(values: np.ndarray, part: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Split each row of ``values`` [n_super, sub-blocks] (each d·k with k a 6-bit integer) into an
-    fp16 d per row and the integers k, such that d·k is each value exactly in float32.
+def _sub_block_factors(values: np.ndarray, code: SubScaleCode, part: str, gtype: str, name: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``values`` [n_super, sub-blocks] as an fp16 d and the integers k with d·k each value
+    exactly (:func:`~tritium.quant.grids.sub_block_factors`), or an error naming the tensor."""
+    d, k, exact = sub_block_factors(torch.from_numpy(np.ascontiguousarray(values)), code)
+    if not bool(exact.all()):
+        raise GGUFTypeError(f"{name}: its sub-block {part}s are not {code.bits}-bit multiples of one fp16 value per "
+                            f"256 weights, so {gtype.upper()} cannot hold them exactly; quantize on the gguf {gtype} "
+                            "grid again")
+    return d.numpy(), k.numpy().astype(np.int16)
 
-    tritium's own rounding makes the largest k 63, so d = largest/63 is tried first; rows where it
-    fails (a tiny super-block, or another quantizer's choice) try the other counts 62..1. Any d
-    that reproduces every value exactly dequantizes identically, since llama.cpp multiplies d·k."""
-    top = 2**K_SCALE_BITS - 1
-    peak = values.max(axis=1)
 
-    def try_count(rows: np.ndarray, count: np.ndarray):
-        d = (peak[rows] / count).astype(np.float32)
-        k = np.rint(values[rows] / np.where(d > 0, d, 1)[:, None])
-        ok = (d.astype(np.float16).astype(np.float32) == d) & (k >= 0).all(1) & (k <= top).all(1) & (
-            (d[:, None] * k.astype(np.float32)) == values[rows]).all(1)
-        return d, k, ok
-
-    d = np.zeros(len(values), np.float32)
-    k = np.zeros(values.shape, np.float32)
-    todo = np.flatnonzero(peak > 0)
-    for count in range(top, 0, -1):
-        if not todo.size:
-            break
-        found_d, found_k, ok = try_count(todo, np.float32(count))
-        d[todo[ok]], k[todo[ok]] = found_d[ok], found_k[ok]
-        todo = todo[~ok]
-    if todo.size or (values < 0).any():
-        raise GGUFTypeError(f"{name}: its sub-block {part}s are not 6-bit multiples of one fp16 value per 256 "
-                            "weights, so Q4_K cannot hold them exactly; quantize on the gguf q4_k grid again")
-    return d, k.astype(np.uint8)
+def _fp16(values: np.ndarray) -> np.ndarray:
+    """One fp16 per row as [n, 2] bytes (the values are fp16 values already)."""
+    return values.astype(np.float16).view(np.uint8).reshape(-1, 2)
 
 
 def _six_bit_pairs(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Eight 6-bit scales and mins per super-block → llama.cpp's 12 bytes: bytes 0–3 and 4–7 hold
-    sc/m of sub-blocks 0–3 in their low 6 bits and the top 2 bits of sub-blocks 4–7's; bytes 8–11
+    """Eight 6-bit scales and mins per super-block → llama.cpp's 12 bytes (Q4_K, Q5_K): bytes 0–3 and 4–7
+    hold sc/m of sub-blocks 0–3 in their low 6 bits and the top 2 bits of sub-blocks 4–7's; bytes 8–11
     hold the low 4 bits of sub-blocks 4–7's sc (low nibble) and m (high nibble)."""
     low_sc, high_sc, low_m, high_m = sc[:, :4], sc[:, 4:], m[:, :4], m[:, 4:]
     first = low_sc | ((high_sc >> 4) << 6)
@@ -167,21 +153,100 @@ def _six_bit_pairs(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.concatenate([first, second, third], axis=1).astype(np.uint8)
 
 
+def _sixteen_six_bit_scales(sc: np.ndarray) -> np.ndarray:
+    """Sixteen 6-bit scales per super-block (Q3_K, as sc + 32) → 12 bytes: bytes 0–7 hold the low 4 bits
+    of sub-blocks 0–7 (low nibble) and 8–15 (high nibble); byte 8 + j%4 holds the top 2 bits of
+    sub-block j at bit 2·(j // 4)."""
+    u = (sc + 32).astype(np.uint8)
+    low = (u[:, :8] & 0x0F) | ((u[:, 8:] & 0x0F) << 4)
+    high = (u >> 4).reshape(-1, 4, 4) << (2 * np.arange(4, dtype=np.uint8))[None, :, None]
+    return np.concatenate([low, np.bitwise_or.reduce(high, axis=1)], axis=1).astype(np.uint8)
+
+
+def _crumbs(q: np.ndarray) -> np.ndarray:
+    """[n, 256] 2-bit values → [n, 64] bytes: per 128 weights, byte l holds weights l, l+32, l+64, l+96
+    at bits 0, 2, 4, 6 (Q2_K, Q3_K's low bits, Q6_K's high bits, TQ2_0)."""
+    q = q.reshape(len(q), -1, 4, 32).astype(np.uint8)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(len(q), -1)
+
+
+def _bit_planes(bits: np.ndarray) -> np.ndarray:
+    """[n, 256] single bits → [n, 32] bytes: byte l holds weight 32·b + l at bit b (Q3_K's hmask, Q5_K's qh)."""
+    planes = bits.reshape(len(bits), 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None]
+    return np.bitwise_or.reduce(planes, axis=1)
+
+
+def _nibble_pairs(q: np.ndarray, span: int) -> np.ndarray:
+    """[n, 256] 4-bit values → [n, 128] bytes: per 2·``span`` weights, byte l holds weight l (low nibble) and
+    weight l + ``span`` (high nibble); Q4_K/Q5_K pair within 64 weights, Q6_K within 128."""
+    q = q.reshape(len(q), -1, 2, span).astype(np.uint8)
+    return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(len(q), -1)
+
+
+def _trits(q: np.ndarray) -> np.ndarray:
+    """[n, 256] codes 0..2 → TQ1_0's 52 bytes: weights 0–159 as 32 bytes of 5 trits (byte l: weights
+    l, l+32, ..., most significant first), 160–239 as 16 more (stride 16), 240–255 as 4 bytes of 4
+    trits (stride 4); each byte holds ⌈v·256/243⌉ of its base-3 value v, which llama.cpp's
+    multiply-and-shift decoder reads back."""
+    q = q.astype(np.uint16)
+
+    def pack(part: np.ndarray, digits: int, stride: int) -> np.ndarray:
+        part = part.reshape(len(q), digits, stride)
+        powers = 3 ** np.arange(4, 4 - digits, -1, dtype=np.uint16)  # 81, 27, ... (4 digits leave the 1s at 0)
+        value = (part * powers[None, :, None]).sum(axis=1)
+        return ((value * 256 + 242) // 243).astype(np.uint8)
+
+    return np.concatenate([pack(q[:, :160], 5, 32), pack(q[:, 160:240], 5, 16), pack(q[:, 240:], 4, 4)], axis=1)
+
+
 def _k_quant_blocks(qw: QuantizedWeight, name: str) -> np.ndarray:
-    """Q4_K super-blocks: fp16 d and dmin, the 12 bytes of 6-bit sc and m, then 128 bytes of codes
-    (per 64 weights, 32 bytes: the first 32 codes in the low nibbles, the next 32 in the high)."""
+    """The k-quants' super-blocks, from the sub-block products d·sc (and −dmin·m) and the codes:
+
+    * Q2_K (84 bytes): 16 bytes sc | m << 4, 64 bytes of 2-bit codes, fp16 d, fp16 dmin;
+    * Q3_K (110): 32 bytes of the codes' third bits, 64 of their low 2 bits, 12 of sc + 32, fp16 d;
+    * Q4_K (144): fp16 d, fp16 dmin, 12 bytes of 6-bit sc and m, 128 bytes of 4-bit codes;
+    * Q5_K (176): as Q4_K, with the codes' fifth bits (32 bytes) before their low 4 bits;
+    * Q6_K (210): 128 bytes of the codes' low 4 bits, 64 of their top 2, 16 int8 sc, fp16 d.
+    """
     grid: GGUFBlockGrid = qw.grid
-    if qw.zero is not None or qw.shift is None:
-        raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight holds −dmin·m as its shift and no zero point")
+    gtype, fmt = grid.type, grid.format
+    if grid.has_min and (qw.zero is not None or qw.shift is None):
+        raise GGUFTypeError(f"{name}: a {gtype.upper()} weight holds −dmin·m as its shift and no zero point")
+    if not grid.has_min and (qw.shift is not None or qw.zero is None or bool((qw.zero != grid.fixed_zero).any())):
+        raise GGUFTypeError(f"{name}: a {gtype.upper()} weight needs the fixed zero {grid.fixed_zero} and no shift; "
+                            "these codes were made on another grid")
     per_super = grid.super_block // grid.group
     scale = qw.scale.detach().cpu().float().numpy().reshape(-1, per_super)
-    lowered = -qw.shift.detach().cpu().float().numpy().reshape(-1, per_super)
-    d, sc = _six_bit_factors(scale, "scale", name)
-    dmin, m = _six_bit_factors(lowered, "min", name)
-    q = qw.codes.cpu().numpy().astype(np.uint8).reshape(-1, grid.super_block // 64, 2, 32)
-    codes = (q[:, :, 0, :] | (q[:, :, 1, :] << 4)).reshape(len(d), -1)
-    header = [d.astype(np.float16).view(np.uint8).reshape(-1, 2), dmin.astype(np.float16).view(np.uint8).reshape(-1, 2)]
-    return np.concatenate([*header, _six_bit_pairs(sc, m), codes], axis=1)
+    d, sc = _sub_block_factors(scale, fmt.sub_scale, "scale", gtype, name)
+    q = qw.codes.cpu().numpy().astype(np.uint8).reshape(len(d), grid.super_block)
+    if grid.has_min:
+        lowered = -qw.shift.detach().cpu().float().numpy().reshape(-1, per_super)
+        if (lowered < 0).any():
+            raise GGUFTypeError(f"{name}: a sub-block min raises its sub-block, but {gtype.upper()}'s mins only "
+                                f"lower it; quantize on the gguf {gtype} grid again")
+        dmin, m = _sub_block_factors(lowered, fmt.sub_min, "min", gtype, name)
+        sc, m = sc.astype(np.uint8), m.astype(np.uint8)
+        if gtype == "q2_k":
+            return np.concatenate([sc | (m << 4), _crumbs(q), _fp16(d), _fp16(dmin)], axis=1)
+        parts = [_fp16(d), _fp16(dmin), _six_bit_pairs(sc, m)]
+        if gtype == "q5_k":
+            parts.append(_bit_planes(q >> 4))
+        return np.concatenate([*parts, _nibble_pairs(q & 0x0F, 32)], axis=1)
+    if gtype == "q3_k":
+        return np.concatenate([_bit_planes(q >> 2), _crumbs(q & 0x03), _sixteen_six_bit_scales(sc), _fp16(d)], axis=1)
+    # q6_k
+    return np.concatenate([_nibble_pairs(q & 0x0F, 64), _crumbs(q >> 4), sc.astype(np.int8).view(np.uint8), _fp16(d)],
+                          axis=1)
+
+
+def _ternary_blocks(qw: QuantizedWeight, name: str) -> np.ndarray:
+    """TQ1_0 (54 bytes: 52 of trits, fp16 d) or TQ2_0 (66 bytes: 64 of 2-bit codes, fp16 d) blocks."""
+    grid: GGUFBlockGrid = qw.grid
+    if qw.shift is not None or qw.zero is None or bool((qw.zero != grid.fixed_zero).any()):
+        raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight needs the fixed zero 1 and no shift")
+    q = qw.codes.cpu().numpy().astype(np.uint8).reshape(-1, grid.group)
+    codes = _trits(q) if grid.type == "tq1_0" else _crumbs(q)
+    return np.concatenate([codes, _fp16_bytes(qw.scale, "scale (d)", name)], axis=1)
 
 
 def _gguf_grid_blocks(qw: QuantizedWeight, qtype: GGMLQuantizationType, name: str) -> np.ndarray:
@@ -192,6 +257,8 @@ def _gguf_grid_blocks(qw: QuantizedWeight, qtype: GGMLQuantizationType, name: st
                             f"not {qtype.name}")
     if grid.super_block:
         return _k_quant_blocks(qw, name)
+    if grid.is_ternary:
+        return _ternary_blocks(qw, name)
     if grid.has_min and (qw.zero is not None or qw.shift is None):
         raise GGUFTypeError(f"{name}: a {grid.type.upper()} weight holds its min as the shift and no zero point")
     if not grid.has_min and (qw.shift is not None or qw.zero is None or bool((qw.zero != grid.fixed_zero).any())):

@@ -44,8 +44,8 @@ EVAL_OPTIONS = [("datasets", "eval"), ("zeroshot", "zeroshot"), ("limit", "limit
                 ("zeroshot_limit", "zeroshot_limit"), ("seqlen", "seqlen"), ("batch_size", "batch_size"),
                 ("scorers", "harness")]
 JOB_EVAL_OPTIONS = [(f"eval.{key}", option) for key, option in EVAL_OPTIONS]
-# the same for the rest of a quantize job's recipe
-RECIPE_OPTIONS = [("grid.kind", "grid"), ("grid.bits", "bits"), ("grid.group", "group"), ("grid.variant", "variant"),
+# the same for the rest of a quantize job's recipe (--grid, which may set the kind and a GGUF type, apart)
+RECIPE_OPTIONS = [("grid.bits", "bits"), ("grid.group", "group"), ("grid.variant", "variant"),
                   ("grid.symmetric", "symmetric"), ("grid.ragged_groups", "ragged_groups"), ("method", "method"),
                   ("method_args.skip", "skip"), ("method_args.checkpoint_dir", "checkpoint_dir"),
                   ("method_args.offload_dir", "offload_dir"), ("method_args.bits_budget", "bits_budget"),
@@ -111,7 +111,14 @@ def quantize_recipe(options) -> dict:
         print(f"tritium: --method {options.method} without --recipe: starting from recipe {recipe_name}",
               file=sys.stderr)
     recipe = load_recipe_object(recipe_name)
-    changes, flags = option_changes(options, RECIPE_OPTIONS)
+    changes, flags = {}, {}
+    if options.grid is not None:  # a kind, or gguf:<type> for both; first, so that a kind's change keeps --bits
+        from ..quant.grids import parse_grid_name
+
+        for setting, part in parse_grid_name(options.grid).items():
+            changes[f"grid.{setting}"], flags[f"grid.{setting}"] = part, "--grid"
+    more_changes, more_flags = option_changes(options, RECIPE_OPTIONS)
+    changes, flags = changes | more_changes, flags | more_flags
     if options.rotate is not None:  # --rotate keeps the recipe's rotation settings where it has them
         changes["rotate"], flags["rotate"] = (recipe.rotate or True) if options.rotate else False, "--rotate"
     return overridden(recipe, changes, flags).to_dict()

@@ -94,7 +94,14 @@ def _int_value(field) -> int | None:
 
 
 def check_group_divides(grid, widths: dict[str, int]) -> None:
-    """A group size must divide every quantized input width, unless the grid allows a ragged last group."""
+    """A group size must divide every quantized input width, unless the grid allows a ragged last group;
+    a GGUF grid's type falls back per linear instead, so only a width no fallback fits is refused."""
+    if getattr(grid, "kind", None) == "gguf":
+        from ..quant.grids import gguf_fallback_grid
+
+        for name, width in sorted(widths.items()):
+            gguf_fallback_grid(grid, width, name)
+        return
     group = getattr(grid, "group", None)
     if not isinstance(group, int) or getattr(grid, "ragged_groups", False):
         return
@@ -260,7 +267,8 @@ def check_linear_groups(model, config) -> None:
     for name, module in selected_linears(decoder_layout(model), config.skip).items():
         grid = config.grid_for(name)
         group = getattr(grid, "group", None)
-        if isinstance(group, int) and not getattr(grid, "ragged_groups", False) and module.in_features % group:
+        if getattr(grid, "kind", None) == "gguf" or (
+                isinstance(group, int) and not getattr(grid, "ragged_groups", False) and module.in_features % group):
             check_group_divides(grid, {name: module.in_features})
 
 

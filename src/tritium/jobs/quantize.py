@@ -119,7 +119,7 @@ def quantize(job: QuantizeJob) -> QuantizeResult:
         "the saved model holds fake-quant float weights, so its file size is that of a float checkpoint")]
     if "smollm2" in str(job.model).lower() and getattr(grid, "bits", None) == 4 and grid.group in (32, 16, 8):
         notes.append("SmolLM2's shipped weights are already 4-bit with groups of 32: this result is trivially lossless")
-    notes += [note for note in [steps.resume_note(rows[-1])] if note]
+    notes += [note for note in [steps.resume_note(rows[-1]), steps.gguf_fallback_note(rows[-1])] if note]
     summary = {"title": f"{job.model} {tag}", "model": str(job.model), "source": source.describe(),
                "recipe": recipe, "peak_rss_mb": steps.peak_rss_megabytes(), "notes": notes}
     if job.generate:

@@ -209,6 +209,8 @@ def quantized_row(model, result, evaluation: dict, file_bytes: int | None, secon
                 "quantize_seconds_this_piece": result.seconds, "seconds_this_piece": seconds}
     if "mixed_precision" in result.details:  # the bit allocation per layer, for results.json and results.md
         row["mixed_precision"] = result.details["mixed_precision"]
+    if "gguf_fallbacks" in result.details:  # the linears on llama.cpp's fallback type, with their widths
+        row["gguf_fallbacks"] = result.details["gguf_fallbacks"]
     return row
 
 
@@ -246,6 +248,17 @@ def peak_rss_megabytes() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gguf_fallback_note(row: dict) -> str | None:
+    """A line for the report naming every linear that a GGUF grid's type could not hold (None if none)."""
+    fallbacks = row.get("gguf_fallbacks")
+    if not fallbacks:
+        return None
+    listed = "; ".join(f"{name} ({spec['in_features']} wide): {spec['type'].upper()} instead of "
+                       f"{spec['instead_of'].upper()}" for name, spec in sorted(fallbacks.items()))
+    return (f"{len(fallbacks)} linears are on llama.cpp's fallback type, as its quantize tool stores them, because "
+            f"their type's blocks do not divide their input width: {listed}")
 
 
 def resume_note(row: dict) -> str | None:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..calib.pipeline import BlockContext, BlockResult
-from ..quant.grids import Grid, GroupLayout, QuantConfigError, TernaryGrid
+from ..quant.grids import GGUFBlockGrid, Grid, GroupLayout, QuantConfigError, TernaryGrid
 from .base import register_method
 from .calibrated import CalibratedConfig, block_grids, run_calibrated
 from .grid_params import GroupParams, fake_quant_with, layout_for, nearest_codes, pack, rtn_params
@@ -208,7 +208,7 @@ def fold_scale(block: nn.Module, producer: str, consumers: tuple[str, ...], s: T
 
 
 def clip_ratios(grid: Grid, config: AWQConfig) -> list[float]:
-    if isinstance(grid, TernaryGrid):
+    if isinstance(grid, TernaryGrid) or (isinstance(grid, GGUFBlockGrid) and grid.is_ternary):  # TQ1_0, TQ2_0 too
         low, high = config.ternary_scale_range
         ratios = torch.linspace(low, high, config.clip_n_grid).tolist()
         return sorted(set([1.0] + ratios))

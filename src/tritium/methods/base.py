@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..models.adapters import DecoderLayout, decoder_layout
-from ..quant.grids import Grid, QuantConfigError, QuantizedWeight, UniformGrid, grid_from_dict, grid_to_dict
+from ..quant.grids import (Grid, QuantConfigError, QuantizedWeight, UniformGrid, gguf_fallback_grid, grid_from_dict,
+                           grid_to_dict)
 
 
 @dataclass
@@ -196,6 +197,30 @@ def selected_linears(layout: DecoderLayout, skip: tuple[str, ...]) -> dict[str, 
     return chosen
 
 
+def apply_gguf_fallbacks(config: MethodConfig, entry: MethodEntry, linears: dict[str, nn.Linear]
+                         ) -> tuple[MethodConfig, dict]:
+    """Put each linear whose width its GGUF grid's row multiple does not divide on the type llama.cpp's
+    quantize tool falls back to (:func:`~tritium.quant.grids.gguf_fallback_grid`), as a grid override.
+
+    Returns the config and ``{"gguf_fallbacks": {name: {"type", "instead_of", "in_features"}}}`` for the
+    result's details (empty when nothing falls back). A width no fallback fits is refused."""
+    fallbacks = {}
+    for name, module in linears.items():
+        grid = config.grid_for(name)
+        fallback = gguf_fallback_grid(grid, module.weight.shape[1], name)
+        if fallback is not None:
+            fallbacks[name] = {"type": fallback.type, "instead_of": grid.type, "in_features": module.weight.shape[1]}
+    if not fallbacks:
+        return config, {}
+    if not entry.per_linear_grids:
+        raise QuantConfigError(f"method {entry.name!r} quantizes every linear on one grid, but {len(fallbacks)} "
+                               f"linears (e.g. {next(iter(fallbacks))}) need a GGUF fallback type: use rtn, gptq, "
+                               "awq or tesseraq, or skip those linears")
+    grids = {name: config.grid_for(name) for name in linears}
+    grids.update({name: grid_from_dict({"kind": "gguf", "type": spec["type"]}) for name, spec in fallbacks.items()})
+    return replace(config, grid_overrides=grids), {"gguf_fallbacks": fallbacks}
+
+
 @torch.no_grad()
 def quantize_(model: nn.Module, config: MethodConfig, calibration: torch.Tensor | None = None) -> QuantizationResult:
     """Quantize ``model`` in place with the method ``config`` selects.
@@ -221,11 +246,13 @@ def quantize_(model: nn.Module, config: MethodConfig, calibration: torch.Tensor 
         mixed_details = {"mixed_precision": allocation.report()}
     elif config.grid_overrides:
         config = replace(config, grid_overrides={name: config.grid_for(name) for name in linears})
+    config, fallback_details = apply_gguf_fallbacks(config, entry, linears)
     weights, details = entry.handler(model, layout, config, linears, calibration)
     for name, qweight in weights.items():
         module = linears[name]
         module.weight.data.copy_(qweight.dequantize(module.weight.dtype).to(module.weight.device))
     overrides = {name: q.grid for name, q in weights.items() if q.grid != config.grid}
     return QuantizationResult(entry.name, config.grid, weights, time.perf_counter() - start,
-                              method_args=config.method_args(), details={**details, **mixed_details},
+                              method_args=config.method_args(),
+                              details={**details, **mixed_details, **fallback_details},
                               grid_overrides=overrides)

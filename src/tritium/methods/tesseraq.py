@@ -10,7 +10,8 @@ Per block, after AWQ's scale fold and clipping fix each group's scale/zero (or t
   weights start equal to the float weights. On a ternary grid the same rule rounds
   between the two neighbouring levels of {−1, 0, 1};
 * every group gets a DST factor 2·h(v) (v = 0 gives 1), multiplying only the
-  dequantization scale, so it lies in [0, 2] by construction;
+  dequantization scale, so it lies in [0, 2] by construction; on a GGUF k-quant, whose
+  sub-block scales are integers times one fp16 d per 256 weights, each super-block's d does;
 * a schedule of stages hardens the most confident soft variables (|h(r) − ½| largest)
   until only ``soft_fractions[k]`` of each linear's variables stay soft; each stage runs
   Adam on the L2 distance between the block's output on the quantized stream and the
@@ -32,7 +33,7 @@ from torch.func import functional_call
 
 from ..calib.pipeline import BlockContext, BlockResult, finite_guard
 from ..calib.capture import NonFiniteError
-from ..quant.grids import GGUFBlockGrid, QuantConfigError, as_fp16_values
+from ..quant.grids import GGUFBlockGrid, QuantConfigError, as_fp16_values, sub_block_factors
 from .awq import AWQConfig, awq_transform
 from .base import register_method
 from .calibrated import block_grids, run_calibrated
@@ -82,20 +83,19 @@ class RoundingState:
 
     def __init__(self, name: str, weight: Tensor, params: GroupParams, grid, device, tune_scale: bool = True):
         self.name, self.grid, self.tune_scale = name, grid, tune_scale
-        if tune_scale and isinstance(grid, GGUFBlockGrid) and grid.super_block:
-            raise QuantConfigError(
-                f"{name}: TesseraQ's DST tunes every group's scale on its own, but {grid.type.upper()} stores its "
-                "sub-block scales as 6-bit multiples of one fp16 d per 256 weights: run TesseraQ with dst: false "
-                "on this grid")
         w = weight.detach().float().to(device)
         self.layout = layout_for(w, grid, name)
         self.params = params.to(device)
+        # A k-quant's sub-block scales are d·sc with one fp16 d per super-block: DST tunes that d (each
+        # super-block's factor), since a factor per sub-block would leave the sc integers.
+        self.super_block_d = _super_block_d(name, grid, self.params.scale) if tune_scale else None
         self.lo, self.hi = code_range(grid)
         x = to_levels(w, self.params, self.layout)
         self.base = torch.floor(x)
         fraction = x - self.base
         self.r = inverse_rectified_sigmoid(fraction).requires_grad_(True)
-        self.v = torch.zeros(self.layout.scale_shape, device=device, requires_grad=True)
+        dst_shape = self.layout.scale_shape if self.super_block_d is None else self.super_block_d[0].shape
+        self.v = torch.zeros(dst_shape, device=device, requires_grad=True)
         # Weights outside the grid's range round to its edge whatever h is: hard from the start.
         self.hard = (x < self.lo) | (x > self.hi)
         self.hard_value = torch.round(fraction)
@@ -147,12 +147,22 @@ class RoundingState:
         return torch.clamp(self.base + h, self.lo, self.hi)
 
     def scale(self, exact: bool) -> Tensor:
+        """The dequantization scale with DST's factors: each group's fp16 scale times its factor, or for a
+        k-quant each super-block's fp16 d times its factor, times the sub-blocks' fixed integers sc."""
         if not self.tune_scale:
             return self.params.scale
-        scale = self.params.scale * self.dst_factor()
+        if self.super_block_d is None:
+            stored, integers = self.params.scale * self.dst_factor(), None
+        else:
+            d, integers = self.super_block_d
+            stored = d * self.dst_factor()
         if exact:
-            return as_fp16_values(scale.detach())
-        return scale + (as_fp16_values(scale.detach()) - scale).detach()  # fp16 rounding, straight-through
+            stored = as_fp16_values(stored.detach())
+        else:  # fp16 rounding, straight-through
+            stored = stored + (as_fp16_values(stored.detach()) - stored).detach()
+        if integers is None:
+            return stored
+        return stored.repeat_interleave(integers.shape[1] // stored.shape[1], dim=1) * integers
 
     def weight(self, exact: bool = False) -> Tensor:
         """Soft weight for training, or (``exact``) the hard weight exactly as it will be stored."""
@@ -170,6 +180,19 @@ class RoundingState:
             raise RuntimeError(f"{self.name}: {self.soft_count()} rounding variables are still soft")
         params = GroupParams(self.scale(exact=True), self.params.zero, self.params.shift)
         return pack(self.codes(soft=False).detach(), params, self.grid, self.layout), params
+
+
+def _super_block_d(name: str, grid, scale: Tensor) -> tuple[Tensor, Tensor] | None:
+    """A k-quant's sub-block scales ``[out, sub-blocks]`` as (fp16 d per super-block ``[out, super-blocks]``,
+    the integers sc ``[out, sub-blocks]``); None for every other grid."""
+    if not (isinstance(grid, GGUFBlockGrid) and grid.super_block):
+        return None
+    rows, per_super = scale.shape[0], grid.super_block // grid.group
+    d, integers, exact = sub_block_factors(scale.reshape(-1, per_super), grid.format.sub_scale)
+    if not bool(exact.all()):
+        raise QuantConfigError(f"{name}: its sub-block scales are not integer multiples of one fp16 d per 256 weights, "
+                               f"as {grid.type.upper()} stores them: start TesseraQ from rtn or awq parameters")
+    return d.reshape(rows, -1), integers.reshape(rows, -1)
 
 
 class BlockReconstruction:

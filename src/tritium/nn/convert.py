@@ -154,7 +154,7 @@ def packed_to_quantized(weight: PackedWeight | PackedLinear, grid, name: str = "
                                zero=grouped(zero, "zero point"))
     if isinstance(grid, GGUFBlockGrid):
         stored_zero = None if grid.has_min else float(grid.fixed_zero)
-        if weight.radix != 2**grid.bits or weight.zero is not None or (shift is not None) != grid.has_min or (
+        if weight.radix != grid.levels or weight.zero is not None or (shift is not None) != grid.has_min or (
                 stored_zero is not None and weight.implicit_zero != stored_zero):
             raise PackError(f"{name}: this packed weight (radix {weight.radix}, "
                             f"{'a shift' if shift is not None else 'no shift'}, zero "

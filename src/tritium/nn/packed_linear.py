@@ -154,12 +154,12 @@ class QuantLinear(PackedLinear):
 
 
 class GGUFBlockLinear(PackedLinear):
-    """A llama.cpp block format (:class:`~tritium.quant.grids.GGUFBlockGrid`): k-bit digits per 32-weight
-    block with the format's implicit zero 2^(k−1) (``_0`` types) or an fp16 min as the shift (``_1`` types)."""
+    """A llama.cpp block format (:class:`~tritium.quant.grids.GGUFBlockGrid`): base-``levels`` digits per block
+    (sub-block for the k-quants) with the format's implicit zero (the types without a min) or its min as the shift."""
 
     def __init__(self, in_features: int, out_features: int, *, grid: GGUFBlockGrid, bias: bool = False,
                  scale_dtype: torch.dtype = torch.float16, device=None):
-        super().__init__(in_features, out_features, radix=2**grid.bits, group_size=grid.group, bias=bias,
+        super().__init__(in_features, out_features, radix=grid.levels, group_size=grid.group, bias=bias,
                          has_shift=grid.has_min, implicit_zero=float(grid.fixed_zero or 0), scale_dtype=scale_dtype,
                          device=device)
 

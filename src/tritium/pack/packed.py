@@ -140,7 +140,7 @@ def pack_quantized(qweight: QuantizedWeight, ternary_layout: str = "base3", scal
         if grid.symmetric and bool((zero == 2 ** (grid.bits - 1)).all()):
             zero, implicit_zero = None, float(2 ** (grid.bits - 1))
     elif isinstance(grid, GGUFBlockGrid):
-        radix = 2**grid.bits  # 5-bit codes take a byte each here; the GGUF file packs them densely
+        radix = grid.levels  # 5- and 6-bit codes take a byte each here; the GGUF file packs them densely
         if grid.super_block:  # d·sc and dmin·m are exact float32 products, not fp16 values
             dtype = torch.float32
         digits, implicit_zero = codes, 0.0

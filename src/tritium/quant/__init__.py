@@ -17,6 +17,8 @@ from .grids import (  # noqa: F401
     absmean_ternary_ste,
     dequantize,
     fake_quantize,
+    gguf_fallback_grid,
+    parse_grid_name,
     grid_from_dict,
     grid_layout,
     grid_to_dict,

@@ -127,29 +127,69 @@ class TernaryGrid:
         return f"ternary-{self.variant}{_group_tag(self.group)}"
 
 
-# k-quant sub-block scales and mins are 6-bit integer multiples of the super-block's fp16 d and dmin
-K_SCALE_BITS = 6
 FP16_SMALLEST = 2.0**-24  # the smallest positive fp16 value (a subnormal)
 
 
 @dataclass(frozen=True)
+class SubScaleCode:
+    """How a k-quant stores each sub-block's scale (or min): an integer k of ``bits`` bits, signed or not,
+    times one fp16 value per super-block (d, or dmin for the mins)."""
+
+    bits: int
+    signed: bool = False
+
+    @property
+    def low(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def high(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def peak(self) -> int:
+        """The integer the super-block's largest-magnitude value maps to: the longer end of the range."""
+        return self.low if self.signed else self.high
+
+
+@dataclass(frozen=True)
 class GGUFBlockType:
-    """One of llama.cpp's block formats; the codes are ``bits``-bit integers q.
+    """One of llama.cpp's block formats; the codes are integers q in 0..levels−1.
 
     Simple types: each ``block`` weights of a row share an fp16 scale d and, for the ``_1``
-    types, an fp16 min m. ``_0``: w = d·(q − 2^(bits−1)) (Q8_0 stores q − 128 as int8);
-    ``_1``: w = d·q + m.
-    k-quants (``super_block`` set): each super-block holds an fp16 d and dmin and, per
-    sub-block of ``block`` weights, 6-bit integers sc and m: w = (d·sc)·q − dmin·m.
+    types, an fp16 min m. ``_0``: w = d·(q − zero) with zero = levels/2 (Q8_0 stores q − 128 as
+    int8); ``_1``: w = d·q + m. TQ1_0/TQ2_0 are ``_0`` types with three levels and blocks of 256.
+    k-quants (``super_block`` set): each super-block of 256 holds an fp16 d (and dmin) and, per
+    sub-block of ``block`` weights, integers sc (and m) coded by ``sub_scale`` (``sub_min``):
+    w = (d·sc)·q − dmin·m with a min, w = (d·sc)·(q − zero) without one.
     """
 
     name: str
-    bits: int
+    levels: int
     has_min: bool
     block: int = 32
     super_block: int | None = None
-    # the type llama.cpp's quantize tool stores a tensor in when the super-block does not divide its width
+    sub_scale: SubScaleCode | None = None
+    sub_min: SubScaleCode | None = None
+    code_bits: float | None = None  # stored bits per code, where not log2(levels) (TQ1_0's 5 trits a byte)
+    # the type llama.cpp's quantize tool stores a tensor in when this type's row multiple does not divide
+    # its width (llama-quant.cpp's tensor_type_fallback); None: the type needs only its 32-weight block
     fallback: str | None = None
+
+    @property
+    def bits(self) -> int | float:
+        """Bits of information per code: k for 2^k levels, log2(3) for the ternary types."""
+        exact = self.levels.bit_length() - 1
+        return exact if 2**exact == self.levels else math.log2(self.levels)
+
+    @property
+    def is_ternary(self) -> bool:
+        return self.levels == 3
+
+    @property
+    def fixed_zero(self) -> int | None:
+        """The implicit zero of the types without a min (levels/2: code 0 is the range's longer end)."""
+        return None if self.has_min else self.levels // 2
 
     @property
     def row_multiple(self) -> int:
@@ -158,21 +198,34 @@ class GGUFBlockType:
 
     @property
     def bits_per_weight(self) -> float:
-        """As llama.cpp stores it: the codes plus one fp16 d (and m) per block, or for the
-        k-quants an fp16 d and dmin per super-block and a 6-bit sc and m per sub-block."""
-        if self.super_block:
-            per_super = 2 * 16 + (self.super_block // self.block) * 2 * K_SCALE_BITS
-            return self.bits + per_super / self.super_block
-        return self.bits + 16 * (2 if self.has_min else 1) / self.block
+        """As llama.cpp stores it: the codes plus one fp16 d (and m) per block, or for the k-quants an
+        fp16 d (and dmin) per super-block and the coded sc (and m) per sub-block."""
+        codes = self.code_bits if self.code_bits is not None else float(self.bits)
+        header = 16 * (2 if self.has_min else 1)
+        if not self.super_block:
+            return codes + header / self.block
+        per_sub = self.sub_scale.bits + (self.sub_min.bits if self.sub_min else 0)
+        return codes + (header + (self.super_block // self.block) * per_sub) / self.super_block
 
 
+SIX_BITS, FOUR_BITS = SubScaleCode(6), SubScaleCode(4)
 GGUF_BLOCK_TYPES = {t.name: t for t in (
-    GGUFBlockType("q4_0", 4, has_min=False),
-    GGUFBlockType("q4_1", 4, has_min=True),
-    GGUFBlockType("q5_0", 5, has_min=False),
-    GGUFBlockType("q5_1", 5, has_min=True),
-    GGUFBlockType("q8_0", 8, has_min=False),
-    GGUFBlockType("q4_k", 4, has_min=True, super_block=256, fallback="q5_0"),
+    GGUFBlockType("q4_0", 16, has_min=False),
+    GGUFBlockType("q4_1", 16, has_min=True),
+    GGUFBlockType("q5_0", 32, has_min=False),
+    GGUFBlockType("q5_1", 32, has_min=True),
+    GGUFBlockType("q8_0", 256, has_min=False),
+    GGUFBlockType("q2_k", 4, has_min=True, block=16, super_block=256, sub_scale=FOUR_BITS, sub_min=FOUR_BITS,
+                  fallback="q4_0"),
+    GGUFBlockType("q3_k", 8, has_min=False, block=16, super_block=256, sub_scale=SubScaleCode(6, signed=True),
+                  fallback="q4_0"),
+    GGUFBlockType("q4_k", 16, has_min=True, super_block=256, sub_scale=SIX_BITS, sub_min=SIX_BITS, fallback="q5_0"),
+    GGUFBlockType("q5_k", 32, has_min=True, super_block=256, sub_scale=SIX_BITS, sub_min=SIX_BITS, fallback="q5_1"),
+    GGUFBlockType("q6_k", 64, has_min=False, block=16, super_block=256, sub_scale=SubScaleCode(8, signed=True),
+                  fallback="q8_0"),
+    # 240 weights as 5 trits a byte, the last 16 as 4 a byte: 52 bytes for 256 codes
+    GGUFBlockType("tq1_0", 3, has_min=False, block=256, code_bits=52 * 8 / 256, fallback="q4_0"),
+    GGUFBlockType("tq2_0", 3, has_min=False, block=256, code_bits=2.0, fallback="q4_0"),
 )}
 
 
@@ -181,13 +234,14 @@ class GGUFBlockGrid:
     """A grid that is exactly a llama.cpp block format, so a method rounds under the format's
     own constraints and GGUF export stores its codes and scales unchanged.
 
-    Codes are uint8 0..2^bits−1 in the :class:`QuantizedWeight`: the ``_0`` types keep the
-    format's fixed zero 2^(bits−1) as ``zero``; the ``_1`` types keep m as ``shift`` (a float,
+    Codes are uint8 0..levels−1 in the :class:`QuantizedWeight`. The types without a min keep the
+    format's fixed zero (levels/2) as ``zero``; the ``_1`` types keep m as ``shift`` (a float,
     not scale × integer, so it cannot be a zero point), giving w = d·q + m in the same float32
     operations as llama.cpp's dequantizer. d and m are fp16 values; d may be negative, as
     llama.cpp's Q4_0/Q5_0 reference makes it (the value of largest magnitude maps to code 0).
-    Q4_K's groups are its 32-weight sub-blocks: ``scale`` holds d·sc and ``shift`` −dmin·m,
-    both exact float32 products (not fp16 values), as llama.cpp's dequantizer forms them.
+    The k-quants' groups are their sub-blocks: ``scale`` holds d·sc and ``shift`` −dmin·m, both
+    exact float32 products (not fp16 values), as llama.cpp's dequantizer forms them. TQ1_0/TQ2_0
+    are ternary: codes 0..2 around the zero 1, one fp16 d per 256 weights.
     """
 
     type: str = "q4_0"
@@ -205,8 +259,12 @@ class GGUFBlockGrid:
         return GGUF_BLOCK_TYPES[self.type]
 
     @property
-    def bits(self) -> int:
+    def bits(self) -> int | float:
         return self.format.bits
+
+    @property
+    def levels(self) -> int:
+        return self.format.levels
 
     @property
     def group(self) -> int:
@@ -214,7 +272,7 @@ class GGUFBlockGrid:
 
     @property
     def super_block(self) -> int | None:
-        """The k-quants' 256-weight super-block (one fp16 d and dmin); None for the simple types."""
+        """The k-quants' 256-weight super-block (one fp16 d and dmin); None for the other types."""
         return self.format.super_block
 
     @property
@@ -230,17 +288,21 @@ class GGUFBlockGrid:
         return self.format.has_min
 
     @property
+    def is_ternary(self) -> bool:
+        return self.format.is_ternary
+
+    @property
     def max_code(self) -> int:
-        return 2**self.bits - 1
+        return self.format.levels - 1
 
     @property
     def fixed_zero(self) -> int | None:
-        """The ``_0`` types' implicit zero 2^(bits−1); None for the ``_1`` types, which store a min."""
-        return None if self.has_min else 2 ** (self.bits - 1)
+        """The implicit zero of the types without a min (levels/2); None for those that store a min."""
+        return self.format.fixed_zero
 
     @property
     def code_bits(self) -> float:
-        return float(self.bits)
+        return self.format.code_bits if self.format.code_bits is not None else float(self.bits)
 
     @property
     def bits_per_weight(self) -> float:
@@ -278,6 +340,23 @@ def grids_from_dicts(grid_overrides: dict | None) -> dict:
     return {name: grid_from_dict(spec) for name, spec in (grid_overrides or {}).items()}
 
 
+def parse_grid_name(text: str) -> dict:
+    """A grid named in one word, as ``tritium quantize --grid`` takes it: ``uniform`` or ``ternary`` (a kind,
+    whose other settings come from the recipe and flags) or ``gguf:<type>`` for a llama.cpp block format,
+    e.g. ``gguf:q2_k`` → ``{kind: gguf, type: q2_k}``. An unknown GGUF type is refused, naming the known ones."""
+    kind, colon, gguf_type = str(text).strip().partition(":")
+    known = ", ".join(f"gguf:{name}" for name in GGUF_BLOCK_TYPES)
+    if kind == "gguf":
+        if not gguf_type:
+            raise QuantConfigError(f"--grid gguf needs a block type after a colon: one of {known}")
+        if gguf_type.lower() not in GGUF_BLOCK_TYPES:
+            raise QuantConfigError(f"--grid {text}: GGUF type {gguf_type!r} is unknown; the GGUF grids are {known}")
+        return {"kind": "gguf", "type": gguf_type.lower()}
+    if colon or kind not in _GRID_CLASSES:
+        raise QuantConfigError(f"--grid {text!r} is not a grid: use uniform, ternary or one of {known}")
+    return {"kind": kind}
+
+
 def grid_to_dict(grid: Grid) -> dict:
     out = {"kind": grid.kind}
     out.update({k: getattr(grid, k) for k in grid.__dataclass_fields__ if k != "kind"})
@@ -288,18 +367,32 @@ def grid_layout(shape: tuple[int, ...], grid: Grid, name: str = "weight") -> "Gr
     """How ``grid`` splits a weight of ``shape`` into groups; a GGUF block that does not divide
     the width is refused here, with the format's own terms."""
     if isinstance(grid, GGUFBlockGrid) and len(shape) == 2 and shape[1] % grid.format.row_multiple:
-        width, fallback = shape[1], grid.format.fallback
-        if fallback and width % GGUF_BLOCK_TYPES[fallback].row_multiple == 0:
-            advice = (f"The nearest type that fits is {fallback.upper()}, what llama.cpp's quantize falls back to: "
-                      f"put this linear on {{kind: gguf, type: {fallback}}} (grid_overrides), or skip it")
-        else:
-            advice = ("No GGUF block type fits a width that 32 does not divide, so llama.cpp keeps such a tensor "
-                      "in F16: skip this linear (it stays in float), or quantize the model on a uniform grid with "
-                      "ragged_groups=true")
+        fallback = gguf_fallback_grid(grid, shape[1], name)  # refuses a width no type fits
         raise QuantConfigError(
             f"{name}: GGUF {grid.type.upper()} stores blocks of {grid.format.row_multiple} weights along the input "
-            f"dimension, which do not divide its input width {width}. {advice}")
+            f"dimension, which do not divide its input width {shape[1]}. The nearest type that fits is "
+            f"{fallback.type.upper()}, what llama.cpp's quantize falls back to (and tritium's methods do by "
+            f"themselves): put this linear on {{kind: gguf, type: {fallback.type}}} (grid_overrides), or skip it")
     return GroupLayout.for_weight(tuple(shape), grid.group, grid.ragged_groups, name=name)
+
+
+def gguf_fallback_grid(grid: Grid, width: int, name: str = "weight") -> GGUFBlockGrid | None:
+    """The grid a linear of input width ``width`` is quantized on instead of the GGUF grid ``grid``,
+    when ``grid``'s row multiple does not divide it: the type llama.cpp's quantize tool falls back to
+    (Q2_K, Q3_K, TQ1_0, TQ2_0 → Q4_0; Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0). None where ``grid``
+    fits, or is no GGUF grid. A width that no fallback fits either (32 does not divide it) is refused:
+    llama.cpp would store that tensor in F16, which is no quantization grid."""
+    if not isinstance(grid, GGUFBlockGrid) or width % grid.format.row_multiple == 0:
+        return None
+    fallback = grid.format.fallback
+    if fallback is not None and width % GGUF_BLOCK_TYPES[fallback].row_multiple == 0:
+        return GGUFBlockGrid(fallback)
+    also = f", nor do those of {fallback.upper()}, what llama.cpp's quantize falls back to" if fallback else ""
+    raise QuantConfigError(
+        f"{name}: GGUF {grid.type.upper()} stores blocks of {grid.format.row_multiple} weights along the input "
+        f"dimension, which do not divide its input width {width}{also}. No GGUF block type holds a row that 32 "
+        "does not divide (llama.cpp keeps such a tensor in F16): skip this linear (it stays in float), or "
+        "quantize the model on a uniform grid with ragged_groups=true")
 
 
 # --------------------------------------------------------------------------- groups
@@ -501,8 +594,8 @@ def quantize_ternary(w: Tensor, grid: TernaryGrid, layout: GroupLayout | None = 
 
 def gguf_block_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip: Tensor | float = 1.0
                       ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """(d, zero, m) per block by llama.cpp's reference rules, as fp16 values; ``clip`` (≤ 1)
-    shrinks the range as AWQ's clipping search does.
+    """(scale, zero, shift) per block (per sub-block for the k-quants) by the format's rules; ``clip``
+    (≤ 1) shrinks the range as AWQ's clipping search does (for the ternary types it scales d, either way).
 
     Q4_0/Q5_0: d = peak / −2^(bits−1) with peak the block's value of largest magnitude, so
     peak lands on the code range's longer end exactly; Q8_0: d = max|w| / 127; the ``_1``
@@ -512,6 +605,9 @@ def gguf_block_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip:
     w = w.float()
     if grid.super_block:
         return _k_quant_params(w, grid, layout, clip)
+    if grid.is_ternary:
+        d = as_fp16_values((layout.reduce(w, _ternary_scale) * clip).clamp_min(SCALE_EPS))
+        return d, torch.full_like(d, float(grid.fixed_zero)), None
     if grid.has_min:
         low = as_fp16_values(layout.reduce(w, lambda g: g.amin(-1)) * clip)
         high = layout.reduce(w, lambda g: g.amax(-1)) * clip
@@ -521,15 +617,30 @@ def gguf_block_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip:
     if grid.bits == 8:
         d = layout.reduce(w, lambda g: g.abs().amax(-1)) * clip / (half - 1)
     else:
-        peak = layout.reduce(w, lambda g: g.gather(-1, g.abs().argmax(-1, keepdim=True)).squeeze(-1))
-        d = peak * clip / -half
+        d = layout.reduce(w, _signed_peak) * clip / -half
     # an all-zero block would divide by zero: give it the smallest scale, its codes all land on the zero
     d = as_fp16_values(torch.where(d.abs() < SCALE_EPS, torch.full_like(d, SCALE_EPS), d))
     return d, torch.full_like(d, half), None
 
 
-# Q4_K's sub-block search tries 2^bits − 1 + t levels across the range for these t, as llama.cpp's
-# reference quantizer does, and refits scale and min by least squares for each
+def _signed_peak(x: Tensor) -> Tensor:
+    """The value of largest magnitude along the last axis, with its sign."""
+    return x.gather(-1, x.abs().argmax(-1, keepdim=True)).squeeze(-1)
+
+
+def _ternary_scale(x: Tensor) -> Tensor:
+    """The least-squares ternary scale along the last axis: keeping the k largest |w| at ±α costs
+    Σw² − (Σ top-k |w|)²/k with α their mean, so the best k maximises (Σ top-k |w|)²/k, and nearest
+    rounding against that α keeps the same weights. (llama.cpp's reference takes α = max|w|, which
+    zeroes most of a block that is not ternary already.)"""
+    kept_sum = x.abs().sort(-1, descending=True).values.cumsum(-1)
+    counts = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=kept_sum.dtype)
+    best = (kept_sum.pow(2) / counts).argmax(-1, keepdim=True)
+    return (kept_sum.gather(-1, best) / (best + 1)).squeeze(-1)
+
+
+# The k-quants' sub-block search tries max_code + t levels across the range for these t, as llama.cpp's
+# reference quantizers do, and refits the scale (and min) by least squares for each
 K_RANGE_STEPS = [step / 10 for step in range(-10, 11)]
 
 
@@ -571,25 +682,100 @@ def _k_sub_block_fit(w: Tensor, layout: GroupLayout, max_code: int, clip: Tensor
     return best_scale.squeeze(-1), best_min.squeeze(-1)
 
 
-def _k_quant_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip: Tensor | float
-                    ) -> tuple[Tensor, None, Tensor]:
-    """Q4_K: each sub-block's scale and min (≥ 0, as −b: llama.cpp's mins only lower a
-    sub-block) from :func:`_k_sub_block_fit`; per super-block d and dmin = the largest of
-    them / 63 as fp16, sc = round(scale / d) ∈ 1..63 (never 0, so no scale divides by zero),
-    m = round(min / dmin) ∈ 0..63. Returns (d·sc, None, −dmin·m) per sub-block.
+def _k_signed_sub_block_fit(w: Tensor, layout: GroupLayout, half: int, clip: Tensor | float) -> Tensor:
+    """Each sub-block's signed scale s (w ≈ s·q, q in −half..half−1): peak/−half, which puts the value
+    of largest magnitude on the range's longer end, or a least-squares refit after rounding with a
+    slightly wider or narrower step, whichever leaves the smaller squared error. Shape ``layout.scale_shape``."""
+    rows, n_groups = layout.scale_shape
+    x = w.reshape(rows, n_groups, layout.group_size)
+    clip = clip.unsqueeze(-1) if isinstance(clip, Tensor) else clip
+    peak = _signed_peak(x).unsqueeze(-1) * clip
+    peak = torch.where(peak.abs() < SCALE_EPS, torch.full_like(peak, SCALE_EPS), peak)
+
+    def error(scale):
+        q = torch.round(x / scale).clamp(-half, half - 1)
+        return (q * scale - x).pow(2).sum(-1, keepdim=True)
+
+    best_scale = peak / -half
+    best_error = error(best_scale)
+    for step in K_RANGE_STEPS:
+        q = torch.round(x * (-(half + step) / peak)).clamp(-half, half - 1)
+        sum_qq = (q * q).sum(-1, keepdim=True)
+        scale = (q * x).sum(-1, keepdim=True) / sum_qq.clamp_min(1e-12)
+        usable = (sum_qq > 0) & (scale.abs() > SCALE_EPS)
+        scale = torch.where(usable, scale, best_scale)
+        candidate = error(scale)
+        better = candidate < best_error
+        best_scale = torch.where(better, scale, best_scale)
+        best_error = torch.where(better, candidate, best_error)
+    return best_scale.squeeze(-1)
+
+
+def _sub_block_multiples(values: Tensor, code: SubScaleCode, nonzero: bool) -> Tensor:
+    """``values`` [rows, super-blocks, sub-blocks] as d·k: per super-block an fp16 d that maps the value
+    of largest magnitude onto ``code``'s longer end, k = round(value/d) in ``code``'s range. ``nonzero``:
+    k is never 0 (a sub-block scale, which methods divide by). Returns the exact float32 products d·k."""
+    d = as_fp16_values(_signed_peak(values).unsqueeze(-1) / code.peak)
+    if nonzero or code.signed:  # only the mins may keep d = 0 (every one of them 0, so every m is 0)
+        d = torch.where(d.abs() < FP16_SMALLEST, torch.full_like(d, FP16_SMALLEST), d)
+    ratio = torch.where(d != 0, values / d, torch.zeros_like(values))
+    k = torch.round(ratio).clamp(code.low, code.high)
+    if nonzero:  # a scale too small for one step of d still gets one, on its own side
+        one = torch.ones_like(k)
+        k = torch.where(k == 0, torch.where(ratio < 0, -one, one), k)
+    return d * k
+
+
+def sub_block_factors(values: Tensor, code: SubScaleCode) -> tuple[Tensor, Tensor, Tensor]:
+    """Split each row of ``values`` [n, sub-blocks] (each d·k with k an integer in ``code``'s range) into
+    one fp16 d per row and the integers k, with d·k each value exactly in float32; the inverse of
+    :func:`_sub_block_multiples`, for the encoder and for TesseraQ's DST, which tunes d.
+
+    tritium's own rounding puts the value of largest magnitude on ``code``'s longer end, so that count
+    is tried first; rows where it fails (a tiny super-block, or another quantizer's choice) try every
+    other count. Any d that reproduces every value exactly dequantizes identically, since llama.cpp
+    multiplies d·k. Returns (d [n], k [n, sub-blocks], exact [n]); an all-zero row is d = 0, k = 0.
     """
-    sub_scale, sub_low = _k_sub_block_fit(w, layout, grid.max_code, clip)
-    rows, n_groups = sub_scale.shape
+    values = values.float()
+    peak = _signed_peak(values)
+    counts = sorted((c for c in range(code.low, code.high + 1) if c), key=lambda c: (c != code.peak, -abs(c)))
+    d, k = torch.zeros_like(peak), torch.zeros_like(values)
+    exact = peak == 0
+    for count in counts:
+        todo = (~exact).nonzero().squeeze(1)
+        if not todo.numel():
+            break
+        found = peak[todo] / count
+        steps = torch.round(values[todo] / found.unsqueeze(1))
+        ok = (as_fp16_values(found) == found) & (steps >= code.low).all(1) & (steps <= code.high).all(1) & (
+            (found.unsqueeze(1) * steps) == values[todo]).all(1)
+        d[todo[ok]], k[todo[ok]] = found[ok], steps[ok]
+        exact[todo[ok]] = True
+    return d, k, exact
+
+
+def _k_quant_params(w: Tensor, grid: GGUFBlockGrid, layout: GroupLayout, clip: Tensor | float
+                    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The k-quants: each sub-block's scale (and min) from the sub-block fits, then per super-block
+    one fp16 d (and dmin) with the sub-block values its integer multiples (:func:`_sub_block_multiples`).
+
+    Q2_K, Q4_K, Q5_K: scale > 0 and min ≥ 0 (as −b: llama.cpp's mins only lower a sub-block), sc in
+    1..15 (Q2_K) or 1..63 (never 0, so no scale divides by zero), m in 0..15 or 0..63; returns
+    (d·sc, None, −dmin·m). Q3_K, Q6_K: a signed scale, sc in −32..31 or −128..127 and never 0; returns
+    (d·sc, zero, None) with the format's zero 4 or 32.
+    """
+    rows, n_groups = layout.scale_shape
     per_super = grid.super_block // grid.group
-    sub_scale = sub_scale.reshape(rows, n_groups // per_super, per_super)
-    sub_min = (-sub_low).reshape(rows, n_groups // per_super, per_super)
-    top = 2**K_SCALE_BITS - 1
-    d = as_fp16_values(sub_scale.amax(-1, keepdim=True) / top).clamp_min(FP16_SMALLEST)
-    sc = torch.round(sub_scale / d).clamp(1, top)
-    dmin = as_fp16_values(sub_min.amax(-1, keepdim=True) / top)
-    m = torch.where(dmin > 0, torch.round(sub_min / dmin.clamp_min(FP16_SMALLEST)).clamp(0, top),
-                    torch.zeros_like(sub_min))
-    return (d * sc).reshape(rows, n_groups), None, (-(dmin * m)).reshape(rows, n_groups)
+    by_super = lambda t: t.reshape(rows, n_groups // per_super, per_super)  # noqa: E731
+    code = grid.format.sub_scale
+    if grid.has_min:
+        sub_scale, sub_low = _k_sub_block_fit(w, layout, grid.max_code, clip)
+        scale = _sub_block_multiples(by_super(sub_scale), code, nonzero=True)
+        lowered = _sub_block_multiples(by_super(-sub_low), grid.format.sub_min, nonzero=False)
+        return scale.reshape(rows, n_groups), None, (-lowered).reshape(rows, n_groups)
+    sub_scale = _k_signed_sub_block_fit(w, layout, grid.fixed_zero, clip)
+    scale = _sub_block_multiples(by_super(sub_scale), code, nonzero=True).reshape(rows, n_groups)
+    return scale, torch.full_like(scale, float(grid.fixed_zero)), None
 
 
 def affine_codes(w: Tensor, scale: Tensor, zero: Tensor | None, shift: Tensor | None, max_code: int,

@@ -185,7 +185,7 @@ class GridSpec:
     symmetric: bool | None = None  # uniform only
     variant: str | None = None  # ternary only: absmean, twn or dlt
     ragged_groups: bool | None = None
-    type: str | None = None  # gguf only: the llama.cpp block format (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k)
+    type: str | None = None  # gguf only: the llama.cpp block format (q4_0, ..., q2_k, ..., q6_k, tq1_0, tq2_0)
 
     def __post_init__(self):
         where = _where_for(self)
@@ -398,7 +398,8 @@ class Recipe:
                                   f"are {', '.join(SECTIONS)}")
             current = dict(data.get(section) or {})
             if (section, path) == ("grid", ["kind"]) and value != current.get("kind"):
-                current = {"group": current["group"]} if "group" in current else {}
+                keeps_group = "group" in current and "group" in GRID_KEYS.get(value, ())  # a GGUF type fixes its own
+                current = {"group": current["group"]} if keeps_group else {}
             data[section] = current
             for part in path[:-1]:
                 inner = current.get(part)
