@@ -80,8 +80,8 @@ def test_bad_requests_fail_clearly_and_leave_the_old_file(tmp_path, tokenizer):
     target = tmp_path / "m.gguf"
     target.write_bytes(b"previous")
     model, result = ternary_llama(hidden=192)
-    with pytest.raises(GGUFTypeError, match="TQ1_0 cannot hold"):
-        write_gguf(model, target, result.weights, "tq1_0", allow_fallback=False, tokenizer=tokenizer)
+    with pytest.raises(GGUFTypeError, match="TQ1_0 cannot hold"):  # found midway: the old file must survive
+        write_gguf(model, target, result.weights, "tq1_0", allow_fallback=False, tokenizer=tokenizer, overwrite=True)
     with pytest.raises(GGUFExportError, match="tokenizer"):
         write_gguf(model, target, result.weights, "tq1_0")
     with pytest.raises(GGUFExportError, match="must be one of"):

@@ -1,13 +1,16 @@
-"""Write a quantized Llama, Mistral, Qwen2 or Gemma model as a GGUF file that llama.cpp runs.
+"""Write a quantized Llama, Mistral, Qwen2, Qwen3 or Gemma model as a GGUF file that llama.cpp runs.
 
 Decoder linears quantized on a GGUF grid go to that grid's own type, bit for bit; ternary
 ones go to TQ1_0/TQ2_0 where they fit, else to an exact fallback
 (:mod:`tritium.export.gguf_tensors`); norms stay F32; embeddings and the output head
 take the type the user chooses. Tensor names come from the ``gguf`` package's own
-HF→GGUF name map. The file is validated after writing: every tensor is read back,
-dequantized with gguf's reference code and compared with the model's weights. It is
-sealed with its own sha256 (:mod:`tritium.utils.gguf_file`), so a damaged copy is refused
-on load instead of giving different weights.
+HF→GGUF name map, the vocabulary from the model's HF tokenizer through gguf's vocab helpers
+(:mod:`tritium.export.gguf_vocab`). Everything llama.cpp cannot reproduce (an unknown family,
+activation, rope scaling or tokenizer) is refused before a file is created. The file is validated
+after writing: every tensor is read back, dequantized with gguf's reference code and compared with
+the model's weights, and llama.cpp, where installed, must tokenize as HF does. It is sealed with its
+own sha256 (:mod:`tritium.utils.gguf_file`), so a damaged copy is refused on load instead of giving
+different weights.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..utils.io import TEMPORARY_SUFFIX, temporary_prefix
 from ..models.adapters import decoder_layout
 from ..quant.grids import GGUFBlockGrid, QuantizedWeight
 from .gguf_tensors import TERNARY_TYPES, choose_tensor_type, decode_tensor, encode_tensor
+from .gguf_vocab import check_llama_cpp_tokenization, read_hf_vocab
 
 
 @dataclass(frozen=True)
@@ -37,19 +41,26 @@ class GGUFArch:
     name: str  # llama.cpp's architecture name (the metadata key prefix)
     arch: gguf.MODEL_ARCH
     # llama.cpp's "llama" rope rotates interleaved pairs, HF's rotate_half the two halves of each head: q/k
-    # rows are reordered for it. Qwen2 and Gemma run llama.cpp's NEOX rope, which is HF's order.
+    # rows (weights and biases) are reordered for it. Qwen2/3 and Gemma run llama.cpp's NEOX rope, HF's order.
     permute_rope: bool
+    # The MLP activations llama.cpp's graph for the architecture computes (HF's names for them).
+    activations: tuple[str, ...] = ("silu",)
     # Gemma's RMSNorm scales by (1 + w); llama.cpp reads the scale itself, so 1 is added on export.
     norm_offset: float = 0.0
     # llama.cpp's gemma graph always reuses the embedding as the output head.
     needs_tied_head: bool = False
+    # Only llama.cpp's llama graph reads per-frequency rope factors (the rope_freqs tensor Llama-3.1+ needs).
+    rope_factors: bool = False
 
 
 ARCHITECTURES = {
-    "llama": GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permute_rope=True),
-    "mistral": GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permute_rope=True),
+    "llama": GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permute_rope=True, rope_factors=True),
+    "mistral": GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permute_rope=True, rope_factors=True),
     "qwen2": GGUFArch("qwen2", gguf.MODEL_ARCH.QWEN2, permute_rope=False),
-    "gemma": GGUFArch("gemma", gguf.MODEL_ARCH.GEMMA, permute_rope=False, norm_offset=1.0, needs_tied_head=True),
+    "qwen3": GGUFArch("qwen3", gguf.MODEL_ARCH.QWEN3, permute_rope=False),
+    # llama.cpp's gemma graph scales the embedding by sqrt(hidden) itself and computes GELU's tanh form.
+    "gemma": GGUFArch("gemma", gguf.MODEL_ARCH.GEMMA, permute_rope=False, activations=(
+        "gelu_pytorch_tanh", "gelu_new", "gelu_fast"), norm_offset=1.0, needs_tied_head=True),
 }
 EMBEDDING_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16, "q8_0": GGMLQuantizationType.Q8_0}
 FILE_TYPES = {"tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0, "tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0}
@@ -70,6 +81,9 @@ class GGUFReport:
     total_params: int = 0
     file_bytes: int = 0
     max_abs_error: float = 0.0
+    vocabulary: str = ""  # what was written as the tokenizer, and by which gguf helper
+    tokenization_checked: bool = False  # llama.cpp tokenized the probe texts as HF does
+    notes: list[str] = field(default_factory=list)  # where llama.cpp may still differ from the model
 
     @property
     def linear_bits_per_weight(self) -> float:
@@ -122,59 +136,57 @@ def _copy_tokenizer_fields(writer: GGUFWriter, source: str | os.PathLike) -> Non
         writer.add_key_value(key, fld.contents(), vtype, sub_type=sub_type)
 
 
-def _add_bpe_tokenizer(writer: GGUFWriter, tokenizer, n_vocab: int) -> None:
-    """Byte-level BPE vocabularies (GPT-2 style) straight from an HF fast tokenizer."""
-    import json
-
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    if spec["model"]["type"] != "BPE":
-        raise GGUFExportError(
-            f"only byte-level BPE tokenizers can be written from an HF tokenizer (this one is "
-            f"{spec['model']['type']}); pass tokenizer_gguf= a GGUF file holding the model's vocabulary"
-        )
-    vocab = spec["model"]["vocab"]
-    for added in spec.get("added_tokens", []):
-        vocab.setdefault(added["content"], added["id"])
-    tokens = [None] * (max(vocab.values()) + 1)
-    for text, index in vocab.items():
-        tokens[index] = text
-    if any(t is None for t in tokens):
-        raise GGUFExportError("the tokenizer's vocabulary has gaps in its ids; GGUF needs every id")
-    if len(tokens) > n_vocab:
-        raise GGUFExportError(f"the tokenizer has {len(tokens)} tokens but the embedding only {n_vocab} rows")
-    special = {a["id"] for a in spec.get("added_tokens", []) if a.get("special")}
-    n_real = len(tokens)
-    # llama.cpp sizes the vocabulary from the token list: pad it to the embedding's rows, as HF models pad.
-    tokens += [f"[PAD{i}]" for i in range(n_real, n_vocab)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.UNUSED if i >= n_real else
-                            gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
-                            for i in range(len(tokens))])
-    writer.add_token_merges(merges)
-    for setter, token_id in [(writer.add_bos_token_id, tokenizer.bos_token_id),
-                             (writer.add_eos_token_id, tokenizer.eos_token_id)]:
-        if token_id is not None:
-            setter(token_id)
-    writer.add_add_bos_token(False)
-
-
 def gguf_architecture(model) -> GGUFArch:
-    """The llama.cpp architecture for ``model``, or a GGUFExportError naming the ones tritium writes."""
+    """The llama.cpp architecture for ``model``, or a GGUFExportError naming the ones tritium writes.
+
+    Refused as well: what llama.cpp's graph for the architecture would compute differently (another MLP
+    activation, Gemma with its own output head)."""
     config = model.config
     spec = ARCHITECTURES.get(config.model_type)
     if spec is None:
+        graphs = ", ".join(sorted({a.name for a in ARCHITECTURES.values()}))
         raise GGUFExportError(
-            f"GGUF export writes the {', '.join(ARCHITECTURES)} families (llama.cpp's llama, qwen2 and gemma "
-            f"architectures); {config.model_type!r} is not one of them: export it with --format compressed-tensors "
-            "or --format tritium instead")
+            f"GGUF export writes the {', '.join(ARCHITECTURES)} families (llama.cpp's {graphs} architectures); "
+            f"{config.model_type!r} is not one of them: export it with --format compressed-tensors or --format "
+            "tritium instead")
+    activation = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None)
+    if activation not in spec.activations:
+        raise GGUFExportError(
+            f"this {config.model_type} model's MLP uses {activation!r}, but llama.cpp's {spec.name} graph computes "
+            f"{' / '.join(spec.activations)}: its logits would differ; export it with --format compressed-tensors")
     if spec.needs_tied_head and not _head_is_the_embedding(model):
         raise GGUFExportError(
             f"llama.cpp's {spec.name} architecture reuses the embedding as the output head, but this model has "
             "its own lm_head: such a file would compute different logits; export it with --format tritium")
     return spec
+
+
+def rope_frequency_factors(model, spec: GGUFArch) -> torch.Tensor | None:
+    """What llama.cpp divides each rope frequency by, for a model whose rope is scaled (Llama-3.1's "llama3",
+    "linear"); None for plain rope. Read from the frequencies the HF model itself uses, so that any scaling
+    that only rescales frequencies is written exactly; the rest is refused."""
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    rotary = next((m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)), None)
+    if rotary is None:
+        raise GGUFExportError(f"no rotary embedding (a module with inv_freq) was found in this {config.model_type} "
+                              "model: GGUF export needs its rope frequencies")
+    if rope_type in ("dynamic", "yarn", "longrope") or float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
+        raise GGUFExportError(f"this model's rope scaling {rope_type!r} changes with the sequence length or scales "
+                              "attention, which tritium does not write for llama.cpp: export it with --format "
+                              "compressed-tensors")
+    inv_freq = rotary.inv_freq.detach().float().cpu()
+    dim = 2 * inv_freq.numel()
+    theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    plain = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))  # HF's unscaled rope
+    if torch.allclose(inv_freq, plain, rtol=1e-6, atol=0.0):
+        return None
+    if not spec.rope_factors:
+        raise GGUFExportError(f"this {config.model_type} model scales its rope ({rope_type!r}), and llama.cpp's "
+                              f"{spec.name} graph reads no per-frequency factors: export it with --format "
+                              "compressed-tensors")
+    return plain / inv_freq
 
 
 def _head_is_the_embedding(model) -> bool:
@@ -195,9 +207,10 @@ def file_type_of(linear_types: list[GGMLQuantizationType], ttype: str):
     return getattr(gguf.LlamaFileType, f"MOSTLY_{most.name}", FILE_TYPES[ttype])
 
 
-def _add_llama_metadata(writer: GGUFWriter, config, n_vocab: int) -> None:
+def _add_architecture_metadata(writer: GGUFWriter, config, n_vocab: int) -> None:
+    """The hyperparameters llama.cpp's llama, qwen2, qwen3 and gemma graphs read (under the architecture's prefix)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    writer.add_key_length(head_dim)
+    writer.add_key_length(head_dim)  # Gemma's and Qwen3's head_dim need not be hidden / heads
     writer.add_value_length(head_dim)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -212,10 +225,26 @@ def _add_llama_metadata(writer: GGUFWriter, config, n_vocab: int) -> None:
     writer.add_vocab_size(n_vocab)
 
 
+def _sliding_window_note(config) -> str | None:
+    """llama.cpp's llama and qwen2/3 graphs attend over the whole context; a sliding window shorter than it
+    (Mistral v0.1's 4096) then makes long sequences differ."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or not getattr(config, "use_sliding_window", True) or window >= config.max_position_embeddings:
+        return None
+    return (f"the model attends over a sliding window of {window} tokens and llama.cpp over the whole context: "
+            f"outputs match for sequences up to {window} tokens")
+
+
 def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeight], ttype: str = "tq1_0",
                allow_fallback: bool = True, embedding_type: str = "f16", tokenizer=None,
-               tokenizer_gguf: str | os.PathLike | None = None, validate: bool = True) -> GGUFReport:
-    """Write ``model`` with its quantized linears ``weights`` (full name → QuantizedWeight) to ``path``."""
+               tokenizer_gguf: str | os.PathLike | None = None, validate: bool = True,
+               overwrite: bool = False) -> GGUFReport:
+    """Write ``model`` with its quantized linears ``weights`` (full name → QuantizedWeight) to ``path``.
+
+    The vocabulary comes from ``tokenizer`` (the model's HF tokenizer), or is copied from the GGUF file
+    ``tokenizer_gguf``. An existing ``path`` is replaced only with ``overwrite=True``, and only once the
+    new file is complete and validated; a failed export leaves no file behind.
+    """
     if ttype not in TERNARY_TYPES:
         raise GGUFExportError(f"--type must be one of {', '.join(TERNARY_TYPES)}, not {ttype!r}")
     if embedding_type not in EMBEDDING_TYPES:
@@ -225,22 +254,39 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
     if tokenizer is None and tokenizer_gguf is None:
         raise GGUFExportError("GGUF files carry the vocabulary: pass the tokenizer or a GGUF file to copy it from")
     layout = decoder_layout(model)
+    n_vocab = layout.embed_tokens.weight.shape[0]
+    rope_factors = rope_frequency_factors(model, spec)
+    vocab = read_hf_vocab(tokenizer, n_vocab) if tokenizer_gguf is None else None
+    path = Path(path)
+    if path.is_dir():
+        raise GGUFExportError(f"{path} is a folder: a GGUF export is one file; choose a file name such as "
+                              f"{path / 'model.gguf'}")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise GGUFExportError(f"{path} already exists: pass overwrite=True (--overwrite) to replace it, or choose "
+                              "another path")
     name_map = gguf.get_tensor_name_map(spec.arch, layout.num_blocks)
     tied = layout.lm_head is None or layout.lm_head.weight is layout.embed_tokens.weight
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{temporary_prefix(path)}{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")  # cleaned if orphaned
     report = GGUFReport(str(path))
+    if note := _sliding_window_note(config):
+        report.notes.append(note)
     expected: dict[str, np.ndarray] = {}
     exact: set[str] = set()  # tensors on a GGUF grid: they must read back bit for bit
     linear_types: list[GGMLQuantizationType] = []
     writer = GGUFWriter(tmp, spec.name)
     try:
-        _add_llama_metadata(writer, config, layout.embed_tokens.weight.shape[0])
-        if tokenizer_gguf is not None:
+        _add_architecture_metadata(writer, config, n_vocab)
+        if vocab is None:
             _copy_tokenizer_fields(writer, tokenizer_gguf)
+            report.vocabulary = f"copied from {tokenizer_gguf}"
         else:
-            _add_bpe_tokenizer(writer, tokenizer, layout.embed_tokens.weight.shape[0])
+            vocab.add_to(writer)
+            report.vocabulary = vocab.describe()
+            report.notes += vocab.notes
+        if rope_factors is not None:
+            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_factors.numpy())
+            report.tensor_types["rope_freqs.weight"] = "F32"
         for hf_name, param in model.state_dict().items():
             if hf_name.startswith("lm_head") and tied:
                 continue
@@ -248,11 +294,11 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
             if gguf_name is None:
                 raise GGUFExportError(f"no GGUF name for tensor {hf_name!r}")
             module_name, kind = hf_name.rsplit(".", 1)
+            rope_rows = _rope_rows(spec, config, module_name, param.shape[0])
             if module_name in weights and kind == "weight":  # a quantized linear's bias (Qwen2) stays float
                 qw = weights[module_name]
-                if spec.permute_rope and module_name.endswith(("q_proj", "k_proj")):
-                    heads = config.num_attention_heads if module_name.endswith("q_proj") else config.num_key_value_heads
-                    qw = _permute_rows(qw, rope_row_permutation(qw.codes.shape[0], heads))
+                if rope_rows is not None:
+                    qw = _permute_rows(qw, rope_rows)
                 choice = choose_tensor_type(qw, ttype, allow_fallback, name=gguf_name)
                 raw = encode_tensor(qw, choice.qtype, name=gguf_name)
                 writer.add_tensor(gguf_name, raw, raw_dtype=choice.qtype)
@@ -268,6 +314,8 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
                 report.total_bits += raw.size * 8
                 report.total_params += qw.codes.numel()
                 continue
+            if rope_rows is not None:  # a q/k linear left in float, or its bias
+                param = param[rope_rows]
             is_table = hf_name.startswith(("model.embed_tokens", "lm_head"))
             qtype = EMBEDDING_TYPES[embedding_type] if is_table else (
                 GGMLQuantizationType.F32 if param.dim() == 1 else GGMLQuantizationType.F16)
@@ -292,12 +340,23 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
         seal_gguf(tmp)
         if validate:
             report.max_abs_error = validate_gguf(tmp, expected, exact)
+            if vocab is not None:
+                report.tokenization_checked = check_llama_cpp_tokenization(tmp, tokenizer)
         os.replace(tmp, path)
     finally:
+        writer.close()  # a failure midway leaves the temporary open: close it before removing it
         if tmp.exists():
             tmp.unlink()
     report.file_bytes = path.stat().st_size
     return report
+
+
+def _rope_rows(spec: GGUFArch, config, module_name: str, out_features: int) -> torch.Tensor | None:
+    """The row order llama.cpp needs for a q/k projection's weight or bias in the llama graph, else None."""
+    if not spec.permute_rope or not module_name.endswith(("q_proj", "k_proj")):
+        return None
+    heads = config.num_attention_heads if module_name.endswith("q_proj") else config.num_key_value_heads
+    return rope_row_permutation(out_features, heads)
 
 
 def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray], exact: set[str] = frozenset()) -> float:

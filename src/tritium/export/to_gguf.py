@@ -39,7 +39,7 @@ class GGUFExporter(Exporter):
             dequantize_head_(source.model)
         report = write_gguf(source.model, out, source.weights, options["type"],
                             allow_fallback=options["allow_fallback"], embedding_type=options["embedding_type"],
-                            tokenizer=source.tokenizer)
+                            tokenizer=source.tokenizer, overwrite=True)  # export_model checked --overwrite
         counts = ", ".join(f"{k} {v}" for k, v in sorted(report.type_counts().items()))
         if not isinstance(source.grid, (TernaryGrid, GGUFBlockGrid)):
             lines.append(f"note: {source.grid.describe()} is not ternary; TQ types cannot hold it, so its linears "
@@ -47,6 +47,10 @@ class GGUFExporter(Exporter):
         lines += [f"wrote {report.path}: {report.file_bytes / 1e6:.2f} MB; tensor types: {counts}",
                   f"decoder linears: {report.linear_bits_per_weight:.4f} bits/weight; all tensors: "
                   f"{report.total_bits_per_weight:.4f} bits/weight; read-back max error {report.max_abs_error:.3g}"]
+        checked = "llama.cpp tokenizes as HF does" if report.tokenization_checked else (
+            "tokenization not checked (llama-cpp-python is not installed)")
+        lines.append(f"vocabulary: {report.vocabulary}; {checked}")
+        lines += [f"note: {note}" for note in report.notes]
         for name, reason in sorted(report.fallback_reasons.items())[:5]:
             lines.append(f"  fallback {name}: {reason}")
         if len(report.fallback_reasons) > 5:
