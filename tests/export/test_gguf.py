@@ -20,6 +20,9 @@ def ternary_llama(hidden=256, family="llama", **overrides):
                     proj.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(7))
             if family == "gemma":  # (1 + w) norms: a missing offset on export would show
                 layer.input_layernorm.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(8))
+            if family == "qwen3":  # per-head q/k norms: a dropped or misnamed one would show
+                layer.self_attn.q_norm.weight.normal_(1, 0.5, generator=torch.Generator().manual_seed(9))
+                layer.self_attn.k_norm.weight.normal_(1, 0.5, generator=torch.Generator().manual_seed(10))
         model.lm_head.weight.mul_(3)
     result = quantize_(model, RTNConfig(grid=TernaryGrid("absmean", group="channel")))
     return model, result
@@ -55,17 +58,126 @@ def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype,
     assert_llama_cpp_matches(tmp_path / "m.gguf", model)
 
 
-@pytest.mark.parametrize("family, overrides", [("qwen2", {}), ("gemma", {"tie_word_embeddings": True, "head_dim": 64}),
-                                               ("qwen2", {"tie_word_embeddings": True})])
-def test_llama_cpp_runs_qwen2_and_gemma_files_like_tritium(tmp_path, tokenizer, family, overrides):
+@pytest.mark.parametrize("family, overrides, arch", [
+    ("qwen2", {}, "qwen2"), ("qwen2", {"tie_word_embeddings": True}, "qwen2"),
+    ("qwen3", {}, "qwen3"), ("qwen3", {"tie_word_embeddings": True}, "qwen3"),
+    ("mistral", {}, "llama"), ("gemma", {"tie_word_embeddings": True}, "gemma")])
+def test_llama_cpp_runs_every_architecture_like_tritium(tmp_path, tokenizer, family, overrides, arch):
     pytest.importorskip("llama_cpp")
     model, result = ternary_llama(256, family, **overrides)
     report = write_gguf(model, tmp_path / "m.gguf", result.weights, "tq1_0", tokenizer=tokenizer)
     assert report.type_counts()["TQ1_0"] == 14 and report.max_abs_error == 0.0
     from gguf import GGUFReader
 
-    assert bytes(GGUFReader(tmp_path / "m.gguf").fields["general.architecture"].parts[-1]).decode() == family
+    fields = GGUFReader(tmp_path / "m.gguf").fields
+    assert bytes(fields["general.architecture"].parts[-1]).decode() == arch
+    head_dim = getattr(model.config, "head_dim", None) or 256 // 4
+    assert fields[f"{arch}.attention.key_length"].contents() == head_dim
     assert_llama_cpp_matches(tmp_path / "m.gguf", model)
+
+
+@pytest.mark.parametrize("family, tokenizer_kind, gtype", [
+    ("gemma", "sentencepiece-gemma", "q8_0"), ("qwen3", "bpe-qwen2", "q4_0"), ("llama", "bpe-llama3", "q8_0"),
+    ("mistral", "sentencepiece-llama", "q4_0")])
+def test_each_family_with_its_own_kind_of_tokenizer_runs_in_llama_cpp_on_a_gguf_grid(tmp_path, family,
+                                                                                    tokenizer_kind, gtype):
+    """The whole file from the model's own parts: a GGUF grid's exact type, the family's graph and its tokenizer."""
+    pytest.importorskip("llama_cpp")
+    from tritium.export.gguf_vocab import llama_cpp_token_ids
+    from tritium.models.tiny import tiny_sentencepiece_tokenizer, tiny_tokenizer
+    from tritium.quant import GGUFBlockGrid
+
+    kind, style = tokenizer_kind.split("-")
+    tok = (tiny_sentencepiece_tokenizer(tmp_path / "tok", style) if kind == "sentencepiece"
+           else tiny_tokenizer(style=style))
+    model = tiny_model(family, hidden_size=256, intermediate_size=512, vocab_size=640,
+                       tie_word_embeddings=family == "gemma")
+    result = quantize_(model, RTNConfig(grid=GGUFBlockGrid(gtype)))
+    report = write_gguf(model, tmp_path / "m.gguf", result.weights, tokenizer=tok)
+    assert report.type_counts()[gtype.upper()] == 14 and report.max_abs_error == 0.0 and report.tokenization_checked
+    texts = ["The quick brown fox jumps over the lazy dog.", "Quantization maps float weights\n\nto a grid"]
+    assert llama_cpp_token_ids(tmp_path / "m.gguf", texts) == [tok(text)["input_ids"] for text in texts]
+    assert_llama_cpp_matches(tmp_path / "m.gguf", model)
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+
+@pytest.mark.parametrize("overrides, float_qk", [
+    ({"rope_parameters": LLAMA3_ROPE}, False),  # Llama-3.1/3.2's rope: written as per-frequency factors
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}}, False),
+    ({"attention_bias": True}, False),  # q/k biases take the rope row order too
+    ({}, True)])  # q/k linears left in float (skipped by the method) are permuted as the quantized ones
+def test_llama_cpp_runs_scaled_rope_biases_and_float_projections_like_tritium(tmp_path, tokenizer, overrides,
+                                                                              float_qk):
+    pytest.importorskip("llama_cpp")
+    model, result = ternary_llama(256, "llama", **overrides)
+    weights = {name: qw for name, qw in result.weights.items()
+               if not (float_qk and name.endswith(("q_proj", "k_proj")))}
+    report = write_gguf(model, tmp_path / "m.gguf", weights, "tq1_0", tokenizer=tokenizer)
+    assert ("rope_freqs.weight" in report.tensor_types) == ("rope_parameters" in overrides)
+    assert_llama_cpp_matches(tmp_path / "m.gguf", model)
+
+
+def tiny_gemma2():
+    import transformers
+
+    config = transformers.Gemma2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("make_model, message", [
+    (lambda: tiny_gemma2(), r"writes the llama, mistral, qwen2, qwen3, gemma families.*'gemma2' is not one of them"),
+    (lambda: tiny_model("llama", hidden_act="gelu"), r"MLP uses 'gelu'.*llama graph computes silu"),
+    (lambda: tiny_model("qwen2", rope_parameters=LLAMA3_ROPE), r"scales its rope \('llama3'\).*qwen2 graph"),
+    (lambda: tiny_model("llama", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                  "original_max_position_embeddings": 64}), "rope scaling 'yarn'"),
+])
+def test_what_llama_cpp_would_run_differently_is_refused_before_any_file(tmp_path, tokenizer, make_model, message):
+    target = tmp_path / "new" / "m.gguf"
+    with pytest.raises(GGUFExportError, match=message):
+        write_gguf(make_model(), target, {}, "tq1_0", tokenizer=tokenizer)
+    assert list(tmp_path.iterdir()) == []  # not even the folder
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path, tokenizer):
+    model, result = ternary_llama(hidden=256)
+    target = tmp_path / "m.gguf"
+    write_gguf(model, target, result.weights, "tq1_0", tokenizer=tokenizer)
+    first = target.read_bytes()
+    with pytest.raises(GGUFExportError, match="already exists: pass overwrite=True"):
+        write_gguf(model, target, result.weights, "tq2_0", tokenizer=tokenizer)
+    assert target.read_bytes() == first
+    report = write_gguf(model, target, result.weights, "tq2_0", tokenizer=tokenizer, overwrite=True)
+    assert report.type_counts()["TQ2_0"] == 14 and target.read_bytes() != first
+    with pytest.raises(GGUFExportError, match="is a folder"):
+        write_gguf(model, tmp_path, result.weights, "tq1_0", tokenizer=tokenizer, overwrite=True)
+
+
+def test_a_write_failing_midway_leaves_the_old_file_and_no_partial_one(tmp_path, tokenizer, monkeypatch):
+    from gguf import GGUFWriter
+
+    model, result = ternary_llama(hidden=256)
+    target = tmp_path / "m.gguf"
+    target.write_bytes(b"previous")
+    write_tensors = GGUFWriter.write_tensors_to_file
+    reached = []
+
+    def disk_full(self, *args, **kwargs):  # half the tensor data lands in the file, then the disk is full
+        reached.append(self.path)
+        self.fout[0].write(b"\0" * 4096)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(GGUFWriter, "write_tensors_to_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_gguf(model, target, result.weights, "tq1_0", tokenizer=tokenizer, overwrite=True)
+    assert reached and reached[0] != target  # the failure came while writing a temporary beside the target
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    monkeypatch.setattr(GGUFWriter, "write_tensors_to_file", write_tensors)
+    write_gguf(model, target, result.weights, "tq1_0", tokenizer=tokenizer, overwrite=True)
+    assert target.read_bytes()[:4] == b"GGUF"
 
 
 def test_smollm2_widths_fall_back_and_read_back_exactly(tmp_path, tokenizer):

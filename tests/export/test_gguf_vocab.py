@@ -1,5 +1,6 @@
 """The GGUF vocabulary comes from the model's own HF tokenizer, and llama.cpp tokenizes text with it as HF does."""
 
+import llama_cpp  # noqa: F401  (installed with the project: if it is missing these tests fail, never skip)
 import pytest
 from gguf import GGUFReader
 
@@ -41,7 +42,6 @@ def hf_ids(tokenizer, texts):
 @pytest.mark.parametrize("style, pre", [("gpt2", "gpt-2"), ("smollm", "smollm"), ("llama3", "llama-bpe"),
                                         ("qwen2", "qwen2")])
 def test_byte_level_bpe_gets_llama_cpps_pre_tokenizer_and_tokenizes_as_hf(tmp_path, model_and_weights, style, pre):
-    pytest.importorskip("llama_cpp")
     model, weights = model_and_weights
     tokenizer = train_byte_level_bpe([MIXED_TEXT], 600, style=style)
     report = write_gguf(model, tmp_path / "m.gguf", weights, "tq1_0", tokenizer=tokenizer)
@@ -56,7 +56,6 @@ def test_byte_level_bpe_gets_llama_cpps_pre_tokenizer_and_tokenizes_as_hf(tmp_pa
 def test_writing_llama_cpps_default_pre_tokenizer_would_be_caught(tmp_path, model_and_weights, monkeypatch, style):
     """What naming the pre-tokenizer is for: with 'default' llama.cpp splits these texts otherwise, and the
     read-back refuses the file."""
-    pytest.importorskip("llama_cpp")
     model, weights = model_and_weights
     tokenizer = train_byte_level_bpe([MIXED_TEXT], 600, style=style)
     monkeypatch.setattr(gguf_vocab, "pre_tokenizer_name", lambda spec: "default")
@@ -76,7 +75,6 @@ def forget_tokenizer_model(tokenizer):
 @pytest.mark.parametrize("with_model_file, reader", [(True, "SentencePieceVocab"), (False, "LlamaHfVocab")])
 def test_sentencepiece_tokenizers_tokenize_as_hf(tmp_path, model_and_weights, style, space_prefix,
                                                 with_model_file, reader):
-    pytest.importorskip("llama_cpp")
     model, weights = model_and_weights
     tokenizer = tiny_sentencepiece_tokenizer(tmp_path / "tok", style)
     if not with_model_file:
@@ -99,7 +97,6 @@ def test_the_documented_sentencepiece_difference_is_one_space_before_text_or_aft
         tmp_path, model_and_weights):
     """transformers 5 builds Llama-2-style tokenizers with a Metaspace that adds no '▁' before a text already
     starting with a space, nor after a special token; llama.cpp, like SentencePiece, adds one. The report says so."""
-    pytest.importorskip("llama_cpp")
     model, weights = model_and_weights
     tokenizer = tiny_sentencepiece_tokenizer(tmp_path / "tok", "llama")
     report = write_gguf(model, tmp_path / "m.gguf", weights, "tq1_0", tokenizer=tokenizer)
@@ -112,7 +109,6 @@ def test_the_documented_sentencepiece_difference_is_one_space_before_text_or_aft
 def test_sentencepiece_scores_from_merge_ranks_are_what_makes_llama_cpp_merge_as_hf(tmp_path, model_and_weights,
                                                                                    monkeypatch):
     """gguf.LlamaHfVocab gives every piece one placeholder score; llama.cpp would then merge left to right."""
-    pytest.importorskip("llama_cpp")
     model, weights = model_and_weights
     tokenizer = forget_tokenizer_model(tiny_sentencepiece_tokenizer(tmp_path / "tok", "gemma"))
     monkeypatch.setattr(gguf_vocab, "_merge_rank_scores", lambda merges, tokens: [-1000.0] * len(tokens))
@@ -158,7 +154,6 @@ def test_tokenizer_gguf_still_copies_a_shipped_vocabulary(tmp_path, model_and_we
 @pytest.mark.slow
 def test_the_real_smollm2_vocabulary_tokenizes_as_hf(tmp_path):
     """The default model's tokenizer, as transformers rebuilds it from the shipped GGUF, writes as 'gpt-2'."""
-    pytest.importorskip("llama_cpp")
     from tritium.models import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m")
