@@ -142,6 +142,18 @@ def test_what_llama_cpp_would_run_differently_is_refused_before_any_file(tmp_pat
     assert list(tmp_path.iterdir()) == []  # not even the folder
 
 
+def test_a_sliding_window_shorter_than_the_context_is_noted_and_the_export_says_what_it_wrote(tmp_path, tokenizer):
+    from tritium.export.api import export_model
+
+    model = tiny_model("mistral", sliding_window=32)
+    result = quantize_(model, RTNConfig(grid=TernaryGrid("absmean", group="channel")))
+    report = export_model(model, "gguf", tmp_path / "m.gguf", result=result, tokenizer=tokenizer)
+    assert any("sliding window of 32 tokens" in note for note in report.details["gguf"].notes)
+    lines = "\n".join(report.lines)
+    assert "note: the model attends over a sliding window of 32 tokens" in lines
+    assert "vocabulary: byte-level BPE, pre-tokenizer 'gpt-2' (512 tokens, read by gguf.BpeVocab)" in lines
+
+
 def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path, tokenizer):
     model, result = ternary_llama(hidden=256)
     target = tmp_path / "m.gguf"

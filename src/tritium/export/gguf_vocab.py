@@ -29,6 +29,7 @@ from pathlib import Path
 import gguf
 from gguf import GGUFWriter, TokenType
 
+from ..models.tiny import LLAMA3_SPLIT_REGEX, QWEN2_SPLIT_REGEX  # the split rules of their tokenizer.json
 from ..utils.errors import TritiumError
 
 
@@ -36,19 +37,14 @@ class GGUFVocabError(TritiumError, ValueError):
     """The tokenizer cannot be written so that llama.cpp tokenizes text as HF does; the message says why."""
 
 
-# The split regexes of Llama-3's and Qwen2's tokenizer.json (they differ in \p{N}{1,3} against \p{N}).
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-               r"\s*[\r\n]+|\s+(?!\S)|\s+")
 BYTE_LEVEL_GPT2 = "ByteLevel(GPT-2 regex)"  # ByteLevel with use_regex: GPT-2's own split pattern
 BYTE_LEVEL = "ByteLevel"  # bytes to symbols only, the splitting done by a Split before it
 # HF pre-tokenizer steps -> the llama.cpp pre-tokenizer whose hard-coded regexes split text the same way.
 PRE_TOKENIZERS = {
     (BYTE_LEVEL_GPT2,): "gpt-2",
     ("Digits(individual)", BYTE_LEVEL_GPT2): "smollm",
-    (f"Split({LLAMA3_SPLIT})", BYTE_LEVEL): "llama-bpe",
-    (f"Split({QWEN2_SPLIT})", BYTE_LEVEL): "qwen2",
+    (f"Split({LLAMA3_SPLIT_REGEX})", BYTE_LEVEL): "llama-bpe",
+    (f"Split({QWEN2_SPLIT_REGEX})", BYTE_LEVEL): "qwen2",
 }
 PRE_TOKENIZER_MODELS = {"gpt-2": "GPT-2", "smollm": "SmolLM/StarCoder", "llama-bpe": "Llama-3", "qwen2": "Qwen2/Qwen3"}
 # llama.cpp takes a word that is a whole token without merging for these pre-tokenizers (HF's ignore_merges).
