@@ -67,7 +67,7 @@ def prepare(model_name: str, folder: Path) -> dict:
     gguf_path = folder / "model.gguf"
     tokenizer_gguf = Path(source.location) / source.gguf_file if source.gguf_file else None
     report = write_gguf(model, gguf_path, result.weights, "tq1_0", embedding_type="f16", tokenizer=tokenizer,
-                        tokenizer_gguf=tokenizer_gguf)
+                        tokenizer_gguf=tokenizer_gguf, overwrite=True)  # the bench remakes its own files
     pack_model(model, result.weights)
     packed = folder / "packed"
     save_packed(model, tokenizer, packed, "rtn", grid_to_dict(grid), float_dtype="float16")

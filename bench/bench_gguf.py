@@ -57,7 +57,7 @@ def main():
     result = quantize_(model, RTNConfig(grid=GRIDS[args.grid]))
     start = time.perf_counter()
     report = write_gguf(model, args.out, result.weights, args.type, embedding_type="q8_0",
-                        tokenizer_gguf=Path(source.location) / source.gguf_file)
+                        tokenizer_gguf=Path(source.location) / source.gguf_file, overwrite=True)
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: {report.file_bytes / 1e6:.1f} MB, "
           f"tensor types {report.type_counts()}, decoder linears {report.linear_bits_per_weight:.3f} bits/weight, "
           f"read-back max error {report.max_abs_error:.2e}")
