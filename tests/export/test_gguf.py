@@ -50,7 +50,7 @@ def test_rope_permutation_interleaves_each_heads_halves():
 @pytest.mark.parametrize("ttype, hidden, expected_type", [("tq1_0", 256, "TQ1_0"), ("tq2_0", 256, "TQ2_0"),
                                                            ("tq1_0", 192, "Q4_0")])
 def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype, hidden, expected_type):
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (a test dependency: a missing one fails, never skips)
     model, result = ternary_llama(hidden)
     report = write_gguf(model, tmp_path / "m.gguf", result.weights, ttype, tokenizer=tokenizer)
     assert report.type_counts()[expected_type] == 14
@@ -63,7 +63,7 @@ def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype,
     ("qwen3", {}, "qwen3"), ("qwen3", {"tie_word_embeddings": True}, "qwen3"),
     ("mistral", {}, "llama"), ("gemma", {"tie_word_embeddings": True}, "gemma")])
 def test_llama_cpp_runs_every_architecture_like_tritium(tmp_path, tokenizer, family, overrides, arch):
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (a test dependency: a missing one fails, never skips)
     model, result = ternary_llama(256, family, **overrides)
     report = write_gguf(model, tmp_path / "m.gguf", result.weights, "tq1_0", tokenizer=tokenizer)
     assert report.type_counts()["TQ1_0"] == 14 and report.max_abs_error == 0.0
@@ -82,7 +82,7 @@ def test_llama_cpp_runs_every_architecture_like_tritium(tmp_path, tokenizer, fam
 def test_each_family_with_its_own_kind_of_tokenizer_runs_in_llama_cpp_on_a_gguf_grid(tmp_path, family,
                                                                                     tokenizer_kind, gtype):
     """The whole file from the model's own parts: a GGUF grid's exact type, the family's graph and its tokenizer."""
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (a test dependency: a missing one fails, never skips)
     from tritium.export.gguf_vocab import llama_cpp_token_ids
     from tritium.models.tiny import tiny_sentencepiece_tokenizer, tiny_tokenizer
     from tritium.quant import GGUFBlockGrid
@@ -111,7 +111,7 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low
     ({}, True)])  # q/k linears left in float (skipped by the method) are permuted as the quantized ones
 def test_llama_cpp_runs_scaled_rope_biases_and_float_projections_like_tritium(tmp_path, tokenizer, overrides,
                                                                               float_qk):
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (a test dependency: a missing one fails, never skips)
     model, result = ternary_llama(256, "llama", **overrides)
     weights = {name: qw for name, qw in result.weights.items()
                if not (float_qk and name.endswith(("q_proj", "k_proj")))}
