@@ -23,7 +23,7 @@ def _load(name):
 
 
 @pytest.mark.parametrize("name, argv", [("bench_ptq", []), ("bench_decode", []), ("bench_saved_scoring", ["x"]),
-                                        ("bench_eval", [])])
+                                        ("bench_eval", []), ("bench_export", [])])
 def test_a_bench_whose_out_is_being_written_is_refused_first(tmp_path, monkeypatch, name, argv):
     bench = _load(name)
     out = tmp_path / "result.md"
