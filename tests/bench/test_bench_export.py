@@ -1,7 +1,6 @@
 """bench/bench_export.py on a tiny random model: every file is scored by its runtime on tritium's chunks,
 the 1% agreement is computed, and a step that fails is recorded instead of ending the bench."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,12 +9,11 @@ import pytest
 import torch
 from gguf import GGUFReader
 
+from bench_scripts import load_bench
 from tritium.export.gguf import write_gguf
 from tritium.methods import RTNConfig, quantize_
 from tritium.models import tiny_model, tiny_tokenizer
 from tritium.quant import TernaryGrid
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_export.py"
 
 # TesseraQ cut down to seconds on a one-block model; the bench reads only method, method_args and calib.
 TINY_TESSERAQ = """\
@@ -28,10 +26,7 @@ calib: {source: wikitext2-valid, samples: 2, seqlen: 32, seed: 0}
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_export", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_export")
 
 
 def _model_folder(path: Path, intermediate: int) -> Path:
