@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -152,7 +153,10 @@ def gguf_facts(path: Path) -> dict:
 
 
 def llama_cpp_scores(gguf: Path, ids_file: Path, args, decode: bool = True) -> dict:
-    """llama.cpp's perplexity of ``gguf`` on the saved chunks and its decode speed, from a child process."""
+    """llama.cpp's perplexity of ``gguf`` on the saved chunks and its decode speed, from a child process.
+
+    The decode runs on llama.cpp's default kernels; where those crash (its repacked Q4_0/Q4_1 kernels do on
+    some AVX-512 machines) the perplexity line survives, and the decode is timed again on the plain kernels."""
     argv = ["--llama-cpp-child", str(gguf), "--ids-file", str(ids_file), "--threads", str(args.threads),
             "--decode-tokens", str(args.decode_tokens if decode else 0)]
     lines, error = run_child(argv, args.threads, timeout=args.child_timeout)
@@ -161,25 +165,40 @@ def llama_cpp_scores(gguf: Path, ids_file: Path, args, decode: bool = True) -> d
         out.update(line)
     if error:
         out["llama_cpp_error"] = error
+    if decode and args.decode_tokens and "llama_cpp_ppl" in out and "decode_tokens_per_s" not in out:
+        lines, retry_error = run_child(argv + ["--decode-only", "--plain-kernels"], args.threads,
+                                       timeout=args.child_timeout)
+        for line in lines:
+            out.update(line)
+        out["decode_kernels"] = f"plain (the default kernels failed: {error})"
+        if retry_error:
+            out["llama_cpp_error"] = f"{error}; decode on the plain kernels: {retry_error}"
+        elif "decode_tokens_per_s" in out:
+            del out["llama_cpp_error"]  # kept in decode_kernels: the perplexity and a decode speed were measured
+    elif "decode_tokens_per_s" in out:
+        out["decode_kernels"] = "llama.cpp default"
     return out
 
 
-def llama_cpp_child(gguf: Path, ids_file: Path, threads: int, decode_tokens: int) -> None:
+def llama_cpp_child(gguf: Path, ids_file: Path, threads: int, decode_tokens: int, decode_only: bool = False,
+                    plain_kernels: bool = False) -> None:
     """The child: prints the perplexity line first, so that a crash while decoding keeps it."""
     import numpy as np
     import torch
 
-    from tritium.export.gguf import llama_cpp_chunk_nll
+    from tritium.export.gguf import llama_cpp_chunk_nll, llama_cpp_without_repacking
 
-    chunks = torch.from_numpy(np.load(ids_file)).long()
-    start = time.perf_counter()
-    nll = llama_cpp_chunk_nll(gguf, chunks, n_threads=threads)
-    print(json.dumps({"llama_cpp_ppl": math.exp(sum(nll) / len(nll)), "llama_cpp_chunk_nll": nll,
-                      "llama_cpp_ppl_seconds": time.perf_counter() - start}), flush=True)
+    if not decode_only:
+        chunks = torch.from_numpy(np.load(ids_file)).long()
+        start = time.perf_counter()
+        nll = llama_cpp_chunk_nll(gguf, chunks, n_threads=threads)
+        print(json.dumps({"llama_cpp_ppl": math.exp(sum(nll) / len(nll)), "llama_cpp_chunk_nll": nll,
+                          "llama_cpp_ppl_seconds": time.perf_counter() - start}), flush=True)
     if decode_tokens:
         from bench_decode import llama_cpp_child as decode
 
-        speed = decode(gguf, threads, decode_tokens)
+        with llama_cpp_without_repacking() if plain_kernels else contextlib.nullcontext():
+            speed = decode(gguf, threads, decode_tokens)
         print(json.dumps({"decode_tokens_per_s": speed["decode_tokens_per_s"], "decode_new_tokens": decode_tokens,
                           "llama_cpp_system_info": speed["llama_cpp_system_info"]}), flush=True)
 
@@ -442,6 +461,12 @@ def _types(counts: dict | None) -> str:
     return ", ".join(f"{k}×{v}" for k, v in sorted((counts or {}).items())) or "–"
 
 
+def kernel_notes(rows: list[dict]) -> list[str]:
+    """A line for each row whose decode was timed on llama.cpp's plain kernels, and why."""
+    return [f"- decode on the plain kernels: {r['method']} {r['type']}: {r['decode_kernels']}" for r in rows
+            if r.get("decode_kernels", "llama.cpp default") != "llama.cpp default"]
+
+
 def markdown(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     threads = "thread" if s["threads"] == 1 else "threads"
@@ -455,7 +480,9 @@ def markdown(report: dict) -> str:
              f"- perplexity: WikiText-2 test, GPTQ protocol (test rows joined by \"\\n\\n\", non-overlapping chunks of "
              f"{s['seqlen']} tokens); llama.cpp and plain transformers score the same token ids as tritium, one fresh "
              "context per chunk; 'within 1%' is |runtime − tritium| / tritium ≤ 1%",
-             f"- llama.cpp decode: batch 1, greedy, {s['decode_tokens']} new tokens after a short prompt", ""]
+             f"- llama.cpp decode: batch 1, greedy, {s['decode_tokens']} new tokens after a short prompt",
+             f"- bench time: {report.get('wall_seconds', 0) / 60:.1f} min wall, {report.get('cpu_seconds', 0) / 60:.1f} "
+             "min CPU (this process and its children)", ""]
     part1 = report.get("part1") or {}
     if part1:
         info, base = part1["model_info"], part1.get("float_ppl")
@@ -487,9 +514,10 @@ def markdown(report: dict) -> str:
                 f"{_num(c.get('llama_cpp_ppl'), '.3f')} | {_num(c.get('difference'), '.3%')} | "
                 f"{agreement(c.get('difference'))} | {_num(c.get('decode_tokens_per_s'), '.0f')} | "
                 f"{_num(c.get('quantize_seconds'), '.0f')} |")
-        problems = [f"{c['method']} {c['type']}: {c.get('error') or c.get('llama_cpp_error')}" for c in part1["cells"]
-                    if c.get("error") or c.get("llama_cpp_error")]
-        lines += [""] + [f"- failed: {p}" for p in problems] + ([""] if problems else [])
+        problems = [f"- failed: {c['method']} {c['type']}: {c.get('error') or c.get('llama_cpp_error')}"
+                    for c in part1["cells"] if c.get("error") or c.get("llama_cpp_error")]
+        problems += kernel_notes(part1["cells"] + part1.get("autoround", []))
+        lines += [""] + problems + ([""] if problems else [])
         ar = part1.get("autoround") or []
         if ar:
             lines += ["### auto-round's GGUF export of the same model", "",
@@ -534,9 +562,9 @@ def markdown(report: dict) -> str:
                 f"{_num(r.get('file_bytes') and r['file_bytes'] / 1e6, '.1f')} | {_num(r.get('tritium_ppl'), '.3f')} | "
                 f"{runtime} | {_num(value, '.3f')} | {_num(r.get('difference'), '.3%')} | {agreement(r.get('difference'))} | "
                 f"{_num(r.get('decode_tokens_per_s'), '.0f')} |")
-        problems = [f"{r['method']} {r['type']}: {r.get('error') or r.get('llama_cpp_error')}" for r in w4
-                    if r.get("error") or r.get("llama_cpp_error")]
-        lines += [""] + [f"- failed: {p}" for p in problems] + ([""] if problems else [])
+        problems = [f"- failed: {r['method']} {r['type']}: {r.get('error') or r.get('llama_cpp_error')}" for r in w4
+                    if r.get("error") or r.get("llama_cpp_error")] + kernel_notes(w4)
+        lines += [""] + problems + ([""] if problems else [])
     lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]]]
     return "\n".join(lines) + "\n"
 
@@ -550,9 +578,10 @@ NOTES = [
     "tritium's files keep the token embedding and the output head in F16 (`tritium export`'s default); "
     "auto-round's presets quantize the embedding to the type and the head to Q6_K, which makes its files "
     "smaller and costs perplexity on a model this small with a 49k vocabulary, hence the spliced rows.",
-    "SmolLM2-135M as shipped is a Q4_1 GGUF: its 'float' weights are 4-bit in groups of 32 already, so W4g32 "
-    "RTN on it (Q4_1, and asymmetric compressed-tensors W4g32) is close to lossless by construction; Q4_0 "
-    "(symmetric, no minimum) is the one that rounds anew.",
+    "SmolLM2-135M as shipped is a Q4_1 GGUF: its 'float' weights are 4-bit in groups of 32 already, so RTN on "
+    "gguf:q4_1 finds the same scales and minima and is lossless by construction. Q4_0 (symmetric) and "
+    "compressed-tensors W4g32 (asymmetric, but with an integer zero point, which cannot hold Q4_1's float "
+    "minimum) round those weights anew onto a shifted grid.",
 ]
 
 
@@ -603,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     # children
     p.add_argument("--llama-cpp-child", help=argparse.SUPPRESS)
     p.add_argument("--ids-file", help=argparse.SUPPRESS)
+    p.add_argument("--decode-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--plain-kernels", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--autoround-child", help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
     p.add_argument("--iters", type=int, help=argparse.SUPPRESS)
@@ -615,7 +646,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.llama_cpp_child:
-        llama_cpp_child(Path(args.llama_cpp_child), Path(args.ids_file), args.threads, args.decode_tokens)
+        llama_cpp_child(Path(args.llama_cpp_child), Path(args.ids_file), args.threads, args.decode_tokens,
+                        args.decode_only, args.plain_kernels)
         return 0
     if args.autoround_child:
         autoround_child(args.autoround_child, args.preset, args.iters, Path(args.child_out), json.loads(args.calib_json),
@@ -663,8 +695,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
 
     def save():
-        # Rewritten after every step, so that a long run leaves its finished rows behind.
+        # Rewritten after every step, so that a long run leaves its finished rows behind. CPU seconds (this
+        # process and its finished children) stay meaningful where the machine is shared or the run paused.
         report["wall_seconds"] = time.perf_counter() - started
+        report["cpu_seconds"] = sum(getattr(resource.getrusage(who), f) for who in
+                                    (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
         atomic_write_json(out.with_suffix(".json"), report)
         atomic_write_text(out.with_suffix(".md"), markdown(report))
 

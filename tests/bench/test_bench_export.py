@@ -120,3 +120,24 @@ def test_a_failing_cell_is_recorded_and_the_bench_goes_on(bench, tmp_path, tiny_
     for cell in cells:
         assert cell["error"].startswith("quantize: ") and "stores blocks of 256" in cell["error"]
     assert out.read_text().count("| error: quantize: ") == 2
+
+
+@pytest.mark.parametrize("retry_error", [None, "exit -11: no message"])
+def test_a_decode_crash_keeps_the_perplexity_and_times_the_plain_kernels(bench, monkeypatch, tmp_path, retry_error):
+    calls = []
+
+    def child(argv, threads, timeout=None):
+        calls.append(argv)
+        if len(calls) == 1:  # perplexity printed, then the default kernels crash while decoding
+            return [{"llama_cpp_ppl": 5.0}], "exit -11: no message"
+        return ([], retry_error) if retry_error else ([{"decode_tokens_per_s": 10.0}], None)
+
+    monkeypatch.setattr(bench, "run_child", child)
+    args = bench.build_parser().parse_args(["--threads", "1"])
+    out = bench.llama_cpp_scores(tmp_path / "m.gguf", tmp_path / "ids.npy", args)
+    assert out["llama_cpp_ppl"] == 5.0 and calls[1][-2:] == ["--decode-only", "--plain-kernels"]
+    assert out["decode_kernels"] == "plain (the default kernels failed: exit -11: no message)"
+    if retry_error:
+        assert "decode_tokens_per_s" not in out and "decode on the plain kernels: exit -11" in out["llama_cpp_error"]
+    else:
+        assert out["decode_tokens_per_s"] == 10.0 and "llama_cpp_error" not in out

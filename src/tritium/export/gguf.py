@@ -12,6 +12,7 @@ on load instead of giving different weights.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass, field, replace
@@ -325,12 +326,13 @@ def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray], exac
     return worst
 
 
-def open_llama_cpp(path: str | os.PathLike, n_ctx: int, n_threads: int = 2, logits_all: bool = True):
-    """A ``llama_cpp.Llama`` on ``path`` with room for ``n_ctx`` tokens in one batch.
+@contextlib.contextmanager
+def llama_cpp_without_repacking():
+    """Within it, new ``llama_cpp.Llama`` objects load without llama.cpp's repacked ("extra buffer") CPU
+    kernels; yields the ``llama_cpp`` module.
 
-    llama.cpp's repacked ("extra buffer") CPU kernels for Q4_0/Q4_1 crash on some AVX-512/AMX
-    machines, the unmodified SmolLM2 Q4_1 GGUF included, so they are switched off here; the
-    plain kernels compute the same values.
+    Those kernels for Q4_0/Q4_1 crash on some AVX-512/AMX machines, the unmodified SmolLM2 Q4_1 GGUF
+    included; the plain kernels compute the same values.
     """
     try:
         import llama_cpp
@@ -346,10 +348,17 @@ def open_llama_cpp(path: str | os.PathLike, n_ctx: int, n_threads: int = 2, logi
 
     llama_module.llama_cpp.llama_model_default_params = without_repacking
     try:
-        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=logits_all, verbose=False,
-                               n_threads=n_threads, n_threads_batch=n_threads)
+        yield llama_cpp
     finally:
         llama_module.llama_cpp.llama_model_default_params = default_params
+
+
+def open_llama_cpp(path: str | os.PathLike, n_ctx: int, n_threads: int = 2, logits_all: bool = True):
+    """A ``llama_cpp.Llama`` on ``path`` with room for ``n_ctx`` tokens in one batch, on the plain kernels
+    (:func:`llama_cpp_without_repacking`)."""
+    with llama_cpp_without_repacking() as llama_cpp:
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=logits_all, verbose=False,
+                               n_threads=n_threads, n_threads_batch=n_threads)
 
 
 def llama_cpp_logits(path: str | os.PathLike, token_ids: list[int], n_threads: int = 2) -> np.ndarray:
