@@ -19,7 +19,7 @@ import torch
 
 from tritium.data import load_eval_text
 from tritium.eval import perplexity, tokenize_eval_text
-from tritium.export.gguf import llama_cpp_logits, write_gguf
+from tritium.export.gguf import llama_cpp_chunk_nll, write_gguf
 from tritium.methods import RTNConfig, quantize_
 from tritium.models import load_model
 from tritium.quant import TernaryGrid, UniformGrid
@@ -31,12 +31,7 @@ GRIDS = {
 
 
 def llama_cpp_ppl(path: Path, ids: torch.Tensor, seqlen: int, chunks: int) -> float:
-    nll = []
-    for i in range(chunks):
-        chunk = ids[0, i * seqlen : (i + 1) * seqlen]
-        logits = torch.tensor(llama_cpp_logits(path, chunk.tolist()))
-        logprobs = torch.log_softmax(logits[:-1].double(), -1)
-        nll.append(-logprobs.gather(1, chunk[1:, None]).mean().item())
+    nll = llama_cpp_chunk_nll(path, ids[0, : chunks * seqlen].view(chunks, seqlen))
     return math.exp(sum(nll) / len(nll))
 
 

@@ -1,31 +1,21 @@
 """Every bench script claims its --out: a second bench writing the same result is refused before any work."""
 
-import importlib.util
 import json
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_bench
 from tritium.utils.runs import RunFolderBusyError
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name, argv", [("bench_ptq", []), ("bench_decode", []), ("bench_saved_scoring", ["x"]),
-                                        ("bench_eval", [])])
+                                        ("bench_eval", []), ("bench_export", [])])
 def test_a_bench_whose_out_is_being_written_is_refused_first(tmp_path, monkeypatch, name, argv):
-    bench = _load(name)
+    bench = load_bench(name)
     out = tmp_path / "result.md"
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from tritium.export.gguf import GGUFExportError, llama_cpp_logits, rope_row_permutation, write_gguf
+from tritium.eval import perplexity
+from tritium.export.gguf import GGUFExportError, llama_cpp_chunk_nll, llama_cpp_logits, rope_row_permutation, write_gguf
 from tritium.export.gguf_tensors import GGUFTypeError
 from tritium.methods import RTNConfig, quantize_
 from tritium.models import tiny_model
@@ -190,6 +191,19 @@ def test_a_write_failing_midway_leaves_the_old_file_and_no_partial_one(tmp_path,
     monkeypatch.setattr(GGUFWriter, "write_tensors_to_file", write_tensors)
     write_gguf(model, target, result.weights, "tq1_0", tokenizer=tokenizer, overwrite=True)
     assert target.read_bytes()[:4] == b"GGUF"
+
+
+def test_llama_cpp_chunk_nll_is_tritiums_chunk_loss_each_row_in_a_fresh_context(tmp_path, tokenizer):
+    import llama_cpp  # noqa: F401  (a test dependency: a missing one fails, never skips)
+    model, result = ternary_llama(256)
+    write_gguf(model, tmp_path / "m.gguf", result.weights, "tq1_0", tokenizer=tokenizer)
+    chunks = torch.randint(3, 512, (3, 32), generator=torch.Generator().manual_seed(2))
+    theirs = llama_cpp_chunk_nll(tmp_path / "m.gguf", chunks)
+    ours = perplexity(model, chunks.reshape(1, -1), seqlen=32, progress=False).chunk_nll
+    assert theirs == pytest.approx(ours, rel=0.01)
+    assert len(set(theirs)) == 3
+    # the second row alone gives its own figure: nothing of the first row's context is left over
+    assert llama_cpp_chunk_nll(tmp_path / "m.gguf", chunks[1:2]) == pytest.approx(theirs[1:2], rel=1e-5)
 
 
 def test_smollm2_widths_fall_back_and_read_back_exactly(tmp_path, tokenizer):

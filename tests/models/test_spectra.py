@@ -16,6 +16,7 @@ from tritium.models.spectra import (
     save_spectra_model,
     to_plain_llama,
 )
+from tritium.models import decoder_layout
 from tritium.quant.grids import QuantConfigError, absmax_activation_ste, absmean_ternary_ste
 
 
@@ -145,6 +146,13 @@ def test_size_presets_are_spectras_table_and_count_what_their_names_say():
         # Spectra names each model by its parameter count cut to two digits: 99.7M is "99m", 1.15B "1.1b"
         nominal = float(name[:-1]) * {"m": 1e6, "b": 1e9}[name[-1]]
         assert _two_significant_digits(total) == pytest.approx(nominal), (name, total)
+
+
+def test_every_linear_of_the_tiny_256_preset_splits_into_llama_cpps_256_blocks():
+    with torch.device("meta"):
+        model = build_model("float", "tiny-256", vocab_size=1000)
+    widths = {linear.in_features for linear in decoder_layout(model).quantizable_linears().values()}
+    assert widths == {256, 768}
 
 
 def test_spectra_folders_are_sealed_and_a_damaged_one_is_refused(tmp_path):

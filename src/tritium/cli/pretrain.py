@@ -54,7 +54,7 @@ def _add_shared(p, token_count) -> None:
 def add_pretrain_parsers(sub, token_count) -> None:
     p = sub.add_parser("pretrain", help="pretrain one FloatLM, TriLM or BitNet b1.58 from scratch (Spectra)")
     p.add_argument("--arch", required=True, help="float, trilm or bitnet")
-    p.add_argument("--size", required=True, help="tiny-xs … tiny-xl, or Spectra's 99m … 3.9b")
+    p.add_argument("--size", required=True, help="tiny-xs … tiny-xl, tiny-256 (widths that 256 divides), or Spectra's 99m … 3.9b")
     p.add_argument("--recipe", help="a pretraining YAML (default spectra-<arch>: the paper's schedule)")
     _add_shared(p, token_count)
 

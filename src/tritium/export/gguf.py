@@ -15,6 +15,7 @@ different weights.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass, field, replace
@@ -384,12 +385,13 @@ def validate_gguf(path: str | os.PathLike, expected: dict[str, np.ndarray], exac
     return worst
 
 
-def llama_cpp_logits(path: str | os.PathLike, token_ids: list[int], n_threads: int = 2) -> np.ndarray:
-    """Logits llama.cpp (through llama-cpp-python) computes for ``token_ids``: ``[len, vocab]``.
+@contextlib.contextmanager
+def llama_cpp_without_repacking():
+    """Within it, new ``llama_cpp.Llama`` objects load without llama.cpp's repacked ("extra buffer") CPU
+    kernels; yields the ``llama_cpp`` module.
 
-    llama.cpp's repacked ("extra buffer") CPU kernels for Q4_0/Q4_1 crash on some AVX-512/AMX
-    machines, the unmodified SmolLM2 Q4_1 GGUF included, so they are switched off here; the
-    plain kernels compute the same values.
+    Those kernels for Q4_0/Q4_1 crash on some AVX-512/AMX machines, the unmodified SmolLM2 Q4_1 GGUF
+    included; the plain kernels compute the same values.
     """
     try:
         import llama_cpp
@@ -405,9 +407,42 @@ def llama_cpp_logits(path: str | os.PathLike, token_ids: list[int], n_threads: i
 
     llama_module.llama_cpp.llama_model_default_params = without_repacking
     try:
-        llm = llama_cpp.Llama(str(path), n_ctx=len(token_ids), n_batch=len(token_ids), logits_all=True,
-                              verbose=False, n_threads=n_threads)
+        yield llama_cpp
     finally:
         llama_module.llama_cpp.llama_model_default_params = default_params
-    llm.eval(list(token_ids))
-    return np.array(llm.scores[: len(token_ids)])
+
+
+def open_llama_cpp(path: str | os.PathLike, n_ctx: int, n_threads: int = 2, logits_all: bool = True):
+    """A ``llama_cpp.Llama`` on ``path`` with room for ``n_ctx`` tokens in one batch, on the plain kernels
+    (:func:`llama_cpp_without_repacking`)."""
+    with llama_cpp_without_repacking() as llama_cpp:
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=logits_all, verbose=False,
+                               n_threads=n_threads, n_threads_batch=n_threads)
+
+
+def llama_cpp_logits(path: str | os.PathLike, token_ids: list[int], n_threads: int = 2) -> np.ndarray:
+    """Logits llama.cpp (through llama-cpp-python) computes for ``token_ids``: ``[len, vocab]``."""
+    llm = open_llama_cpp(path, len(token_ids), n_threads)
+    try:
+        llm.eval(list(token_ids))
+        return np.array(llm.scores[: len(token_ids)])
+    finally:
+        llm.close()
+
+
+def llama_cpp_chunk_nll(path: str | os.PathLike, chunks: torch.Tensor, n_threads: int = 2) -> list[float]:
+    """llama.cpp's mean next-token NLL of each row of ``chunks`` ``[n, seqlen]``, each row a fresh context:
+    the loss :func:`tritium.eval.perplexity.chunk_nll` computes, so that exp(mean) is comparable with
+    tritium's perplexity on the same rows."""
+    llm = open_llama_cpp(path, chunks.shape[1], n_threads)
+    nlls = []
+    try:
+        for row in chunks:
+            llm.reset()
+            llm.eval(row.tolist())
+            logits = torch.from_numpy(np.array(llm.scores[: row.numel()], dtype=np.float64))
+            logprobs = torch.log_softmax(logits[:-1], -1)
+            nlls.append(-logprobs.gather(1, row[1:, None].long()).mean().item())
+    finally:
+        llm.close()
+    return nlls

@@ -63,6 +63,9 @@ TINY_SIZES: dict[str, SizePreset] = {
     "tiny-m": SizePreset(128, 320, 4, 4),
     "tiny-l": SizePreset(192, 512, 6, 6),
     "tiny-xl": SizePreset(256, 640, 8, 8),
+    # Every width a multiple of 256, so llama.cpp's k-quant and TQ super-blocks fit every linear without a
+    # fallback type (bench/bench_export.py); GLU 3 × hidden, as 2.5 × would not divide.
+    "tiny-256": SizePreset(256, 768, 8, 4),
 }
 SIZES: dict[str, SizePreset] = {**TINY_SIZES, **SPECTRA_SIZES}
 
