@@ -5,9 +5,9 @@ Each quantization group holds a learnable scale α and shift γ; the forward wei
 ``Δ = 0.7·mean|W − γ|`` over the group (``ternary_threshold: twn``, TernaryLLM's), or the
 threshold tied to the scale, ``Δ = α/2`` (``seq``: ParetoQ's stretched elastic quantizer, where
 T rounds (W − γ)/α to the nearest level, so each level sits at the centre of its cell and, with
-``ste_clip: 1.5``, the three cells split the clip range ±1.5·α evenly). The latent float weights ``W`` train through a
-straight-through estimator clipped to the ternary range ``|W − γ| ≤ clip·|α|``; α and γ get
-their exact gradients (T is piecewise constant, so ∂ŵ/∂α = T and ∂ŵ/∂γ = 1 almost
+``ste_clip: 1.5``, the three cells split the clip range ±1.5·α evenly). The latent float weights
+``W`` train through a straight-through estimator clipped to the ternary range ``|W − γ| ≤ clip·|α|``;
+α and γ get their exact gradients (T is piecewise constant, so ∂ŵ/∂α = T and ∂ŵ/∂γ = 1 almost
 everywhere). The grid math (groups, threshold, least-squares α) is tritium.quant.grids'.
 """
 
