@@ -19,8 +19,11 @@ def ternary_llama(hidden=256, family="llama", **overrides):
             if layer.self_attn.q_proj.bias is not None:  # Qwen2's q/k/v biases: large enough to matter
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(7))
-            if family == "gemma":  # (1 + w) norms: a missing offset on export would show
-                layer.input_layernorm.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(8))
+            if family.startswith("gemma"):  # (1 + w) norms: a missing offset on export would show
+                for norm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                             "post_feedforward_layernorm"):
+                    if hasattr(layer, norm):
+                        getattr(layer, norm).weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(8))
             if family == "qwen3":  # per-head q/k norms: a dropped or misnamed one would show
                 layer.self_attn.q_norm.weight.normal_(1, 0.5, generator=torch.Generator().manual_seed(9))
                 layer.self_attn.k_norm.weight.normal_(1, 0.5, generator=torch.Generator().manual_seed(10))
@@ -62,7 +65,8 @@ def test_llama_cpp_runs_the_file_and_matches_tritium(tmp_path, tokenizer, ttype,
 @pytest.mark.parametrize("family, overrides, arch", [
     ("qwen2", {}, "qwen2"), ("qwen2", {"tie_word_embeddings": True}, "qwen2"),
     ("qwen3", {}, "qwen3"), ("qwen3", {"tie_word_embeddings": True}, "qwen3"),
-    ("mistral", {}, "llama"), ("gemma", {"tie_word_embeddings": True}, "gemma")])
+    ("mistral", {}, "llama"), ("gemma", {"tie_word_embeddings": True}, "gemma"),
+    ("gemma2", {"tie_word_embeddings": True, "sliding_window": 16}, "gemma2")])  # 64 tokens: windows matter
 def test_llama_cpp_runs_every_architecture_like_tritium(tmp_path, tokenizer, family, overrides, arch):
     import llama_cpp  # noqa: F401  (a test dependency: a missing one fails, never skips)
     model, result = ternary_llama(256, family, **overrides)
@@ -121,16 +125,22 @@ def test_llama_cpp_runs_scaled_rope_biases_and_float_projections_like_tritium(tm
     assert_llama_cpp_matches(tmp_path / "m.gguf", model)
 
 
-def tiny_gemma2():
+def tiny_gemma3():
     import transformers
 
-    config = transformers.Gemma2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    config = transformers.Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           head_dim=16)
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
 @pytest.mark.parametrize("make_model, message", [
-    (lambda: tiny_gemma2(), r"writes the llama, mistral, qwen2, qwen3, gemma families.*'gemma2' is not one of them"),
+    (lambda: tiny_gemma3(), r"writes the llama, mistral, qwen2, qwen3, gemma, gemma2 families.*'gemma3_text' is not "
+                            r"one of them \(llama.cpp's gemma3 graph also needs"),
+    (lambda: tiny_model("gemma2", tie_word_embeddings=True, query_pre_attn_scalar=64),
+     r"gemma2 model would run differently in llama.cpp: its queries are scaled by query_pre_attn_scalar 64"),
+    (lambda: tiny_model("gemma2", tie_word_embeddings=True, final_logit_softcapping=None),
+     r"no final_logit_softcapping, which llama.cpp's gemma2 graph always applies"),
     (lambda: tiny_model("llama", hidden_act="gelu"), r"MLP uses 'gelu'.*llama graph computes silu"),
     (lambda: tiny_model("qwen2", rope_parameters=LLAMA3_ROPE), r"scales its rope \('llama3'\).*qwen2 graph"),
     (lambda: tiny_model("llama", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,

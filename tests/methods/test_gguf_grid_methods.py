@@ -162,3 +162,28 @@ def test_a_width_no_fallback_fits_is_refused_naming_the_linear_and_what_to_do():
     result = quantize_(narrow_llama(intermediate=272), config_from_dict("rtn", {"kind": "gguf", "type": "q2_k"},
                                                                          skip=["*.down_proj"]))
     assert len(result.weights) == 12 and "gguf_fallbacks" not in result.details
+
+
+# The types the tests above run no AWQ on: the simple 5- and 8-bit ones on the outlier model (widths of 64 and
+# 128 hold their 32-weight blocks), Q5_K and TQ2_0 on the wide one (their 256-weight super-blocks).
+AWQ_REST = [("q5_0", outlier_model), ("q5_1", outlier_model), ("q8_0", outlier_model),
+            ("q5_k", wide_outlier_model), ("tq2_0", wide_outlier_model)]
+
+
+def test_every_gguf_type_has_an_awq_case():
+    covered = {t for t, m, _ in CALIBRATED_CASES if m == "awq"} | {"q4_0", "q4_1"} | {t for t, _ in AWQ_REST}
+    assert covered == set(GGUF_BLOCK_TYPES)
+
+
+@pytest.mark.parametrize("gtype, make_model", AWQ_REST)
+def test_awq_on_the_remaining_types_is_exact_to_the_format_and_no_worse_than_rtn(gtype, make_model, calib_ids):
+    grid = {"kind": "gguf", "type": gtype}
+    reference, rtn, model = make_model(), make_model(), make_model()
+    quantize_(rtn, config_from_dict("rtn", grid))
+    result = quantize_(model, config_from_dict("awq", grid, **QUICK_AWQ), calib_ids)
+    assert result.weights and not result.grid_overrides
+    for qweight in result.weights.values():
+        assert qweight.grid == GGUFBlockGrid(gtype)
+        assert_encodes_exactly(qweight)  # gguf's own dequantizer reads back tritium's weight bit for bit
+    # AWQ's searches include RTN's own point (α = 0, clip ratio 1), so each module's error is at most RTN's
+    assert hidden_error(model, reference, calib_ids) <= hidden_error(rtn, reference, calib_ids)

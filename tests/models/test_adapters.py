@@ -16,7 +16,7 @@ def test_one_mechanism_finds_blocks_and_linears(family):
     assert "model.layers.2.mlp.down_proj" in linears
     # Embeddings and the LM head are not decoder linears: they stay float.
     assert layout.lm_head is model.lm_head and all(m is not model.lm_head for m in linears.values())
-    assert layout.norm_weight_offset == (1.0 if family == "gemma" else 0.0)
+    assert layout.norm_weight_offset == (1.0 if family.startswith("gemma") else 0.0)
 
 
 def test_scale_groups_fold_into_existing_ops():

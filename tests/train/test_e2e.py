@@ -53,6 +53,27 @@ def test_e2e_keeps_the_codes_and_moves_the_scales(tmp_path, arch, method, grid):
     assert not (tmp_path / "e2e" / "ptq-model").exists() and not (tmp_path / "e2e" / "train" / "checkpoints").exists()
 
 
+def test_e2e_on_a_gguf_grid_tunes_each_linear_in_its_own_type_and_stays_exportable(tmp_path):
+    from gguf import GGMLQuantizationType
+
+    from tritium.export.gguf_tensors import decode_tensor, encode_tensor
+
+    recipe = _recipe(tmp_path, "gptq", {"kind": "gguf", "type": "q2_k"})
+    plain = {k: v for k, v in recipe.items() if k != "e2e"}
+    model = lambda: tiny_model("llama", seed=0, intermediate_size=256)  # noqa: E731  (down_proj: a Q2_K row)
+    ptq, _ = runner.quantize_model(model(), tiny_tokenizer(), plain)
+    tuned, _ = runner.quantize_model(model(), tiny_tokenizer(), recipe, work_dir=tmp_path / "e2e")
+    # 64 inputs hold no 256-weight super-block: all but down_proj are on llama.cpp's Q4_0 fallback, and stay there
+    assert tuned.grid_overrides == ptq.grid_overrides and len(ptq.grid_overrides) == 12
+    moved = 0
+    for name, weight in tuned.weights.items():
+        assert weight.grid == ptq.weights[name].grid and torch.equal(weight.codes, ptq.weights[name].codes), name
+        moved += not torch.equal(weight.scale, ptq.weights[name].scale)
+        qtype = GGMLQuantizationType[weight.grid.type.upper()]
+        assert (decode_tensor(encode_tensor(weight, qtype), qtype) == weight.dequantize().numpy()).all()
+    assert moved == len(tuned.weights)
+
+
 def test_e2e_lowers_the_distillation_loss(tmp_path):
     recipe = _recipe(tmp_path, train={"steps": 12, "micro_batch_size": 2, "progress": False,
                                       "optim": {"lr": 1e-3, "lr_quant": 5e-3, "schedule": "constant"}})

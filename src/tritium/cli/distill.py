@@ -36,6 +36,9 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--grad-accum", type=int)
     d.add_argument("--lr", type=float, help="learning rate of the latent weights")
     d.add_argument("--lr-quant", type=float, help="learning rate of the scales, zero points and shifts (DLT α, γ)")
+    d.add_argument("--grid", help="the student's grid kind: uniform, ternary, or a llama.cpp block format gguf:TYPE "
+                   "(gguf:q2_k, gguf:q4_k, gguf:tq2_0, ...) whose fp16 d and dmin train over fixed sub-block integers; "
+                   "--init-from a run quantized with --grid gguf:TYPE takes the same --grid")
     d.add_argument("--group", type=group_type, help="group size, 'channel' or 'tensor'")
     d.add_argument("--bits", type=int, help="bits of a uniform recipe's grid (2, 3 or 4), e.g. qat-w2g128-cpu --bits 4")
     d.add_argument("--variant", help="student quantizer: dlt (default) or absmean/twn (plain STE baseline)")

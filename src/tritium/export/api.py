@@ -53,6 +53,8 @@ def export_model(model_or_folder, format: str = "compressed-tensors", out: str |
             raise ExportError("exporting a model in memory needs out= (the folder or file to write)")
         grid, overrides, _ = model_grids(model_or_folder, result)
         exporter.check(grid, overrides, chosen)
+        config = model_or_folder.config
+        exporter.check_config({**config.to_dict(), "model_type": config.model_type}, "this model")
         out = Path(out)
         _check_out(out, exporter, overwrite, protected=None)
         source = model_source(model_or_folder, result, tokenizer)
@@ -67,11 +69,26 @@ def check_folder_export(folder: str | os.PathLike, format: str, out: str | os.Pa
     return _plan_folder_export(folder, exporter, _options(exporter, options or {}), out, overwrite)[1]
 
 
+def check_folder_config(folder: str | os.PathLike, format: str) -> None:
+    """The format's check of the model folder's config.json alone (e.g. a family GGUF cannot write): cheap
+    enough to run before the folder's files are hashed against its manifest, let alone loaded."""
+    import json
+
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # the manifest check that follows names a missing or damaged config.json
+    if isinstance(config, dict):
+        get_exporter(format).check_config(config, str(folder))
+
+
 def _plan_folder_export(folder, exporter: Exporter, options: dict, out, overwrite: bool):
     from .source import plan_folder
 
     plan = plan_folder(folder)
     exporter.check(plan.grid, plan.grid_overrides, options)
+    exporter.check_config(plan.model_config, str(plan.folder))  # from config.json, before any weight is read
     out = Path(out) if out is not None else plan.default_out(exporter.default_out)
     _check_out(out, exporter, overwrite, protected=plan.folder)
     return plan, out

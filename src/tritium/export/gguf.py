@@ -1,4 +1,4 @@
-"""Write a quantized Llama, Mistral, Qwen2, Qwen3 or Gemma model as a GGUF file that llama.cpp runs.
+"""Write a quantized Llama, Mistral, Qwen2, Qwen3, Gemma or Gemma 2 model as a GGUF file that llama.cpp runs.
 
 Decoder linears quantized on a GGUF grid go to that grid's own type, bit for bit; ternary
 ones go to TQ1_0/TQ2_0 where they fit, else to an exact fallback
@@ -52,6 +52,8 @@ class GGUFArch:
     needs_tied_head: bool = False
     # Only llama.cpp's llama graph reads per-frequency rope factors (the rope_freqs tensor Llama-3.1+ needs).
     rope_factors: bool = False
+    # Gemma 2's graph: logit soft-capping (attention and output), sliding-window attention on every other layer.
+    gemma2: bool = False
 
 
 ARCHITECTURES = {
@@ -62,6 +64,10 @@ ARCHITECTURES = {
     # llama.cpp's gemma graph scales the embedding by sqrt(hidden) itself and computes GELU's tanh form.
     "gemma": GGUFArch("gemma", gguf.MODEL_ARCH.GEMMA, permute_rope=False, activations=(
         "gelu_pytorch_tanh", "gelu_new", "gelu_fast"), norm_offset=1.0, needs_tied_head=True),
+    # gemma2 also: the sandwich norms (post-attention, pre- and post-feedforward; gguf's name map knows them), all
+    # with the (1 + w) offset, and its soft caps and sliding window (_add_architecture_metadata).
+    "gemma2": GGUFArch("gemma2", gguf.MODEL_ARCH.GEMMA2, permute_rope=False, activations=(
+        "gelu_pytorch_tanh", "gelu_new", "gelu_fast"), norm_offset=1.0, needs_tied_head=True, gemma2=True),
 }
 EMBEDDING_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16, "q8_0": GGMLQuantizationType.Q8_0}
 FILE_TYPES = {"tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0, "tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0}
@@ -137,29 +143,95 @@ def _copy_tokenizer_fields(writer: GGUFWriter, source: str | os.PathLike) -> Non
         writer.add_key_value(key, fld.contents(), vtype, sub_type=sub_type)
 
 
+# HF families llama.cpp runs under a graph tritium does not write: why not, said in the refusal.
+NOT_WRITTEN = {
+    "gemma3_text": "llama.cpp's gemma3 graph also needs the q/k norms, the 5:1 sliding-window pattern with its own "
+                   "rope base and the per-layer-type rope scaling written",
+}
+NOT_WRITTEN["gemma3"] = NOT_WRITTEN["gemma3_text"]
+
+
+EXPORT_INSTEAD = "export it with --format compressed-tensors or --format tritium instead"
+
+
+def gguf_architecture_of(model_type: str | None, architectures=(), what: str = "this model",
+                         fix: str = EXPORT_INSTEAD) -> GGUFArch:
+    """The llama.cpp architecture for a config's ``model_type`` (or, without one, its HF ``architectures``),
+    from the config alone, so that a family GGUF export cannot write is refused before any weight loads.
+    Raises a GGUFExportError naming the family and the ones tritium writes."""
+    if not model_type:
+        by_class = {f"{name.capitalize()}ForCausalLM": name for name in ARCHITECTURES}
+        model_type = next((by_class[a] for a in architectures or () if a in by_class), None)
+        if model_type is None:
+            model_type = ", ".join(architectures or ()) or "unknown"
+    spec = ARCHITECTURES.get(model_type)
+    if spec is not None:
+        return spec
+    graphs = ", ".join(sorted({a.name for a in ARCHITECTURES.values()}))
+    why = f" ({NOT_WRITTEN[model_type]}, which tritium's writer does not do yet)" if model_type in NOT_WRITTEN else ""
+    raise GGUFExportError(
+        f"GGUF export writes the {', '.join(ARCHITECTURES)} families (llama.cpp's {graphs} architectures); "
+        f"{what} is {model_type!r}, and {model_type!r} is not one of them{why}: {fix}")
+
+
+def config_fields(config) -> dict:
+    """The config.json fields :func:`check_gguf_config` reads, from a loaded model's config (the instance's own
+    values: ``PretrainedConfig.to_dict`` would put the class's model_type over a changed one)."""
+    return {key: getattr(config, key, None) for key in ("model_type", "architectures", "hidden_act",
+                                                         "hidden_activation")}
+
+
+def check_gguf_config(config: dict, what: str = "this model", fix: str = EXPORT_INSTEAD) -> GGUFArch:
+    """What config.json alone says GGUF export cannot write (checked before the weights load): a family
+    llama.cpp has no graph for that tritium writes, or an MLP activation that graph does not compute.
+    ``fix`` ends the message: what to do instead."""
+    spec = gguf_architecture_of(config.get("model_type"), config.get("architectures") or (), what, fix)
+    activation = config.get("hidden_activation") or config.get("hidden_act")
+    # a config without either key (a GGUF header's) leaves the activation to the loaded model's check
+    if ("hidden_activation" in config or "hidden_act" in config) and activation not in spec.activations:
+        raise GGUFExportError(
+            f"this {config.get('model_type')} model's MLP uses {activation!r}, but llama.cpp's {spec.name} graph "
+            f"computes {' / '.join(spec.activations)}: its logits would differ; {fix}")
+    return spec
+
+
 def gguf_architecture(model) -> GGUFArch:
     """The llama.cpp architecture for ``model``, or a GGUFExportError naming the ones tritium writes.
 
     Refused as well: what llama.cpp's graph for the architecture would compute differently (another MLP
     activation, Gemma with its own output head)."""
     config = model.config
-    spec = ARCHITECTURES.get(config.model_type)
-    if spec is None:
-        graphs = ", ".join(sorted({a.name for a in ARCHITECTURES.values()}))
-        raise GGUFExportError(
-            f"GGUF export writes the {', '.join(ARCHITECTURES)} families (llama.cpp's {graphs} architectures); "
-            f"{config.model_type!r} is not one of them: export it with --format compressed-tensors or --format "
-            "tritium instead")
-    activation = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None)
-    if activation not in spec.activations:
-        raise GGUFExportError(
-            f"this {config.model_type} model's MLP uses {activation!r}, but llama.cpp's {spec.name} graph computes "
-            f"{' / '.join(spec.activations)}: its logits would differ; export it with --format compressed-tensors")
+    spec = check_gguf_config(config_fields(config))
     if spec.needs_tied_head and not _head_is_the_embedding(model):
         raise GGUFExportError(
             f"llama.cpp's {spec.name} architecture reuses the embedding as the output head, but this model has "
             "its own lm_head: such a file would compute different logits; export it with --format tritium")
+    if spec.gemma2:
+        _check_gemma2(config)
     return spec
+
+
+def _check_gemma2(config) -> None:
+    """What llama.cpp's gemma2 graph computes without reading it from the file: the query scale 1/sqrt(head_dim)
+    (hidden/heads for the 46-layer 27B), soft-capping of the attention logits (50 unless written) and of the
+    output, sliding windows on the even layers, causal attention."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    expected = config.hidden_size // config.num_attention_heads if config.num_hidden_layers == 46 else head_dim
+    problems = []
+    if getattr(config, "query_pre_attn_scalar", None) != expected:
+        problems.append(f"its queries are scaled by query_pre_attn_scalar {config.query_pre_attn_scalar}, llama.cpp's "
+                        f"gemma2 graph by its head_dim {expected}")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, key, None) is None:
+            problems.append(f"it has no {key}, which llama.cpp's gemma2 graph always applies")
+    sliding = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(config.num_hidden_layers)]
+    if getattr(config, "sliding_window", None) is not None and list(getattr(config, "layer_types", sliding)) != sliding:
+        problems.append("its sliding-window layers are not every other one from the first, as llama.cpp's are")
+    if getattr(config, "use_bidirectional_attention", None):
+        problems.append("its attention is bidirectional")
+    if problems:
+        raise GGUFExportError(f"this gemma2 model would run differently in llama.cpp: {'; '.join(problems)}; export "
+                              "it with --format compressed-tensors")
 
 
 def rope_frequency_factors(model, spec: GGUFArch) -> torch.Tensor | None:
@@ -208,8 +280,9 @@ def file_type_of(linear_types: list[GGMLQuantizationType], ttype: str):
     return getattr(gguf.LlamaFileType, f"MOSTLY_{most.name}", FILE_TYPES[ttype])
 
 
-def _add_architecture_metadata(writer: GGUFWriter, config, n_vocab: int) -> None:
-    """The hyperparameters llama.cpp's llama, qwen2, qwen3 and gemma graphs read (under the architecture's prefix)."""
+def _add_architecture_metadata(writer: GGUFWriter, config, n_vocab: int, spec: GGUFArch) -> None:
+    """The hyperparameters llama.cpp's llama, qwen2, qwen3, gemma and gemma2 graphs read (under the architecture's
+    prefix)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_key_length(head_dim)  # Gemma's and Qwen3's head_dim need not be hidden / heads
     writer.add_value_length(head_dim)
@@ -224,6 +297,11 @@ def _add_architecture_metadata(writer: GGUFWriter, config, n_vocab: int) -> None
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
     writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(n_vocab)
+    if spec.gemma2:  # checked by _check_gemma2: both soft caps are set
+        writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping))
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+        if config.sliding_window is not None:
+            writer.add_sliding_window(int(config.sliding_window))
 
 
 def _sliding_window_note(config) -> str | None:
@@ -270,14 +348,14 @@ def write_gguf(model, path: str | os.PathLike, weights: dict[str, QuantizedWeigh
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{temporary_prefix(path)}{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")  # cleaned if orphaned
     report = GGUFReport(str(path))
-    if note := _sliding_window_note(config):
+    if not spec.gemma2 and (note := _sliding_window_note(config)):  # llama.cpp's gemma2 graph has the windows
         report.notes.append(note)
     expected: dict[str, np.ndarray] = {}
     exact: set[str] = set()  # tensors on a GGUF grid: they must read back bit for bit
     linear_types: list[GGMLQuantizationType] = []
     writer = GGUFWriter(tmp, spec.name)
     try:
-        _add_architecture_metadata(writer, config, n_vocab)
+        _add_architecture_metadata(writer, config, n_vocab, spec)
         if vocab is None:
             _copy_tokenizer_fields(writer, tokenizer_gguf)
             report.vocabulary = f"copied from {tokenizer_gguf}"

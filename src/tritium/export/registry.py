@@ -42,6 +42,10 @@ class Exporter:
     def check(self, grid, grid_overrides: dict, options: dict) -> None:
         """Refuse, before the model loads, grids or option values this format cannot take."""
 
+    def check_config(self, config: dict, what: str) -> None:
+        """Refuse, before the model loads, a model this format cannot write, from its config.json
+        (``config``) alone; ``what`` names the model in the message."""
+
     def write(self, source, out: Path, options: dict):
         """Write ``source`` (an :class:`~tritium.export.source.ExportSource`) to ``out`` and read it back.
 

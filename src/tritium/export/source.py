@@ -9,6 +9,7 @@ place by :func:`tritium.quantize_` together with its :class:`~tritium.methods.Qu
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class FolderPlan:
     tritium_config: dict
     grid: Grid
     grid_overrides: dict[str, Grid]
+    model_config: dict = field(default_factory=dict)  # the folder's config.json
 
     def default_out(self, name: str) -> Path:
         """RUN/<name> beside the model of a run, else <model><-name or .suffix> beside the model folder."""
@@ -65,8 +67,9 @@ def plan_folder(path: str | os.PathLike) -> FolderPlan:
         raise ExportError(f"{folder} is a fake-quant folder without codes: re-run `tritium quantize` (it writes "
                           "tritium_codes.safetensors) or pack it with `tritium pack`, then export that")
     run_folder = Path(path) if folder != Path(path) else None  # _model_folder returned RUN/model
+    model_config = json.loads((folder / "config.json").read_text())
     return FolderPlan(folder, run_folder, qconfig, grid_from_dict(qconfig["grid"]),
-                      grids_from_dicts(qconfig.get("grid_overrides")))
+                      grids_from_dicts(qconfig.get("grid_overrides")), model_config)
 
 
 def load_folder_source(plan: FolderPlan) -> ExportSource:

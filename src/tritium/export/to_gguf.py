@@ -26,6 +26,11 @@ class GGUFExporter(Exporter):
             raise ExportError(f"GGUF embedding type must be one of {', '.join(EMBEDDING_TYPES)}, not "
                               f"{options['embedding_type']!r}")
 
+    def check_config(self, config: dict, what: str) -> None:
+        from .gguf import check_gguf_config
+
+        check_gguf_config(config, what)
+
     def write(self, source, out: Path, options: dict):
         from ..nn import dequantize_head_, head_type_of
         from .api import ExportReport

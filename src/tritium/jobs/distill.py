@@ -35,6 +35,7 @@ class DistillJob(CommonEvalOptions):
     grad_accum: int | None = None
     lr: float | None = None
     lr_quant: float | None = None
+    grid: str | None = None  # uniform, ternary or gguf:<type> (the recipe's grid kind, or a llama.cpp format)
     group: int | str | None = None
     bits: int | None = None
     variant: str | None = None
@@ -86,10 +87,18 @@ def distill_recipe(job: DistillJob) -> dict:
     if recipe.method != "dlt":
         raise RecipeError(f"recipe {job.recipe!r} is for method {recipe.method!r}; distill needs a dlt recipe "
                           "such as ternaryllm")
-    if job.bits is not None and recipe.grid.kind != "uniform":
-        raise RecipeError(f"--bits applies to a uniform grid; recipe {job.recipe!r} trains {recipe.grid.kind}: use "
+    changes, flags = {}, {}
+    if job.grid is not None:  # first, as for quantize: a kind's change keeps --bits and --group
+        from ..quant.grids import parse_grid_name
+
+        for setting, part in parse_grid_name(job.grid).items():
+            changes[f"grid.{setting}"], flags[f"grid.{setting}"] = part, "--grid"
+    kind = changes.get("grid.kind", recipe.grid.kind)
+    if job.bits is not None and kind != "uniform":
+        raise RecipeError(f"--bits applies to a uniform grid; recipe {job.recipe!r} trains {kind}: use "
                           "a qat-* recipe such as qat-w2g128-cpu")
-    changes, flags = option_changes(job, DISTILL_OPTIONS, DISTILL_EMPTY_IS_UNSET)
+    more_changes, more_flags = option_changes(job, DISTILL_OPTIONS, DISTILL_EMPTY_IS_UNSET)
+    changes, flags = changes | more_changes, flags | more_flags
     for budget, other in (("tokens", "steps"), ("steps", "tokens")):
         if getattr(job, budget) is not None:
             changes[f"{_TRAIN}.{budget}"], changes[f"{_TRAIN}.{other}"] = getattr(job, budget), None

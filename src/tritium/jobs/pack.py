@@ -235,12 +235,13 @@ class ExportJob:
 
 def export_folder(job: ExportJob) -> ExportReport:
     """Export the job's folder; the report holds what was written (its path, size, a summary in lines)."""
-    from ..export.api import export_model
+    from ..export.api import check_folder_config, export_model
     from ..utils.integrity import verified_folder
     from .preflight import export_request, preflight_export
 
     request = export_request(job)
     folder, _ = model_folder(job.model)
+    check_folder_config(folder, request.format)  # a family the format cannot write: before any weight is read
     with verified_folder(folder):  # config.json and the codes are read before the model loads
         out = preflight_export(job, request)
         return export_model(job.model, format=request.format, out=out, overwrite=job.overwrite,

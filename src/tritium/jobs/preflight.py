@@ -29,6 +29,15 @@ class ModelShape:
     context: int | None
     vocab_size: int | None
     hidden_size: int | None = None  # the embedding's width
+    architectures: tuple[str, ...] = ()  # config.json's HF class names (none for a GGUF file)
+    activation: str | None = None  # the MLP's (hidden_activation or hidden_act); None from a GGUF file
+
+    def config_fields(self) -> dict:
+        """What :func:`~tritium.export.gguf.check_gguf_config` reads, as config.json has it."""
+        known = {"model_type": self.model_type, "architectures": self.architectures}
+        if self.activation is not None:  # a GGUF header names none: the loaded model's is checked then
+            known["hidden_act"] = self.activation
+        return known
 
 
 _GGUF_LINEARS = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj",
@@ -52,6 +61,7 @@ def model_shape(model: str) -> ModelShape | None:
         config = json.loads((Path(source.location) / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    top = config if isinstance(config, dict) else {}
     config = config.get("text_config", config) if isinstance(config, dict) else None
     if not isinstance(config, dict) or not isinstance(config.get("hidden_size"), int):
         return None
@@ -63,7 +73,8 @@ def model_shape(model: str) -> ModelShape | None:
     if isinstance(config.get("intermediate_size"), int):
         widths["down_proj"] = config["intermediate_size"]
     return ModelShape(config.get("model_type"), widths, config.get("max_position_embeddings"),
-                      config.get("vocab_size"), hidden)
+                      config.get("vocab_size"), hidden, tuple(top.get("architectures") or ()),
+                      config.get("hidden_activation") or config.get("hidden_act"))
 
 
 def _gguf_shape(path: Path) -> ModelShape | None:
@@ -115,6 +126,34 @@ def check_group_divides(grid, widths: dict[str, int]) -> None:
             + f" (the model's widths are {', '.join(map(str, all_widths))}): pass --group "
             + (" or ".join(map(str, fits[:3])) if fits else "channel")
             + ", or allow a shorter last group with --ragged-groups")
+
+
+def recipe_gguf_grids(recipe: dict) -> list[str]:
+    """The GGUF grids (``gguf:q2_k``, ...) a quantize recipe puts linears on: its grid, its grid_overrides and
+    its bit budget's candidate grids."""
+    from ..quant.grids import GGUFBlockGrid, grid_from_dict
+
+    method_args = recipe.get("method_args") or {}
+    specs = [recipe["grid"], *(method_args.get("grid_overrides") or {}).values(),
+             *(method_args.get("candidate_grids") or ())]
+    grids = [spec if not isinstance(spec, dict) else grid_from_dict(spec) for spec in specs]
+    return sorted({g.describe() for g in grids if isinstance(g, GGUFBlockGrid)})
+
+
+def check_gguf_architecture(recipe: dict, config: dict, what: str) -> None:
+    """A GGUF grid only pays off in a GGUF file: a model whose family tritium cannot write as GGUF (by its
+    config.json's model_type, architectures and activation) is refused before its weights load."""
+    gguf_grids = recipe_gguf_grids(recipe)
+    if not gguf_grids:
+        return
+    from ..export.gguf import GGUFExportError, check_gguf_config
+
+    try:
+        check_gguf_config(config, what, fix="quantize it on a uniform grid instead (e.g. --grid uniform --bits 4 "
+                                            "--group 128) and export that with --format compressed-tensors")
+    except GGUFExportError as err:
+        raise PreflightError(f"{', '.join(gguf_grids)} quantizes for llama.cpp's GGUF format, which tritium cannot "
+                             f"write for this model: {err}") from None
 
 
 def check_context(seqlen: int | None, context: int | None, flag: str) -> None:
@@ -230,6 +269,7 @@ def preflight_quantize(job, recipe: dict):
         check_writable(job.out)
     shape = model_shape(job.model)
     if shape is not None:
+        check_gguf_architecture(recipe, shape.config_fields(), str(job.model))
         method_args = recipe.get("method_args") or {}
         if not method_args.get("skip") and not method_args.get("grid_overrides"):
             check_group_divides(grid, shape.input_widths)  # with skips, the loaded model's linears decide
@@ -245,6 +285,9 @@ def preflight_loaded_model(model, tokenizer, recipe: dict | None = None, config=
     check_vocabulary(model, tokenizer)
     if recipe is None:
         return
+    from ..export.gguf import config_fields
+
+    check_gguf_architecture(recipe, config_fields(model.config), "this model")  # for a source with no config.json
     context = model_context(model)
     from . import steps
 
@@ -295,6 +338,7 @@ def preflight_distill(job, recipe: dict) -> None:
         check_save_format(job.format, grid)
     shape = model_shape(job.model)
     if shape is not None:
+        check_gguf_architecture(recipe, shape.config_fields(), str(job.model))
         if not method_args.get("skip"):
             check_group_divides(grid, shape.input_widths)
         check_context((method_args.get("data") or {}).get("seqlen"), shape.context, "--train-seqlen")

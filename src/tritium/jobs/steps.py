@@ -166,7 +166,8 @@ def tune_scales_end_to_end(model, teacher, tokenizer, result, config, settings: 
     work = Path(work_dir)
     start_folder = work / "ptq-model"
     save_fake_quantized(model, tokenizer, start_folder, result.method, grid_to_dict(result.grid), config.skip,
-                        result.method_args, weights=result.weights)
+                        result.method_args, weights=result.weights,
+                        grid_overrides=result.grid_overrides_dict())  # a GGUF grid's fallback types
     settings = {k: dict(v) for k, v in settings.items()}
     settings["train"].setdefault("progress", progress)
     e2e = e2e_config(settings, result.grid, config.skip, str(start_folder))
@@ -187,7 +188,7 @@ def tune_scales_end_to_end(model, teacher, tokenizer, result, config, settings: 
     details = dict(result.details) | {"e2e": {"settings": settings, "training": train_result_summary(train),
                                                "seconds": time.perf_counter() - start}}
     return type(result)(result.method, result.grid, tuned.weights, result.seconds + time.perf_counter() - start,
-                        method_args=dict(result.method_args), details=details)
+                        method_args=dict(result.method_args), details=details, grid_overrides=tuned.grid_overrides)
 
 
 def quantized_row(model, result, evaluation: dict, file_bytes: int | None, seconds: float) -> dict:

@@ -25,15 +25,31 @@ import torch
 from torch import Tensor, nn
 
 from ..models.adapters import DecoderLayout
-from ..quant.grids import Grid, GroupLayout, QuantConfigError, TernaryGrid, UniformGrid, quantize_weight, storage_bits
+from ..quant.grids import (GGUFBlockGrid, Grid, GroupLayout, QuantConfigError, TernaryGrid, UniformGrid,
+                           gguf_fallback_grid, grid_layout, quantize_weight, storage_bits)
 
 # The allocation is expected to land this close below the budget (bits per weight).
 BUDGET_TOLERANCE = 0.01
 SENSITIVITY_BATCH = 4  # calibration samples per forward pass of the sensitivity measurement
 
 
+K_QUANTS = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+
+
+def default_gguf_candidates(grid: GGUFBlockGrid) -> tuple[GGUFBlockGrid, ...]:
+    """llama.cpp's own mixes: the k-quants Q2_K to Q6_K for a k-quant grid, with TQ1_0/TQ2_0 below them for a
+    ternary one; for a simple type its 4-, 5- and 8-bit kin (Q4_0, Q5_0, Q8_0, or Q4_1, Q5_1, Q8_0)."""
+    if grid.super_block or grid.is_ternary:
+        return tuple(GGUFBlockGrid(t) for t in ((grid.type,) if grid.is_ternary else ()) + K_QUANTS)
+    suffix = "1" if grid.has_min else "0"
+    return tuple(GGUFBlockGrid(t) for t in (f"q4_{suffix}", f"q5_{suffix}", "q8_0"))
+
+
 def default_candidates(grid: Grid) -> tuple[Grid, ...]:
-    """Ternary and 2/3/4-bit at ``grid``'s group (and its ternary variant or uniform symmetry)."""
+    """Ternary and 2/3/4-bit at ``grid``'s group (and its ternary variant or uniform symmetry); for a GGUF grid
+    the GGUF types of :func:`default_gguf_candidates`."""
+    if isinstance(grid, GGUFBlockGrid):
+        return default_gguf_candidates(grid)
     variant = grid.variant if isinstance(grid, TernaryGrid) else "twn"
     symmetric = grid.symmetric if isinstance(grid, UniformGrid) else False
     return (TernaryGrid(variant, grid.group, grid.ragged_groups),
@@ -51,13 +67,26 @@ def candidates_of(config) -> tuple[Grid, ...]:
     return candidates
 
 
+def linear_grid(candidate: Grid, module: nn.Linear, name: str) -> Grid:
+    """The grid ``candidate`` puts ``module`` on: itself, or for a GGUF type whose blocks do not divide the
+    linear's width the type llama.cpp's quantize tool falls back to (as the methods do), so that the bits
+    counted are the bits stored."""
+    return gguf_fallback_grid(candidate, module.in_features, name) or candidate
+
+
+def linear_grids(linears: dict[str, nn.Linear], candidates: tuple[Grid, ...]) -> dict[str, list[Grid]]:
+    return {name: [linear_grid(g, module, name) for g in candidates] for name, module in linears.items()}
+
+
 def bits_table(linears: dict[str, nn.Linear], candidates: tuple[Grid, ...]) -> dict[str, list[float]]:
-    """Storage bits of each linear's weight on each candidate (a group that does not divide fails here)."""
+    """Storage bits of each linear's weight on each candidate, scales and zero points (a GGUF type's d, dmin
+    and sub-block integers) included; a group that does not divide fails here."""
     table = {}
-    for name, module in linears.items():
+    for name, grids in linear_grids(linears, candidates).items():
+        module = linears[name]
         shape = (module.out_features, module.in_features)
-        table[name] = [storage_bits(GroupLayout.for_weight(shape, g.group, g.ragged_groups, name), g)
-                       for g in candidates]
+        table[name] = [storage_bits(grid_layout(shape, g, name) if isinstance(g, GGUFBlockGrid) else
+                                    GroupLayout.for_weight(shape, g.group, g.ragged_groups, name), g) for g in grids]
     return table
 
 
@@ -202,8 +231,8 @@ class Allocation:
         """The allocation per layer, JSON-ready (results.json, results.md's table)."""
         labels = [g.describe() for g in self.candidates]
         counts = {label: 0 for label in labels}
-        for grid in self.grids.values():
-            counts[grid.describe()] += 1
+        for grid in self.grids.values():  # a GGUF fallback type may be no candidate itself
+            counts[grid.describe()] = counts.get(grid.describe(), 0) + 1
         return {
             "bits_budget": self.bits_budget,
             "achieved_bits_per_weight": round(self.achieved_bits, 5),
@@ -219,7 +248,10 @@ class Allocation:
 
 
 def short_label(grid: Grid) -> str:
-    """One table cell: "T" for ternary, "W3" for 3-bit (the group is the same for every candidate)."""
+    """One table cell: "T" for ternary, "W3" for 3-bit (the group is the same for every candidate), a GGUF
+    type's own name ("Q4_K")."""
+    if isinstance(grid, GGUFBlockGrid):
+        return grid.type.upper()
     return "T" if isinstance(grid, TernaryGrid) else f"W{grid.bits}"
 
 
@@ -233,11 +265,12 @@ def allocate_grids(model: nn.Module, layout: DecoderLayout, linears: dict[str, n
     n_weights = _weight_count(linears)
     calibration = check_calibration_ids(model, calibration)[: config.sensitivity_samples]
     moments = input_second_moments(model, layout, linears, calibration)
-    sensitivity = {name: [rtn_sensitivity(module.weight, moments[name], g, name) for g in candidates]
+    own = linear_grids(linears, candidates)
+    sensitivity = {name: [rtn_sensitivity(module.weight, moments[name], g, name) for g in own[name]]
                    for name, module in linears.items()}
     names = list(linears)
     choice = allocate([table[n] for n in names], [sensitivity[n] for n in names], config.bits_budget * n_weights)
-    grids = {name: candidates[j] for name, j in zip(names, choice)}
+    grids = {name: own[name][j] for name, j in zip(names, choice)}
     achieved = sum(table[name][j] for name, j in zip(names, choice)) / n_weights
     if config.bits_budget - achieved > BUDGET_TOLERANCE:
         warnings.warn(f"the bit allocation reaches {achieved:.4f} bits per weight, {config.bits_budget - achieved:.4f} "

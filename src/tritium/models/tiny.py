@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
 
 _TINY_DEFAULTS = dict(
     vocab_size=512,
@@ -31,13 +31,16 @@ def tiny_config(family: str = "llama", **overrides):
         "qwen2": "Qwen2Config",
         "qwen3": "Qwen3Config",
         "gemma": "GemmaConfig",
+        "gemma2": "Gemma2Config",
     }
     if family not in classes:
         raise ValueError(f"tiny family {family!r} is unknown: choose one of {TINY_FAMILIES}")
     settings = dict(_TINY_DEFAULTS)
     settings.update(overrides)
-    if family in ("gemma", "qwen3") and "head_dim" not in overrides:  # their configs' default is a fixed 256/128
+    if family in ("gemma", "gemma2", "qwen3") and "head_dim" not in overrides:  # their default is a fixed 256/128
         settings["head_dim"] = settings["hidden_size"] // settings["num_attention_heads"]
+    if family == "gemma2" and "query_pre_attn_scalar" not in overrides:  # the real models' rule: their head_dim
+        settings["query_pre_attn_scalar"] = settings["head_dim"]
     return getattr(transformers, classes[family])(**settings)
 
 

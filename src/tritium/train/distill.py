@@ -22,9 +22,9 @@ from torch import nn
 
 from ..methods.base import MethodConfig, register_method
 from ..models.rotation import match_rotation_, saved_rotation
-from ..quant.grids import QuantConfigError, TernaryGrid, UniformGrid
+from ..quant.grids import GGUFBlockGrid, QuantConfigError, TernaryGrid, UniformGrid
 from .data import TeacherSamplingConfig, TrainDataError, generate_teacher_corpus, load_sequences
-from .dlt import DLTConfig, _replace, fold_, to_dlt_, to_fake_quant_, to_uniform_qat_
+from .dlt import DLTConfig, _replace, fold_, to_dlt_, to_fake_quant_, to_gguf_qat_, to_uniform_qat_
 from .flips import CodeFlipTracker
 from .qat import SCALE_GRADIENTS
 from .losses import DistillationLoss, LossConfig, check_same_vocabulary
@@ -56,11 +56,12 @@ class DistillConfig(MethodConfig):
     """Every hyperparameter of a distillation run; ``grid`` picks the student's quantizer.
 
     A ternary ``dlt`` grid trains DLT linears (learnable α, γ); a uniform grid trains uniform QAT
-    linears (learnable scale and zero point, LSQ style); the other ternary grids (absmean, twn) train
-    plain straight-through fake quant, the baseline of the ablation.
+    linears (learnable scale and zero point, LSQ style); a GGUF grid (``gguf:q2_k``, ...) trains the
+    format's own fp16 d and dmin over fixed sub-block integers (train/gguf_qat.py); the other ternary grids
+    (absmean, twn) train plain straight-through fake quant, the baseline of the ablation.
     """
 
-    grid: TernaryGrid | UniformGrid = field(default_factory=lambda: TernaryGrid(variant="dlt", group=128))
+    grid: TernaryGrid | UniformGrid | GGUFBlockGrid = field(default_factory=lambda: TernaryGrid(variant="dlt", group=128))
     shift_init: str = "mean"
     learn_shift: bool = True
     ste_clip: float | None = 1.0
@@ -110,8 +111,8 @@ class DistillConfig(MethodConfig):
                                    f"grid); {self.grid.describe()} trains plain straight-through weights")
         if self.scale_gradient not in SCALE_GRADIENTS:
             raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} is unknown: use one of {SCALE_GRADIENTS}")
-        if self.scale_gradient != "lsq" and not isinstance(self.grid, UniformGrid):
-            raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} applies to uniform grids; "
+        if self.scale_gradient != "lsq" and not isinstance(self.grid, (UniformGrid, GGUFBlockGrid)):
+            raise QuantConfigError(f"scale_gradient={self.scale_gradient!r} applies to uniform and GGUF grids; "
                                    f"{self.grid.describe()} trains its own quantizer: drop the option")
         if self.ternary_threshold != "twn" and self.student_kind != "dlt":
             raise QuantConfigError(f"ternary_threshold={self.ternary_threshold!r} applies to ternary dlt grids; "
@@ -149,7 +150,10 @@ class DistillConfig(MethodConfig):
 
     @property
     def student_kind(self) -> str:
-        """dlt, qat (uniform grid, learnable scale and zero) or ste (plain straight-through baseline)."""
+        """dlt, qat (uniform grid, learnable scale and zero), gguf (a llama.cpp block format, learnable d and
+        dmin) or ste (plain straight-through baseline)."""
+        if isinstance(self.grid, GGUFBlockGrid):
+            return "gguf"
         return "dlt" if self.uses_dlt else "qat" if isinstance(self.grid, UniformGrid) else "ste"
 
     def start_source(self) -> StartSource | None:
@@ -206,6 +210,10 @@ def prepare_student(model: nn.Module, config: DistillConfig, start: StartSource 
         students = to_dlt_(model, config.dlt_config())
     elif kind == "qat":
         students = to_uniform_qat_(model, config.grid, config.skip, config.quantize_lm_head, config.scale_gradient)
+    elif kind == "gguf":  # each linear on the start's type for it (its fallbacks), else the grid's own rule
+        overrides = start.grid_overrides if start is not None and start.quantized else None
+        students = to_gguf_qat_(model, config.grid, config.skip, config.quantize_lm_head, overrides,
+                                config.scale_gradient)
     else:
         students = to_fake_quant_(model, config.grid, config.skip, config.quantize_lm_head)
     if start is not None and start.quantized and kind != "ste":
@@ -279,9 +287,8 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
     details = {"train_steps": result.steps, "train_tokens": result.tokens,
                "train_tokens_per_second": result.tokens_per_second, "final_loss": result.losses()[-1],
                "resumed_from": result.resumed_from}
-    method = {"dlt": "dlt", "qat": "qat", "ste": "qat-ste"}[config.student_kind]
-    folded = fold_(model, method=method, method_args=config.method_args(),
-                   details=details)
+    method = {"dlt": "dlt", "qat": "qat", "gguf": "qat", "ste": "qat-ste"}[config.student_kind]
+    folded = fold_(model, method=method, method_args=config.method_args(), details=details, grid=config.grid)
     model.requires_grad_(False)  # a finished model, as load_model returns it
     return folded, result
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..quant.grids import (
     SCALE_EPS,
     TWN_THRESHOLD_FACTOR,
+    GGUFBlockGrid,
     GroupLayout,
     GroupSpec,
     QuantConfigError,
@@ -33,9 +34,11 @@ from ..quant.grids import (
     fake_quantize,
     quantize_ternary,
     quantize_weight,
+    grid_layout,
     straight_through,
     ternary_codes_threshold,
 )
+from .gguf_qat import GGUFQATLinear
 from .qat import UniformQATLinear
 
 SHIFT_INITS = ("mean", "zero")
@@ -400,6 +403,26 @@ def to_uniform_qat_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize
                                                                            scale_gradient=scale_gradient))
 
 
+def to_gguf_qat_(model: nn.Module, grid, skip: tuple[str, ...] = (), quantize_lm_head: bool = False,
+                 grids: dict | None = None, scale_gradient: str = "lsq") -> dict[str, GGUFQATLinear]:
+    """Swap the decoder linears for QAT linears on the GGUF block format ``grid``: each on ``grids[name]`` where
+    given (a start's per-linear types), else on ``grid`` or, where its blocks do not divide the linear's width,
+    on the type llama.cpp's quantize tool falls back to. Every layout is checked before anything changes."""
+    from ..quant.grids import gguf_fallback_grid
+
+    targets = _target_linears(model, tuple(skip), quantize_lm_head)
+    chosen = {}
+    for name, linear in targets.items():
+        own = (grids or {}).get(name)
+        chosen[name] = own or gguf_fallback_grid(grid, linear.in_features, name) or grid
+        grid_layout(tuple(linear.weight.shape), chosen[name], name=name)
+    swapped = {}
+    for name, linear in targets.items():
+        swapped[name] = GGUFQATLinear.from_linear(linear, chosen[name], name=name, scale_gradient=scale_gradient)
+        _replace(model, name, swapped[name])
+    return swapped
+
+
 def _swap_linears(model: nn.Module, targets: dict[str, nn.Linear], group, ragged: bool, make) -> dict:
     """Replace each target with ``make(name, linear)``, after checking every layer's grouping,
     so a group size that does not fit one layer leaves the model untouched."""
@@ -412,7 +435,7 @@ def _swap_linears(model: nn.Module, targets: dict[str, nn.Linear], group, ragged
     return swapped
 
 
-TRAINABLE_LINEARS = (DLTLinear, FakeQuantLinear, UniformQATLinear)
+TRAINABLE_LINEARS = (DLTLinear, FakeQuantLinear, UniformQATLinear, GGUFQATLinear)
 
 
 def quant_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -425,28 +448,31 @@ def quant_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
                 quant += [p for p in (module.alpha, module.shift) if isinstance(p, nn.Parameter)]
             elif isinstance(module, UniformQATLinear):
                 quant += [p for p in (module.scale, module.zero) if isinstance(p, nn.Parameter)]
+            elif isinstance(module, GGUFQATLinear):
+                quant += module.quant_parameters()
     return latent, quant
 
 
 @torch.no_grad()
-def fold_(model: nn.Module, method: str = "dlt", method_args: dict | None = None, details: dict | None = None):
+def fold_(model: nn.Module, method: str = "dlt", method_args: dict | None = None, details: dict | None = None,
+          grid=None):
     """Replace every DLT / uniform-QAT / fake-quant linear by a plain ``nn.Linear`` holding its dequantized weight.
 
     Returns a ``QuantizationResult`` whose weights (codes, fp16 scale, fp16 shift) feed packing and export;
-    the folded model computes exactly ``QuantizedWeight.dequantize()``.
+    the folded model computes exactly ``QuantizedWeight.dequantize()``. GGUF linears may sit on several types
+    (llama.cpp's fallbacks): those not on ``grid`` (the model's main grid) are the result's grid overrides.
     """
     from ..methods.base import QuantizationResult
 
     start = time.perf_counter()
     weights: dict[str, QuantizedWeight] = {}
-    grid = None
     for name, module in list(model.named_modules()):
         if not isinstance(module, TRAINABLE_LINEARS):
             continue
         qweight = module.to_quantized()
-        if grid is not None and qweight.grid != grid:
+        grid = grid or qweight.grid
+        if qweight.grid != grid and not (isinstance(module, GGUFQATLinear) and isinstance(grid, GGUFBlockGrid)):
             raise QuantConfigError(f"{name}: mixed grids in one model ({grid.describe()} and {qweight.grid.describe()})")
-        grid = qweight.grid
         plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                           device=module.weight.device, dtype=module.weight.dtype)
         plain.weight.copy_(qweight.dequantize(module.weight.dtype))
@@ -454,7 +480,9 @@ def fold_(model: nn.Module, method: str = "dlt", method_args: dict | None = None
             plain.bias.copy_(module.bias)
         _replace(model, name, plain)
         weights[name] = qweight
-    if grid is None:
+    if not weights:
         raise QuantConfigError("the model holds no DLT, QAT or fake-quant linears to fold: call to_dlt_ first")
+    overrides = {name: q.grid for name, q in weights.items() if q.grid != grid}
     return QuantizationResult(method, grid, weights, time.perf_counter() - start,
-                              method_args=dict(method_args or {}), details=dict(details or {}))
+                              method_args=dict(method_args or {}), details=dict(details or {}),
+                              grid_overrides=overrides)

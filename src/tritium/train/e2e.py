@@ -10,7 +10,7 @@ is where the last errors of a 2- or 3-bit model add up.
 
 from __future__ import annotations
 
-from ..quant.grids import Grid, QuantConfigError, TernaryGrid, UniformGrid
+from ..quant.grids import GGUFBlockGrid, Grid, QuantConfigError, TernaryGrid, UniformGrid
 from .distill import DistillConfig
 
 E2E_KEYS = ("loss", "data", "train")
@@ -28,9 +28,9 @@ def check_e2e_settings(settings, grid: Grid, bits_budget=None) -> dict:
     if bits_budget is not None:
         raise QuantConfigError("e2e scale tuning trains one grid; a --bits-budget result mixes several: drop e2e "
                                "or the bit budget")
-    if not (isinstance(grid, UniformGrid) or (isinstance(grid, TernaryGrid) and grid.variant == "dlt")):
-        raise QuantConfigError(f"e2e tunes learnable scales, which {grid.describe()} has not: use a uniform grid or "
-                               "the ternary dlt variant")
+    if not (isinstance(grid, (UniformGrid, GGUFBlockGrid)) or (isinstance(grid, TernaryGrid) and grid.variant == "dlt")):
+        raise QuantConfigError(f"e2e tunes learnable scales, which {grid.describe()} has not: use a uniform grid, a "
+                               "GGUF grid (gguf:TYPE) or the ternary dlt variant")
     if "train" not in settings or not any(k in settings["train"] for k in ("tokens", "steps")):
         raise QuantConfigError("e2e needs a budget: e2e.train.tokens (or steps)")
     if not (settings.get("data") or {}).get("sources"):

@@ -10,14 +10,14 @@ the codes and scales a little, and puts every latent weight on a rounding or cli
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..models.rotation import RotationSettings, saved_rotation
-from ..quant.grids import Grid, QuantConfigError, TernaryGrid, grid_from_dict
+from ..quant.grids import GGUFBlockGrid, Grid, QuantConfigError, TernaryGrid, grid_from_dict, grids_from_dicts
 
 CONFIG_FILE = "config.json"
 
@@ -31,6 +31,8 @@ class StartSource:
     # The rotation the start's weights carry (tritium quantize --rotate); the student and its teacher
     # are rotated the same way before the weights copy in.
     rotation: RotationSettings | None = None
+    # The start's linears on another grid than ``grid`` (a GGUF grid's per-linear fallback types), by full name.
+    grid_overrides: dict[str, Grid] = field(default_factory=dict)
 
     @property
     def quantized(self) -> bool:
@@ -66,15 +68,27 @@ def read_start(source: str, student_grid: Grid) -> StartSource:
                                "fake-quant folder that `tritium quantize` saved (runs/<run>/model), which keeps the codes")
     grid = grid_from_dict(qconfig["grid"])
     if grid.describe() != student_grid.describe():
+        how = f"pass --grid {grid.describe()}" if isinstance(grid, GGUFBlockGrid) else (
+            "use a recipe (or --group/--variant)")
         raise QuantConfigError(
             f"init_from {source} was quantized on {grid.describe()}, but the student trains on "
-            f"{student_grid.describe()}: use a recipe (or --group/--variant) with the start's grid {grid.describe()}, "
+            f"{student_grid.describe()}: {how} with the start's grid {grid.describe()}, "
             f"or quantize the start on {student_grid.describe()}"
         )
     if qconfig.get("format") == "fake" and not (folder / CODES_FILE).is_file():
         raise QuantConfigError(f"init_from {source} holds no {CODES_FILE}, the exact codes a start needs: re-run "
                                "`tritium quantize` on it (it writes them beside fake-quant weights)")
-    return StartSource(str(folder), grid, rotation)
+    overrides = grids_from_dicts(qconfig.get("grid_overrides"))
+    if overrides and not (isinstance(grid, GGUFBlockGrid) and all(isinstance(g, GGUFBlockGrid)
+                                                                    for g in overrides.values())):
+        # Only the GGUF student trains each linear on its own type (llama.cpp's fallbacks); the others would
+        # load the codes of another grid into this one's parameters.
+        example = next(iter(sorted(overrides)))
+        raise QuantConfigError(
+            f"init_from {source} puts {len(overrides)} linears on other grids than {grid.describe()} (mixed precision, "
+            f"e.g. {example} on {overrides[example].describe()}), and the student trains every linear on one grid: "
+            "start from a result quantized on one grid (without --bits-budget or grid_overrides)")
+    return StartSource(str(folder), grid, rotation, overrides)
 
 
 @torch.no_grad()
@@ -144,6 +158,7 @@ def load_start_codes(students: dict[str, nn.Module], folder: str, references: di
     weights by name) the latents keep the float positions inside their codes' cells; returns how many
     linears got that placement."""
     from .dlt import DLTLinear
+    from .gguf_qat import GGUFQATLinear
 
     found = start_codes(folder)
     placed = 0
@@ -158,7 +173,11 @@ def load_start_codes(students: dict[str, nn.Module], folder: str, references: di
                                    f"{tuple(module.weight.shape)}: start from a result of the same model")
         scale = _per_layout(scale, module.layout, name, "scale")
         reference = None if references is None else references[name]
-        if isinstance(module, DLTLinear):
+        if isinstance(module, GGUFQATLinear):
+            shift = None if shift is None else _per_layout(shift, module.layout, name, "shift")
+            placed += module.load_codes(codes, scale, _per_layout(zero, module.layout, name, "zero point"), shift,
+                                        reference)
+        elif isinstance(module, DLTLinear):
             shift = torch.zeros_like(scale) if shift is None else _per_layout(shift, module.layout, name, "shift")
             placed += module.load_codes(codes, scale, shift, reference)
         else:
