@@ -25,6 +25,7 @@ _LAZY = {
     "quantize_": ("tritium.methods", "quantize_"),
     "decoder_layout": ("tritium.models", "decoder_layout"),
     "load_model": ("tritium.models", "load_model"),
+    "ActivationGrid": ("tritium.quant.activations", "ActivationGrid"),
     "GGUFBlockGrid": ("tritium.quant", "GGUFBlockGrid"),
     "TernaryGrid": ("tritium.quant", "TernaryGrid"),
     "UniformGrid": ("tritium.quant", "UniformGrid"),

@@ -13,7 +13,8 @@ from tritium.utils.runs import RunFolderBusyError
 
 
 @pytest.mark.parametrize("name, argv", [("bench_ptq", []), ("bench_decode", []), ("bench_saved_scoring", ["x"]),
-                                        ("bench_eval", []), ("bench_export", [])])
+                                        ("bench_eval", []), ("bench_export", []),
+                                        ("bench_wa", [])])
 def test_a_bench_whose_out_is_being_written_is_refused_first(tmp_path, monkeypatch, name, argv):
     bench = load_bench(name)
     out = tmp_path / "result.md"

@@ -76,6 +76,12 @@ class PipelineSettings:
     # for its per-block copies and would run the machine out of memory.
     auto_offload: bool = True
     seed: int = 0
+    # Weight + activation quantization, the one switch: full linear name -> the activation grid of its input.
+    # While a block is calibrated and while the quantized stream goes through it, its selected linears
+    # fake-quantize their inputs (TesseraQ's weight-activation recipe): GPTQ's Hessians and AWQ's and
+    # TesseraQ's losses see quantized inputs, and the next block's inputs come from the quantized block.
+    # The float stream and its targets stay float. None or empty: weights only.
+    activation_grids: dict | None = None
 
 
 def memory_available_bytes() -> int | None:
@@ -158,12 +164,19 @@ class BlockContext:
         with torch.no_grad(), finite_guard(self.block, self.name, self.index, what):
             return block_forward(self.block, hidden, self.kwargs, self.forward_batch_size, self.device)
 
-    def forward_observed(self, hidden: Tensor, names, make_hook, what: str, with_kwargs: bool = False) -> None:
+    def forward_observed(self, hidden: Tensor, names, make_hook, what: str, with_kwargs: bool = False,
+                         before: bool = False) -> None:
         """Run ``hidden`` through the block with ``make_hook(name)`` as a forward hook on each
         named submodule (``with_kwargs``: the hook also gets the call's keyword arguments);
-        the hooks are removed however the pass ends."""
-        handles = [self.block.get_submodule(name).register_forward_hook(make_hook(name), with_kwargs=with_kwargs)
-                   for name in names]
+        the hooks are removed however the pass ends. ``before``: a forward pre-hook, called
+        ``hook(module, args[, kwargs])`` ahead of every other, so it sees the module's input
+        as it arrives, before an activation quantizer rounds it; a forward hook sees it rounded."""
+        def register(module, hook):
+            if before:
+                return module.register_forward_pre_hook(hook, prepend=True, with_kwargs=with_kwargs)
+            return module.register_forward_hook(hook, with_kwargs=with_kwargs)
+
+        handles = [register(self.block.get_submodule(name), make_hook(name)) for name in names]
         try:
             self.forward(hidden, what)
         finally:
@@ -393,6 +406,24 @@ def _run_locked(model, layout, linears, input_ids, method, settings, grid, metho
     return weights, details
 
 
+@contextmanager
+def block_activations_quantized(block: nn.Module, block_name: str, selected: dict, grids: dict | None):
+    """Inside, the selected linears of ``block`` fake-quantize their inputs on their grids (by full name in
+    ``grids``); afterwards the block is as it was. Nothing happens without grids (weights only)."""
+    chosen = {short: grids[f"{block_name}.{short}"] for short in selected if f"{block_name}.{short}" in (grids or {})}
+    if not chosen:
+        yield
+        return
+    from ..nn.activation_quant import install_activation_quantizers, remove_activation_quantizers_of
+
+    install_activation_quantizers(block, chosen)
+    try:
+        yield
+    finally:
+        for short in chosen:
+            remove_activation_quantizers_of(block.get_submodule(short))
+
+
 def _walk(iterator, layout, linears, method, settings, grid, device, inputs, float_stream, quant_stream, folder,
           fingerprint, finished, weights, block_stats, offloader, pieces, start_time) -> None:
     for index in iterator:
@@ -407,21 +438,22 @@ def _walk(iterator, layout, linears, method, settings, grid, device, inputs, flo
             float_targets = block_forward(block, float_stream, kwargs, settings.forward_batch_size, device)
         selected = {short: module for short, module in layout.block_linears(index).items()
                     if f"{name}.{short}" in linears}
-        if index < finished:  # replay a checkpointed block
-            block_state, result = load_block_checkpoint(folder, index, fingerprint, grid)
-            block.load_state_dict(block_state)
-        else:
-            block_start, block_cpu = time.perf_counter(), time.process_time()
-            context = BlockContext(index, name, block, selected, quant_stream, float_stream, float_targets, kwargs,
-                                   device, settings.forward_batch_size, settings.seed * 100_003 + index,
-                                   layout.scale_groups, layout.norm_weight_offset)
-            result = method(context)
-            _write_weights(block, result.weights)
-            # CPU seconds (all threads) beside wall seconds: on a shared machine they tell what the run costs.
-            result.stats = {"block": index, "seconds": round(time.perf_counter() - block_start, 3),
-                            "cpu_seconds": round(time.process_time() - block_cpu, 3), **result.stats}
-        with torch.no_grad(), finite_guard(block, name, index, "running the quantized block"):
-            block_forward(block, quant_stream, kwargs, settings.forward_batch_size, device, out=quant_stream)
+        with block_activations_quantized(block, name, selected, settings.activation_grids):
+            if index < finished:  # replay a checkpointed block
+                block_state, result = load_block_checkpoint(folder, index, fingerprint, grid)
+                block.load_state_dict(block_state)
+            else:
+                block_start, block_cpu = time.perf_counter(), time.process_time()
+                context = BlockContext(index, name, block, selected, quant_stream, float_stream, float_targets,
+                                       kwargs, device, settings.forward_batch_size, settings.seed * 100_003 + index,
+                                       layout.scale_groups, layout.norm_weight_offset)
+                result = method(context)
+                _write_weights(block, result.weights)
+                # CPU seconds (all threads) beside wall seconds: on a shared machine they tell what the run costs.
+                result.stats = {"block": index, "seconds": round(time.perf_counter() - block_start, 3),
+                                "cpu_seconds": round(time.process_time() - block_cpu, 3), **result.stats}
+            with torch.no_grad(), finite_guard(block, name, index, "running the quantized block"):
+                block_forward(block, quant_stream, kwargs, settings.forward_batch_size, device, out=quant_stream)
         # The block-output error along the quantized chain: what every method tries to lower.
         result.stats["output_mse"] = float((quant_stream.float() - float_targets.float()).pow(2).mean())
         if index >= finished and folder:

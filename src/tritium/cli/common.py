@@ -15,6 +15,15 @@ def group_size(value: str):
         raise argparse.ArgumentTypeError(f"--group takes a positive integer, 'channel' or 'tensor', not {value!r}")
 
 
+def activation_group(value: str):
+    if value == "token":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--act-group takes 'token' or a positive integer, not {value!r}")
+
+
 def csv_list(value: str) -> list[str]:
     return [] if value.lower() in ("", "none") else [v.strip() for v in value.split(",") if v.strip()]
 

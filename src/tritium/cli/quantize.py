@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..recipes import recipe_names
-from .common import add_eval_args, add_model_args, csv_list, group_size, job_from_args, print_results, print_table
+from .common import (activation_group, add_eval_args, add_model_args, csv_list, group_size, job_from_args,
+                     print_results, print_table)
 from .pack import HEAD_TYPE_CHOICES, HEAD_TYPE_HELP
 
 
@@ -27,6 +28,18 @@ def add_quantize_parser(sub) -> None:
     q.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
                    help="fold the norms and rotate the weights (QuaRot R1/R2, Hadamard) before quantizing: the same "
                         "model, weights with fewer outliers; a tied head is untied")
+    q.add_argument("--act-bits", type=int,
+                   help="also quantize the input of every quantized linear, per token on the fly: 8, 6 or 4 bits "
+                        "(W4A8, W4A4); save with --format fake")
+    q.add_argument("--act-group", type=activation_group,
+                   help="--act-bits: 'token' (one scale per token, the default) or a group size along the width")
+    q.add_argument("--act-symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="--act-bits: symmetric codes (the default) or, --no-act-symmetric, a zero point per token")
+    q.add_argument("--act-clip-ratio", type=float,
+                   help="--act-bits: clip each token's range to this fraction of its min and max, in (0, 1]")
+    q.add_argument("--act-clip-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="--act-bits: choose each linear's clipping ratio among 1.0, 0.95, 0.9, 0.85, 0.8 on "
+                        "calibration data (least output error)")
     q.add_argument("--bits-budget", type=float,
                    help="mixed precision: average bits per weight to spend, scales and zero points included (e.g. "
                         "2.5); each linear gets ternary, 2, 3 or 4 bits at the recipe's group, where it hurts least")

@@ -36,12 +36,15 @@ __all__ = [
 
 
 def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None,
-                        weights: dict | None = None, grid_overrides: dict[str, dict] | None = None):
+                        weights: dict | None = None, grid_overrides: dict[str, dict] | None = None,
+                        activations: dict | None = None):
     """Save ``model`` (already fake-quantized in place) with its ``quantization_config``, atomically.
 
     With ``weights`` (a QuantizationResult's weights) the folder also gets their packed codes
     (:mod:`tritium.export.codes`), so ``tritium pack`` can later pack it exactly. ``grid_overrides``
     (linear name -> grid mapping) records the linears quantized on a grid other than ``grid``.
+    ``activations`` (``QuantizationResult.activations_record()``) records the activation grid of the
+    quantized linears' inputs, which tritium installs again when it loads the folder.
     """
     from ..utils.integrity import write_manifest
     from ..utils.io import atomic_directory
@@ -50,7 +53,7 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
 
     model.config.quantization_config = TritiumConfig(
         method=method, grid=grid, format="fake", modules_not_quantized=list(skip), method_args=method_args or {},
-        grid_overrides=grid_overrides,
+        grid_overrides=grid_overrides, activations=activations,
     )
     with atomic_directory(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -96,7 +99,7 @@ def _state_dict_in(model, modules: dict, dtype) -> dict:
 
 def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), method_args: dict | None = None,
                 ternary_layout: str = "base3", scale_dtype: str = "float16", float_dtype: str | None = None,
-                grid_overrides: dict[str, dict] | None = None):
+                grid_overrides: dict[str, dict] | None = None, activations: dict | None = None):
     """Save a model packed by :func:`tritium.nn.pack_model` so that ``from_pretrained`` rebuilds it, atomically.
 
     An embedding and LM head stored in blocks (:func:`tritium.nn.quantize_head_`) are saved as such and
@@ -105,7 +108,8 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
     ``float_dtype`` ("float16" or "bfloat16") stores the parts that are not packed (embeddings, norms,
     a separate LM head) in 16 bits, as float checkpoints usually are; the config keeps the model's
     compute dtype, so they load back in it. None stores them as they are. ``grid_overrides`` (linear
-    name -> grid mapping) records the linears packed on a grid other than ``grid``.
+    name -> grid mapping) records the linears packed on a grid other than ``grid``; ``activations`` the
+    activation grid of their inputs (see :func:`save_fake_quantized`).
     """
     import torch
 
@@ -123,7 +127,7 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
         method=method, grid=grid, format="packed", modules_not_quantized=list(skip), method_args=method_args or {},
         packed_modules=sorted(modules), ternary_layout=ternary_layout, scale_dtype=scale_dtype,
         checksums={name: module_checksum(m) for name, m in sorted(modules.items())}, grid_overrides=grid_overrides,
-        head=head_record(model),
+        head=head_record(model), activations=activations,
     )
     state_dict = None
     if float_dtype is not None:

@@ -103,6 +103,10 @@ def model_grids(model: nn.Module, result=None) -> tuple[Grid, dict[str, Grid], d
 
     if not isinstance(model, nn.Module):
         raise ExportError(f"export takes a model folder, a run folder or a torch model, not {type(model).__name__}")
+    from ..nn.activation_quant import activation_grids, describe_activations
+
+    if activation_grids(model):
+        raise ExportError(activations_refusal(describe_activations(activation_grids(model)), "export"))
     if result is not None:
         config = {"quant_method": "tritium", "method": result.method, "grid": grid_to_dict(result.grid),
                   "method_args": dict(result.method_args), "grid_overrides": result.grid_overrides_dict()}
@@ -180,4 +184,16 @@ def tritium_quantization_config(folder: Path, command: str) -> dict:
     if not qconfig or qconfig.get("quant_method") != "tritium":
         raise ExportError(f"{folder} is not a tritium-quantized model: quantize it first with "
                           f"`tritium quantize --model {folder} ...`, then `tritium {command}` the run")
+    if qconfig.get("activations"):
+        from ..nn.activation_quant import describe_activations, grids_from_record
+
+        raise ExportError(f"{folder}: " + activations_refusal(
+            describe_activations(grids_from_record(qconfig["activations"])), command))
     return qconfig
+
+
+def activations_refusal(activations: str, command: str) -> str:
+    """Why a model whose activations are quantized cannot be exported or packed (yet)."""
+    return (f"its linears' inputs are quantized ({activations}), and `tritium {command}` writes weights that run on "
+            "float activations, so the model it wrote would not be the one evaluated: evaluate and run the fake-quant "
+            "folder with tritium (`tritium eval`), or quantize the weights only (leave out --act-bits) to export")

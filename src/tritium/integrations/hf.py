@@ -5,7 +5,9 @@ hooks, so no upstream change is needed. Importing this module registers them; ``
 arranges for that to happen as soon as transformers loads its quantizers
 (:func:`tritium.integrations.register_with_transformers`), so importing tritium stays cheap.
 
-Fake-quant folders load as ordinary float weights and the config records how they were made. For
+Fake-quant folders load as ordinary float weights and the config records how they were made. A folder
+whose ``quantization_config`` has ``activations`` (weight + activation quantization) gets its linears'
+activation quantizers back (:mod:`tritium.nn.activation_quant`), packed or not. For
 packed folders the quantizer swaps the named linears for packed modules before the weights load
 and checks every module against the checksum recorded at save time afterwards. A local folder is
 checked against its manifest first, and refused when its tensors do not match its
@@ -38,7 +40,7 @@ class TritiumConfig(QuantizationConfigMixin):
                  packed_modules: list[str] | None = None, ternary_layout: str = "base3",
                  scale_dtype: str = "float16", checksums: dict[str, str] | None = None,
                  grid_overrides: dict[str, dict] | None = None, head: dict | None = None,
-                 format_version: int = QUANT_CONFIG_VERSION, **kwargs):
+                 activations: dict | None = None, format_version: int = QUANT_CONFIG_VERSION, **kwargs):
         check_quantization_config_version({"quant_method": QUANT_METHOD, "format_version": format_version},
                                           "this tritium checkpoint")
         self.quant_method = QUANT_METHOD
@@ -57,6 +59,11 @@ class TritiumConfig(QuantizationConfigMixin):
         self.checksums = dict(checksums or {})
         # format "packed" only: the embedding / LM head storage (tritium.nn.block_head.head_record); f16 = float
         self.head = dict(head or {"type": "f16"})
+        # Weight + activation quantization (tritium.nn.activation_quant.activation_record): {"grid": {bits,
+        # symmetric, group, clip_ratio}, "linears": [names], "clip_ratios": {name: ratio}}. tritium's loader
+        # quantizes those linears' inputs on the fly again; plain transformers (tritium not imported) skips
+        # the whole quantization_config with a warning and would run float activations. None: weights only.
+        self.activations = dict(activations) if activations else None
         if format not in SUPPORTED_FORMATS:
             raise InconsistentFolderError(
                 f"tritium quantization format {format!r} is not supported by this version "
@@ -75,6 +82,8 @@ class TritiumConfig(QuantizationConfigMixin):
         }
         if self.grid_overrides:
             out["grid_overrides"] = self.grid_overrides
+        if self.activations:  # folders of weights-only models keep the config they always had
+            out["activations"] = self.activations
         if self.format == "packed":
             out |= {"packed_modules": self.packed_modules, "ternary_layout": self.ternary_layout,
                     "scale_dtype": self.scale_dtype, "checksums": self.checksums}
@@ -121,6 +130,10 @@ class TritiumHfQuantizer(HfQuantizer):
 
             verify_packed_model(model, self.quantization_config.checksums)
             verify_head(model, self.quantization_config.head)
+        if self.quantization_config.activations:  # the activations were quantized when it was evaluated
+            from ..nn.activation_quant import grids_from_record, install_activation_quantizers
+
+            install_activation_quantizers(model, grids_from_record(self.quantization_config.activations))
         return model
 
     def is_serializable(self, safe_serialization=None):

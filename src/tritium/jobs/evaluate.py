@@ -38,7 +38,7 @@ def evaluate_model(job: EvalJob) -> EvalResult:
     from ..utils.io import folder_bytes
     from ..utils.runs import claim_run_folder, job_settings
     from . import steps
-    from .preflight import check_device, check_eval_settings, check_writable, preflight_loaded_model
+    from .preflight import PreflightError, check_device, check_eval_settings, check_writable, preflight_loaded_model
 
     settings = eval_settings(job)
     check_eval_settings(settings)
@@ -67,6 +67,16 @@ def evaluate_model(job: EvalJob) -> EvalResult:
             from ..eval.size import packed_storage
 
             row["stored_bits_per_weight"], row["storage"] = packed_storage(model)
+        if qconfig.get("activations"):  # weight + activation quantization: the loader put the quantizers back
+            from ..nn.activation_quant import activation_grids, describe_activations, grids_from_record
+
+            recorded, installed = grids_from_record(qconfig["activations"]), activation_grids(model)
+            if installed != recorded:  # never score float activations under an activation-quantized name
+                raise PreflightError(f"{job.model} records quantized activations on {len(recorded)} linears, but "
+                                     f"{len(installed)} quantize them after loading: the folder does not load as it "
+                                     "was saved; re-export it with tritium")
+            row["method"] += f" + {describe_activations(installed)} activations"
+            row["activations"] = qconfig["activations"]
     elif source.gguf_file:  # dequantized to float for the evaluation, but stored in GGUF types
         from ..eval.size import gguf_size_report
 

@@ -50,6 +50,8 @@ RECIPE_OPTIONS = [("grid.bits", "bits"), ("grid.group", "group"), ("grid.variant
                   ("method_args.skip", "skip"), ("method_args.checkpoint_dir", "checkpoint_dir"),
                   ("method_args.offload_dir", "offload_dir"), ("method_args.bits_budget", "bits_budget"),
                   ("calib.source", "calib"), ("calib.samples", "calib_samples"), ("calib.seqlen", "calib_seqlen"),
+                  ("act_bits", "act_bits"), ("act_group", "act_group"), ("act_symmetric", "act_symmetric"),
+                  ("act_clip_ratio", "act_clip_ratio"), ("act_clip_search", "act_clip_search"),
                   *JOB_EVAL_OPTIONS]
 # the options whose empty value means "not set", as it always has (an empty folder name is no folder)
 EMPTY_IS_UNSET = {"checkpoint_dir", "offload_dir"}

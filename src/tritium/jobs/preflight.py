@@ -156,6 +156,58 @@ def check_gguf_architecture(recipe: dict, config: dict, what: str) -> None:
                              f"write for this model: {err}") from None
 
 
+def check_activation_group_divides(act_grid, widths: dict[str, int]) -> None:
+    """An activation group size must divide the input width of every quantized linear (see
+    :func:`tritium.methods.base.check_activation_groups`, the loaded model's exact form)."""
+    from ..methods.base import check_activation_groups
+    from ..quant.grids import QuantConfigError
+
+    try:
+        check_activation_groups(act_grid, widths)
+    except QuantConfigError as err:
+        raise PreflightError(str(err)) from None
+
+
+def packed_activation_reason(weight_grid, act_grid) -> str | None:
+    """Why tritium's packed kernels cannot run ``weight_grid`` with inputs on ``act_grid`` (None: they can).
+
+    The kernel layer answers through ``tritium.kernels.activation_kernel_reason``; a tritium without that
+    function has float-activation kernels only, so every activation grid is refused."""
+    from .. import kernels
+
+    reason_for = getattr(kernels, "activation_kernel_reason", None)
+    if reason_for is None:
+        return "this tritium's packed kernels take float activations only"
+    return reason_for(weight_grid, act_grid)
+
+
+def check_activation_recipe(recipe: dict, save_format: str | None):
+    """A recipe that quantizes activations (its act_* keys, already checked by the Recipe) against what the job
+    does with it: the packed format only where the kernels run that activation grid on every linear's weight
+    grid, and no e2e step (it trains with float activations). Returns the activation grid (None: weights only)."""
+    from ..quant.grids import grid_from_dict
+    from ..recipes import activation_grid_of
+
+    act_grid = activation_grid_of(recipe)
+    if act_grid is None:
+        return None
+    if recipe.get("e2e") is not None:
+        raise PreflightError("the recipe's e2e step tunes scales with float activations; it cannot yet follow a "
+                             f"recipe that quantizes activations ({act_grid.describe()}): drop its e2e section, or "
+                             "--act-bits")
+    if save_format == "packed":
+        overrides = (recipe.get("method_args") or {}).get("grid_overrides") or {}
+        for weight_grid in [grid_from_dict(recipe["grid"]),
+                            *(grid_from_dict(g) if isinstance(g, dict) else g for g in overrides.values())]:
+            reason = packed_activation_reason(weight_grid, act_grid)
+            if reason is not None:
+                raise PreflightError(f"--format packed cannot hold {weight_grid.describe()} weights with "
+                                     f"{act_grid.describe()} activations: {reason}. Pass --format fake (float weights "
+                                     "on the grid; tritium quantizes the activations again when it loads the folder), "
+                                     "or --no-save")
+    return act_grid
+
+
 def check_context(seqlen: int | None, context: int | None, flag: str) -> None:
     if seqlen is not None and context is not None and seqlen > context:
         raise PreflightError(f"{flag} {seqlen} is longer than the model's context of {context} tokens: "
@@ -254,6 +306,7 @@ def preflight_quantize(job, recipe: dict):
     rotation_settings(recipe.get("rotate"))  # a bad rotate value fails before the model loads
     if not job.no_save:
         steps.check_save_format(job.format, grid)
+    act_grid = check_activation_recipe(recipe, None if job.no_save else job.format)
     if job.generate is not None and (not job.generate.strip() or job.generate_tokens < 1):
         raise PreflightError("--generate needs a non-empty prompt and --generate-tokens of at least 1")
     check_eval_settings(recipe["eval"])
@@ -273,6 +326,8 @@ def preflight_quantize(job, recipe: dict):
         method_args = recipe.get("method_args") or {}
         if not method_args.get("skip") and not method_args.get("grid_overrides"):
             check_group_divides(grid, shape.input_widths)  # with skips, the loaded model's linears decide
+        if not method_args.get("skip"):
+            check_activation_group_divides(act_grid, shape.input_widths)
         if calibrates:
             check_context(calib.get("seqlen"), shape.context, "--calib-seqlen")
     steps.check_calibration_source(recipe, job.data)  # a test split in the calibration text, by any name, fails here
@@ -321,6 +376,12 @@ def preflight_distill(job, recipe: dict) -> None:
     from ..quant.grids import grid_from_dict
 
     check_budget(job.tokens, job.steps)
+    from ..recipes import activation_grid_of
+
+    if activation_grid_of(recipe) is not None:  # the trainer would ignore it and report float activations
+        raise PreflightError(f"recipe {recipe.get('name') or ''} sets act_bits, but distill trains with float "
+                             "activations: quantizing activations while training is not built yet; remove act_bits "
+                             "(and the other act_ keys) from the recipe, or quantize with `tritium quantize`")
     method_args = recipe.get("method_args") or {}
     train = method_args.get("train") or {}
     for key, flag, what in [("tokens", "--tokens", "pass the training budget in tokens, e.g. 500k"),

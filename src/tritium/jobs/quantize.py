@@ -36,6 +36,12 @@ class QuantizeJob(EvalOptions):
     ragged_groups: bool | None = None
     skip: list[str] | None = None
     rotate: bool | None = None
+    # weight + activation quantization (the recipe's act_* keys): the quantized linears' inputs, per token
+    act_bits: int | None = None
+    act_group: int | str | None = None
+    act_symmetric: bool | None = None
+    act_clip_ratio: float | None = None
+    act_clip_search: bool | None = None
     bits_budget: float | None = None
     calib: str | None = None
     calib_samples: int | None = None
@@ -72,13 +78,15 @@ class QuantizeResult(ModelReport):
 def quantize(job: QuantizeJob) -> QuantizeResult:
     from ..eval.report import write_report
     from ..models import load_model
+    from ..recipes import activation_grid_of
     from ..utils.runs import claim_run_folder, job_settings
     from . import steps
     from .preflight import preflight_loaded_model, preflight_quantize
 
     recipe = quantize_recipe(job)
     grid = preflight_quantize(job, recipe)  # every check that needs no weights, before the model loads
-    tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}"
+    act_grid = activation_grid_of(recipe)
+    tag = recipe.get("name") or f"{recipe['method']}-{grid.describe()}" + (f"-{act_grid.describe()}" if act_grid else "")
     out = claim_run_folder(job.out, "quantize", job_settings(job), job.overwrite, (job.model, tag)).path
     progress = not job.no_progress
     print(f"tritium: loading {job.model}", file=sys.stderr)
@@ -97,7 +105,8 @@ def quantize(job: QuantizeJob) -> QuantizeResult:
     float_text = steps.greedy_text(model, tokenizer, job.generate, job.generate_tokens) if job.generate else None
     budget = (recipe.get("method_args") or {}).get("bits_budget")
     print(f"tritium: quantizing with {recipe['method']} on {grid.describe()}"
-          + (f", mixed precision under a {budget:g}-bit budget" if budget is not None else ""), file=sys.stderr)
+          + (f", mixed precision under a {budget:g}-bit budget" if budget is not None else "")
+          + (f", activations on {act_grid.describe()}" if act_grid else ""), file=sys.stderr)
     start = time.perf_counter()
     result, config = steps.quantize_model(model, tokenizer, recipe, job.data, work_dir=out / "e2e",
                                           progress=progress)

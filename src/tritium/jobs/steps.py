@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,13 +15,15 @@ from ..data import calibration_samples, calibration_text, load_eval_text
 from ..eval.perplexity import perplexity, tokenize_eval_text
 from ..eval.size import size_report
 from ..eval.zeroshot import evaluate_task
+from ..calib.activation_clip import ACTIVATION_CLIP_TOKENS
 from ..methods import config_from_dict, get_method, quantize_
-from ..methods.base import MethodConfig, selected_linears, unmatched_patterns
+from ..methods.base import MethodConfig, check_activation_groups, selected_linears, unmatched_patterns
 from ..methods.mixed import check_mixed_precision
 from ..models.adapters import decoder_layout
 from ..nn.block_head import head_type_of
 from ..models.rotation import check_rotatable, rotate_model_, rotation_settings
 from ..quant.grids import grid_from_dict
+from ..recipes import activation_clip_candidates_of, activation_grid_of
 from ..recipes import check_save_format  # noqa: F401  (preflight's; the recipe's own check)
 
 
@@ -64,6 +68,16 @@ def prepare_config(model, recipe: dict, report: bool = True) -> MethodConfig:
     no linear, which would otherwise keep nothing in float without a word."""
     grid = grid_from_dict(recipe["grid"])
     config = config_from_dict(recipe["method"], grid, **dict(recipe.get("method_args") or {}))
+    act_grid = activation_grid_of(recipe)
+    if act_grid is not None:
+        config = replace(config, act_grid=act_grid, act_clip_candidates=activation_clip_candidates_of(recipe))
+        if recipe.get("e2e") is not None:
+            from ..recipes import RecipeError
+
+            raise RecipeError("the e2e step tunes scales with float activations; it cannot yet follow a recipe that "
+                              "quantizes activations (act_bits): drop the e2e section or act_bits")
+        check_activation_groups(act_grid, {name: m.in_features for name, m in
+                                           selected_linears(decoder_layout(model), config.skip).items()})
     if report:
         for warning in unmatched_skip_warnings(decoder_layout(model), config.skip):
             print(f"tritium: warning: {warning}", file=sys.stderr)
@@ -90,7 +104,8 @@ def needs_calibration_text(recipe: dict) -> bool:
     """Whether ``quantize_model`` will read calibration text: a calibrated method, or a bit budget
     (whose allocator measures sensitivity on calibration samples)."""
     budget = (recipe.get("method_args") or {}).get("bits_budget")
-    return get_method(recipe["method"]).needs_calibration or budget is not None
+    return (get_method(recipe["method"]).needs_calibration or budget is not None
+            or activation_clip_candidates_of(recipe) is not None)
 
 
 def check_calibration_source(recipe: dict, data_path=None) -> None:
@@ -121,10 +136,14 @@ def quantize_model(model, tokenizer, recipe: dict, data_path=None, work_dir=None
     rotation = rotation_settings(recipe.get("rotate"))
     calibration = None
     needs_calibration = get_method(recipe["method"]).needs_calibration
-    if needs_calibration or config.bits_budget is not None:
+    if needs_calibration_text(recipe):
         calib = recipe["calib"]
-        # A method without calibration reads only the samples the bit allocator measures sensitivity on.
-        samples = calib["samples"] if needs_calibration else min(calib["samples"], config.sensitivity_samples)
+        # A method without calibration reads only the samples the bit allocator measures sensitivity on, or
+        # the activation clipping search measures its errors on.
+        wanted = [config.sensitivity_samples] if config.bits_budget is not None else []
+        if config.act_clip_candidates:
+            wanted.append(math.ceil(ACTIVATION_CLIP_TOKENS / calib["seqlen"]))
+        samples = calib["samples"] if needs_calibration else min(calib["samples"], max(wanted))
         calibration = calibration_samples(tokenizer, calib["source"], samples, calib["seqlen"],
                                           calib.get("seed", 0), data_path)
     report = None
@@ -198,6 +217,8 @@ def quantized_row(model, result, evaluation: dict, file_bytes: int | None, secon
     group = result.grid.group
     bits = result.mean_code_bits() if result.grid_overrides else float(result.grid.bits)
     method = result.method + (" + rotation" if "rotation" in result.details else "")
+    if result.act_grids:  # the inputs of its linears are quantized too: the row says on which grid
+        method += f" + {result.describe_activations()} activations"
     earlier = float(result.details.get("earlier_pieces_seconds") or 0.0)
     row = {"model": "quantized", "method": method, "bits": round(bits, 2),
            "grid": result.describe_grids(), "group": group, **evaluation,
@@ -212,6 +233,8 @@ def quantized_row(model, result, evaluation: dict, file_bytes: int | None, secon
         row["mixed_precision"] = result.details["mixed_precision"]
     if "gguf_fallbacks" in result.details:  # the linears on llama.cpp's fallback type, with their widths
         row["gguf_fallbacks"] = result.details["gguf_fallbacks"]
+    if result.act_grids:
+        row["activations"] = result.activations_record()
     return row
 
 
@@ -224,13 +247,18 @@ def save_model_folder(model, tokenizer, folder: Path, result, skip, save_format:
     from ..utils.io import folder_bytes
 
     grid, overrides = grid_to_dict(result.grid), result.grid_overrides_dict()
+    activations = result.activations_record()  # recorded, so that loading the folder quantizes them again
     if save_format == "packed":
         pack_model(model, result.weights)
+        if result.act_grids:  # the packed modules replaced the linears that held the quantizers
+            from ..nn.activation_quant import install_activation_quantizers
+
+            install_activation_quantizers(model, result.act_grids)
         save_packed(model, tokenizer, folder, result.method, grid, skip, result.method_args, float_dtype=float_dtype,
-                    grid_overrides=overrides)
+                    grid_overrides=overrides, activations=activations)
     else:
         save_fake_quantized(model, tokenizer, folder, result.method, grid, skip, result.method_args,
-                            weights=result.weights, grid_overrides=overrides)
+                            weights=result.weights, grid_overrides=overrides, activations=activations)
     return folder_bytes(folder)
 
 

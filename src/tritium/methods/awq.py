@@ -15,6 +15,12 @@ Without a producer (v→o under grouped-query attention) the group is left unsca
 Then, per linear, a clipping search shrinks each group's range (uniform) or scales its
 α (ternary) by the ratio that minimises that group's contribution to the linear's output
 error (AWQ's clipping objective is per linear too).
+
+With activations quantized (the pipeline's ``activation_grids``), a candidate s is scored
+on the module's output with each consumer reading Q_a(x/s)·s, what it reads once s is
+folded, against the module's output with float activations: the weight and the activation
+error together (s smooths the activations as it scales the weights). The clipping search
+then measures each group's error on the quantized inputs Q_a(x/s).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..calib.pipeline import BlockContext, BlockResult
+from ..nn.activation_quant import activation_quantizer_of, activation_quantizers, activations_in_float
 from ..quant.grids import GGUFBlockGrid, Grid, GroupLayout, QuantConfigError, TernaryGrid
 from .base import register_method
 from .calibrated import CalibratedConfig, block_grids, run_calibrated
@@ -88,6 +95,8 @@ def scale_objective(ctx: BlockContext, consumers: tuple[str, ...], selected: lis
     grids = grid if isinstance(grid, dict) else {name: grid for name in selected}
     root = inspected_module(consumers)
     module = ctx.block.get_submodule(root)
+    quantizers = {name: q for name, q in ((n, activation_quantizer_of(ctx.block.get_submodule(n))) for n in selected)
+                  if q is not None}
     calls = []
 
     def hook(_name):
@@ -96,7 +105,24 @@ def scale_objective(ctx: BlockContext, consumers: tuple[str, ...], selected: lis
             calls.append((args, dict(kwargs), out.detach()))
         return record
 
-    ctx.forward_observed(hidden, [root], hook, "recording the AWQ scale search's module", with_kwargs=True)
+    if not activation_quantizers(module):
+        ctx.forward_observed(hidden, [root], hook, "recording the AWQ scale search's module", with_kwargs=True)
+    else:
+        # Activations quantized: the module's inputs are recorded as they arrive (a lone linear's before its
+        # own quantizer rounds them), and the target is the module's output with float activations, so
+        # each candidate s is scored on the weight and the activation error together (s also changes what
+        # the activation grid sees: x / s).
+        def inputs_hook(_name):
+            def record(_module, args, kwargs):
+                calls.append((args, dict(kwargs), None))
+            return record
+
+        ctx.forward_observed(hidden, [root], inputs_hook, "recording the AWQ scale search's module",
+                             with_kwargs=True, before=True)
+        with torch.no_grad(), activations_in_float(module):
+            for i, (args, kwargs, _) in enumerate(calls):
+                out = module(*args, **kwargs)
+                calls[i] = (args, kwargs, (out[0] if isinstance(out, tuple) else out).detach())
 
     def relative_key(name: str) -> str:  # the weight's name inside the inspected module
         if name == root:
@@ -116,11 +142,17 @@ def scale_objective(ctx: BlockContext, consumers: tuple[str, ...], selected: lis
             q = fake_quant_with(scaled, rtn_params(scaled, g, layout), g, layout) / s
             overrides[keys[name]] = q.to(w.dtype)
         total, count = 0.0, 0
-        for args, kwargs, target in calls:
-            out = functional_call(module, overrides, args, kwargs)
-            out = out[0] if isinstance(out, tuple) else out
-            total += float((out.float() - target.float()).pow(2).sum())
-            count += target.numel()
+        for quantizer in quantizers.values():  # the consumers' inputs as the folded model has them: x / s
+            quantizer.channel_scale = s
+        try:
+            for args, kwargs, target in calls:
+                out = functional_call(module, overrides, args, kwargs)
+                out = out[0] if isinstance(out, tuple) else out
+                total += float((out.float() - target.float()).pow(2).sum())
+                count += target.numel()
+        finally:
+            for quantizer in quantizers.values():
+                quantizer.channel_scale = None
         return total / count
 
     return loss_for
@@ -134,7 +166,7 @@ def collect_inputs(ctx: BlockContext, names: list[str], keep_tokens: int, seed: 
     offset = {"tokens": {name: 0 for name in names}}
 
     def hook(name):
-        def record(module, args, output):
+        def record(module, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             entry = state[name]
             start = offset["tokens"][name]
@@ -146,7 +178,9 @@ def collect_inputs(ctx: BlockContext, names: list[str], keep_tokens: int, seed: 
             offset["tokens"][name] = start + x.shape[0]
         return record
 
-    ctx.forward_observed(ctx.quant_inputs, names, hook, "collecting AWQ activation statistics")
+    # before any activation quantizer: the statistics and rows are of the inputs as they arrive, so that after
+    # a fold (x / s) the clipping search can quantize them as the folded model will
+    ctx.forward_observed(ctx.quant_inputs, names, hook, "collecting AWQ activation statistics", before=True)
     # Rows were kept in token order; shuffle them (the same way for every linear) so that
     # taking a prefix later is still a uniform sample.
     shuffle = torch.randperm(min(keep_tokens, n * seqlen), generator=torch.Generator().manual_seed(seed + 1))
@@ -277,7 +311,11 @@ def awq_transform(ctx: BlockContext, config: AWQConfig) -> tuple[dict[str, Group
         layout = layout_for(w, grid, f"{ctx.name}.{name}")
         clip: Tensor | float = 1.0
         if config.clip and name not in config.clip_skip:
-            clip = search_clip(w, inputs[name][1][: config.clip_tokens], grid, layout, clip_ratios(grid, config))
+            rows = inputs[name][1][: config.clip_tokens]
+            quantizer = activation_quantizer_of(ctx.block.get_submodule(name))
+            if quantizer is not None:  # the weight's error as the linear meets it: on quantized inputs
+                rows = quantizer.fake(rows)
+            clip = search_clip(w, rows, grid, layout, clip_ratios(grid, config))
             stats[f"{name}.mean_clip"] = float(clip.mean())
         params[name] = rtn_params(w, grid, layout, clip=clip)
     return params, stats

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..models.adapters import DecoderLayout, decoder_layout
+from ..quant.activations import ActivationGrid
 from ..quant.grids import (Grid, QuantConfigError, QuantizedWeight, UniformGrid, gguf_fallback_grid, grid_from_dict,
                            grid_to_dict)
 
@@ -37,6 +38,13 @@ class MethodConfig:
     bits_budget: float | None = None
     candidate_grids: tuple[Grid, ...] | None = None
     sensitivity_samples: int = 16
+    # Weight + activation quantization: every quantized linear's input is fake-quantized per token on this
+    # grid, during calibration (the block's linears see quantized inputs) and in the model it leaves. None:
+    # weights only. ``act_clip_candidates``: clipping ratios searched on each linear before calibration
+    # (tritium.calib.activation_clip); ``act_clip_ratios`` holds what the search chose, by linear name.
+    act_grid: ActivationGrid | None = None
+    act_clip_candidates: tuple[float, ...] | None = None
+    act_clip_ratios: dict[str, float] = field(default_factory=dict)
 
     def grid_for(self, name: str) -> Grid:
         """The grid the linear ``name`` (its full module name) is quantized on."""
@@ -47,8 +55,16 @@ class MethodConfig:
                 return grid
         return self.grid
 
+    def act_grid_for(self, name: str) -> ActivationGrid | None:
+        """The activation grid of the linear ``name``'s input (its searched clipping ratio included), or None."""
+        if self.act_grid is None or name not in self.act_clip_ratios:
+            return self.act_grid
+        return replace(self.act_grid, clip_ratio=self.act_clip_ratios[name])
+
     def method_args(self) -> dict:
-        args = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("grid", "skip", "grid_overrides")}
+        # the activation settings are the recipe's own keys (and the result's record), not the method's
+        args = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("grid", "skip", "grid_overrides", *ACTIVATION_FIELDS)}
         if self.bits_budget is None:  # the mixed-precision settings mean nothing without a budget
             for key in MIXED_PRECISION_ARGS:
                 args.pop(key, None)
@@ -58,6 +74,8 @@ class MethodConfig:
 
 
 MIXED_PRECISION_ARGS = ("bits_budget", "candidate_grids", "sensitivity_samples")
+# set from the recipe's top-level act_* keys, never from method_args
+ACTIVATION_FIELDS = ("act_grid", "act_clip_candidates", "act_clip_ratios")
 
 
 @dataclass
@@ -70,9 +88,22 @@ class QuantizationResult:
     details: dict = field(default_factory=dict)
     # Full linear name -> its grid, for the linears not on ``grid`` (mixed precision).
     grid_overrides: dict[str, Grid] = field(default_factory=dict)
+    # Full linear name -> the activation grid of its input (weight + activation quantization); empty: weights only.
+    act_grids: dict[str, ActivationGrid] = field(default_factory=dict)
 
     def grid_for(self, name: str) -> Grid:
         return self.grid_overrides.get(name, self.grid)
+
+    def activations_record(self) -> dict | None:
+        """The activation grids as a saved folder records them (``quantization_config["activations"]``)."""
+        from ..nn.activation_quant import activation_record
+
+        return activation_record(self.act_grids)
+
+    def describe_activations(self) -> str | None:
+        from ..nn.activation_quant import describe_activations
+
+        return describe_activations(self.act_grids)
 
     def grid_overrides_dict(self) -> dict[str, dict]:
         """The overrides as recipe/config.json mappings."""
@@ -101,6 +132,7 @@ class QuantizationResult:
             "method_args": self.method_args,
             "quantized_layers": len(self.weights),
             "seconds": self.seconds,
+            **({"activations": self.activations_record()} if self.act_grids else {}),
             **self.details,
         }
 
@@ -160,8 +192,12 @@ def _entry_for_config(config: MethodConfig) -> MethodEntry:
 def config_from_dict(method: str, grid: dict | Grid, **method_args) -> MethodConfig:
     """Build a method's config from recipe values, rejecting options it does not have."""
     entry = get_method(method)
-    allowed = {f.name for f in fields(entry.config_class)} - {"grid"}
+    allowed = {f.name for f in fields(entry.config_class)} - {"grid"} - set(ACTIVATION_FIELDS)
     unknown = set(method_args) - allowed
+    if unknown & set(ACTIVATION_FIELDS):
+        raise QuantConfigError(f"{sorted(unknown & set(ACTIVATION_FIELDS))} are not method_args: activation "
+                               "quantization is set by the recipe's top-level act_bits, act_group, act_symmetric, "
+                               "act_clip_ratio and act_clip_search (--act-bits, ... on the CLI)")
     if unknown:
         raise QuantConfigError(
             f"method {method!r} has no option(s) {sorted(unknown)}; its options are {sorted(allowed)}"
@@ -187,6 +223,23 @@ def unmatched_patterns(names, patterns) -> list[str]:
     """The fnmatch patterns of ``patterns`` that match none of ``names``."""
     names = list(names)
     return [p for p in patterns if not any(fnmatch.fnmatch(n, p) for n in names)]
+
+
+def check_activation_groups(act_grid: ActivationGrid | None, widths: dict[str, int]) -> None:
+    """An activation group size must divide the input width of every linear whose input it quantizes."""
+    group = getattr(act_grid, "group", "token")
+    if act_grid is None or group == "token":
+        return
+    bad = {name: width for name, width in widths.items() if width % group}
+    if bad:
+        name, width = next(iter(bad.items()))
+        all_widths = sorted(set(widths.values()))
+        fits = [g for g in (256, 128, 64, 32, 16) if all(w % g == 0 for w in all_widths)]
+        raise QuantConfigError(
+            f"act_group {group} does not divide the input width {width} of {name}"
+            + (f" (and {len(bad) - 1} more linears)" if len(bad) > 1 else "")
+            + f"; the input widths are {', '.join(map(str, all_widths))}: pass --act-group "
+            + (" or ".join(map(str, fits[:3])) + " or token" if fits else "token") + " (one scale per token)")
 
 
 def selected_linears(layout: DecoderLayout, skip: tuple[str, ...]) -> dict[str, nn.Linear]:
@@ -234,6 +287,10 @@ def quantize_(model: nn.Module, config: MethodConfig, calibration: torch.Tensor 
     layout = decoder_layout(model)
     linears = selected_linears(layout, config.skip)
     mixed.check_mixed_precision(config, entry, linears)  # a bad budget fails before any calibration
+    check_activation_groups(config.act_grid, {name: m.in_features for name, m in linears.items()})
+    if config.act_grid is not None and config.act_clip_candidates and calibration is None:
+        raise QuantConfigError("act_clip_search chooses each linear's activation clipping ratio on calibration "
+                               "data: pass calibration token ids, or set act_clip_ratio instead")
     if (entry.needs_calibration or config.bits_budget is not None) and calibration is None:
         why = "to measure each linear's sensitivity for bits_budget" if not entry.needs_calibration else ""
         raise QuantConfigError(f"method {entry.name!r} needs calibration data{' ' + why if why else ''}: "
@@ -247,12 +304,28 @@ def quantize_(model: nn.Module, config: MethodConfig, calibration: torch.Tensor 
     elif config.grid_overrides:
         config = replace(config, grid_overrides={name: config.grid_for(name) for name in linears})
     config, fallback_details = apply_gguf_fallbacks(config, entry, linears)
+    activation_details = {}
+    if config.act_grid is not None and config.act_clip_candidates:
+        from ..calib.activation_clip import search_activation_clip_ratios
+
+        clip_start = time.perf_counter()
+        ratios = search_activation_clip_ratios(model, linears, config.act_grid, calibration,
+                                               config.act_clip_candidates)
+        config = replace(config, act_clip_ratios=ratios)
+        activation_details = {"activation_clip_search": {"candidates": list(config.act_clip_candidates),
+                                                         "seconds": round(time.perf_counter() - clip_start, 3)}}
     weights, details = entry.handler(model, layout, config, linears, calibration)
     for name, qweight in weights.items():
         module = linears[name]
         module.weight.data.copy_(qweight.dequantize(module.weight.dtype).to(module.weight.device))
     overrides = {name: q.grid for name, q in weights.items() if q.grid != config.grid}
+    act_grids = {}
+    if config.act_grid is not None:  # the model it leaves quantizes those inputs from now on, as in calibration
+        from ..nn.activation_quant import install_activation_quantizers
+
+        act_grids = {name: config.act_grid_for(name) for name in weights}
+        install_activation_quantizers(model, act_grids)
     return QuantizationResult(entry.name, config.grid, weights, time.perf_counter() - start,
                               method_args=config.method_args(),
-                              details={**details, **mixed_details, **fallback_details},
-                              grid_overrides=overrides)
+                              details={**details, **mixed_details, **fallback_details, **activation_details},
+                              grid_overrides=overrides, act_grids=act_grids)

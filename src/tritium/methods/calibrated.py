@@ -35,5 +35,11 @@ def run_calibrated(name: str, block_method: BlockMethod, model, layout, config: 
     method_args = config.method_args()
     if config.grid_overrides:  # part of the run's identity, so a resumed run keeps every linear's grid
         method_args["grid_overrides"] = {n: grid_to_dict(g) for n, g in sorted(config.grid_overrides.items())}
-    return run_blockwise(model, layout, linears, calibration, block_method, config.pipeline_settings(), config.grid,
+    settings = config.pipeline_settings()
+    if config.act_grid is not None:  # the blocks calibrate with their linears' inputs quantized
+        from ..nn.activation_quant import activation_record
+
+        settings.activation_grids = {n: config.act_grid_for(n) for n in linears}
+        method_args["activations"] = activation_record(settings.activation_grids)  # part of the identity too
+    return run_blockwise(model, layout, linears, calibration, block_method, settings, config.grid,
                          name, method_args=method_args, progress=progress)

@@ -1,5 +1,18 @@
 """Packed modules: linears that hold only packed codes and call tritium::packed_linear, and a block-quantized
-embedding and LM head (q8_0 / q4_0)."""
+embedding and LM head (q8_0 / q4_0); fake-quant activations on the inputs of quantized linears."""
+
+from .activation_quant import (  # noqa: F401
+    ActivationQuantizer,
+    activation_grids,
+    activation_quantizer_of,
+    activation_quantizers,
+    activation_record,
+    activations_in_float,
+    describe_activations,
+    grids_from_record,
+    install_activation_quantizers,
+    remove_activation_quantizers,
+)
 
 from .block_head import (  # noqa: F401
     BlockEmbedding,

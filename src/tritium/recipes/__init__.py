@@ -14,7 +14,9 @@ from pathlib import Path
 import yaml
 
 from .schema import (
+    ACTIVATION_KEYS,
     CALIB_KEYS,
+    DEFAULT_ACT_CLIP_RATIOS,
     EVAL_KEYS,
     GRID_KEYS,
     RECIPE_KEYS,
@@ -23,11 +25,14 @@ from .schema import (
     GridSpec,
     Recipe,
     RecipeError,
+    activation_clip_candidates_of,
+    activation_grid_of,
     check_save_format,
 )
 
-__all__ = ["CALIB_KEYS", "DEFAULT_RECIPE", "EVAL_KEYS", "GRID_KEYS", "RECIPE_DIR", "RECIPE_KEYS", "CalibSpec",
-           "EvalSpec", "GridSpec", "Recipe", "RecipeError", "check_save_format", "load_recipe", "load_recipe_object",
+__all__ = ["ACTIVATION_KEYS", "CALIB_KEYS", "DEFAULT_ACT_CLIP_RATIOS", "DEFAULT_RECIPE", "EVAL_KEYS", "GRID_KEYS",
+           "RECIPE_DIR", "RECIPE_KEYS", "CalibSpec", "EvalSpec", "GridSpec", "Recipe", "RecipeError", "activation_clip_candidates_of",
+           "activation_grid_of", "check_save_format", "load_recipe", "load_recipe_object",
            "recipe_names"]
 
 RECIPE_DIR = Path(__file__).parent

@@ -13,6 +13,9 @@ width means nothing to a ternary grid).
 the result the same way, so a bad flag value is refused as a bad file value is; the error names the flag.
 :meth:`Recipe.to_dict` gives the plain mapping the jobs, methods and trainer consume.
 
+The top-level ``act_*`` keys (``ACTIVATION_KEYS``) quantize the input of every quantized linear too; unset, the
+recipe quantizes weights only and its mapping carries none of them. :meth:`Recipe.activation_grid` gives the grid.
+
 ``method_args`` and ``e2e`` stay mappings: their options belong to each method's config (and the e2e
 trainer's), which check them when the config is built (``methods.config_from_dict``, ``train.e2e``).
 """
@@ -29,7 +32,13 @@ from dataclasses import dataclass, field, fields
 from ..utils.errors import TritiumError
 
 # e2e: end-to-end scale tuning after PTQ (tritium.train.e2e); absent by default
-RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib", "rotate", "e2e"}
+RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib", "rotate", "e2e", "act_bits", "act_group",
+               "act_symmetric", "act_clip_ratio", "act_clip_search"}
+# Weight + activation quantization: the input of every quantized linear is quantized on the fly, per token
+# (tritium.quant.activations). Top-level recipe keys, all unset (None) for weights only.
+ACTIVATION_KEYS = ("act_bits", "act_group", "act_symmetric", "act_clip_ratio", "act_clip_search")
+# The clipping ratios ``act_clip_search: true`` tries on each linear (a list in the recipe chooses others).
+DEFAULT_ACT_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)
 GRID_KEYS = {"uniform": {"kind", "bits", "group", "symmetric", "ragged_groups"},
              "ternary": {"kind", "variant", "group", "ragged_groups"},
              "gguf": {"kind", "type"}}  # a llama.cpp block format, e.g. {kind: gguf, type: q4_0}
@@ -85,7 +94,12 @@ def _where_for(spec) -> _Where:
 
 
 def _suggest(key, known) -> str:
-    close = difflib.get_close_matches(str(key), sorted(known), n=1)
+    text = str(key)
+    # a known key that the text extends or cuts short ("calibration" -> "calib", "method_arg" -> "method_args"),
+    # the longest shared, before the merely similar ones ("act_clip_ratio")
+    prefixed = sorted((k for k in known if text.startswith(k) or k.startswith(text)),
+                      key=lambda k: (-min(len(k), len(text)), k))
+    close = prefixed[:1] or difflib.get_close_matches(text, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -329,6 +343,13 @@ class Recipe:
     e2e: Mapping | None = None  # end-to-end scale tuning after PTQ (tritium.train.e2e checks its options)
     description: str | None = ""
     name: str | None = None  # the file's stem; None for the defaults
+    # Activation quantization of every quantized linear's input (ACTIVATION_KEYS); None: weights only.
+    act_bits: int | None = None  # 4, 6 or 8
+    act_group: int | str | None = None  # "token" (one scale per token, the default) or a group size
+    act_symmetric: bool | None = None  # default true
+    act_clip_ratio: float | None = None  # in (0, 1]; default 1.0 (no clipping)
+    # true: search each linear's clipping ratio among DEFAULT_ACT_CLIP_RATIOS on calibration data; or a list
+    act_clip_search: bool | tuple[float, ...] | None = None
 
     def __post_init__(self):
         where = _where_for(self)
@@ -343,6 +364,7 @@ class Recipe:
             where.refuse("rotate", "true, false or a mapping {seed, kind, heads}", self.rotate)
         if self.description is not None and not isinstance(self.description, str):
             where.refuse("description", "text", self.description)
+        _check_activation_settings(self, where)
 
     @classmethod
     def from_mapping(cls, mapping, where: str, *, name: str | None = None,
@@ -365,7 +387,8 @@ class Recipe:
                        eval=EvalSpec.from_mapping(mapping.get("eval"), at),
                        calib=CalibSpec.from_mapping(mapping.get("calib"), at),
                        e2e=copy.deepcopy(dict(mapping["e2e"])) if mapping.get("e2e") is not None else None,
-                       description=mapping.get("description", ""), name=name)
+                       description=mapping.get("description", ""), name=name,
+                       **{key: copy.deepcopy(mapping[key]) for key in ACTIVATION_KEYS if key in mapping})
 
     def to_dict(self) -> dict:
         """The plain mapping the jobs consume (a fresh copy: changing it leaves the recipe as it is)."""
@@ -374,9 +397,21 @@ class Recipe:
                "eval": self.eval.to_dict(), "calib": self.calib.to_dict()}
         if self.e2e is not None:
             out["e2e"] = copy.deepcopy(dict(self.e2e))
+        for key in ACTIVATION_KEYS:  # only those set: a weights-only recipe's mapping is the one it always was
+            if getattr(self, key) is not None:
+                out[key] = _listed(getattr(self, key))
         if self.name is not None:
             out["name"] = self.name
         return out
+
+    def activation_grid(self):
+        """The :class:`~tritium.quant.activations.ActivationGrid` of every quantized linear's input, or None
+        (weights only). A per-linear clipping search (``act_clip_search``) starts from this grid."""
+        return activation_grid_of(self.to_dict())
+
+    def activation_clip_candidates(self) -> tuple[float, ...] | None:
+        """The clipping ratios searched on each linear (``act_clip_search``), or None for no search."""
+        return activation_clip_candidates_of(self.to_dict())
 
     def with_overrides(self, changes: Mapping[str, object], flags: Mapping[str, str] | None = None) -> Recipe:
         """This recipe with ``changes`` applied and checked as a file is: each key a recipe key ("method",
@@ -436,3 +471,70 @@ def check_save_format(save_format: str, grid, overrides=None) -> None:
             except PackError as err:
                 raise PackError(f"{err}; to save this grid anyway, pass --format fake (fake-quant float "
                                 "weights)") from None
+
+
+# --------------------------------------------------------------------------- activation quantization
+
+
+def _check_activation_settings(recipe: Recipe, where: _Where) -> None:
+    """The activation keys' types and ranges, and that none is set without ``act_bits`` (it would mean nothing)."""
+    if recipe.act_bits is None:
+        stray = [key for key in ACTIVATION_KEYS[1:] if getattr(recipe, key) is not None
+                 and not (key == "act_clip_search" and getattr(recipe, key) is False)]  # "no search" says nothing
+        if stray:
+            key = stray[0]
+            flag = where.flags.get(key)
+            named = f"{flag} {getattr(recipe, key)!r}" if flag else f"{key} {getattr(recipe, key)!r}"
+            fix = "add --act-bits 8 (or 4, 6)" if flag else "add act_bits: 8 (or 4, 6)"
+            raise RecipeError(f"{where.text}: {named} sets activation quantization without its bits: {fix}, or "
+                              f"leave {flag or key} out for weights only")
+        return
+    from ..quant.activations import SUPPORTED_ACTIVATION_BITS
+
+    choices = ", ".join(map(str, SUPPORTED_ACTIVATION_BITS))
+    if not _is_int(recipe.act_bits) or recipe.act_bits not in SUPPORTED_ACTIVATION_BITS:
+        where.refuse("act_bits", f"one of {choices} (the bits of each activation)", recipe.act_bits,
+                     fix=f"pass {choices}, or leave it out to quantize weights only")
+    group = recipe.act_group
+    if group is not None and group != "token" and not (_is_int(group) and group >= 1):
+        where.refuse("act_group", "'token' or a positive group size", group,
+                     fix="pass token (one scale per token) or a size that divides every linear's input width")
+    if recipe.act_symmetric is not None:
+        _boolean(recipe.act_symmetric, "act_symmetric", where)
+    ratio = recipe.act_clip_ratio
+    if ratio is not None and not _ratio(ratio):
+        where.refuse("act_clip_ratio", "a clipping ratio in (0, 1]", ratio, fix="pass e.g. 0.9, or 1 for no clipping")
+    search = recipe.act_clip_search
+    if search is not None and not isinstance(search, bool):
+        if not isinstance(search, (list, tuple)) or not search or not all(_ratio(r) for r in search):
+            where.refuse("act_clip_search", "true, false or a list of clipping ratios in (0, 1]", search,
+                         fix="pass e.g. 1.0,0.9,0.8")
+        object.__setattr__(recipe, "act_clip_search", tuple(float(r) for r in search))  # frozen: kept as a tuple
+    if search and ratio is not None:
+        flags = [where.flags.get(k) or k for k in ("act_clip_ratio", "act_clip_search")]
+        raise RecipeError(f"{where.text}: both {flags[0]} and {flags[1]} are set, but the search chooses each "
+                          f"linear's clipping ratio: leave one of them out")
+
+
+def _ratio(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < float(value) <= 1.0
+
+
+def activation_grid_of(recipe: Mapping):
+    """The activation grid a recipe mapping (:meth:`Recipe.to_dict`) describes, or None for weights only; the
+    keys it leaves out take the grid's defaults (per token, symmetric, no clipping)."""
+    if recipe.get("act_bits") is None:
+        return None
+    from ..quant.activations import ActivationGrid
+
+    settings = {"bits": recipe["act_bits"], "group": recipe.get("act_group"), "symmetric": recipe.get("act_symmetric"),
+                "clip_ratio": recipe.get("act_clip_ratio")}
+    return ActivationGrid(**{key: value for key, value in settings.items() if value is not None})
+
+
+def activation_clip_candidates_of(recipe: Mapping) -> tuple[float, ...] | None:
+    """The clipping ratios a recipe mapping searches on each linear, or None (no search)."""
+    search = recipe.get("act_clip_search")
+    if recipe.get("act_bits") is None or not search:
+        return None
+    return DEFAULT_ACT_CLIP_RATIOS if search is True else tuple(float(r) for r in search)

@@ -72,6 +72,10 @@ def fast_decode_unsupported_reason(model: nn.Module) -> str | None:
         return f"activation {config.hidden_act!r} (the fast loop implements SiLU-gated MLPs)"
     if not hasattr(getattr(model, "model", None), "rotary_emb"):
         return "no rotary embedding module at model.model.rotary_emb"
+    from ..nn.activation_quant import activation_quantizers
+
+    if activation_quantizers(model):  # the fused loop calls the kernels directly, past the modules' input hooks
+        return "quantized activations (the fast loop runs float activations; the modules' own forward quantizes them)"
     return None
 
 

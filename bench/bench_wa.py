@@ -1,0 +1,245 @@
+"""Weight + activation quantization table: RTN / GPTQ / TesseraQ, each with and without rotation, × W4A8,
+W4A4, W3A4 on one model, beside the float model and weights-only RTN on the same WikiText-2 test chunks.
+
+    python bench/bench_wa.py --model smollm2-135m --limit 16 --out bench/results/wa-cpu.md
+    python bench/bench_wa.py --methods rtn,rtn+rot --columns W4A8,W4A4 --limit 16 --threads 1 \\
+        --out bench/results/wa-rtn-cpu.md
+
+Each cell takes its method's shipped recipe (``w4a4-rtn``, ``w4a4-gptq-cpu``, ``w4a4-tesseraq-cpu``: the
+method's settings and calibration) with the column's weight grid (asymmetric, groups of 128, ragged last
+group) and activation grid (per token; A8 symmetric, A4 asymmetric with each linear's clipping ratio
+searched) in place of the recipe's; ``+rot`` rows fold the norms and rotate the weights first (``--rotate``).
+The float row and weights-only RTN at each column's weight bits run in the same process, on the same chunks.
+
+Every finished cell is written to ``--out`` (markdown) and its JSON at once; a rerun keeps the cells whose
+settings (model, chunks, recipe) are unchanged and runs the rest, so a killed run resumes per cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+A8 = {"act_bits": 8, "act_group": "token", "act_symmetric": True}
+A4 = {"act_bits": 4, "act_group": "token", "act_symmetric": False, "act_clip_search": True}
+COLUMNS = {"W4A8": (4, A8), "W4A4": (4, A4), "W3A4": (3, A4)}
+METHOD_RECIPES = {"rtn": "w4a4-rtn", "gptq": "w4a4-gptq-cpu", "tesseraq": "w4a4-tesseraq-cpu"}
+ROTATED = "+rot"
+ROWS = tuple(m for base in METHOD_RECIPES for m in (base, base + ROTATED))
+ACTIVATION_KEYS = ("act_bits", "act_group", "act_symmetric", "act_clip_ratio", "act_clip_search")
+
+
+class BenchInputError(ValueError):
+    """A flag that cannot work; the message names the fix."""
+
+
+def weight_grid(bits: int) -> dict:
+    return {"kind": "uniform", "bits": bits, "group": 128, "symmetric": False, "ragged_groups": True}
+
+
+def names(text: str, known, flag: str) -> list[str]:
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in known]
+    if not chosen or unknown:
+        raise BenchInputError(f"{flag} takes names from {', '.join(known)} separated by commas; got {text!r}")
+    return chosen
+
+
+def cell_recipe(row: str, column: str | None, args) -> dict:
+    """The recipe mapping of one cell: the row's method recipe with the column's grids (``column`` None: the
+    weights-only RTN baseline at ``row``'s bits, given as ``rtn-weights-W<bits>``)."""
+    from tritium.recipes import load_recipe
+
+    if column is None:  # weights-only RTN
+        bits = int(row.rsplit("W", 1)[1])
+        recipe = load_recipe(METHOD_RECIPES["rtn"])
+        act, rotate = {}, False
+    else:
+        method = row.removesuffix(ROTATED)
+        bits, act = COLUMNS[column]
+        recipe = load_recipe(METHOD_RECIPES[method])
+        rotate = row.endswith(ROTATED)
+    for key in ACTIVATION_KEYS:
+        recipe.pop(key, None)
+    recipe.update(copy.deepcopy(act))
+    recipe["grid"] = weight_grid(bits)
+    recipe["rotate"] = rotate
+    calib = dict(recipe["calib"])
+    if args.calib_samples is not None:
+        calib["samples"] = args.calib_samples
+    if args.calib_seqlen is not None:
+        calib["seqlen"] = args.calib_seqlen
+    recipe["calib"] = calib
+    recipe.pop("name", None)
+    return recipe
+
+
+def quantize_model(model, tokenizer, recipe, data, progress=False):
+    from tritium.runner import quantize_model as run
+
+    return run(model, tokenizer, recipe, data, progress=progress)
+
+
+def score(model, tokens, args) -> dict:
+    from tritium.eval.perplexity import perplexity
+
+    result = perplexity(model, tokens, seqlen=args.seqlen, limit=args.limit, dataset="wikitext2", progress=False)
+    return {"ppl": result.ppl, "n_chunks": result.n_chunks}
+
+
+def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args) -> dict:
+    out = {"key": key, "recipe": recipe, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    model = float_model if recipe is None else copy.deepcopy(float_model)
+    if recipe is not None:
+        start, cpu = time.perf_counter(), time.process_time()
+        result, _ = quantize_model(model, tokenizer, recipe, args.data, progress=False)
+        out |= {"quantize_seconds": round(time.perf_counter() - start, 1),
+                "quantize_cpu_seconds": round(time.process_time() - cpu, 1),
+                "grid": result.grid.describe(), "activations": result.activations_record(),
+                "activations_described": result.describe_activations(), "rotated": "rotation" in result.details}
+        clip = result.details.get("activation_clip_search")
+        if clip:
+            ratios = [g.clip_ratio for g in result.act_grids.values()]
+            out["clip_ratio_counts"] = {f"{r:g}": ratios.count(r) for r in sorted(set(ratios), reverse=True)}
+    out |= score(model, tokens, args)
+    if model is not float_model:
+        del model
+    return out
+
+
+def settings_of(args) -> dict:
+    """What a kept cell must share with this run."""
+    return {"model": args.model, "limit": args.limit, "seqlen": args.seqlen}
+
+
+def machine() -> str:
+    import torch
+
+    from tritium.utils.hardware import cpu_flags, cpu_name
+
+    simd = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))) or "no AVX flags listed"
+    return (f"{cpu_name()} ({simd}), {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
+            f"torch threads, load average {os.getloadavg()[0]:.1f} at start")
+
+
+def markdown(report: dict, rows: list[str], columns: list[str]) -> str:
+    cells = report["cells"]
+    base = (cells.get("float") or {}).get("ppl")
+
+    def ppl(key):
+        c = cells.get(key)
+        if c is None:
+            return "not run"
+        if "error" in c:
+            return f"error: {c['error'][:60]}"
+        return f"{c['ppl']:.2f} ({c['ppl'] / base:.2f}×)" if base else f"{c['ppl']:.2f}"
+
+    def seconds(key):
+        c = cells.get(key)
+        return f"{c['quantize_seconds']:.0f} s" if c and c.get("quantize_seconds") is not None else "–"
+
+    n_chunks = (cells.get("float") or {}).get("n_chunks")
+    lines = [f"# Weight + activation quantization on {report['model']}: WikiText-2 perplexity", "",
+             f"- command: `{report['command']}`", f"- machine: {report['machine']}", f"- date: {report['date']}",
+             f"- chunks: {n_chunks} × {report['seqlen']} tokens of WikiText-2 test (the same for every cell)",
+             "- cells: the method's recipe (" + ", ".join(f"{m}: `{r}`" for m, r in METHOD_RECIPES.items())
+             + ") with the column's grids: weights asymmetric g128 (ragged last group); activations per token, "
+               "A8 symmetric, A4 asymmetric with each linear's clipping ratio searched among 1.0-0.8",
+             f"- float: {ppl('float')}; weights-only RTN: "
+             + ", ".join(f"W{b} {ppl(f'rtn-weights-W{b}')}" for b in sorted({COLUMNS[c][0] for c in columns},
+                                                                            reverse=True)), "",
+             "Perplexity (ratio to float):", "",
+             "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(ppl(f"{row}|{c}") for c in columns) + " |")
+    lines += ["", "Quantization time (wall, shared cores):", "",
+              "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(seconds(f"{row}|{c}") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="a tritium named model or a local HF folder")
+    parser.add_argument("--methods", default=",".join(ROWS), help=f"rows, from {', '.join(ROWS)}")
+    parser.add_argument("--columns", default=",".join(COLUMNS), help=f"columns, from {', '.join(COLUMNS)}")
+    parser.add_argument("--limit", type=int, default=16, help="the first N WikiText-2 test chunks (every cell)")
+    parser.add_argument("--seqlen", type=int, default=2048)
+    parser.add_argument("--calib-samples", type=int, help="calibration samples of every cell instead of its recipe's")
+    parser.add_argument("--calib-seqlen", type=int, help="calibration sample length instead of the recipe's")
+    parser.add_argument("--data", default=os.environ.get("TRITIUM_DATA"))
+    parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--fresh", action="store_true", help="run every cell again, ignoring --out's JSON")
+    parser.add_argument("--out", default="bench/results/wa.md")
+    args = parser.parse_args(argv)
+    try:
+        rows = names(args.methods, ROWS, "--methods")
+        columns = names(args.columns, COLUMNS, "--columns")
+        for flag, value in (("--limit", args.limit), ("--seqlen", args.seqlen), ("--threads", args.threads),
+                            ("--calib-samples", args.calib_samples), ("--calib-seqlen", args.calib_seqlen)):
+            if value is not None and value < 1:
+                raise BenchInputError(f"{flag} must be at least 1, got {value}")
+    except BenchInputError as err:
+        parser.error(str(err))
+    out = Path(args.out)
+    from tritium.data import require_data_file
+    from tritium.utils.runs import claim_output
+
+    claim_output(out, Path(__file__).name, overwrite=True)  # a second bench on the same --out is refused
+    require_data_file("wikitext2", "test", args.data)
+    require_data_file("wikitext2", "valid", args.data)  # the calibration text of the calibrated cells
+
+    import torch
+
+    from tritium.data import load_eval_text
+    from tritium.eval.perplexity import tokenize_eval_text
+    from tritium.models import load_model
+    from tritium.utils.io import atomic_write_json, atomic_write_text
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    json_path = out.with_suffix(".json")
+    saved = {} if args.fresh or not json_path.is_file() else json.loads(json_path.read_text())
+    command = " ".join(["python bench/bench_wa.py", *(sys.argv[1:] if argv is None else argv)])
+    report = {"model": args.model, "seqlen": args.seqlen, "limit": args.limit, "command": command,
+              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cells": {}}
+    kept = {k: c for k, c in (saved.get("cells") or {}).items()
+            if "error" not in c and c.get("settings") == settings_of(args)}
+
+    float_model, tokenizer, _ = load_model(args.model)
+    tokens = tokenize_eval_text(tokenizer, load_eval_text("wikitext2", args.data))
+    plan = [("float", None)]
+    plan += [(f"rtn-weights-W{b}", cell_recipe(f"rtn-weights-W{b}", None, args))
+             for b in sorted({COLUMNS[c][0] for c in columns}, reverse=True)]
+    # column-major: the first column fills in first on a long run
+    plan += [(f"{row}|{column}", cell_recipe(row, column, args)) for column in columns for row in rows]
+    for key, recipe in plan:
+        if key in kept and kept[key].get("recipe") == recipe:
+            report["cells"][key] = kept[key]
+            continue
+        print(f"[{time.strftime('%H:%M:%S')}] {key}", file=sys.stderr, flush=True)
+        try:
+            cell = run_cell(float_model, tokenizer, tokens, key, recipe, args)
+        except Exception as err:  # noqa: BLE001 - one failed cell is reported, the others still run
+            cell = {"key": key, "recipe": recipe, "error": f"{type(err).__name__}: {err}"}
+        cell["settings"] = settings_of(args)
+        report["cells"][key] = cell
+        atomic_write_json(json_path, report)
+        atomic_write_text(out, markdown(report, rows, columns))
+    atomic_write_json(json_path, report)
+    atomic_write_text(out, markdown(report, rows, columns))
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

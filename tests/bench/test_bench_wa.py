@@ -1,0 +1,78 @@
+"""bench/bench_wa.py on a tiny model: its cells, its table and its resume per cell (the plumbing, not the scores)."""
+
+import argparse
+import json
+import math
+
+import pytest
+
+from bench_scripts import load_bench
+from tritium.models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench("bench_wa")
+
+
+@pytest.fixture
+def tiny(tmp_path, tokenizer):
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run(bench, tiny, data, out, *extra):
+    return bench.main(["--model", str(tiny), "--limit", "2", "--seqlen", "64", "--calib-samples", "2",
+                       "--calib-seqlen", "32", "--data", str(data), "--out", str(out), *extra])
+
+
+def test_a_cell_takes_its_methods_recipe_with_the_columns_grids(bench):
+    args = argparse.Namespace(calib_samples=None, calib_seqlen=None)
+    cell = bench.cell_recipe("tesseraq+rot", "W3A4", args)
+    assert cell["method"] == "tesseraq" and cell["rotate"] is True
+    assert cell["grid"] == {"kind": "uniform", "bits": 3, "group": 128, "symmetric": False, "ragged_groups": True}
+    assert (cell["act_bits"], cell["act_symmetric"], cell["act_clip_search"]) == (4, False, True)
+    a8 = bench.cell_recipe("gptq", "W4A8", args)
+    assert (a8["act_bits"], a8["act_symmetric"], a8["rotate"]) == (8, True, False) and "act_clip_search" not in a8
+    weights = bench.cell_recipe("rtn-weights-W3", None, args)
+    assert weights["grid"]["bits"] == 3 and not any(k.startswith("act_") for k in weights)
+    with pytest.raises(bench.BenchInputError, match="--columns takes names from W4A8, W4A4, W3A4"):
+        bench.names("W2A2", bench.COLUMNS, "--columns")
+
+
+def test_the_table_fills_with_the_baselines_and_resumes_per_cell(bench, tiny, tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "wa.md"
+    assert run(bench, tiny, tiny_data, out, "--methods", "rtn,rtn+rot", "--columns", "W4A8,W4A4") == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    cells = report["cells"]
+    assert set(cells) == {"float", "rtn-weights-W4", "rtn|W4A8", "rtn+rot|W4A8", "rtn|W4A4", "rtn+rot|W4A4"}
+    assert all("error" not in c and math.isfinite(c["ppl"]) and c["n_chunks"] == 2 for c in cells.values())
+    assert cells["rtn|W4A8"]["activations"]["grid"] == {"bits": 8, "symmetric": True, "group": "token",
+                                                         "clip_ratio": 1.0}
+    assert cells["rtn|W4A4"]["clip_ratio_counts"] and sum(cells["rtn|W4A4"]["clip_ratio_counts"].values()) == 14
+    assert cells["rtn+rot|W4A4"]["rotated"] and not cells["rtn|W4A4"]["rotated"]
+    assert cells["rtn-weights-W4"]["activations"] is None
+    assert cells["rtn|W4A8"]["ppl"] != cells["rtn-weights-W4"]["ppl"]  # the activations were quantized
+    text = out.read_text()
+    assert "| method | W4A8 | W4A4 |" in text and "| rtn+rot |" in text and "weights-only RTN: W4" in text
+    assert report["command"].startswith("python bench/bench_wa.py --model")
+
+    ran = []
+    real = bench.run_cell
+    monkeypatch.setattr(bench, "run_cell", lambda *a, **k: ran.append(a[3]) or real(*a, **k))
+    assert run(bench, tiny, tiny_data, out, "--methods", "rtn,rtn+rot", "--columns", "W4A8,W4A4,W3A4") == 0
+    assert sorted(ran) == ["rtn+rot|W3A4", "rtn-weights-W3", "rtn|W3A4"]  # the finished cells were kept
+    again = json.loads(out.with_suffix(".json").read_text())["cells"]
+    assert again["rtn|W4A8"] == cells["rtn|W4A8"] and "| rtn | " in out.read_text()
+    ran.clear()
+    assert run(bench, tiny, tiny_data, out, "--methods", "rtn", "--columns", "W4A8", "--limit", "1") == 0
+    assert sorted(ran) == ["float", "rtn-weights-W4", "rtn|W4A8"]  # other chunks: nothing is kept
+
+
+def test_a_bad_flag_fails_before_any_work(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "awq", "--out", str(tmp_path / "x.md")])
+    assert "--methods takes names from" in capsys.readouterr().err
+    assert not (tmp_path / "x.md").exists()

@@ -1,0 +1,92 @@
+"""Weight + activation quantization from the CLI to the saved folder and back: `tritium quantize --act-bits`
+saves the activation grid, `tritium eval` on the folder quantizes the activations again and gives the run's own
+perplexity, and what cannot keep them (plain transformers, export, pack, the lean decode loop) says so."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tritium.kernels as kernels
+from tritium.cli import main
+from tritium.jobs import EvalJob, QuantizeJob, evaluate_model, quantize
+from tritium.models import load_model
+from tritium.nn import packed_modules
+from tritium.nn.activation_quant import activation_grids, grids_from_record
+from tritium.quant.activations import ActivationGrid
+
+
+def _quantized(tiny_folder, out, **options):
+    return quantize(QuantizeJob(model=str(tiny_folder), group=32, eval=["wikitext2"], limit=2, seqlen=64,
+                                no_progress=True, out=str(out), float_dtype="float32", **options))
+
+
+@pytest.fixture
+def a8_run(tiny_folder, tiny_data, tmp_path):
+    return _quantized(tiny_folder, tmp_path / "run", recipe="w4a8-rtn", format="fake")
+
+
+def test_the_saved_folder_records_the_grid_and_tritium_eval_gives_the_runs_figure(a8_run, tmp_path):
+    row = a8_run.rows[-1]
+    assert "A8 activations" in row["method"] and row["activations"]["grid"]["bits"] == 8
+    qconfig = json.loads((a8_run.model_folder / "config.json").read_text())["quantization_config"]
+    assert qconfig["activations"] == row["activations"] and len(qconfig["activations"]["linears"]) == 14
+    model, _, _ = load_model(a8_run.model_folder)
+    assert activation_grids(model) == grids_from_record(qconfig["activations"])
+    assert set(activation_grids(model).values()) == {ActivationGrid(bits=8)}
+    evaluated = evaluate_model(EvalJob(model=str(a8_run.model_folder), eval=["wikitext2"], limit=2, seqlen=64,
+                                       no_progress=True, out=str(tmp_path / "eval")))
+    assert "A8 activations" in evaluated.row["method"]
+    assert evaluated.row["perplexity"]["wikitext2"]["ppl"] == pytest.approx(row["perplexity"]["wikitext2"]["ppl"],
+                                                                          rel=1e-5)
+
+
+def test_the_weights_alone_give_another_figure(a8_run, tiny_folder, tmp_path):
+    weights_only = _quantized(tiny_folder, tmp_path / "w4", recipe="w4g128-rtn", format="fake", no_float=True)
+    assert "activations" not in weights_only.rows[-1]
+    assert weights_only.rows[-1]["perplexity"]["wikitext2"]["ppl"] != a8_run.rows[-1]["perplexity"]["wikitext2"]["ppl"]
+
+
+def test_plain_transformers_warns_that_it_skips_the_quantization_config(a8_run):
+    """Without tritium the folder loads as float weights with float activations; transformers says it skipped
+    the config (the activations record is a documented field of that config)."""
+    code = ("import logging, transformers\n"
+            "transformers.logging.set_verbosity_warning()\n"
+            f"transformers.AutoModelForCausalLM.from_pretrained({str(a8_run.model_folder)!r})\n"
+            "import sys; print('tritium imported' if 'tritium' in sys.modules else 'plain')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "plain"
+    assert "Unknown quantization type, got tritium" in done.stderr and "skip the quantization" in done.stderr
+
+
+def test_export_and_pack_refuse_a_folder_whose_activations_are_quantized(a8_run, capsys):
+    assert main(["export", str(a8_run.out), "--format", "gguf"]) == 2
+    assert "its linears' inputs are quantized (A8)" in capsys.readouterr().err
+    assert main(["pack", str(a8_run.out)]) == 2
+    assert "`tritium pack` writes weights that run on float activations" in capsys.readouterr().err
+
+
+def test_the_lean_decode_loop_gives_way_to_the_modules_own_forward(a8_run):
+    from tritium.runtime import fast_decode_unsupported_reason
+
+    model, _, _ = load_model(a8_run.model_folder)
+    assert "quantized activations" in fast_decode_unsupported_reason(model)
+
+
+def test_a_packed_folder_keeps_its_activations_where_the_kernels_take_them(tiny_folder, tiny_data, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(kernels, "activation_kernel_reason", lambda weight_grid, act_grid: None, raising=False)
+    run = _quantized(tiny_folder, tmp_path / "run", recipe="w4a8-rtn", format="packed", no_float=True)
+    model, _, _ = load_model(run.model_folder)
+    assert len(packed_modules(model)) == 14 and sorted(activation_grids(model)) == sorted(packed_modules(model))
+    evaluated = evaluate_model(EvalJob(model=str(run.model_folder), eval=["wikitext2"], limit=2, seqlen=64,
+                                       no_progress=True, out=str(tmp_path / "eval")))
+    assert evaluated.row["perplexity"]["wikitext2"]["ppl"] == pytest.approx(
+        run.rows[-1]["perplexity"]["wikitext2"]["ppl"], rel=1e-4)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
