@@ -13,6 +13,7 @@ from tritium.models.online_rotation import (
     OnlineRotationError,
     OnlineRotationSettings,
     add_online_rotations_,
+    check_online_widths,
     install_online_rotations,
     online_rotation_settings,
 )
@@ -248,6 +249,17 @@ def test_widths_without_a_hadamard_are_refused_before_any_change(online_rotation
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_widths_are_checked_from_a_config_alone():
+    """For a preflight before the weights load."""
+    check_online_widths(OnlineRotationSettings("all"), 1536, 64)  # SmolLM2-135M: 128·12 and 2^6
+    with pytest.raises(HadamardOrderError, match=re.escape("intermediate_size) is 100")):
+        check_online_widths(OnlineRotationSettings("down_proj"), 100, 64)
+    check_online_widths(OnlineRotationSettings("qk"), 100, 64)  # down_proj is not rotated
+    with pytest.raises(HadamardOrderError, match="head size is 10"):
+        check_online_widths(OnlineRotationSettings("qk", kv_bits=4), 1536, 10)
+    check_online_widths(OnlineRotationSettings(kv_bits=4), 100, 10)  # no rotation: any width
+
+
 def test_a_width_without_a_hadamard_still_takes_the_other_rotation_and_the_kv_cache():
     model = tiny_model("llama", intermediate_size=100)
     ids = _ids(model)
@@ -315,3 +327,29 @@ def test_transformers_without_tritium_refuses_the_folder(tmp_path):
               "except ValueError as err:\n    print('REFUSED', err)\nelse:\n    print('LOADED')\n")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert "REFUSED" in out.stdout and "tritium_online_sdpa" in out.stdout, out.stdout + out.stderr
+
+
+def test_quantized_packed_and_reloaded_model_keeps_its_online_rotations(tmp_path):
+    """The real pipeline: rotate, add online rotations, quantize (RTN), pack (down_proj is swapped for a packed
+    module, which gets the Hadamard back), save and load with tritium: the same logits throughout."""
+    from tritium.export.hf import save_packed
+    from tritium.methods import RTNConfig, quantize_
+    from tritium.models import tiny_tokenizer
+    from tritium.nn import pack_model, packed_modules
+    from tritium.quant import UniformGrid
+    from tritium.quant.grids import grid_to_dict
+
+    model = _model("llama")
+    rotate_model_(model)
+    add_online_rotations_(model, OnlineRotationSettings(online_rotation="all", kv_bits=8))
+    grid = UniformGrid(4, group=32)
+    result = quantize_(model, RTNConfig(grid=grid))
+    ids = _ids(model)
+    fake = _logits(model, ids)
+    pack_model(model, result.weights)
+    assert "model.layers.0.mlp.down_proj" in packed_modules(model)
+    assert torch.allclose(_logits(model, ids), fake, atol=1e-4, rtol=1e-4)
+    save_packed(model, tiny_tokenizer(), tmp_path / "m", "rtn", grid_to_dict(grid))
+    loaded, _, _ = load_model(tmp_path / "m")
+    assert "model.layers.0.mlp.down_proj" in packed_modules(loaded)
+    assert torch.allclose(_logits(loaded, ids), fake, atol=1e-4, rtol=1e-4)

@@ -247,6 +247,15 @@ def _current_attention(model: nn.Module) -> str | None:
     return getattr(model.config, "_attn_implementation", None)
 
 
+def check_online_widths(settings: OnlineRotationSettings, intermediate_size: int | None, head_dim: int | None) -> None:
+    """The width checks alone, from a config before any weights load: each rotated width needs a Hadamard
+    construction (:class:`~tritium.quant.hadamard.HadamardOrderError` names the nearest that have one)."""
+    if settings.rotates_down_proj and intermediate_size is not None:
+        HadamardTransform(intermediate_size, "down_proj's input width (intermediate_size)")
+    if settings.rotates_qk and head_dim is not None:
+        HadamardTransform(head_dim, "the attention head size")
+
+
 def check_online_rotatable(model: nn.Module, settings: OnlineRotationSettings) -> None:
     """Raise before any work when ``model`` cannot take ``settings``."""
     if not isinstance(settings, OnlineRotationSettings):
@@ -268,9 +277,8 @@ def check_online_rotatable(model: nn.Module, settings: OnlineRotationSettings) -
             if not isinstance(down, nn.Linear):
                 raise OnlineRotationError(f"block {i}'s mlp.down_proj is a {type(down).__name__}, not a float "
                                           "nn.Linear: add online rotations before quantizing the model")
-        HadamardTransform(layout.blocks[0].mlp.down_proj.in_features, "down_proj's input width (intermediate_size)")
-    if settings.rotates_qk:
-        HadamardTransform(_head_dim(model, layout.blocks[0].self_attn), "the attention head size")
+    check_online_widths(settings, layout.blocks[0].mlp.down_proj.in_features,
+                        _head_dim(model, layout.blocks[0].self_attn))
 
 
 def _install(model: nn.Module, settings: OnlineRotationSettings, inner: str) -> tuple[HadamardTransform | None,
