@@ -18,6 +18,8 @@ ATTENTION_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
 MLP_LINEARS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 BLOCK_LINEARS = ATTENTION_LINEARS + MLP_LINEARS
 KNOWN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+# Set on an MLP whose down_proj input gets an online Hadamard (tritium.models.online_rotation's R4).
+ONLINE_INPUT_ROTATION_ATTRIBUTE = "tritium_online_hadamard"
 
 
 class UnsupportedArchitectureError(TritiumError, ValueError):
@@ -111,11 +113,13 @@ def _scale_groups(block: nn.Module) -> list[ScaleGroup]:
     v, o = attn.v_proj, attn.o_proj
     # v→o folds only without grouped-query attention, where v's outputs feed o's inputs one to one.
     v_to_o = v.out_features == o.in_features
+    # An online Hadamard between up_proj and down_proj (R4) mixes all channels: no per-channel scale folds across it.
+    up_to_down = getattr(block.get_submodule("mlp"), ONLINE_INPUT_ROTATION_ATTRIBUTE, None) is None
     return [
         ScaleGroup("input_layernorm", ATTENTION_LINEARS[:3]),
         ScaleGroup("self_attn.v_proj" if v_to_o else None, ("self_attn.o_proj",)),
         ScaleGroup(mlp_norm, ("mlp.gate_proj", "mlp.up_proj")),
-        ScaleGroup("mlp.up_proj", ("mlp.down_proj",)),
+        ScaleGroup("mlp.up_proj" if up_to_down else None, ("mlp.down_proj",)),
     ]
 
 

@@ -135,7 +135,8 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
     Before anything loads, a folder is checked against its manifest and a GGUF file against its
     layout (and, when tritium wrote it, its sha256): damaged files raise
     :class:`~tritium.utils.integrity.DamagedFileError` naming the file. A folder tritium saved must
-    load whole: weights missing or left over are an error, not a warning.
+    load whole: weights missing or left over are an error, not a warning. Online rotations its config
+    records (:mod:`tritium.models.online_rotation`) are installed again.
     """
     from contextlib import nullcontext
 
@@ -144,6 +145,7 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
     # quant_method "tritium" is registered with transformers by ``import tritium`` (tritium.integrations)
     from ..utils.integrity import check_config_matches_tensors, verified_folder, warn_unsealed
     from ..utils.progress import GGUF_READER_MODULES, direct_library_bars_follow_switch
+    from .online_rotation import install_online_rotations, register_online_attention
 
     resolved = resolve_model_source(source)
     kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
@@ -162,10 +164,13 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
                 check_config_matches_tensors(resolved.location,
                                                                     read_quantization_config(resolved.location))
                 kwargs["output_loading_info"] = True
+            # a saved model with online rotations names tritium's attention implementation in its config.json
+            register_online_attention()
             # transformers' GGUF reader ignores its own switch
             with direct_library_bars_follow_switch(GGUF_READER_MODULES) if resolved.gguf_file else nullcontext():
                 loaded = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
             model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
+            install_online_rotations(model)
             if tritium_folder:
                 _check_loading_info(resolved.location, info)
             tokenizer = _read_tokenizer(resolved)
