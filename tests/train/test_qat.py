@@ -159,5 +159,5 @@ def test_codes_scale_gradient_moves_scales_from_a_ptq_start_where_lsq_barely_doe
 def test_scale_gradient_on_a_ternary_grid_is_refused():
     from tritium.quant.grids import TernaryGrid
 
-    with pytest.raises(QuantConfigError, match="uniform grids"):
+    with pytest.raises(QuantConfigError, match="applies to uniform and GGUF grids"):
         DistillConfig(grid=TernaryGrid(variant="dlt", group=32), scale_gradient="codes")
