@@ -39,7 +39,7 @@ from ..quant.grids import (
     ternary_codes_threshold,
 )
 from .gguf_qat import GGUFQATLinear
-from .qat import UniformQATLinear
+from .qat import UniformQATLinear, freeze_codes_
 
 SHIFT_INITS = ("mean", "zero")
 TERNARY_THRESHOLDS = ("twn", "seq")
@@ -269,10 +269,7 @@ class DLTLinear(nn.Linear):
     @torch.no_grad()
     def freeze_codes(self) -> None:
         """Fix the current codes T; from now on only α and γ train (E2E-QP), with exact gradients T and 1."""
-        self.frozen_codes = self._latent_codes()
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        freeze_codes_(self, self._latent_codes())
 
     def _frozen_scale_shift(self) -> tuple[Tensor, Tensor]:
         """With frozen codes, α and γ as they are stored (α > 0, both fp16), straight-through to the parameters:

@@ -40,7 +40,7 @@ from ..quant.grids import (
     straight_through,
     sub_block_factors,
 )
-from .qat import CELL_MARGIN, SCALE_GRADIENTS
+from .qat import CELL_MARGIN, SCALE_GRADIENTS, freeze_codes_
 
 
 def _fp16_ste(t: Tensor) -> Tensor:
@@ -193,10 +193,7 @@ class GGUFQATLinear(nn.Linear):
     @torch.no_grad()
     def freeze_codes(self) -> None:
         """Fix the current codes; from now on only d and dmin (or m) train (E2E-QP)."""
-        self.frozen_codes = self.codes()
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        freeze_codes_(self, self.codes())
 
     @torch.no_grad()
     def codes(self) -> Tensor:

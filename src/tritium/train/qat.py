@@ -78,6 +78,14 @@ def uniform_qat_weight(latent: Tensor, scale: Tensor, zero: Tensor, layout: Grou
     return (q - z_full) * s_full
 
 
+def freeze_codes_(module: nn.Linear, codes: Tensor) -> None:
+    """Keep ``codes`` fixed in a QAT linear: its latent weight and bias stop training, only its scales do (E2E-QP)."""
+    module.frozen_codes = codes
+    module.weight.requires_grad_(False)
+    if module.bias is not None:
+        module.bias.requires_grad_(False)
+
+
 class UniformQATLinear(nn.Linear):
     """An ``nn.Linear`` whose forward weight is on a uniform k-bit grid with learnable scale and zero point.
 
@@ -152,10 +160,7 @@ class UniformQATLinear(nn.Linear):
     @torch.no_grad()
     def freeze_codes(self) -> None:
         """Fix the current codes; from now on only the scale and zero point train (E2E-QP)."""
-        self.frozen_codes = self.codes()
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        freeze_codes_(self, self.codes())
 
     @torch.no_grad()
     def codes(self) -> Tensor:
