@@ -67,3 +67,39 @@ def test_vocabulary_mismatch_fails_clearly():
         DistillationLoss(tiny_model("llama", vocab_size=300), LossConfig(), tiny_model("llama"))
     with pytest.raises(DistillationInputError, match="every loss weight is 0"):
         LossConfig(off_weight=0, kl_weight=0, ce_weight=0)
+
+
+def _whole_vocabulary_kl(student, teacher, temperature):
+    vocab = student.shape[-1]
+    s = torch.log_softmax(student.reshape(-1, vocab).float() / temperature, -1)
+    t = torch.log_softmax(teacher.reshape(-1, vocab).float() / temperature, -1)
+    return torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_chunked_kl_equals_the_whole_vocabulary_kl_in_value_and_gradient(monkeypatch, dtype, temperature):
+    """The chunked KL (a few rows at a time, its gradient formed in the forward) against autograd through the
+    plain formula, with chunks that split the rows unevenly (3 rows of 10 per chunk, 7 rows)."""
+    import tritium.train.losses as losses
+
+    monkeypatch.setattr(losses, "KL_CHUNK_VALUES", 30)
+    gen = torch.Generator().manual_seed(0)
+    student = (3 * torch.randn(1, 7, 10, generator=gen)).to(dtype).requires_grad_(True)
+    teacher = (3 * torch.randn(1, 7, 10, generator=gen)).to(dtype)
+    reference = student.detach().clone().requires_grad_(True)
+    upstream = torch.tensor(1.7)
+    expected = _whole_vocabulary_kl(reference, teacher, temperature)
+    (expected * upstream).backward()
+    got = kl_logits(student, teacher, temperature)
+    (got * upstream).backward()
+    assert got.dtype == torch.float32 and got > 0
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-6)
+    assert student.grad.dtype == dtype
+    tol = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-4}
+    torch.testing.assert_close(student.grad, reference.grad, **tol)
+
+
+def test_kl_refuses_logits_of_different_shapes():
+    with pytest.raises(DistillationInputError, match="logit shapes differ"):
+        kl_logits(torch.randn(2, 3, 10), torch.randn(2, 3, 11))

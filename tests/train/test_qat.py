@@ -161,3 +161,42 @@ def test_scale_gradient_on_a_ternary_grid_is_refused():
 
     with pytest.raises(QuantConfigError, match="applies to uniform and GGUF grids"):
         DistillConfig(grid=TernaryGrid(variant="dlt", group=32), scale_gradient="codes")
+
+
+def _autograd_chain(latent, scale, zero, layout, grid, codes=None):
+    """The frozen-codes / codes-gradient fake quant written as plain autograd ops (what the fused
+    CodesGradientFakeQuant replaces)."""
+    from tritium.quant.grids import round_ste
+    from tritium.train.qat import effective_scale_zero
+
+    s, z = effective_scale_zero(scale, zero, grid)
+    s_full, z_full = layout.expand(s), layout.expand(z)
+    q = codes.to(latent.dtype) if codes is not None else \
+        torch.clamp(round_ste(latent / s_full.detach()) + z_full.detach(), 0, grid.max_code)
+    return (q - z_full) * s_full
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("grid", [UniformGrid(bits=2, group=5, ragged_groups=True), UniformGrid(bits=4, group=4),
+                                  UniformGrid(bits=3, group="tensor")])
+def test_fused_fake_quant_equals_the_autograd_chain(grid, frozen):
+    """float32, fp16 scales, as training runs: the same weights bit for bit, and the same gradients."""
+    w, scale, zero, layout = _params(grid, out=9, inp=12 if grid.group == 4 else 13, seed=3)
+    w, scale, zero = w.float(), scale.float(), zero.float()
+    codes = torch.randint(0, grid.max_code + 1, w.shape, dtype=torch.uint8) if frozen else None
+    grad = torch.randn_like(w)
+    results = []
+    for fn in (lambda *a: uniform_qat_weight(*a, codes=codes, scale_gradient="codes"),
+               lambda *a: _autograd_chain(*a, codes=codes)):
+        leaves = [t.clone().requires_grad_(True) for t in (w, scale, zero)]
+        out = fn(*leaves, layout, grid)
+        out.backward(grad)
+        results.append((out.detach(), [leaf.grad for leaf in leaves]))
+    (fused, fused_grads), (chain, chain_grads) = results
+    torch.testing.assert_close(fused, chain, rtol=0, atol=0)
+    for got, want in zip(fused_grads, chain_grads):
+        if want is None or frozen and got is None:
+            assert got is None or not got.any()
+            continue
+        torch.testing.assert_close(got, want)
+    assert (fused_grads[0] is None) == frozen

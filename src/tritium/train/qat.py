@@ -66,16 +66,50 @@ def uniform_qat_weight(latent: Tensor, scale: Tensor, zero: Tensor, layout: Grou
     smooth function of it; training always rounds (that is what gets stored).
     """
     s, z = effective_scale_zero(scale.to(latent.dtype), zero.to(latent.dtype), grid, fp16_scales)
+    if codes is not None or scale_gradient == "codes":
+        return CodesGradientFakeQuant.apply(latent, s, z, layout, grid.max_code, codes)
     s_full, z_full = layout.expand(s), layout.expand(z)
-    if codes is None and scale_gradient == "codes":
-        # the same codes; the latent still gets the identity (times s/s) inside the range and 0 outside
-        q = torch.clamp(round_ste(latent / s_full.detach()) + z_full.detach(), 0, grid.max_code)
-    elif codes is None:
-        q = torch.clamp(round_ste(latent / s_full) + z_full, 0, grid.max_code)
-    else:
-        q = codes.to(latent.dtype)
+    q = torch.clamp(round_ste(latent / s_full) + z_full, 0, grid.max_code)
     # (q − z)·s in this order, as grids.dequantize computes it, so export reproduces it bit for bit
     return (q - z_full) * s_full
+
+
+class CodesGradientFakeQuant(torch.autograd.Function):
+    """ŵ = s·(q − z) with q = clamp(round(W/s) + z, 0, 2^b − 1), or q = fixed ``codes``, and the frozen-codes
+    gradients: Σ_group g·(q − z) to s, −s·Σ_group g to z, and g inside the clamp range (0 outside) to the latent.
+
+    The same numbers as the chain of autograd ops it replaces, in a few in-place passes with one byte per
+    weight saved (codes, range mask): that chain's ten full-size temporaries and the backward of the group
+    broadcast took about a third of a SmolLM2 distillation step on the CPU (BENCHMARKS.md, eighth session)."""
+
+    @staticmethod
+    def forward(ctx, latent, s, z, layout, max_code, codes):
+        s_full, z_full = layout.expand(s), layout.expand(z)
+        if codes is None:
+            q = torch.div(latent, s_full).round_().add_(z_full)
+            inside = (q >= 0) & (q <= max_code)
+            q.clamp_(0, max_code)
+            saved_codes = q.to(torch.uint8)
+        else:
+            q, inside, saved_codes = codes.to(latent.dtype), None, codes
+        weight = q.sub_(z_full).mul_(s_full)
+        ctx.layout = layout
+        ctx.save_for_backward(saved_codes, inside, s, z)
+        return weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        codes, inside, s, z = ctx.saved_tensors
+        layout = ctx.layout
+        per_group = lambda t: layout.reduce(t, lambda g: g.sum(-1))  # noqa: E731
+        grad_latent = grad_s = grad_z = None
+        if ctx.needs_input_grad[0] and inside is not None:
+            grad_latent = grad * inside
+        if ctx.needs_input_grad[1]:
+            grad_s = per_group(codes.to(grad.dtype).sub_(layout.expand(z)).mul_(grad))
+        if ctx.needs_input_grad[2]:
+            grad_z = per_group(grad).mul_(s).neg_()
+        return grad_latent, grad_s, grad_z, None, None, None
 
 
 def freeze_codes_(module: nn.Linear, codes: Tensor) -> None:
