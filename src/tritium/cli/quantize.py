@@ -40,6 +40,12 @@ def add_quantize_parser(sub) -> None:
     q.add_argument("--act-clip-search", action=argparse.BooleanOptionalAction, default=None,
                    help="--act-bits: choose each linear's clipping ratio among 1.0, 0.95, 0.9, 0.85, 0.8 on "
                         "calibration data (least output error)")
+    q.add_argument("--online-rotation", choices=("down_proj", "qk", "all"),
+                   help="Hadamards applied at run time where they cannot fold into the weights (QuaRot): down_proj "
+                        "(R4, on its input), qk (R3, queries and keys after RoPE; helps a quantized KV cache) or "
+                        "all; the folder then loads with tritium only (GGUF and compressed-tensors refuse it)")
+    q.add_argument("--kv-bits", type=int, choices=(4, 8),
+                   help="fake-quantize the KV cache per head and token to 4 or 8 bits (asymmetric)")
     q.add_argument("--bits-budget", type=float,
                    help="mixed precision: average bits per weight to spend, scales and zero points included (e.g. "
                         "2.5); each linear gets ternary, 2, 3 or 4 bits at the recipe's group, where it hurts least")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .registry import ExportError, Exporter, export_formats, get_exporter
+from .registry import ExportError, Exporter, check_runtime_transforms, export_formats, get_exporter
 
 
 @dataclass
@@ -54,7 +54,9 @@ def export_model(model_or_folder, format: str = "compressed-tensors", out: str |
         grid, overrides, _ = model_grids(model_or_folder, result)
         exporter.check(grid, overrides, chosen)
         config = model_or_folder.config
-        exporter.check_config({**config.to_dict(), "model_type": config.model_type}, "this model")
+        config_fields = {**config.to_dict(), "model_type": config.model_type}
+        check_runtime_transforms(exporter, config_fields, "this model")
+        exporter.check_config(config_fields, "this model")
         out = Path(out)
         _check_out(out, exporter, overwrite, protected=None)
         source = model_source(model_or_folder, result, tokenizer)
@@ -80,6 +82,7 @@ def check_folder_config(folder: str | os.PathLike, format: str) -> None:
     except (OSError, ValueError):
         return  # the manifest check that follows names a missing or damaged config.json
     if isinstance(config, dict):
+        check_runtime_transforms(get_exporter(format), config, str(folder))
         get_exporter(format).check_config(config, str(folder))
 
 
@@ -88,6 +91,7 @@ def _plan_folder_export(folder, exporter: Exporter, options: dict, out, overwrit
 
     plan = plan_folder(folder)
     exporter.check(plan.grid, plan.grid_overrides, options)
+    check_runtime_transforms(exporter, plan.model_config, str(plan.folder))
     exporter.check_config(plan.model_config, str(plan.folder))  # from config.json, before any weight is read
     out = Path(out) if out is not None else plan.default_out(exporter.default_out)
     _check_out(out, exporter, overwrite, protected=plan.folder)

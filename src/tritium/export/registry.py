@@ -38,6 +38,9 @@ class Exporter:
     summary: ClassVar[str] = ""
     default_out: ClassVar[str] = ""  # the output's name inside a run folder (RUN/<default_out>)
     options: ClassVar[dict[str, Any]] = {}
+    # Whether the runtime that loads this format applies tritium's online rotations and KV-cache quantizer
+    # (models/online_rotation.py); llama.cpp and vLLM do not, so their files would compute the wrong function.
+    runs_online_rotations: ClassVar[bool] = False
 
     def check(self, grid, grid_overrides: dict, options: dict) -> None:
         """Refuse, before the model loads, grids or option values this format cannot take."""
@@ -53,6 +56,21 @@ class Exporter:
         final path. Returns an :class:`~tritium.export.api.ExportReport`.
         """
         raise NotImplementedError(f"exporter {self.name!r} does not implement write()")
+
+
+def check_runtime_transforms(exporter: Exporter, config: dict, what: str) -> None:
+    """Refuse a model whose config records online rotations (R3/R4) or a quantized KV cache for a format whose
+    runtime does not apply them: its weights hold W·H where the runtime would need the Hadamard on the input."""
+    from ..models.online_rotation import ONLINE_ROTATION_CONFIG_KEY
+
+    recorded = config.get(ONLINE_ROTATION_CONFIG_KEY)
+    if recorded and not exporter.runs_online_rotations:
+        shown = {key: value for key, value in recorded.items() if value not in (None, False)}
+        able = ", ".join(sorted(name for name in export_formats() if get_exporter(name).runs_online_rotations))
+        raise ExportError(f"{what} applies online rotations or a quantized KV cache at run time ({shown}), which "
+                          f"{exporter.name} runtimes do not apply: its down_proj weights are rotated for them, so "
+                          f"the file would compute a different model. Export it as {able}, or quantize again "
+                          "without online_rotation and kv_bits (--online-rotation, --kv-bits) for this format")
 
 
 def register_exporter(name: str):

@@ -19,6 +19,7 @@ class TritiumPackedExporter(Exporter):
     summary = "tritium packed folder (packed codes + fp16 scales; from_pretrained after `import tritium`)"
     default_out = "packed"
     options = {"float_dtype": "float16", "ternary_layout": "base3", "scale_dtype": "float16"}
+    runs_online_rotations = True  # tritium's loader installs them again from the config
 
     def check(self, grid, grid_overrides: dict, options: dict) -> None:
         from ..pack.layouts import TERNARY_LAYOUTS, uniform_radix

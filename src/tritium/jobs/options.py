@@ -52,7 +52,7 @@ RECIPE_OPTIONS = [("grid.bits", "bits"), ("grid.group", "group"), ("grid.variant
                   ("calib.source", "calib"), ("calib.samples", "calib_samples"), ("calib.seqlen", "calib_seqlen"),
                   ("act_bits", "act_bits"), ("act_group", "act_group"), ("act_symmetric", "act_symmetric"),
                   ("act_clip_ratio", "act_clip_ratio"), ("act_clip_search", "act_clip_search"),
-                  *JOB_EVAL_OPTIONS]
+                  ("online_rotation", "online_rotation"), ("kv_bits", "kv_bits"), *JOB_EVAL_OPTIONS]
 # the options whose empty value means "not set", as it always has (an empty folder name is no folder)
 EMPTY_IS_UNSET = {"checkpoint_dir", "offload_dir"}
 # the options whose flag is not their name

@@ -31,6 +31,7 @@ class ModelShape:
     hidden_size: int | None = None  # the embedding's width
     architectures: tuple[str, ...] = ()  # config.json's HF class names (none for a GGUF file)
     activation: str | None = None  # the MLP's (hidden_activation or hidden_act); None from a GGUF file
+    head_dim: int | None = None  # the attention head's width (R3 rotates it)
 
     def config_fields(self) -> dict:
         """What :func:`~tritium.export.gguf.check_gguf_config` reads, as config.json has it."""
@@ -74,7 +75,8 @@ def model_shape(model: str) -> ModelShape | None:
         widths["down_proj"] = config["intermediate_size"]
     return ModelShape(config.get("model_type"), widths, config.get("max_position_embeddings"),
                       config.get("vocab_size"), hidden, tuple(top.get("architectures") or ()),
-                      config.get("hidden_activation") or config.get("hidden_act"))
+                      config.get("hidden_activation") or config.get("hidden_act"),
+                      head_dim if isinstance(head_dim, int) else None)
 
 
 def _gguf_shape(path: Path) -> ModelShape | None:
@@ -94,7 +96,11 @@ def _gguf_shape(path: Path) -> ModelShape | None:
             widths[_GGUF_LINEARS[parts[2]]] = int(tensor.shape[0])
     vocab = layout.fields.get(f"{arch}.vocab_size")
     hidden = layout.fields.get(f"{arch}.embedding_length")
-    return ModelShape(arch, widths, _int_value(context), _int_value(vocab), _int_value(hidden))
+    heads = _int_value(layout.fields.get(f"{arch}.attention.head_count"))
+    head_dim = _int_value(layout.fields.get(f"{arch}.attention.key_length"))
+    if head_dim is None and heads and hidden is not None:
+        head_dim = _int_value(hidden) // heads
+    return ModelShape(arch, widths, _int_value(context), _int_value(vocab), _int_value(hidden), head_dim=head_dim)
 
 
 def _int_value(field) -> int | None:
@@ -179,6 +185,19 @@ def packed_activation_reason(weight_grid, act_grid) -> str | None:
     if reason_for is None:
         return "this tritium's packed kernels take float activations only"
     return reason_for(weight_grid, act_grid)
+
+
+def check_online_recipe(recipe: dict):
+    """A recipe's online rotations and KV-cache bits (None: off), refused where the job cannot follow them: the
+    e2e step trains a student without them. The widths are checked against the model's config by the caller."""
+    from ..recipes import online_rotation_of
+
+    online = online_rotation_of(recipe)
+    if online is not None and recipe.get("e2e") is not None:
+        raise PreflightError(f"the recipe's e2e step trains scales without online rotations or a quantized KV "
+                             f"cache; it cannot yet follow a recipe that adds them ({online.describe()}): drop its "
+                             "e2e section, or online_rotation and kv_bits (--online-rotation, --kv-bits)")
+    return online
 
 
 def check_activation_recipe(recipe: dict, save_format: str | None):
@@ -304,6 +323,7 @@ def preflight_quantize(job, recipe: dict):
                             "(a fake-quant folder keeps float weights throughout)")
     grid = grid_from_dict(recipe["grid"])  # fail on a bad grid before the model loads
     rotation_settings(recipe.get("rotate"))  # a bad rotate value fails before the model loads
+    online = check_online_recipe(recipe)
     if not job.no_save:
         steps.check_save_format(job.format, grid)
     act_grid = check_activation_recipe(recipe, None if job.no_save else job.format)
@@ -328,6 +348,10 @@ def preflight_quantize(job, recipe: dict):
             check_group_divides(grid, shape.input_widths)  # with skips, the loaded model's linears decide
         if not method_args.get("skip"):
             check_activation_group_divides(act_grid, shape.input_widths)
+        if online is not None:
+            from ..models.online_rotation import check_online_widths
+
+            check_online_widths(online, shape.input_widths.get("down_proj"), shape.head_dim)
         if calibrates:
             check_context(calib.get("seqlen"), shape.context, "--calib-seqlen")
     steps.check_calibration_source(recipe, job.data)  # a test split in the calibration text, by any name, fails here

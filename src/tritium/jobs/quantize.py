@@ -42,6 +42,9 @@ class QuantizeJob(EvalOptions):
     act_symmetric: bool | None = None
     act_clip_ratio: float | None = None
     act_clip_search: bool | None = None
+    # online Hadamards applied at run time (down_proj, qk, all) and the KV cache's bits (the recipe's keys)
+    online_rotation: str | None = None
+    kv_bits: int | None = None
     bits_budget: float | None = None
     calib: str | None = None
     calib_samples: int | None = None

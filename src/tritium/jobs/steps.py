@@ -21,9 +21,10 @@ from ..methods.base import MethodConfig, check_activation_groups, selected_linea
 from ..methods.mixed import check_mixed_precision
 from ..models.adapters import decoder_layout
 from ..nn.block_head import head_type_of
+from ..models.online_rotation import OnlineRotationSettings
 from ..models.rotation import check_rotatable, rotate_model_, rotation_settings
 from ..quant.grids import grid_from_dict
-from ..recipes import activation_clip_candidates_of, activation_grid_of
+from ..recipes import activation_clip_candidates_of, activation_grid_of, online_rotation_of
 from ..recipes import check_save_format  # noqa: F401  (preflight's; the recipe's own check)
 
 
@@ -84,6 +85,11 @@ def prepare_config(model, recipe: dict, report: bool = True) -> MethodConfig:
     check_mixed_precision(config, get_method(recipe["method"]), selected_linears(decoder_layout(model), config.skip))
     if rotation_settings(recipe.get("rotate")) is not None:
         check_rotatable(model)
+    online = online_rotation_of(recipe)
+    if online is not None:
+        from ..models.online_rotation import check_online_rotatable
+
+        check_online_rotatable(model, online)
     if recipe.get("e2e") is not None:
         from ..train.e2e import check_e2e_settings
 
@@ -153,11 +159,21 @@ def quantize_model(model, tokenizer, recipe: dict, data_path=None, work_dir=None
         for note in report.notes:
             print(f"tritium: note: {note}", file=sys.stderr)
         rotate_seconds = time.perf_counter() - start
+    online = online_rotation_of(recipe)
+    online_report = None
+    if online is not None:  # after R1/R2 (they rotate down_proj's output side), before any weight is quantized
+        from ..models.online_rotation import add_online_rotations_
+
+        online_report = add_online_rotations_(model, online)
+        for note in online_report.notes:
+            print(f"tritium: note: {note}", file=sys.stderr)
     teacher = copy.deepcopy(model) if recipe.get("e2e") is not None else None  # float, rotated alike
     result = quantize_(model, config, calibration)
     if report is not None:
         result.details["rotation"] = report.to_dict() | {"seconds": rotate_seconds}
         result.seconds += rotate_seconds
+    if online_report is not None:
+        result.details["online_rotation"] = online_report.to_dict()
     if teacher is not None:
         result = tune_scales_end_to_end(model, teacher, tokenizer, result, config, recipe["e2e"], work_dir,
                                         data_path, progress)
@@ -217,6 +233,8 @@ def quantized_row(model, result, evaluation: dict, file_bytes: int | None, secon
     group = result.grid.group
     bits = result.mean_code_bits() if result.grid_overrides else float(result.grid.bits)
     method = result.method + (" + rotation" if "rotation" in result.details else "")
+    if "online_rotation" in result.details:  # e.g. "+ online R3+R4+KV8-asym"
+        method += " + online " + OnlineRotationSettings(**result.details["online_rotation"]["settings"]).describe()
     if result.act_grids:  # the inputs of its linears are quantized too: the row says on which grid
         method += f" + {result.describe_activations()} activations"
     earlier = float(result.details.get("earlier_pieces_seconds") or 0.0)

@@ -28,11 +28,12 @@ from .schema import (
     activation_clip_candidates_of,
     activation_grid_of,
     check_save_format,
+    online_rotation_of,
 )
 
 __all__ = ["ACTIVATION_KEYS", "CALIB_KEYS", "DEFAULT_ACT_CLIP_RATIOS", "DEFAULT_RECIPE", "EVAL_KEYS", "GRID_KEYS",
            "RECIPE_DIR", "RECIPE_KEYS", "CalibSpec", "EvalSpec", "GridSpec", "Recipe", "RecipeError", "activation_clip_candidates_of",
-           "activation_grid_of", "check_save_format", "load_recipe", "load_recipe_object",
+           "activation_grid_of", "check_save_format", "load_recipe", "load_recipe_object", "online_rotation_of",
            "recipe_names"]
 
 RECIPE_DIR = Path(__file__).parent

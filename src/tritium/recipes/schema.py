@@ -33,7 +33,10 @@ from ..utils.errors import TritiumError
 
 # e2e: end-to-end scale tuning after PTQ (tritium.train.e2e); absent by default
 RECIPE_KEYS = {"description", "method", "grid", "method_args", "eval", "calib", "rotate", "e2e", "act_bits", "act_group",
-               "act_symmetric", "act_clip_ratio", "act_clip_search"}
+               "act_symmetric", "act_clip_ratio", "act_clip_search", "online_rotation", "kv_bits"}
+# Rotations applied at run time (QuaRot R3/R4) and a fake-quantized KV cache (tritium.models.online_rotation);
+# top-level keys, unset (None) for none.
+ONLINE_KEYS = ("online_rotation", "kv_bits")
 # Weight + activation quantization: the input of every quantized linear is quantized on the fly, per token
 # (tritium.quant.activations). Top-level recipe keys, all unset (None) for weights only.
 ACTIVATION_KEYS = ("act_bits", "act_group", "act_symmetric", "act_clip_ratio", "act_clip_search")
@@ -350,6 +353,9 @@ class Recipe:
     act_clip_ratio: float | None = None  # in (0, 1]; default 1.0 (no clipping)
     # true: search each linear's clipping ratio among DEFAULT_ACT_CLIP_RATIOS on calibration data; or a list
     act_clip_search: bool | tuple[float, ...] | None = None
+    # Online Hadamards (down_proj: R4, qk: R3 after RoPE, all: both) and the KV cache's bits (4 or 8); None: off.
+    online_rotation: str | None = None
+    kv_bits: int | None = None
 
     def __post_init__(self):
         where = _where_for(self)
@@ -365,6 +371,7 @@ class Recipe:
         if self.description is not None and not isinstance(self.description, str):
             where.refuse("description", "text", self.description)
         _check_activation_settings(self, where)
+        _check_online_settings(self, where)
 
     @classmethod
     def from_mapping(cls, mapping, where: str, *, name: str | None = None,
@@ -388,7 +395,7 @@ class Recipe:
                        calib=CalibSpec.from_mapping(mapping.get("calib"), at),
                        e2e=copy.deepcopy(dict(mapping["e2e"])) if mapping.get("e2e") is not None else None,
                        description=mapping.get("description", ""), name=name,
-                       **{key: copy.deepcopy(mapping[key]) for key in ACTIVATION_KEYS if key in mapping})
+                       **{key: copy.deepcopy(mapping[key]) for key in ACTIVATION_KEYS + ONLINE_KEYS if key in mapping})
 
     def to_dict(self) -> dict:
         """The plain mapping the jobs consume (a fresh copy: changing it leaves the recipe as it is)."""
@@ -397,7 +404,7 @@ class Recipe:
                "eval": self.eval.to_dict(), "calib": self.calib.to_dict()}
         if self.e2e is not None:
             out["e2e"] = copy.deepcopy(dict(self.e2e))
-        for key in ACTIVATION_KEYS:  # only those set: a weights-only recipe's mapping is the one it always was
+        for key in ACTIVATION_KEYS + ONLINE_KEYS:  # only those set: other recipes' mappings are as they always were
             if getattr(self, key) is not None:
                 out[key] = _listed(getattr(self, key))
         if self.name is not None:
@@ -514,6 +521,31 @@ def _check_activation_settings(recipe: Recipe, where: _Where) -> None:
         flags = [where.flags.get(k) or k for k in ("act_clip_ratio", "act_clip_search")]
         raise RecipeError(f"{where.text}: both {flags[0]} and {flags[1]} are set, but the search chooses each "
                           f"linear's clipping ratio: leave one of them out")
+
+
+def _check_online_settings(recipe: Recipe, where: _Where) -> None:
+    """``online_rotation`` and ``kv_bits`` as :class:`~tritium.models.online_rotation.OnlineRotationSettings` takes
+    them (``online_rotation: false`` is off)."""
+    if recipe.online_rotation is False:
+        object.__setattr__(recipe, "online_rotation", None)  # frozen: "off" is kept as None
+    if recipe.online_rotation is None and recipe.kv_bits is None:
+        return
+    from ..models.online_rotation import KV_CACHE_BITS, ONLINE_ROTATIONS
+
+    if recipe.online_rotation is not None and recipe.online_rotation not in ONLINE_ROTATIONS:
+        where.refuse("online_rotation", f"one of {', '.join(ONLINE_ROTATIONS)} (or off)", recipe.online_rotation,
+                     fix="pass down_proj (R4), qk (R3, with a quantized KV cache) or all")
+    if recipe.kv_bits is not None and (not _is_int(recipe.kv_bits) or recipe.kv_bits not in KV_CACHE_BITS):
+        choices = ", ".join(map(str, KV_CACHE_BITS))
+        where.refuse("kv_bits", f"one of {choices} (the bits of each cached key and value)", recipe.kv_bits,
+                     fix=f"pass {choices}, or leave it out for a float KV cache")
+
+
+def online_rotation_of(recipe: Mapping):
+    """The :class:`~tritium.models.online_rotation.OnlineRotationSettings` of a recipe mapping, or None (off)."""
+    from ..models.online_rotation import online_rotation_settings
+
+    return online_rotation_settings(recipe.get("online_rotation"), recipe.get("kv_bits"))
 
 
 def _ratio(value) -> bool:
