@@ -8,7 +8,9 @@ W4A4, W3A4 on one model, beside the float model and weights-only RTN on the same
 Each cell takes its method's shipped recipe (``w4a4-rtn``, ``w4a4-gptq-cpu``, ``w4a4-tesseraq-cpu``: the
 method's settings and calibration) with the column's weight grid (asymmetric, groups of 128, ragged last
 group) and activation grid (per token; A8 symmetric, A4 asymmetric with each linear's clipping ratio
-searched) in place of the recipe's; ``+rot`` rows fold the norms and rotate the weights first (``--rotate``).
+searched) in place of the recipe's; ``+rot`` rows fold the norms and rotate the weights first (``--rotate``,
+QuaRot's R1/R2) and, as QuaRot does for quantized activations, add the online Hadamard on down_proj's input
+(R4, ``--rot-online down_proj``; ``none`` leaves it off, ``all`` adds R3 too).
 The float row and weights-only RTN at each column's weight bits run in the same process, on the same chunks.
 
 Every finished cell is written to ``--out`` (markdown) and its JSON at once; a rerun keeps the cells whose
@@ -62,16 +64,22 @@ def cell_recipe(row: str, column: str | None, args) -> dict:
         bits = int(row.rsplit("W", 1)[1])
         recipe = load_recipe(METHOD_RECIPES["rtn"])
         act, rotate = {}, False
+        online = None
     else:
         method = row.removesuffix(ROTATED)
         bits, act = COLUMNS[column]
         recipe = load_recipe(METHOD_RECIPES[method])
         rotate = row.endswith(ROTATED)
+        online = args.rot_online if rotate and args.rot_online != "none" else None
     for key in ACTIVATION_KEYS:
         recipe.pop(key, None)
     recipe.update(copy.deepcopy(act))
     recipe["grid"] = weight_grid(bits)
     recipe["rotate"] = rotate
+    if online is not None:
+        recipe["online_rotation"] = online
+    else:
+        recipe.pop("online_rotation", None)
     calib = dict(recipe["calib"])
     if args.calib_samples is not None:
         calib["samples"] = args.calib_samples
@@ -104,7 +112,8 @@ def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args
         out |= {"quantize_seconds": round(time.perf_counter() - start, 1),
                 "quantize_cpu_seconds": round(time.process_time() - cpu, 1),
                 "grid": result.grid.describe(), "activations": result.activations_record(),
-                "activations_described": result.describe_activations(), "rotated": "rotation" in result.details}
+                "activations_described": result.describe_activations(), "rotated": "rotation" in result.details,
+                "online_rotation": (result.details.get("online_rotation") or {}).get("settings")}
         clip = result.details.get("activation_clip_search")
         if clip:
             ratios = [g.clip_ratio for g in result.act_grids.values()]
@@ -152,7 +161,9 @@ def markdown(report: dict, rows: list[str], columns: list[str]) -> str:
              f"- chunks: {n_chunks} × {report['seqlen']} tokens of WikiText-2 test (the same for every cell)",
              "- cells: the method's recipe (" + ", ".join(f"{m}: `{r}`" for m, r in METHOD_RECIPES.items())
              + ") with the column's grids: weights asymmetric g128 (ragged last group); activations per token, "
-               "A8 symmetric, A4 asymmetric with each linear's clipping ratio searched among 1.0-0.8",
+               "A8 symmetric, A4 asymmetric with each linear's clipping ratio searched among 1.0-0.8; +rot rows: "
+               "R1/R2 folded (randomized Hadamard)" + (f" and online {report['rot_online']}" if report.get("rot_online")
+                                                       not in (None, "none") else ""),
              f"- float: {ppl('float')}; weights-only RTN: "
              + ", ".join(f"W{b} {ppl(f'rtn-weights-W{b}')}" for b in sorted({COLUMNS[c][0] for c in columns},
                                                                             reverse=True)), "",
@@ -178,6 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-seqlen", type=int, help="calibration sample length instead of the recipe's")
     parser.add_argument("--data", default=os.environ.get("TRITIUM_DATA"))
     parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--rot-online", choices=("down_proj", "all", "none"), default="down_proj",
+                        help="+rot rows: the online Hadamards added after R1/R2 (down_proj: R4)")
     parser.add_argument("--fresh", action="store_true", help="run every cell again, ignoring --out's JSON")
     parser.add_argument("--out", default="bench/results/wa.md")
     args = parser.parse_args(argv)
@@ -211,6 +224,7 @@ def main(argv=None) -> int:
     saved = {} if args.fresh or not json_path.is_file() else json.loads(json_path.read_text())
     command = " ".join(["python bench/bench_wa.py", *(sys.argv[1:] if argv is None else argv)])
     report = {"model": args.model, "seqlen": args.seqlen, "limit": args.limit, "command": command,
+              "rot_online": args.rot_online,
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cells": {}}
     kept = {k: c for k, c in (saved.get("cells") or {}).items()
             if "error" not in c and c.get("settings") == settings_of(args)}

@@ -29,13 +29,16 @@ def run(bench, tiny, data, out, *extra):
 
 
 def test_a_cell_takes_its_methods_recipe_with_the_columns_grids(bench):
-    args = argparse.Namespace(calib_samples=None, calib_seqlen=None)
+    args = argparse.Namespace(calib_samples=None, calib_seqlen=None, rot_online="down_proj")
     cell = bench.cell_recipe("tesseraq+rot", "W3A4", args)
-    assert cell["method"] == "tesseraq" and cell["rotate"] is True
+    assert cell["method"] == "tesseraq" and cell["rotate"] is True and cell["online_rotation"] == "down_proj"
+    no_online = bench.cell_recipe("tesseraq+rot", "W3A4", argparse.Namespace(**{**vars(args), "rot_online": "none"}))
+    assert no_online["rotate"] is True and "online_rotation" not in no_online
     assert cell["grid"] == {"kind": "uniform", "bits": 3, "group": 128, "symmetric": False, "ragged_groups": True}
     assert (cell["act_bits"], cell["act_symmetric"], cell["act_clip_search"]) == (4, False, True)
     a8 = bench.cell_recipe("gptq", "W4A8", args)
     assert (a8["act_bits"], a8["act_symmetric"], a8["rotate"]) == (8, True, False) and "act_clip_search" not in a8
+    assert "online_rotation" not in a8
     weights = bench.cell_recipe("rtn-weights-W3", None, args)
     assert weights["grid"]["bits"] == 3 and not any(k.startswith("act_") for k in weights)
     with pytest.raises(bench.BenchInputError, match="--columns takes names from W4A8, W4A4, W3A4"):
@@ -53,6 +56,8 @@ def test_the_table_fills_with_the_baselines_and_resumes_per_cell(bench, tiny, ti
                                                          "clip_ratio": 1.0}
     assert cells["rtn|W4A4"]["clip_ratio_counts"] and sum(cells["rtn|W4A4"]["clip_ratio_counts"].values()) == 14
     assert cells["rtn+rot|W4A4"]["rotated"] and not cells["rtn|W4A4"]["rotated"]
+    assert cells["rtn+rot|W4A4"]["online_rotation"]["online_rotation"] == "down_proj"
+    assert cells["rtn|W4A4"]["online_rotation"] is None
     assert cells["rtn-weights-W4"]["activations"] is None
     assert cells["rtn|W4A8"]["ppl"] != cells["rtn-weights-W4"]["ppl"]  # the activations were quantized
     text = out.read_text()
