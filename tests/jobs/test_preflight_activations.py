@@ -96,7 +96,9 @@ def test_weights_only_jobs_never_ask_the_kernels(tiny_folder, tiny_data, tmp_pat
     assert spies == []
 
 
-def test_distill_refuses_a_recipe_that_quantizes_activations(tiny_folder, tiny_data, tmp_path, refused):
+def test_distill_with_activations_still_refuses_a_packed_folder(tiny_folder, tiny_data, tmp_path, refused):
+    """distill trains W·A students now (tests/jobs/test_distill_activations.py); what the kernels cannot run
+    is still refused before loading."""
     import yaml
 
     from tritium.recipes import load_recipe
@@ -106,4 +108,5 @@ def test_distill_refuses_a_recipe_that_quantizes_activations(tiny_folder, tiny_d
     path = tmp_path / "tern-a8.yaml"
     path.write_text(yaml.safe_dump(recipe | {"act_bits": 8}))
     refused(["distill", "--model", str(tiny_folder), "--recipe", str(path), "--steps", "1", "--group", "32",
-             "--no-progress", "--out", str(tmp_path / "d")], "distill trains with float activations")
+             "--no-progress", "--out", str(tmp_path / "d")], "--format packed cannot hold", "--format fake")
+    assert not (tmp_path / "d").exists()

@@ -53,6 +53,11 @@ def add_distill_parser(sub, add_model_args, add_eval_args, group_type, csv_type)
     d.add_argument("--start-latents", choices=["centre", "float"],
                    help="with --init-from: latent weights start at their codes' cell centres (the default) or at "
                         "the float weights' positions clamped into those cells (weights near a threshold flip sooner)")
+    d.add_argument("--act-bits", type=int,
+                   help="train with every quantized linear's input quantized per token on the fly, 8, 6 or 4 bits "
+                        "(BitNet b1.58's W1.58A8: --act-bits 8), and keep it so; save with --format fake")
+    d.add_argument("--act-symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="--act-bits: symmetric codes (the default, absmax per token) or a zero point per token")
     d.add_argument("--checkpoint-every", type=int)
     d.add_argument("--eval-every", type=int, help="perplexity every N steps during training")
     d.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .options import JOB_EVAL_OPTIONS, CommonEvalOptions, flag_of, option_changes, overridden, torch_dtype
 from .quantize import ModelReport
@@ -45,6 +45,9 @@ class DistillJob(CommonEvalOptions):
     init_from: str | None = None
     trainable: str | None = None
     start_latents: str | None = None
+    # W·A training: every quantized linear's input quantized per token while training and after (recipe act_* keys)
+    act_bits: int | None = None
+    act_symmetric: bool | None = None
     checkpoint_every: int | None = None
     eval_every: int | None = None
     gradient_checkpointing: bool | None = None
@@ -73,7 +76,7 @@ DISTILL_OPTIONS = [("grid.group", "group"), ("grid.variant", "variant"), ("grid.
                    *((f"method_args.loss.{key}", key) for key in ("off_weight", "kl_weight", "ce_weight")),
                    ("method_args.data.sources", "train_data"), ("method_args.data.seqlen", "train_seqlen"),
                    *((f"method_args.{key}", key) for key in ("init_from", "trainable", "start_latents")),
-                   *JOB_EVAL_OPTIONS]
+                   ("act_bits", "act_bits"), ("act_symmetric", "act_symmetric"), *JOB_EVAL_OPTIONS]
 # as before the typed recipe, an empty value of these leaves the recipe's
 DISTILL_EMPTY_IS_UNSET = {"variant", "init_from", "trainable", "start_latents"}
 
@@ -116,6 +119,7 @@ def distill_model(job: DistillJob) -> DistillResult:
     from ..eval.report import write_report
     from ..methods import config_from_dict
     from ..models import load_model
+    from ..recipes import activation_grid_of
     from ..train.data import check_training_sources
     from ..train.distill import distill, train_result_summary
     from ..utils.runs import claim_run_folder, job_settings
@@ -126,6 +130,9 @@ def distill_model(job: DistillJob) -> DistillResult:
     preflight_distill(job, recipe)
     # fails before the model loads, as does an --init-from on another grid (only its config.json is read)
     config = config_from_dict("dlt", recipe["grid"], **recipe["method_args"])
+    act_grid = activation_grid_of(recipe)
+    if act_grid is not None:
+        config = replace(config, act_grid=act_grid)
     data = config.data_config()  # an evaluation split in the training data fails here, by content, whatever its name
     check_training_sources(data.sources, data.text_field, job.data_dir)
 

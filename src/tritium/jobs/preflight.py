@@ -400,12 +400,10 @@ def preflight_distill(job, recipe: dict) -> None:
     from ..quant.grids import grid_from_dict
 
     check_budget(job.tokens, job.steps)
-    from ..recipes import activation_grid_of
-
-    if activation_grid_of(recipe) is not None:  # the trainer would ignore it and report float activations
-        raise PreflightError(f"recipe {recipe.get('name') or ''} sets act_bits, but distill trains with float "
-                             "activations: quantizing activations while training is not built yet; remove act_bits "
-                             "(and the other act_ keys) from the recipe, or quantize with `tritium quantize`")
+    act_grid = check_activation_recipe(recipe, None if job.no_save else job.format)
+    if act_grid is not None and (act_grid.group != "token" or recipe.get("act_clip_search")):
+        raise PreflightError(f"distill trains with per-token activations ({act_grid.describe()} asked): "
+                             "act_group other than token and act_clip_search are quantize's; remove them")
     method_args = recipe.get("method_args") or {}
     train = method_args.get("train") or {}
     for key, flag, what in [("tokens", "--tokens", "pass the training budget in tokens, e.g. 500k"),

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..methods.base import MethodConfig, register_method
 from ..models.rotation import match_rotation_, saved_rotation
+from ..nn.activation_quant import install_activation_quantizers
 from ..quant.grids import GGUFBlockGrid, QuantConfigError, TernaryGrid, UniformGrid
 from .data import TeacherSamplingConfig, TrainDataError, generate_teacher_corpus, load_sequences
 from .dlt import DLTConfig, _replace, fold_, to_dlt_, to_fake_quant_, to_gguf_qat_, to_uniform_qat_
@@ -273,6 +274,8 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
         sequences = training_sequences(teacher if teacher is not None else model, tokenizer, config.data_config(),
                                        train_cfg.tokens, out_dir, data_path, train_cfg.progress)
     students = prepare_student(model, config, start)
+    if config.act_grid is not None:  # W·A training (e.g. BitNet b1.58's W1.58A8): inputs quantized from step 0
+        install_activation_quantizers(model, {name: config.act_grid for name in students})
     loss_fn = DistillationLoss(teacher, loss_cfg, model)
     step_metrics = [CodeFlipTracker(students)] if config.track_code_flips else []
     trainer = Trainer(model, loss_fn, sequences, train_cfg, out_dir, eval_ids=eval_ids, callbacks=callbacks,
@@ -289,6 +292,9 @@ def distill(model: nn.Module, tokenizer, config: DistillConfig, out_dir, sequenc
                "resumed_from": result.resumed_from}
     method = {"dlt": "dlt", "qat": "qat", "gguf": "qat", "ste": "qat-ste"}[config.student_kind]
     folded = fold_(model, method=method, method_args=config.method_args(), details=details, grid=config.grid)
+    if config.act_grid is not None:  # the folded linears replaced the trained ones and their quantizers
+        folded.act_grids = {name: config.act_grid for name in folded.weights}
+        install_activation_quantizers(model, folded.act_grids)
     model.requires_grad_(False)  # a finished model, as load_model returns it
     return folded, result
 
