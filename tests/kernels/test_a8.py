@@ -290,3 +290,20 @@ def test_the_kernels_say_which_grids_they_run_with_integer_activations():
         reason = activation_kernel_reason(weights, acts)
         assert phrase in reason and "it runs A8 (8-bit symmetric activations, one scale per token) on ternary and " \
                                    "uniform 2-, 3- and 4-bit weights" in reason, reason
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+@pytest.mark.parametrize("scale_dtype", ["float32", "bfloat16"])
+def test_every_stored_parameter_dtype_is_read_right(path, scale_dtype):
+    """The kernels read scale, zero and shift in their stored dtype (fp16 above; here fp32 and bf16), each of the
+    16 rows of a block from its own place, a short last block included."""
+    _use(path)
+    for kind in ("dlt", "u4"):
+        w = torch.randn(37, 150, generator=torch.Generator().manual_seed(11))
+        qw = quantize_weight(w, _grid(kind, 32))
+        qw.scale = qw.scale.bfloat16().float()  # values bf16 can hold, so both storages keep them exactly
+        if qw.shift is not None:
+            qw.shift = torch.randn(qw.shift.shape, generator=torch.Generator().manual_seed(12)).bfloat16().float()
+        pw = pack_quantized(qw, scale_dtype=scale_dtype)
+        assert pw.scale.dtype == getattr(torch, scale_dtype)
+        _check_close(pw, _tokens(3, 150, seed=13))

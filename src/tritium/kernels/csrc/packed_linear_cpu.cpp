@@ -425,11 +425,14 @@ TRITIUM_TARGET_AVX2 inline void param_rows(const GroupParam& par, float missing,
   }
   switch (par.type) {
     case at::kHalf: {
-      alignas(32) uint16_t raw[kRowsPerBlock] = {0};
+      // Built in registers (vpinsrw), not in a stack array read back as one vector: 16 narrow stores then a wide
+      // load of the same bytes cannot be forwarded and stall.
       const uint16_t* src = static_cast<const uint16_t*>(par.data) + first;
-      for (int64_t r = 0; r < nrows; ++r) raw[r] = src[r * stride];
-      _mm256_store_ps(dst, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw))));
-      _mm256_store_ps(dst + 8, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw + 8))));
+      auto at = [&](int64_t r) { return static_cast<short>(r < nrows ? src[r * stride] : 0); };
+      const __m128i lo = _mm_setr_epi16(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7));
+      const __m128i hi = _mm_setr_epi16(at(8), at(9), at(10), at(11), at(12), at(13), at(14), at(15));
+      _mm256_store_ps(dst, _mm256_cvtph_ps(lo));
+      _mm256_store_ps(dst + 8, _mm256_cvtph_ps(hi));
       return;
     }
     case at::kBFloat16: {
@@ -1093,6 +1096,25 @@ TRITIUM_TARGET_AVX2 void a8_tile_avx2(const Problem& p, const A8Weights& W, cons
   }
 }
 
+// The 16 rows' parameter of one group as one register (block_params_simd's values), for the VNNI kernel: its
+// two 8-float halves written to the stack and read back as one 16-float vector could not be store-forwarded.
+TRITIUM_TARGET_AVX512 inline __m512 param_vec512(const GroupParam& par, float missing, int64_t first, int64_t stride,
+                                                 int64_t nrows) {
+  const __mmask16 rows = static_cast<__mmask16>((1u << nrows) - 1u);
+  if (!par) return _mm512_maskz_mov_ps(rows, _mm512_set1_ps(missing));
+  if (par.type == at::kFloat) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(static_cast<int32_t>(stride)));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rows, idx, static_cast<const float*>(par.data) + first, 4);
+  }
+  const uint16_t* src = static_cast<const uint16_t*>(par.data) + first;
+  auto at = [&](int64_t r) { return static_cast<short>(r < nrows ? src[r * stride] : 0); };
+  const __m256i bits = _mm256_setr_epi16(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10),
+                                         at(11), at(12), at(13), at(14), at(15));
+  if (par.type == at::kHalf) return _mm512_cvtph_ps(bits);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));  // bf16: the top half of a float
+}
+
 // One 64-byte chunk (16 rows × 4P weights) against T tokens: P vpdpbusd a token. acc[t][(First + s) % A]: with
 // A > 1 (few tokens) the planes and every other chunk go to separate sums, so the chain of dependent vpdpbusd
 // (5 cycles each) does not bound a batch-1 call; from 4 tokens on, the tokens give the parallelism.
@@ -1129,9 +1151,10 @@ TRITIUM_TARGET_VNNI void a8_tile_vnni(const Problem& p, const A8Weights& W, cons
       a8_chunk_vnni<P, T, A, P>(acc, w + (c + 1) * kA8ChunkBytes, xg + (c + 1) * S, a.stride);
     }
     if (c < W.chunks) a8_chunk_vnni<P, T, A, 0>(acc, w + c * kA8ChunkBytes, xg + c * S, a.stride);
-    alignas(64) float sc[16], zr[16], sh[16];
-    block_params_simd(p, row0, nrows, g, sc, zr, sh);
-    const __m512 vs = _mm512_load_ps(sc), vz = _mm512_load_ps(zr), vh = _mm512_load_ps(sh);
+    const int64_t first = row0 * p.groups + g;
+    const __m512 vs = param_vec512(p.scale, 0.f, first, p.groups, nrows);
+    const __m512 vz = param_vec512(p.zero, p.implicit_zero, first, p.groups, nrows);
+    const __m512 vh = param_vec512(p.shift, 0.f, first, p.groups, nrows);
     for (int t = 0; t < T; ++t) {
       __m512i dot = acc[t][0];
       for (int i = 1; i < A; ++i) dot = _mm512_add_epi32(dot, acc[t][i]);
