@@ -1115,27 +1115,32 @@ TRITIUM_TARGET_AVX512 inline __m512 param_vec512(const GroupParam& par, float mi
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));  // bf16: the top half of a float
 }
 
-// One 64-byte chunk (16 rows × 4P weights) against T tokens: P vpdpbusd a token. acc[t][(First + s) % A]: with
-// A > 1 (few tokens) the planes and every other chunk go to separate sums, so the chain of dependent vpdpbusd
-// (5 cycles each) does not bound a batch-1 call; from 4 tokens on, the tokens give the parallelism.
+// One 64-byte chunk (16 rows × 4P weights) against T tokens: P vpdpbusd a token.
+// * Many tokens (A = 1): plane s shifted down and masked, all planes into one sum per token; the tokens give the
+//   independent vpdpbusd chains, and a tile of 8 shares each chunk's unpacking.
+// * One or two tokens (A = 2P): plane s is masked in place, not shifted: its bytes are digit·2^(B·s) (≤ 192
+//   ternary, ≤ 240 4-bit: still unsigned bytes), summed into its own acc[t][First + s], which the group's end
+//   shifts back down by B·s, exactly (every term is a multiple of 2^(B·s)): one vpand a plane, and with every
+//   other chunk (First = 0, P) apart too, 2P chains, so vpdpbusd's 5-cycle latency does not bound a batch-1 call.
+//   A sum grows by ≤ 4·240·128 a chunk: int32 holds groups of up to 130K weights.
 template <int P, int T, int A, int First>
 TRITIUM_TARGET_VNNI TRITIUM_INLINE void a8_chunk_vnni(__m512i (&acc)[T][A], const uint8_t* w, const int8_t* x,
                                                       int64_t stride) {
   constexpr int B = 8 / P;
-  const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << B) - 1));
   const __m512i wv = _mm512_loadu_si512(w);
   for (int s = 0; s < P; ++s) {
-    const __m512i d = _mm512_and_si512(_mm512_srli_epi16(wv, B * s), mask);
+    const __m512i d = A == 1 ? _mm512_and_si512(_mm512_srli_epi16(wv, B * s), _mm512_set1_epi8((1 << B) - 1))
+                             : _mm512_and_si512(wv, _mm512_set1_epi8(static_cast<char>(((1 << B) - 1) << (B * s))));
     for (int t = 0; t < T; ++t)
-      acc[t][(First + s) % A] = _mm512_dpbusd_epi32(acc[t][(First + s) % A], d,
-                                                     _mm512_set1_epi32(load4(x + t * stride + 4 * s)));
+      acc[t][A == 1 ? 0 : First + s] = _mm512_dpbusd_epi32(acc[t][A == 1 ? 0 : First + s], d,
+                                                            _mm512_set1_epi32(load4(x + t * stride + 4 * s)));
   }
 }
 
 template <int P, int T>
 TRITIUM_TARGET_VNNI void a8_tile_vnni(const Problem& p, const A8Weights& W, const A8Acts& a, int64_t blk, int64_t t0,
                                       float* y) {
-  constexpr int S = 4 * P, A = T >= 4 ? 1 : 2 * P;
+  constexpr int S = 4 * P, A = T <= 2 ? 2 * P : 1;
   const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
   __m512 out[T];
   for (int t = 0; t < T; ++t) out[t] = _mm512_setzero_ps();
@@ -1157,7 +1162,7 @@ TRITIUM_TARGET_VNNI void a8_tile_vnni(const Problem& p, const A8Weights& W, cons
     const __m512 vh = param_vec512(p.shift, 0.f, first, p.groups, nrows);
     for (int t = 0; t < T; ++t) {
       __m512i dot = acc[t][0];
-      for (int i = 1; i < A; ++i) dot = _mm512_add_epi32(dot, acc[t][i]);
+      for (int i = 1; i < A; ++i) dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[t][i], (8 / P) * (i % P)));
       const __m512 Q = _mm512_set1_ps(static_cast<float>(a.sums[(t0 + t) * p.groups + g]));
       out[t] = _mm512_fmadd_ps(vh, Q, _mm512_fmadd_ps(vs, _mm512_fnmadd_ps(vz, Q, _mm512_cvtepi32_ps(dot)), out[t]));
     }
