@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+import tritium.kernels.cpu as cpu
+
 import tritium.nn.packed_linear as packed_linear_module
 from tritium.kernels import packed_linear_reference
 from tritium.nn import activations_in_float, install_activation_quantizers
@@ -124,3 +126,23 @@ def test_the_integer_layout_is_built_once_and_again_after_new_codes(calls):
                                    layer.zero, layer.shift, layer.radix, layer.in_features, layer.group_size,
                                    layer.implicit_zero) + layer.bias
     torch.testing.assert_close(again, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.usefixtures("restore_cpu_path")
+def test_the_portable_path_keeps_float_activations(calls):
+    """Its integer loops are slower than its float lookup tables: there the pre-hook's fake quant stays."""
+    if not cpu.load_cpu_kernel():
+        pytest.skip("no CPU kernel")
+    cpu.set_cpu_path("portable")
+    model, layer = _model(UniformGrid(4, group=32, ragged_groups=True), ActivationGrid(bits=8))
+    x = torch.randn(2, 80)
+    assert layer.integer_activation_grid(x) is None
+    with torch.no_grad():
+        got = model(x)
+    assert calls == {"a8": 0, "float": 1}
+    seen = fake_quantize_activations(x, ActivationGrid(bits=8))
+    _close(got, _expected(layer, seen), seen, layer)
+    for path in ("avx2", "avx512"):
+        if path in cpu.available_paths():
+            cpu.set_cpu_path(path)
+            assert layer.integer_activation_grid(x) is not None

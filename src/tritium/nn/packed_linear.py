@@ -156,11 +156,14 @@ class PackedLinear(nn.Module):
         """The grid on which this layer's kernel quantizes ``x`` itself, to int8 codes, or None.
 
         It is the grid of the layer's own activation quantizer (:mod:`tritium.nn.activation_quant`) where that is
-        enabled, has no AWQ channel scale, takes 8-bit symmetric per-token codes, and ``x`` is on the CPU: then the
-        quantizer lets ``x`` through and the forward runs ``tritium::packed_linear_a8``, which computes the same
-        codes and multiplies them in integers. Otherwise (None) the quantizer fake-quantizes ``x`` and the
-        float-activation kernel runs, as for every layer before the int8 path existed."""
-        if not self.int8_activation_kernel or self.radix > A8_MAX_RADIX or x.device.type != "cpu":
+        enabled, has no AWQ channel scale, takes 8-bit symmetric per-token codes, and ``x`` is on the CPU with a SIMD
+        kernel path (avx512 or avx2): then the quantizer lets ``x`` through and the forward runs
+        ``tritium::packed_linear_a8``, which computes the same codes and multiplies them in integers. Otherwise
+        (None) the quantizer fake-quantizes ``x`` and the float-activation kernel runs, as for every layer before
+        the int8 path existed. (The portable path's integer loops are slower than its float lookup tables, so it
+        keeps float activations; the reference, without a built kernel, too.)"""
+        if not self.int8_activation_kernel or self.radix > A8_MAX_RADIX or x.device.type != "cpu" \
+                or not planes_available():
             return None
         quantizer = activation_quantizer_of(self)
         if quantizer is None or not quantizer.enabled or quantizer.channel_scale is not None:
