@@ -113,3 +113,19 @@ def test_a_packed_w4a8_folder_runs_integer_activations_end_to_end(tiny_folder, t
         fake = model(tokens).logits
     assert len(calls) == 14
     torch.testing.assert_close(integer, fake, rtol=1e-4, atol=1e-4)
+
+
+def test_a_packed_ternary_a8_folder_is_bitnets_w158a8_on_the_int8_kernel(tiny_folder, tiny_data, tmp_path):
+    """W1.58A8 (BitNet b1.58's pairing): ternary weights packed, 8-bit per-token activations; the folder's own
+    evaluation (integer kernel) gives the perplexity the quantize run measured."""
+    run = _quantized(tiny_folder, tmp_path / "run", recipe="ternary-absmean-rtn", act_bits=8, format="packed",
+                     no_float=True)
+    model, _, _ = load_model(run.model_folder)
+    layers = packed_modules(model)
+    assert layers and set(activation_grids(model)) == set(layers)
+    x = torch.randn(1, 3, next(iter(layers.values())).in_features)
+    assert all(layer.integer_activation_grid(x) is not None for layer in layers.values())
+    evaluated = evaluate_model(EvalJob(model=str(run.model_folder), eval=["wikitext2"], limit=2, seqlen=64,
+                                       no_progress=True, out=str(tmp_path / "eval")))
+    assert evaluated.row["perplexity"]["wikitext2"]["ppl"] == pytest.approx(
+        run.rows[-1]["perplexity"]["wikitext2"]["ppl"], rel=1e-4)
