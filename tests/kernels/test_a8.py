@@ -102,7 +102,8 @@ def _tokens(n, in_features, seed, dtype=torch.float32):
 @pytest.mark.parametrize("clip", [1.0, 0.9, 0.37])
 def test_the_kernels_codes_and_scales_are_quantize_activations_bit_for_bit(path, clip):
     _use(path)
-    for in_features, group_size, seed in [(1, 1, 0), (7, 7, 1), (64, 32, 2), (200, 64, 3), (577, 128, 4), (1536, 1536, 5)]:
+    for in_features, group_size, seed in [(1, 1, 0), (7, 7, 1), (64, 32, 2), (200, 64, 3), (577, 128, 4),
+                                          (1536, 1536, 5)]:
         x = _tokens(6, in_features, seed)
         x[1] = 0  # an all-zero token: the 1e-8 floor of the scale
         x[2] *= 1e-12  # a tiny one: scale below the floor too
