@@ -90,3 +90,42 @@ def test_a_packed_folder_keeps_its_activations_where_the_kernels_take_them(tiny_
         run.rows[-1]["perplexity"]["wikitext2"]["ppl"], rel=1e-4)
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_a_packed_w4a8_folder_runs_integer_activations_end_to_end(tiny_folder, tiny_data, tmp_path, monkeypatch):
+    """The kernels' own answer lets W4A8 be saved packed; loaded again, every packed linear runs the int8 kernel
+    (tritium::packed_linear_a8), and the model gives what the fake-quant activations + float kernel give."""
+    import tritium.nn.packed_linear as packed_linear_module
+
+    run = _quantized(tiny_folder, tmp_path / "run", recipe="w4a8-rtn", format="packed", no_float=True)
+    model, _, _ = load_model(run.model_folder)
+    layers = packed_modules(model)
+    assert len(layers) == 14 and sorted(activation_grids(model)) == sorted(layers)
+    calls = []
+    real = packed_linear_module.packed_linear_a8
+    monkeypatch.setattr(packed_linear_module, "packed_linear_a8", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        integer = model(tokens).logits
+        assert len(calls) == 14
+        for layer in layers.values():
+            layer.int8_activation_kernel = False  # back to the pre-hook's fake quant + the float kernel
+        fake = model(tokens).logits
+    assert len(calls) == 14
+    torch.testing.assert_close(integer, fake, rtol=1e-4, atol=1e-4)
+
+
+def test_a_packed_ternary_a8_folder_is_bitnets_w158a8_on_the_int8_kernel(tiny_folder, tiny_data, tmp_path):
+    """W1.58A8 (BitNet b1.58's pairing): ternary weights packed, 8-bit per-token activations; the folder's own
+    evaluation (integer kernel) gives the perplexity the quantize run measured."""
+    run = _quantized(tiny_folder, tmp_path / "run", recipe="ternary-absmean-rtn", act_bits=8, format="packed",
+                     no_float=True)
+    model, _, _ = load_model(run.model_folder)
+    layers = packed_modules(model)
+    assert layers and set(activation_grids(model)) == set(layers)
+    x = torch.randn(1, 3, next(iter(layers.values())).in_features)
+    assert all(layer.integer_activation_grid(x) is not None for layer in layers.values())
+    evaluated = evaluate_model(EvalJob(model=str(run.model_folder), eval=["wikitext2"], limit=2, seqlen=64,
+                                       no_progress=True, out=str(tmp_path / "eval")))
+    assert evaluated.row["perplexity"]["wikitext2"]["ppl"] == pytest.approx(
+        run.rows[-1]["perplexity"]["wikitext2"]["ppl"], rel=1e-4)

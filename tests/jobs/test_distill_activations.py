@@ -34,7 +34,7 @@ def _log(run):
 def test_w158a8_distill_trains_and_saves_with_8_bit_activations(tiny_folder, tiny_data, tmp_path, train_text,
                                                                 capsys):
     a8, a16 = tmp_path / "a8", tmp_path / "a16"
-    assert main(distill_args(tiny_folder, a8, train_text, "--act-bits", "8", "--format", "fake")) == 0
+    assert main(distill_args(tiny_folder, a8, train_text, "--act-bits", "8")) == 0  # packed: the int8 kernel
     assert main(distill_args(tiny_folder, a16, train_text, "--format", "fake")) == 0
     # the same seed and data: only the activations' rounding separates the two runs' losses
     losses_a8, losses_a16 = [r["loss"] for r in _log(a8)], [r["loss"] for r in _log(a16)]

@@ -106,7 +106,24 @@ def test_distill_with_activations_still_refuses_a_packed_folder(tiny_folder, tin
     recipe = load_recipe("ternaryllm-cpu")
     recipe.pop("name")
     path = tmp_path / "tern-a8.yaml"
-    path.write_text(yaml.safe_dump(recipe | {"act_bits": 8}))
+    path.write_text(yaml.safe_dump(recipe | {"act_bits": 4, "act_symmetric": False}))
     refused(["distill", "--model", str(tiny_folder), "--recipe", str(path), "--steps", "1", "--group", "32",
              "--no-progress", "--out", str(tmp_path / "d")], "--format packed cannot hold", "--format fake")
     assert not (tmp_path / "d").exists()
+
+
+def test_the_packed_format_takes_a8_on_the_kernels_word_and_refuses_a4_with_their_reason(
+        tiny_folder, tiny_data, tmp_path, spies, refused):
+    """With the kernels' own answer (no stand-in): W4A8 packed passes the activation check, W4A4 packed is refused
+    before anything is calibrated, naming what the integer kernel runs."""
+    from tritium.jobs.preflight import check_activation_recipe
+    from tritium.recipes import load_recipe
+
+    assert check_activation_recipe(load_recipe("w4a8-rtn"), "packed") == ActivationGrid(bits=8)
+    refused(quantize_args(tiny_folder, tmp_path / "run", "--recipe", "w4a4-rtn", "--format", "packed"),
+            "--format packed cannot hold W4g32 weights with A4-asym activations: the integer-activation kernel "
+            "takes 8-bit activations, not 4-bit ones", "it runs A8", "Pass --format fake")
+    assert spies == [] and not (tmp_path / "run").exists()
+    refused(quantize_args(tiny_folder, tmp_path / "run", "--recipe", "w4a8-rtn", "--act-group", "32",
+                          "--format", "packed"), "one activation scale per token, not one per group of 32")
+    assert spies == []

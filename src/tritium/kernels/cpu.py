@@ -12,6 +12,11 @@ allow runs, unless ``TRITIUM_CPU_PATH`` (or :func:`set_cpu_path`) forces one:
   row and block of ≤ 128 activations of a group; :func:`tritium.kernels.reference.round_activations_int8`);
 * ``portable``: no intrinsics, float lookup tables; a CPU without AVX2 gets it and one warning.
 
+The same build implements ``tritium::packed_linear_a8`` (activations quantized to int8 per token, as
+:func:`tritium.quant.activations.quantize_activations` does, then integer products on :func:`a8_layout`): on the
+avx512 path with AVX512-VNNI's vpdpbusd (the AVX2 kernel where the CPU lacks VNNI), on avx2 with vpmaddubsw, on
+portable with plain loops; :func:`a8_kernel` says which.
+
 :func:`active_path` says which one runs. The library is compiled for the baseline ISA (each SIMD
 function carries its own target attribute), so one build serves every x86-64 CPU, and it links the
 OpenMP runtime torch loaded, so its threads are torch's intra-op pool (``torch.set_num_threads``).
@@ -346,3 +351,57 @@ def bit_planes(packed, radix: int, in_features: int, group_size: int):
     packed_bits = (planes * weights).sum(-1, dtype=torch.int32).to(torch.uint8)  # [rows, G, B, Q]
     packed_bits = packed_bits.reshape(blocks, ROWS_PER_BLOCK, *packed_bits.shape[1:])
     return packed_bits.permute(0, 2, 3, 4, 1).contiguous()
+
+
+# ------------------------------------------------------------------ int8 activations
+
+A8_ROWS = ROWS_PER_BLOCK  # rows per block of the a8 layout
+
+
+def a8_digit_bits(radix: int) -> int:
+    """Bits per digit in :func:`a8_layout`: 2 for radix ≤ 4 (ternary, 2-bit codes), else 4 (radix ≤ 16)."""
+    if not 2 <= radix <= 16:
+        raise ValueError(f"the int8-activation layout covers radix 2..16, not {radix}")
+    return 2 if radix <= 4 else 4
+
+
+def a8_layout(packed, radix: int, in_features: int, group_size: int):
+    """Re-lay grouped digit bytes for ``tritium::packed_linear_a8``'s CPU kernel: uint8
+    ``[ceil(out/16), groups, chunks, 16, 4]``.
+
+    With B = :func:`a8_digit_bits` and P = 8 / B digits a byte, a chunk covers S = 4·P weights of a group for
+    16 rows: byte (r, i) of chunk c holds, in bits B·s .. B·s + B − 1 (s < P), the digit of weight c·S + 4·s + i
+    of that group in row 16·block + r. Each row's 4 bytes make one int32 lane of a SIMD register, whose
+    ``(lane >> B·s) & (2^B − 1)`` is the 4 digits that meet 4 consecutive int8 activations. Groups are
+    zero-padded to whole chunks, rows to whole blocks (0.25 bytes a weight for ternary, 0.5 for 4-bit).
+    """
+    import torch
+
+    from ..pack.layouts import group_sizes, unpack_grouped
+
+    bits = a8_digit_bits(radix)
+    per_byte = 8 // bits
+    span = 4 * per_byte
+    digits = unpack_grouped(packed, radix, in_features, group_size)  # raises on corrupt bytes
+    out_features = digits.shape[0]
+    sizes = group_sizes(in_features, group_size)
+    chunks = -(-group_size // span)
+    blocks = -(-out_features // A8_ROWS)
+    grouped = torch.zeros(blocks * A8_ROWS, len(sizes), chunks * span, dtype=torch.int32)
+    for g, part in enumerate(torch.split(digits, group_size, dim=1)):
+        grouped[:out_features, g, : part.shape[1]] = part.to(torch.int32)
+    grouped = grouped.reshape(blocks, A8_ROWS, len(sizes), chunks, per_byte, 4)  # weight c·S + 4·s + i
+    shifts = (bits * torch.arange(per_byte, dtype=torch.int32)).view(1, 1, 1, 1, per_byte, 1)
+    packed_bytes = (grouped << shifts).sum(4)  # [blocks, 16, G, chunks, 4]
+    return packed_bytes.permute(0, 2, 3, 1, 4).to(torch.uint8).contiguous()
+
+
+def a8_kernel() -> str:
+    """The integer kernel ``tritium::packed_linear_a8`` runs on the active path (``reference`` without a kernel):
+    ``avx512 (vpdpbusd)`` where the avx512 path runs on a CPU with AVX512-VNNI (otherwise that path runs the AVX2
+    kernel), ``avx2 (vpmaddubsw)``, ``portable``."""
+    import torch
+
+    if not load_cpu_kernel() or active_path() == "reference":
+        return "reference"
+    return str(torch.ops.tritium_cpu_info.a8_kernel())

@@ -1,4 +1,5 @@
-"""``tritium::packed_linear``: declared once here, implemented per device.
+"""``tritium::packed_linear`` (and ``tritium::packed_linear_a8``, its int8-activation form): declared once here,
+implemented per device.
 
     y = x · Wᵀ  with  W[n, j] = scale[n,g]·(digit[n, j] − zero[n,g]) + shift[n,g]
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import packed_linear_reference
+from .reference import packed_linear_a8_reference, packed_linear_reference
 
 OP_NAMESPACE = "tritium"
 OP_NAME = "packed_linear"
@@ -53,5 +54,27 @@ def _packed_linear_fake(x, packed, scale, zero, shift, radix, in_features, group
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
+# The same product with x quantized per token to int8 codes first (8-bit symmetric, clip_ratio: the grid's
+# clipping), as tritium.quant.activations.quantize_activations does; the CPU kernel multiplies the codes with the
+# weight digits in integers, reading the layout of tritium.kernels.cpu.a8_layout (kernel_layout). Other devices
+# get the reference: fake-quant activations, then the float reference.
+A8_OP_NAME = "packed_linear_a8"
+A8_SCHEMA = ("packed_linear_a8(Tensor x, Tensor packed, Tensor scale, Tensor? zero, Tensor? shift, int radix, "
+             "int in_features, int group_size, float implicit_zero, float clip_ratio, Tensor? kernel_layout=None) "
+             "-> Tensor")
+_library.define(A8_SCHEMA)
+_library.impl(A8_OP_NAME, packed_linear_a8_reference, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake(f"{OP_NAMESPACE}::{A8_OP_NAME}")
+def _packed_linear_a8_fake(x, packed, scale, zero, shift, radix, in_features, group_size, implicit_zero, clip_ratio,
+                           kernel_layout=None):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
 def op():
     return torch.ops.tritium.packed_linear
+
+
+def a8_op():
+    return torch.ops.tritium.packed_linear_a8

@@ -1,4 +1,5 @@
-"""The reference implementation of ``tritium::packed_linear``: the oracle every kernel must match.
+"""The reference implementations of ``tritium::packed_linear`` and ``tritium::packed_linear_a8``: the oracles every
+kernel must match.
 
 It unpacks the digits, dequantizes the weight to float32 and calls ``F.linear``, so
 it is obviously right and runs on any device, slowly.
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..pack.packed import PackedWeight
+from ..quant.activations import ActivationGrid, dequantize_activations, quantize_activations
 
 
 def packed_linear_reference(x: Tensor, packed: Tensor, scale: Tensor, zero: Tensor | None, shift: Tensor | None,
@@ -54,3 +56,25 @@ def round_activations_int8(x: Tensor, in_features: int, group_size: int,
             scale = (safe / 127.0).float().double()
             out[..., b0:min(b0 + block, g1)] = torch.where(amax > 0, q * scale, torch.zeros_like(part)).float()
     return out
+
+
+def a8_grid(clip_ratio: float):
+    """The activation grid ``tritium::packed_linear_a8`` quantizes on: 8-bit symmetric, one scale per token."""
+    return ActivationGrid(bits=8, symmetric=True, group="token", clip_ratio=clip_ratio)
+
+
+def packed_linear_a8_reference(x: Tensor, packed: Tensor, scale: Tensor, zero: Tensor | None, shift: Tensor | None,
+                               radix: int, in_features: int, group_size: int, implicit_zero: float, clip_ratio: float,
+                               kernel_layout: Tensor | None = None) -> Tensor:
+    """The reference of ``tritium::packed_linear_a8``: ``x`` fake-quantized per token to int8 (in float32, by
+    :func:`tritium.quant.activations.quantize_activations`), then :func:`packed_linear_reference`.
+
+    For a float32 ``x`` this is exactly what a packed linear computes with an 8-bit per-token activation
+    quantizer on its input; for fp16/bf16 inputs the quantizer's pre-hook would also round the fake-quant
+    values to that dtype, which the integer kernel (and this reference) do not."""
+    if x.shape[-1] != in_features:
+        raise ValueError(f"packed_linear_a8: input has {x.shape[-1]} features, the layer expects {in_features}")
+    grid = a8_grid(clip_ratio)
+    seen = dequantize_activations(*quantize_activations(x.float(), grid), grid)
+    return packed_linear_reference(seen, packed, scale, zero, shift, radix, in_features, group_size,
+                                   implicit_zero).to(x.dtype)

@@ -5,6 +5,9 @@ pre-hook: the module's input is quantized per token on its :class:`~tritium.quan
 and dequantized again (with a straight-through gradient) before the module runs. It works on any module
 whose first argument is the activation, so on ``nn.Linear`` and on tritium's packed linears alike; the
 modules not named (embeddings, the LM head, skipped linears) stay float.
+A packed linear whose CPU kernel quantizes activations itself (8-bit per token on ternary or ≤ 4-bit codes,
+:meth:`tritium.nn.packed_linear.PackedLinear.integer_activation_grid`) gets its input untouched and computes the
+same codes in its kernel, with integer products.
 
 A hook lives in the module's own hook table, so it follows the model through ``copy.deepcopy`` and is found
 again there (:func:`activation_quantizers`) without any handle. Saved folders record the grids in their
@@ -49,6 +52,9 @@ class ActivationQuantizer:
     def __call__(self, module: nn.Module, args: tuple):
         if not self.enabled or not args or not isinstance(args[0], Tensor):
             return None
+        integer_grid = getattr(module, "integer_activation_grid", None)  # a packed linear with an int8 kernel
+        if integer_grid is not None and integer_grid(args[0]) is self.grid:
+            return None  # its kernel quantizes the input to these very codes itself and multiplies in integers
         return (self.fake(args[0]), *args[1:])
 
     def __repr__(self) -> str:

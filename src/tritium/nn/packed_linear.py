@@ -5,6 +5,11 @@
 (a llama.cpp block format's codes, fp16 d, and m for the ``_1`` types) share one base class
 whose forward is the ``tritium::packed_linear`` op; the dispatcher picks the C++ CPU
 kernel, the Triton CUDA kernel or the reference from the input's device.
+
+A ternary or uniform (≤ 4-bit) layer whose input has an 8-bit per-token activation quantizer
+(:mod:`tritium.nn.activation_quant`, as a loaded W1.58A8 or W4A8 folder has) runs ``tritium::packed_linear_a8``
+on the CPU instead: the kernel quantizes the input to int8 itself, to the codes the quantizer would give, and
+multiplies in integers (see :meth:`PackedLinear.integer_activation_grid`).
 """
 
 from __future__ import annotations
@@ -12,17 +17,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..kernels import bit_planes, packed_linear, planes_available
+from ..kernels import (
+    a8_layout,
+    bit_planes,
+    int8_activation_reason,
+    load_cpu_kernel,
+    packed_linear,
+    packed_linear_a8,
+    planes_available,
+)
+from ..kernels.a8 import A8_MAX_RADIX
 from ..kernels.cpu import layout_epoch
 from ..pack.layouts import PackError, group_sizes, packed_length, ternary_radix, uniform_radix
 from ..pack.packed import SCALE_DTYPES, PackedWeight, pack_quantized
+from ..quant.activations import ActivationGrid
 from ..quant.grids import GGUFBlockGrid, QuantizedWeight, TernaryGrid, UniformGrid, grid_layout
+from .activation_quant import activation_quantizer_of
 
 
 class PackedLinear(nn.Module):
     """y = x·Wᵀ (+ bias) with W = scale·(digit − zero) + shift per group, stored packed."""
 
     is_packed_linear = True  # lets model adapters treat it as a linear without importing this module
+    # Whether tritium::packed_linear_a8 may run this layer with integer activations: ternary and uniform codes
+    # (of radix ≤ 16); GGUF block formats keep float activations (activation_kernel_reason refuses them).
+    int8_activation_kernel = False
 
     def __init__(self, in_features: int, out_features: int, *, radix: int, group_size: int, bias: bool = False,
                  has_zero: bool = False, has_shift: bool = False, implicit_zero: float = 0.0,
@@ -41,6 +60,9 @@ class PackedLinear(nn.Module):
         # The CPU kernel's bit-plane copy of `packed`, built on the first CPU forward; not saved.
         self._kernel_layout: Tensor | None = None
         self._kernel_layout_key: tuple | None = None
+        # The int8-activation kernel's copy (tritium.kernels.cpu.a8_layout), built on the first such forward.
+        self._a8_layout: Tensor | None = None
+        self._a8_layout_key: tuple | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -75,6 +97,7 @@ class PackedLinear(nn.Module):
     def _forget_kernel_layout(self) -> None:
         # A freed buffer's address can come back for new codes: never trust the cached layout across a load.
         self._kernel_layout = self._kernel_layout_key = None
+        self._a8_layout = self._a8_layout_key = None
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -116,10 +139,46 @@ class PackedLinear(nn.Module):
             self._kernel_layout_key = key
         return self._kernel_layout
 
+    def a8_kernel_layout(self) -> Tensor | None:
+        """The int8-activation kernel's copy of ``packed`` (:func:`tritium.kernels.cpu.a8_layout`), rebuilt whenever
+        ``packed`` changes; None off the CPU or without the CPU kernel (then the reference runs, without it)."""
+        packed = self.packed
+        key = (packed.data_ptr(), packed._version)
+        if self._a8_layout_key == key:
+            return self._a8_layout
+        if packed.device.type != "cpu" or not load_cpu_kernel():
+            return None
+        self._a8_layout = a8_layout(packed, self.radix, self.in_features, self.group_size)
+        self._a8_layout_key = key
+        return self._a8_layout
+
+    def integer_activation_grid(self, x: Tensor) -> ActivationGrid | None:
+        """The grid on which this layer's kernel quantizes ``x`` itself, to int8 codes, or None.
+
+        It is the grid of the layer's own activation quantizer (:mod:`tritium.nn.activation_quant`) where that is
+        enabled, has no AWQ channel scale, takes 8-bit symmetric per-token codes, and ``x`` is on the CPU with a SIMD
+        kernel path (avx512 or avx2): then the quantizer lets ``x`` through and the forward runs
+        ``tritium::packed_linear_a8``, which computes the same codes and multiplies them in integers. Otherwise
+        (None) the quantizer fake-quantizes ``x`` and the float-activation kernel runs, as for every layer before
+        the int8 path existed. (The portable path's integer loops are slower than its float lookup tables, so it
+        keeps float activations; the reference, without a built kernel, too.)"""
+        if not self.int8_activation_kernel or self.radix > A8_MAX_RADIX or x.device.type != "cpu" \
+                or not planes_available():
+            return None
+        quantizer = activation_quantizer_of(self)
+        if quantizer is None or not quantizer.enabled or quantizer.channel_scale is not None:
+            return None
+        return quantizer.grid if int8_activation_reason(quantizer.grid) is None else None
+
     def forward(self, x: Tensor) -> Tensor:
-        layout = self.cpu_kernel_layout() if x.device.type == "cpu" else None
-        y = packed_linear(x, self.packed, self.scale, self.zero, self.shift, self.radix, self.in_features,
-                          self.group_size, self.implicit_zero, layout)
+        grid = self.integer_activation_grid(x)
+        if grid is not None:
+            y = packed_linear_a8(x, self.packed, self.scale, self.zero, self.shift, self.radix, self.in_features,
+                                 self.group_size, self.implicit_zero, grid.clip_ratio, self.a8_kernel_layout())
+        else:
+            layout = self.cpu_kernel_layout() if x.device.type == "cpu" else None
+            y = packed_linear(x, self.packed, self.scale, self.zero, self.shift, self.radix, self.in_features,
+                              self.group_size, self.implicit_zero, layout)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
@@ -137,6 +196,8 @@ class PackedLinear(nn.Module):
 class TernaryLinear(PackedLinear):
     """Ternary weights: digits t + 1 (implicit zero 1), α per group and, for DLT, a shift γ."""
 
+    int8_activation_kernel = True
+
     def __init__(self, in_features: int, out_features: int, *, group_size: int, layout: str = "base3",
                  bias: bool = False, has_shift: bool = False, scale_dtype: torch.dtype = torch.float16, device=None):
         super().__init__(in_features, out_features, radix=ternary_radix(layout), group_size=group_size, bias=bias,
@@ -145,6 +206,8 @@ class TernaryLinear(PackedLinear):
 
 class QuantLinear(PackedLinear):
     """Uniform k-bit weights: w = scale·(code − zero); symmetric grids keep the zero implicit (2^(k−1))."""
+
+    int8_activation_kernel = True  # up to 4 bits (radix 16); 8-bit codes keep float activations
 
     def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int, symmetric: bool = False,
                  bias: bool = False, scale_dtype: torch.dtype = torch.float16, device=None):

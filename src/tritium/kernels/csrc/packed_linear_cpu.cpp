@@ -1,4 +1,4 @@
-// CPU kernel of tritium::packed_linear (and of tritium::linear_half_weight).
+// CPU kernel of tritium::packed_linear (and of tritium::packed_linear_a8 and tritium::linear_half_weight).
 //
 //   y[m, n] = Σ_g scale[n,g]·(x_g · d[n,g] − zero[n,g]·Σx_g) + shift[n,g]·Σx_g
 //
@@ -21,6 +21,10 @@
 // * portable: a float lookup table per byte position (few rows), no intrinsics.
 // Every path decodes the weight once to float and hands the GEMM to ATen for many rows (prefill).
 //
+// packed_linear_a8 quantizes the activations to int8 per token itself and multiplies them with the weight
+// digits in integers (its own layout, its own section below): VNNI on the avx512 path where the CPU has it,
+// vpmaddubsw on avx2, plain loops on portable. Every path gives the same codes as the fake-quant reference.
+//
 // Threads: at::parallel_for runs in torch's own OpenMP pool (tritium.kernels.cpu links the OpenMP
 // runtime torch loaded, so the two never run separate pools). A matrix too small to pay for a wake-up,
 // or any matrix while other processes keep the cores busy, stays on the calling thread, so no call
@@ -38,6 +42,7 @@
 #define TRITIUM_X86 0
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -48,6 +53,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 #if defined(__linux__)
 #include <unistd.h>
@@ -419,11 +425,14 @@ TRITIUM_TARGET_AVX2 inline void param_rows(const GroupParam& par, float missing,
   }
   switch (par.type) {
     case at::kHalf: {
-      alignas(32) uint16_t raw[kRowsPerBlock] = {0};
+      // Built in registers (vpinsrw), not in a stack array read back as one vector: 16 narrow stores then a wide
+      // load of the same bytes cannot be forwarded and stall.
       const uint16_t* src = static_cast<const uint16_t*>(par.data) + first;
-      for (int64_t r = 0; r < nrows; ++r) raw[r] = src[r * stride];
-      _mm256_store_ps(dst, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw))));
-      _mm256_store_ps(dst + 8, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(raw + 8))));
+      auto at = [&](int64_t r) { return static_cast<short>(r < nrows ? src[r * stride] : 0); };
+      const __m128i lo = _mm_setr_epi16(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7));
+      const __m128i hi = _mm_setr_epi16(at(8), at(9), at(10), at(11), at(12), at(13), at(14), at(15));
+      _mm256_store_ps(dst, _mm256_cvtph_ps(lo));
+      _mm256_store_ps(dst + 8, _mm256_cvtph_ps(hi));
       return;
     }
     case at::kBFloat16: {
@@ -836,24 +845,458 @@ TRITIUM_TARGET_AVX2 void half_rows_avx2(const uint16_t* W, const float* X, float
 }
 #endif  // TRITIUM_X86
 
+// ---------------------------------------------------------------------------------- int8 activations (a8)
+// tritium::packed_linear_a8: each token x is quantized to int8 codes exactly as
+// tritium.quant.activations.quantize_activations does on ActivationGrid(bits=8, group="token"):
+//   s = max(clip·max|x| / 127, 1e-8),  q = clamp(nearbyint(x / s), −128, 127)
+// (float32 throughout, a true division, round half to even). Then per row n and group g the integer dot
+// product D = Σ digit·q and the code sum Q = Σ q are exact, and
+//   y[n] = s · Σ_g ( scale[n,g]·(D − zero[n,g]·Q) + shift[n,g]·Q ),
+// which is the reference on the fake-quant activations s·q, up to float summation order.
+//
+// The weights come in their own layout (tritium.kernels.cpu.a8_layout): digits of B = 2 bits (radix ≤ 4:
+// ternary, 2-bit) or B = 4 bits (radix ≤ 16), P = 8 / B of them a byte, as [row_block][g][chunk][16 rows][4
+// bytes]: byte i of row r holds the digits of weights c·4P + 4s + i in bits B·s (s < P). One 64-byte chunk is
+// 16 rows × 4 bytes, which is one int32 lane per row: (byte >> B·s) & mask gives each lane the 4 digits of
+// weights 4s..4s+3, and the 4 codes of those weights, broadcast to every lane, multiply them as
+// unsigned × signed bytes summed into the lane (vpdpbusd; vpmaddubsw + vpmaddwd on AVX2). Digits ≤ 15 and
+// codes ≥ −128 keep vpmaddubsw's int16 pairs within ±3840, far from saturation. Every row's sums stay in
+// its own lane, so a group ends without a horizontal reduction, and a chunk's weights serve several tokens.
+// Groups are zero-padded to whole chunks (digit 0 and code 0), rows to whole blocks.
+#if TRITIUM_X86
+#define TRITIUM_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#endif
+
+constexpr float kActScaleEps = 1e-8f;  // tritium.quant.activations.ACTIVATION_SCALE_EPS, as float32
+constexpr int64_t kA8ChunkBytes = 64;  // 16 rows × 4 bytes
+
+bool cpu_supports_vnni() {
+#if TRITIUM_X86
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return cpu_supports(kAvx512) && __builtin_cpu_supports("avx512vnni");
+  }();
+  return vnni;
+#else
+  return false;
+#endif
+}
+
+struct A8Acts {
+  const int8_t* q;      // [tokens][groups][group_stride = chunks · 4P codes], zero-padded
+  const int32_t* sums;  // [tokens][groups]: Σ q per group
+  const float* scale;   // [tokens]
+  int64_t tokens, stride;
+};
+
+struct A8Weights {
+  const uint8_t* w;  // [blocks][groups][chunks][16][4]
+  int64_t chunks;
+};
+
+inline int32_t load4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// ---- quantizing a token. Each path returns the scale, or NaN where x holds a non-finite value (then its
+// codes stay 0 and the caller writes NaN to its outputs, as the reference's all-NaN fake-quant row gives).
+inline float a8_scale(float amax, float clip) {
+  const float scale = amax * clip / 127.f;  // (max|x|·clip) / 127, both float32 roundings as torch does them
+  return scale < kActScaleEps ? kActScaleEps : scale;
+}
+
+float quantize_token_portable(const Problem& p, int64_t group_stride, float clip, const float* x, int8_t* q,
+                              int32_t* sums) {
+  float amax = 0.f;
+  for (int64_t j = 0; j < p.in; ++j) {
+    if (!std::isfinite(x[j])) return std::numeric_limits<float>::quiet_NaN();
+    amax = std::max(amax, std::fabs(x[j]));
+  }
+  const float s = a8_scale(amax, clip);
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const int64_t len = group_length(p, g), base = g * p.group_size;
+    int8_t* dst = q + g * group_stride;
+    int32_t total = 0;
+    for (int64_t j = 0; j < len; ++j) {
+      const float v = std::min(127.f, std::max(-128.f, x[base + j] / s));  // clamp first: same as after rounding
+      const int32_t c = static_cast<int32_t>(std::nearbyint(v));
+      dst[j] = static_cast<int8_t>(c);
+      total += c;
+    }
+    sums[g] = total;
+  }
+  return s;
+}
+
+#if TRITIUM_X86
+TRITIUM_TARGET_AVX2 float quantize_token_avx2(const Problem& p, int64_t group_stride, float clip, const float* x, int8_t* q,
+                                              int32_t* sums) {
+  const __m256 sign = _mm256_set1_ps(-0.f), zero = _mm256_setzero_ps();
+  __m256 vmax = zero, poison = zero;  // poison: Σ x·0, NaN iff some x is NaN or ±inf
+  int64_t j = 0;
+  for (; j + 8 <= p.in; j += 8) {
+    const __m256 v = _mm256_loadu_ps(x + j);
+    vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, v));
+    poison = _mm256_add_ps(poison, _mm256_mul_ps(v, zero));
+  }
+  alignas(32) float lanes[8], bad[8];
+  _mm256_store_ps(lanes, vmax);
+  _mm256_store_ps(bad, poison);
+  float amax = 0.f, check = 0.f;
+  for (int l = 0; l < 8; ++l) {
+    amax = std::max(amax, lanes[l]);
+    check += bad[l];
+  }
+  for (; j < p.in; ++j) {
+    amax = std::max(amax, std::fabs(x[j]));
+    check += x[j] * 0.f;
+  }
+  if (!std::isfinite(check)) return std::numeric_limits<float>::quiet_NaN();
+  const float s = a8_scale(amax, clip);
+  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-128.f), hi = _mm256_set1_ps(127.f);
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const int64_t len = group_length(p, g), base = g * p.group_size;
+    int8_t* dst = q + g * group_stride;  // a multiple of 8 ≥ len: the 8-byte stores stay inside the group
+    __m256i total = _mm256_setzero_si256();
+    for (int64_t i = 0; i < len; i += 8) {
+      __m256 v;
+      if (i + 8 <= len) {
+        v = _mm256_loadu_ps(x + base + i);
+      } else {
+        alignas(32) int32_t mask[8];
+        for (int l = 0; l < 8; ++l) mask[l] = i + l < len ? -1 : 0;
+        v = _mm256_maskload_ps(x + base + i, _mm256_load_si256(reinterpret_cast<const __m256i*>(mask)));
+      }
+      // vcvtps2dq rounds half to even (the default MXCSR mode), as torch.round does.
+      const __m256i c = _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_div_ps(v, vs))));
+      total = _mm256_add_epi32(total, c);
+      const __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i), _mm_packs_epi16(c16, c16));
+    }
+    alignas(32) int32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), total);
+    sums[g] = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  }
+  return s;
+}
+
+TRITIUM_TARGET_AVX512 float quantize_token_avx512(const Problem& p, int64_t group_stride, float clip, const float* x,
+                                                  int8_t* q, int32_t* sums) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 vmax = zero, poison = zero;
+  for (int64_t j = 0; j < p.in; j += 16) {
+    const __mmask16 m = p.in - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (p.in - j)) - 1u);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+    vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+    poison = _mm512_add_ps(poison, _mm512_mul_ps(v, zero));
+  }
+  if (!std::isfinite(_mm512_reduce_add_ps(poison))) return std::numeric_limits<float>::quiet_NaN();
+  const float s = a8_scale(_mm512_reduce_max_ps(vmax), clip);
+  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.f), hi = _mm512_set1_ps(127.f);
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const int64_t len = group_length(p, g), base = g * p.group_size;
+    int8_t* dst = q + g * group_stride;
+    __m512i total = _mm512_setzero_si512();
+    for (int64_t i = 0; i < len; i += 16) {
+      const __mmask16 m = len - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (len - i)) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(m, x + base + i);
+      const __m512i c = _mm512_cvtps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_div_ps(v, vs))));
+      total = _mm512_add_epi32(total, c);
+      _mm512_mask_cvtepi32_storeu_epi8(dst + i, m, c);
+    }
+    sums[g] = _mm512_reduce_add_epi32(total);
+  }
+  return s;
+}
+#endif
+
+// ---- the integer products, one block of 16 rows against T tokens (t0 .. t0+T−1).
+// The per-group epilogue: out += scale·(D − zero·Q) + shift·Q; at the end out·s of each token.
+template <int P>
+void a8_block_portable(const Problem& p, const A8Weights& W, const A8Acts& a, int64_t blk, float* y) {
+  constexpr int B = 8 / P, S = 4 * P;
+  constexpr int mask = (1 << B) - 1;
+  const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
+  for (int64_t t = 0; t < a.tokens; ++t) {
+    float out[kRowsPerBlock] = {0.f};
+    for (int64_t g = 0; g < p.groups; ++g) {
+      const uint8_t* w = W.w + (blk * p.groups + g) * W.chunks * kA8ChunkBytes;
+      const int8_t* xg = a.q + t * a.stride + g * W.chunks * S;
+      int32_t acc[kRowsPerBlock] = {0};
+      for (int64_t c = 0; c < W.chunks; ++c)
+        for (int r = 0; r < kRowsPerBlock; ++r)
+          for (int s = 0; s < P; ++s)
+            for (int i = 0; i < 4; ++i)
+              acc[r] += ((w[c * kA8ChunkBytes + r * 4 + i] >> (B * s)) & mask) * xg[c * S + 4 * s + i];
+      const float Q = static_cast<float>(a.sums[t * p.groups + g]);
+      for (int64_t r = 0; r < nrows; ++r) {
+        const int64_t k = (row0 + r) * p.groups + g;
+        const float z = p.zero ? p.zero[k] : p.implicit_zero;
+        out[r] += p.scale[k] * (static_cast<float>(acc[r]) - z * Q) + (p.shift ? p.shift[k] * Q : 0.f);
+      }
+    }
+    for (int64_t r = 0; r < nrows; ++r) y[t * p.out + row0 + r] = out[r] * a.scale[t];
+  }
+}
+
+#if TRITIUM_X86
+template <int P, int T>
+TRITIUM_TARGET_AVX2 void a8_tile_avx2(const Problem& p, const A8Weights& W, const A8Acts& a, int64_t blk, int64_t t0,
+                                      float* y) {
+  constexpr int B = 8 / P, S = 4 * P;
+  const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << B) - 1)), ones = _mm256_set1_epi16(1);
+  const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
+  __m256 out_lo[T], out_hi[T];  // rows 0-7, rows 8-15
+  for (int t = 0; t < T; ++t) out_lo[t] = out_hi[t] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const uint8_t* w = W.w + (blk * p.groups + g) * W.chunks * kA8ChunkBytes;
+    const int8_t* xg = a.q + t0 * a.stride + g * W.chunks * S;
+    __m256i acc_lo[T], acc_hi[T];
+    for (int t = 0; t < T; ++t) acc_lo[t] = acc_hi[t] = _mm256_setzero_si256();
+    for (int64_t c = 0; c < W.chunks; ++c) {
+      const __m256i w_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * kA8ChunkBytes));
+      const __m256i w_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * kA8ChunkBytes + 32));
+      __m256i d_lo[P], d_hi[P];
+      for (int s = 0; s < P; ++s) {
+        d_lo[s] = _mm256_and_si256(_mm256_srli_epi16(w_lo, B * s), mask);
+        d_hi[s] = _mm256_and_si256(_mm256_srli_epi16(w_hi, B * s), mask);
+      }
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xc = xg + t * a.stride + c * S;
+        // A chunk's int16 pairs add up to ≤ P·2·(2^B − 1)·128 ≤ 7680: no overflow before vpmaddwd widens them.
+        __m256i sum_lo = _mm256_setzero_si256(), sum_hi = _mm256_setzero_si256();
+        for (int s = 0; s < P; ++s) {
+          const __m256i xb = _mm256_set1_epi32(load4(xc + 4 * s));
+          sum_lo = _mm256_add_epi16(sum_lo, _mm256_maddubs_epi16(d_lo[s], xb));
+          sum_hi = _mm256_add_epi16(sum_hi, _mm256_maddubs_epi16(d_hi[s], xb));
+        }
+        acc_lo[t] = _mm256_add_epi32(acc_lo[t], _mm256_madd_epi16(sum_lo, ones));
+        acc_hi[t] = _mm256_add_epi32(acc_hi[t], _mm256_madd_epi16(sum_hi, ones));
+      }
+    }
+    alignas(32) float sc[16], zr[16], sh[16];
+    block_params_simd(p, row0, nrows, g, sc, zr, sh);
+    const __m256 s_lo = _mm256_load_ps(sc), s_hi = _mm256_load_ps(sc + 8);
+    const __m256 z_lo = _mm256_load_ps(zr), z_hi = _mm256_load_ps(zr + 8);
+    const __m256 h_lo = _mm256_load_ps(sh), h_hi = _mm256_load_ps(sh + 8);
+    for (int t = 0; t < T; ++t) {
+      const __m256 Q = _mm256_set1_ps(static_cast<float>(a.sums[(t0 + t) * p.groups + g]));
+      out_lo[t] = _mm256_fmadd_ps(h_lo, Q, _mm256_fmadd_ps(s_lo, _mm256_fnmadd_ps(z_lo, Q, _mm256_cvtepi32_ps(acc_lo[t])), out_lo[t]));
+      out_hi[t] = _mm256_fmadd_ps(h_hi, Q, _mm256_fmadd_ps(s_hi, _mm256_fnmadd_ps(z_hi, Q, _mm256_cvtepi32_ps(acc_hi[t])), out_hi[t]));
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    const __m256 s = _mm256_set1_ps(a.scale[t0 + t]);
+    alignas(32) float res[16];
+    _mm256_store_ps(res, _mm256_mul_ps(out_lo[t], s));
+    _mm256_store_ps(res + 8, _mm256_mul_ps(out_hi[t], s));
+    std::memcpy(y + (t0 + t) * p.out + row0, res, nrows * sizeof(float));
+  }
+}
+
+// The 16 rows' parameter of one group as one register (block_params_simd's values), for the VNNI kernel: its
+// two 8-float halves written to the stack and read back as one 16-float vector could not be store-forwarded.
+TRITIUM_TARGET_AVX512 inline __m512 param_vec512(const GroupParam& par, float missing, int64_t first, int64_t stride,
+                                                 int64_t nrows) {
+  const __mmask16 rows = static_cast<__mmask16>((1u << nrows) - 1u);
+  if (!par) return _mm512_maskz_mov_ps(rows, _mm512_set1_ps(missing));
+  if (par.type == at::kFloat) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(static_cast<int32_t>(stride)));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rows, idx, static_cast<const float*>(par.data) + first, 4);
+  }
+  const uint16_t* src = static_cast<const uint16_t*>(par.data) + first;
+  auto at = [&](int64_t r) { return static_cast<short>(r < nrows ? src[r * stride] : 0); };
+  const __m256i bits = _mm256_setr_epi16(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10),
+                                         at(11), at(12), at(13), at(14), at(15));
+  if (par.type == at::kHalf) return _mm512_cvtph_ps(bits);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));  // bf16: the top half of a float
+}
+
+// One 64-byte chunk (16 rows × 4P weights) against T tokens: P vpdpbusd a token.
+// * Many tokens (A = 1): plane s shifted down and masked, all planes into one sum per token; the tokens give the
+//   independent vpdpbusd chains, and a tile of 8 shares each chunk's unpacking.
+// * One or two tokens (A = 2P): plane s is masked in place, not shifted: its bytes are digit·2^(B·s) (≤ 192
+//   ternary, ≤ 240 4-bit: still unsigned bytes), summed into its own acc[t][First + s], which the group's end
+//   shifts back down by B·s, exactly (every term is a multiple of 2^(B·s)): one vpand a plane, and with every
+//   other chunk (First = 0, P) apart too, 2P chains, so vpdpbusd's 5-cycle latency does not bound a batch-1 call.
+//   A sum grows by ≤ 4·240·128 a chunk: int32 holds groups of up to 130K weights.
+template <int P, int T, int A, int First>
+TRITIUM_TARGET_VNNI TRITIUM_INLINE void a8_chunk_vnni(__m512i (&acc)[T][A], const uint8_t* w, const int8_t* x,
+                                                      int64_t stride) {
+  constexpr int B = 8 / P;
+  const __m512i wv = _mm512_loadu_si512(w);
+  for (int s = 0; s < P; ++s) {
+    const __m512i d = A == 1 ? _mm512_and_si512(_mm512_srli_epi16(wv, B * s), _mm512_set1_epi8((1 << B) - 1))
+                             : _mm512_and_si512(wv, _mm512_set1_epi8(static_cast<char>(((1 << B) - 1) << (B * s))));
+    for (int t = 0; t < T; ++t)
+      acc[t][A == 1 ? 0 : First + s] = _mm512_dpbusd_epi32(acc[t][A == 1 ? 0 : First + s], d,
+                                                            _mm512_set1_epi32(load4(x + t * stride + 4 * s)));
+  }
+}
+
+template <int P, int T>
+TRITIUM_TARGET_VNNI void a8_tile_vnni(const Problem& p, const A8Weights& W, const A8Acts& a, int64_t blk, int64_t t0,
+                                      float* y) {
+  constexpr int S = 4 * P, A = T <= 2 ? 2 * P : 1;
+  const int64_t row0 = blk * kRowsPerBlock, nrows = std::min(kRowsPerBlock, p.out - row0);
+  __m512 out[T];
+  for (int t = 0; t < T; ++t) out[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const uint8_t* w = W.w + (blk * p.groups + g) * W.chunks * kA8ChunkBytes;
+    const int8_t* xg = a.q + t0 * a.stride + g * W.chunks * S;
+    __m512i acc[T][A];
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < A; ++i) acc[t][i] = _mm512_setzero_si512();
+    int64_t c = 0;
+    for (; c + 2 <= W.chunks; c += 2) {
+      a8_chunk_vnni<P, T, A, 0>(acc, w + c * kA8ChunkBytes, xg + c * S, a.stride);
+      a8_chunk_vnni<P, T, A, P>(acc, w + (c + 1) * kA8ChunkBytes, xg + (c + 1) * S, a.stride);
+    }
+    if (c < W.chunks) a8_chunk_vnni<P, T, A, 0>(acc, w + c * kA8ChunkBytes, xg + c * S, a.stride);
+    const int64_t first = row0 * p.groups + g;
+    const __m512 vs = param_vec512(p.scale, 0.f, first, p.groups, nrows);
+    const __m512 vz = param_vec512(p.zero, p.implicit_zero, first, p.groups, nrows);
+    const __m512 vh = param_vec512(p.shift, 0.f, first, p.groups, nrows);
+    for (int t = 0; t < T; ++t) {
+      __m512i dot = acc[t][0];
+      for (int i = 1; i < A; ++i) dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[t][i], (8 / P) * (i % P)));
+      const __m512 Q = _mm512_set1_ps(static_cast<float>(a.sums[(t0 + t) * p.groups + g]));
+      out[t] = _mm512_fmadd_ps(vh, Q, _mm512_fmadd_ps(vs, _mm512_fnmadd_ps(vz, Q, _mm512_cvtepi32_ps(dot)), out[t]));
+    }
+  }
+  const __mmask16 m = static_cast<__mmask16>((1u << nrows) - 1u);
+  for (int t = 0; t < T; ++t)
+    _mm512_mask_storeu_ps(y + (t0 + t) * p.out + row0, m, _mm512_mul_ps(out[t], _mm512_set1_ps(a.scale[t0 + t])));
+}
+#endif
+
+enum A8Kernel : int { kA8Portable = 0, kA8Avx2 = 1, kA8Vnni = 2 };
+
+// The integer kernel a path runs: the avx512 path uses VNNI where the CPU has it, else the AVX2 kernel.
+int a8_kernel_for(int path) {
+  if (path == kAvx512 && cpu_supports_vnni()) return kA8Vnni;
+  return path == kPortable ? kA8Portable : kA8Avx2;
+}
+const char* const kA8KernelNames[] = {"portable", "avx2 (vpmaddubsw)", "avx512 (vpdpbusd)"};
+
+// Row blocks k0..k1 against every token, tokens in tiles of 8, 4, 2, 1 (VNNI) or 4, 2, 1 (AVX2).
+template <int P>
+void a8_blocks(int kernel, const Problem& p, const A8Weights& W, const A8Acts& a, float* y, int64_t k0, int64_t k1) {
+  for (int64_t blk = k0; blk < k1; ++blk) {
+    if (kernel == kA8Portable) {
+      a8_block_portable<P>(p, W, a, blk, y);
+      continue;
+    }
+#if TRITIUM_X86
+    int64_t t = 0;
+    if (kernel == kA8Vnni) {
+      for (; t + 8 <= a.tokens; t += 8) a8_tile_vnni<P, 8>(p, W, a, blk, t, y);
+      if (t + 4 <= a.tokens) a8_tile_vnni<P, 4>(p, W, a, blk, t, y), t += 4;
+      if (t + 2 <= a.tokens) a8_tile_vnni<P, 2>(p, W, a, blk, t, y), t += 2;
+      if (t < a.tokens) a8_tile_vnni<P, 1>(p, W, a, blk, t, y);
+    } else {
+      for (; t + 4 <= a.tokens; t += 4) a8_tile_avx2<P, 4>(p, W, a, blk, t, y);
+      if (t + 2 <= a.tokens) a8_tile_avx2<P, 2>(p, W, a, blk, t, y), t += 2;
+      if (t < a.tokens) a8_tile_avx2<P, 1>(p, W, a, blk, t, y);
+    }
+#endif
+  }
+}
+
+// y [tokens, out] for xf [tokens, in]; planes_per_byte P = 2 (4-bit digits) or 4 (2-bit digits).
+void a8_linear(const Problem& p, int64_t planes_per_byte, const A8Weights& W, float clip, const float* xf, float* y,
+               int path) {
+  const int64_t group_stride = W.chunks * 4 * planes_per_byte, stride = p.groups * group_stride, tokens = p.rows;
+  std::vector<int8_t> q(tokens * stride, 0);
+  std::vector<int32_t> sums(tokens * p.groups, 0);
+  std::vector<float> scale(tokens);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* x = xf + t * p.in;
+    int8_t* qt = q.data() + t * stride;
+    int32_t* st = sums.data() + t * p.groups;
+#if TRITIUM_X86
+    if (path == kAvx512) scale[t] = quantize_token_avx512(p, group_stride, clip, x, qt, st);
+    else if (path == kAvx2) scale[t] = quantize_token_avx2(p, group_stride, clip, x, qt, st);
+    else
+#endif
+      scale[t] = quantize_token_portable(p, group_stride, clip, x, qt, st);
+    if (std::isnan(scale[t])) {  // a non-finite token: zero codes through the kernel, NaN outputs below
+      std::memset(qt, 0, stride);
+      std::memset(st, 0, p.groups * sizeof(int32_t));
+    }
+  }
+  const A8Acts a{q.data(), sums.data(), scale.data(), tokens, stride};
+  const int kernel = a8_kernel_for(path);
+  const int64_t blocks = (p.out + kRowsPerBlock - 1) / kRowsPerBlock;
+  parallel_rows(0, blocks, grain_for(kRowsPerBlock * p.in * tokens), [&](int64_t k0, int64_t k1) {
+    if (planes_per_byte == 2) a8_blocks<2>(kernel, p, W, a, y, k0, k1);
+    else a8_blocks<4>(kernel, p, W, a, y, k0, k1);
+  });
+  for (int64_t t = 0; t < tokens; ++t)
+    if (std::isnan(scale[t])) std::fill(y + t * p.out, y + (t + 1) * p.out, std::numeric_limits<float>::quiet_NaN());
+}
+
+// The codes and scales the active path's quantizer gives (for tests: they must equal quantize_activations).
+std::tuple<at::Tensor, at::Tensor> a8_quantize(const at::Tensor& x, int64_t group_size, double clip_ratio) {
+  const at::Tensor xf = x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous();
+  const int64_t tokens = xf.size(0), in = xf.size(1);
+  TORCH_CHECK(group_size > 0, "a8_quantize: group_size must be positive");
+  Problem p{tokens, 0, in, (in + group_size - 1) / group_size, 0, group_size, Digits{2, 1, 2}, 0.f, nullptr,
+            GroupParam{}, GroupParam{}, GroupParam{}};
+  const int64_t group_stride = (group_size + 15) / 16 * 16;
+  const int path = current_path();
+  std::vector<int8_t> q(p.groups * group_stride);
+  std::vector<int32_t> sums(p.groups);
+  at::Tensor codes = at::empty({tokens, in}, at::kInt), scales = at::empty({tokens}, at::kFloat);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* xt = xf.data_ptr<float>() + t * in;
+    float s;
+#if TRITIUM_X86
+    if (path == kAvx512) s = quantize_token_avx512(p, group_stride, static_cast<float>(clip_ratio), xt, q.data(), sums.data());
+    else if (path == kAvx2) s = quantize_token_avx2(p, group_stride, static_cast<float>(clip_ratio), xt, q.data(), sums.data());
+    else
+#endif
+      s = quantize_token_portable(p, group_stride, static_cast<float>(clip_ratio), xt, q.data(), sums.data());
+    scales.data_ptr<float>()[t] = s;
+    int32_t* ct = codes.data_ptr<int32_t>() + t * in;
+    for (int64_t g = 0; g < p.groups; ++g) {
+      int32_t total = 0;
+      for (int64_t j = 0; j < group_length(p, g); ++j) {
+        ct[g * group_size + j] = q[g * group_stride + j];
+        total += q[g * group_stride + j];
+      }
+      TORCH_CHECK(std::isnan(s) || total == sums[g], "a8_quantize: the code sum of group ", g, " is off");
+    }
+  }
+  return {codes, scales};
+}
+
 // ---------------------------------------------------------------------------------- the ops
-at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                             const c10::optional<at::Tensor>& zero, const c10::optional<at::Tensor>& shift,
-                             int64_t radix, int64_t in_features, int64_t group_size, double implicit_zero,
-                             const c10::optional<at::Tensor>& kernel_layout) {
+// The checked, contiguous inputs of packed_linear and packed_linear_a8, and the Problem that points into them.
+struct Inputs {
+  at::Tensor s, z, t, pk, xf;
+  Problem p;
+};
+
+Inputs check_inputs(const char* op, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                    const c10::optional<at::Tensor>& zero, const c10::optional<at::Tensor>& shift, int64_t radix,
+                    int64_t in_features, int64_t group_size, double implicit_zero) {
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3,
-              "packed_linear: packed codes must be uint8 [out, groups, bytes_per_group], got ", packed.scalar_type(),
+              op, ": packed codes must be uint8 [out, groups, bytes_per_group], got ", packed.scalar_type(),
               " ", packed.sizes());
-  TORCH_CHECK(x.size(-1) == in_features, "packed_linear: input has ", x.size(-1), " features, the layer expects ",
+  TORCH_CHECK(x.size(-1) == in_features, op, ": input has ", x.size(-1), " features, the layer expects ",
               in_features);
-  TORCH_CHECK(group_size > 0 && in_features > 0, "packed_linear: in_features and group_size must be positive");
+  TORCH_CHECK(group_size > 0 && in_features > 0, op, ": in_features and group_size must be positive");
   const Digits dg = digits_for(radix);
   const int64_t out = packed.size(0), groups = packed.size(1), bpg = packed.size(2);
   TORCH_CHECK(groups == (in_features + group_size - 1) / group_size && bpg == (group_size + dg.k - 1) / dg.k,
-              "packed_linear: packed codes ", packed.sizes(), " do not match in_features=", in_features,
+              op, ": packed codes ", packed.sizes(), " do not match in_features=", in_features,
               ", group_size=", group_size, ", radix=", radix);
   auto as_params = [&](const at::Tensor& t, const char* what) {
-    TORCH_CHECK(t.dim() == 2 && t.size(0) == out && t.size(1) == groups, "packed_linear: ", what, " has shape ",
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == out && t.size(1) == groups, op, ": ", what, " has shape ",
                 t.sizes(), ", expected [", out, ", ", groups, "]");
     const auto type = t.scalar_type();
     return (type == at::kHalf || type == at::kBFloat16 || type == at::kFloat) ? t.contiguous()
@@ -862,14 +1305,26 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
   auto param = [](const at::Tensor& t) {
     return t.defined() ? GroupParam{t.data_ptr(), t.scalar_type()} : GroupParam{};
   };
-  const at::Tensor s = as_params(scale, "scale");
-  const at::Tensor z = zero.has_value() ? as_params(*zero, "zero") : at::Tensor();
-  const at::Tensor t = shift.has_value() ? as_params(*shift, "shift") : at::Tensor();
-  const at::Tensor pk = packed.contiguous();
-  const at::Tensor xf = x.reshape({-1, in_features}).to(at::kFloat).contiguous();
-  const int64_t rows = xf.size(0);
-  Problem p{rows, out, in_features, groups, bpg, group_size, dg, static_cast<float>(implicit_zero),
-            pk.data_ptr<uint8_t>(), param(s), param(z), param(t)};
+  Inputs in;
+  in.s = as_params(scale, "scale");
+  in.z = zero.has_value() ? as_params(*zero, "zero") : at::Tensor();
+  in.t = shift.has_value() ? as_params(*shift, "shift") : at::Tensor();
+  in.pk = packed.contiguous();
+  in.xf = x.reshape({-1, in_features}).to(at::kFloat).contiguous();
+  in.p = Problem{in.xf.size(0), out, in_features, groups, bpg, group_size, dg, static_cast<float>(implicit_zero),
+                 in.pk.data_ptr<uint8_t>(), param(in.s), param(in.z), param(in.t)};
+  return in;
+}
+
+at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                             const c10::optional<at::Tensor>& zero, const c10::optional<at::Tensor>& shift,
+                             int64_t radix, int64_t in_features, int64_t group_size, double implicit_zero,
+                             const c10::optional<at::Tensor>& kernel_layout) {
+  const Inputs in = check_inputs("packed_linear", x, packed, scale, zero, shift, radix, in_features, group_size,
+                                 implicit_zero);
+  const Problem& p = in.p;
+  const at::Tensor& xf = in.xf;
+  const int64_t rows = p.rows, out = p.out, groups = p.groups;
   at::Tensor y;
   const int path = current_path();
   const bool has_layout = kernel_layout.has_value() && kernel_layout->defined();
@@ -917,6 +1372,36 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
   return y.reshape(shape).to(x.scalar_type());
 }
 
+// x quantized per token to int8 (see the a8 section), integer products with the digits of a8_layout.
+at::Tensor packed_linear_a8_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                                const c10::optional<at::Tensor>& zero, const c10::optional<at::Tensor>& shift,
+                                int64_t radix, int64_t in_features, int64_t group_size, double implicit_zero,
+                                double clip_ratio, const c10::optional<at::Tensor>& kernel_layout) {
+  TORCH_CHECK(clip_ratio > 0.0 && clip_ratio <= 1.0, "packed_linear_a8: clip_ratio must be in (0, 1], got ",
+              clip_ratio);
+  TORCH_CHECK(radix >= 2 && radix <= 16, "packed_linear_a8: the int8-activation kernel takes digits of radix 2..16 "
+              "(ternary, 2-, 3- and 4-bit codes), not radix ", radix);
+  const Inputs in = check_inputs("packed_linear_a8", x, packed, scale, zero, shift, radix, in_features, group_size,
+                                 implicit_zero);
+  const Problem& p = in.p;
+  const int64_t planes = radix <= 4 ? 4 : 2, span = 4 * planes, chunks = (group_size + span - 1) / span;
+  TORCH_CHECK(kernel_layout.has_value() && kernel_layout->defined(), "packed_linear_a8: the CPU kernel reads its "
+              "own weight layout: pass kernel_layout=tritium.kernels.cpu.a8_layout(packed, radix, in_features, "
+              "group_size)");
+  const at::Tensor& w = *kernel_layout;
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.is_contiguous() && w.dim() == 5 &&
+              w.size(0) == (p.out + kRowsPerBlock - 1) / kRowsPerBlock && w.size(1) == p.groups &&
+              w.size(2) == chunks && w.size(3) == kRowsPerBlock && w.size(4) == 4,
+              "packed_linear_a8: kernel_layout ", w.sizes(), " does not fit these packed codes: rebuild it with "
+              "tritium.kernels.cpu.a8_layout");
+  at::Tensor y = at::empty({p.rows, p.out}, at::kFloat);
+  a8_linear(p, planes, A8Weights{w.data_ptr<uint8_t>(), chunks}, static_cast<float>(clip_ratio),
+            in.xf.data_ptr<float>(), y.data_ptr<float>(), current_path());
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = p.out;
+  return y.reshape(shape).to(x.scalar_type());
+}
+
 // y = x·Wᵀ with W stored in fp16 and everything else in fp32: the LM head of a packed model, whose
 // weights are fp16 values on disk. Batch-1 decode reads the whole matrix per token, so reading
 // 2 bytes per weight instead of 4 halves the time; the products and sums stay in fp32, so the
@@ -954,6 +1439,7 @@ at::Tensor linear_half_weight_cpu(const at::Tensor& x, const at::Tensor& weight)
 TORCH_LIBRARY_IMPL(tritium, CPU, m) {
   m.impl("packed_linear", &tritium_cpu::packed_linear_cpu);
   m.impl("linear_half_weight", &tritium_cpu::linear_half_weight_cpu);
+  m.impl("packed_linear_a8", &tritium_cpu::packed_linear_a8_cpu);
 }
 
 // Which path runs, and what this CPU can run (tritium.kernels.cpu wraps these).
@@ -967,6 +1453,11 @@ TORCH_LIBRARY_FRAGMENT(tritium_cpu_info, m) {
     TORCH_CHECK(tritium_cpu::cpu_supports(path), "tritium CPU kernel: this CPU cannot run the '", name, "' path");
     tritium_cpu::g_path.store(path, std::memory_order_relaxed);
   });
+  // The integer kernel packed_linear_a8 runs on the active path, and the codes and scales its quantizer gives.
+  m.def("a8_kernel() -> str", []() {
+    return std::string(tritium_cpu::kA8KernelNames[tritium_cpu::a8_kernel_for(tritium_cpu::current_path())]);
+  });
+  m.def("a8_quantize(Tensor x, int group_size, float clip_ratio) -> (Tensor, Tensor)", &tritium_cpu::a8_quantize);
   m.def("active_path() -> str", []() { return std::string(tritium_cpu::kPathNames[tritium_cpu::current_path()]); });
   // The thread count of the OpenMP runtime this library's parallel regions use: it follows
   // torch.set_num_threads only if that runtime is torch's own.
