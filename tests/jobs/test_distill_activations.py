@@ -83,7 +83,7 @@ def spies(record_calls):
     return record_calls([(steps, "evaluate"), (steps, "float_row")])
 
 
-def test_a_packed_w_a_distill_and_grouped_activations_are_refused_before_loading(tiny_folder, tiny_data, tmp_path,
+def test_a_packed_w_a_distill_and_a_clipping_search_are_refused_before_loading(tiny_folder, tiny_data, tmp_path,
                                                                                train_text, refused, monkeypatch):
     import tritium.models as models
 
@@ -91,13 +91,14 @@ def test_a_packed_w_a_distill_and_grouped_activations_are_refused_before_loading
     refused(distill_args(tiny_folder, tmp_path / "run", train_text, "--act-bits", "4", "--format", "packed"),
             "--format fake")
     assert not (tmp_path / "run").exists()
-    recipe = tmp_path / "grouped.yaml"
+    recipe = tmp_path / "searched.yaml"
     from tritium.recipes import load_recipe
 
     import yaml
     mapping = load_recipe("ternaryllm-a8-cpu")
     mapping.pop("name", None)
-    recipe.write_text(yaml.safe_dump(mapping | {"act_group": 32}))
+    recipe.write_text(yaml.safe_dump(mapping | {"act_clip_search": True}))
     args = distill_args(tiny_folder, tmp_path / "run2", train_text, "--format", "fake")
     args[args.index("ternaryllm-cpu")] = str(recipe)
-    refused(args, "per-token activations", "act_group")
+    refused(args, "act_clip_search chooses clipping ratios", "set one act_clip_ratio")
+    assert not (tmp_path / "run2").exists()

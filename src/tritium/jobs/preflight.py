@@ -401,9 +401,10 @@ def preflight_distill(job, recipe: dict) -> None:
 
     check_budget(job.tokens, job.steps)
     act_grid = check_activation_recipe(recipe, None if job.no_save else job.format)
-    if act_grid is not None and (act_grid.group != "token" or recipe.get("act_clip_search")):
-        raise PreflightError(f"distill trains with per-token activations ({act_grid.describe()} asked): "
-                             "act_group other than token and act_clip_search are quantize's; remove them")
+    if act_grid is not None and recipe.get("act_clip_search"):
+        raise PreflightError("act_clip_search chooses clipping ratios on calibration data before a method runs, "
+                             "which distill does not have: set one act_clip_ratio instead (or none), or search with "
+                             "`tritium quantize`")
     method_args = recipe.get("method_args") or {}
     train = method_args.get("train") or {}
     for key, flag, what in [("tokens", "--tokens", "pass the training budget in tokens, e.g. 500k"),
