@@ -156,8 +156,11 @@ def main(argv=None):
           "(0.25 a weight for ternary, 0.5 for 4-bit) over the a8 time. Largest a8 error vs the fake-quant reference, "
           f"relative to the largest output: {max(r['a8_max_error_vs_reference'] for r in rows):.1e}.")
     if options.json:
-        Path(options.json).write_text(json.dumps({"cpu": cpu_name(), "flags": simd_flags(), "threads": options.threads,
-                                                  "kernels": kernels, "rows": rows}, indent=1))
+        from tritium.utils.io import atomic_write_text
+
+        atomic_write_text(options.json, json.dumps({"cpu": cpu_name(), "flags": simd_flags(),
+                                                    "threads": options.threads, "kernels": kernels, "rows": rows},
+                                                   indent=1))
     return 0
 
 

@@ -112,7 +112,9 @@ def main(argv=None) -> int:
             step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        from tritium.utils.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
     return 0
 
 
