@@ -6,6 +6,8 @@ same chunks:
 
 - float: the model as loaded (fp32, CPU);
 - tritium RTN: the shipped ``w2g128-rtn`` recipe with its grid's bits set to ``--bits``;
+- tritium recipes (``--recipes``, e.g. ``w3g128-cpu,w2g128-cpu``): each run whole (E2E step
+  included) as ``tritium quantize --recipe`` runs it, timed beside auto-round on the same machine;
 - auto-round: ``auto_round.AutoRound`` on the CPU with its SignRound algorithm (or
   SignRound after its QuaRot rotation with ``--alg quarot``), fed the exact token ids of
   tritium's calibration samples, and evaluated as auto-round leaves the model: plain
@@ -13,6 +15,8 @@ same chunks:
 
     python bench/bench_autoround.py --bits 2 --iters 10 --limit 2 --out bench/results/autoround-smoke.md
     python bench/bench_autoround.py --bits 3,2 --iters 25 --out bench/results/autoround.md
+    python bench/bench_autoround.py --bits 2,3 --iters 10 --recipes w2g128-cpu,w3g128-cpu --limit 16 \
+        --threads 2 --out bench/results/autoround-w2w3.md
 
 ``--iters`` is auto-round's number of SignRound steps per block; quantization time is
 about blocks × (iters × s/iter + a fixed cost per block), so the report gives the
@@ -63,6 +67,25 @@ def parse_bits(text: str) -> list[int]:
     if not bits or wrong:
         raise BenchInputError(f"--bits must be a list drawn from {SUPPORTED_BITS}, got {text!r}")
     return bits
+
+
+def load_recipes(text: str | None) -> list[tuple[str, dict]]:
+    """The ``--recipes`` list, each read and checked by tritium's schema before the model loads."""
+    from tritium.recipes import load_recipe
+    from tritium.utils.errors import TritiumError
+
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    recipes = []
+    for name in names:
+        try:
+            recipe = load_recipe(name)
+        except TritiumError as err:
+            raise BenchInputError(f"--recipes: {err}") from None
+        if recipe["grid"].get("kind") != "uniform":
+            raise BenchInputError(f"--recipes: {name} quantizes to a {recipe['grid'].get('kind')} grid; "
+                                  "auto-round's rows are uniform integer grids, so compare uniform recipes")
+        recipes.append((name, recipe))
+    return recipes
 
 
 def import_auto_round():
@@ -152,6 +175,31 @@ def rtn_row(float_model, tokenizer, bits: int, eval_ids, args) -> dict:
     row = {"name": "tritium RTN", "bits": bits, "recipe": f"{RTN_RECIPE} (grid bits {bits})",
            "grid": result.grid.describe(), "quantize_seconds": seconds, "quantized_linears": len(result.weights),
            "linear_bits_per_weight": size.linear_bits_per_weight, **score(model, eval_ids, args)}
+    del model
+    return row
+
+
+def recipe_row(float_model, tokenizer, name: str, recipe: dict, eval_ids, args) -> dict:
+    """One shipped tritium recipe, whole (rotation, PTQ method, E2E step) on a copy of the float model."""
+    import tempfile
+
+    from tritium.eval.size import size_report
+    from tritium.jobs.steps import prepare_config, quantize_model
+
+    model = copy.deepcopy(float_model)
+    prepare_config(model, recipe)  # the checks ``tritium quantize`` makes once the model is loaded
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-autoround-") as work:
+        result, _ = quantize_model(model, tokenizer, recipe, args.data, work_dir=Path(work) / "e2e", progress=False)
+    seconds = time.perf_counter() - start
+    size = size_report(model, result.grid, result.weights)
+    details = result.details or {}
+    row = {"name": f"tritium {Path(name).stem}", "bits": recipe["grid"]["bits"], "recipe": name,
+           "method": recipe["method"], "e2e_tokens": (recipe.get("e2e") or {}).get("train", {}).get("tokens"),
+           "calibration": recipe.get("calib"), "grid": result.grid.describe(), "quantize_seconds": seconds,
+           "quantized_linears": len(result.weights), "linear_bits_per_weight": size.linear_bits_per_weight,
+           "ptq_details": {k: v for k, v in details.items() if isinstance(v, (int, float, str))},
+           **score(model, eval_ids, args)}
     del model
     return row
 
@@ -369,6 +417,13 @@ def markdown(report: dict) -> str:
         if rotation:
             # auto-round turns R1/R2 off (a warning, not an error) where a width is not a power of 2.
             lines += ["", "auto-round's rotation warnings: " + " ".join(f"“{w}”" for w in rotation)]
+    for r in (r for r in rows if r.get("recipe") and r["name"] != "tritium RTN"):
+        calib = r.get("calibration") or {}
+        lines += ["", f"{r['name']}: the recipe `{r['recipe']}` run whole ({r['method']}"
+                  + (f", calibration {calib['samples']} × {calib['seqlen']} tokens of {calib['source']}"
+                     if calib else "")
+                  + (f", then E2E scale tuning on {r['e2e_tokens']:,} tokens" if r.get("e2e_tokens") else "")
+                  + f") in {r['quantize_seconds']:.0f} s, on the machine and threads of the auto-round rows."]
     lines += ["", *report["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -415,6 +470,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=os.environ.get("TRITIUM_DATA", str(REPO.parent / "shared" / "data")))
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--skip-rtn", action="store_true", help="leave out the tritium RTN rows")
+    parser.add_argument("--recipes", help="comma-separated tritium recipes (names or YAML paths) to run whole "
+                                          "beside auto-round, e.g. w2g128-cpu,w3g128-cpu")
     parser.add_argument("--out", default="bench/results/autoround.md", help="writes <out>.md and <out>.json")
     args = parser.parse_args(argv)
     if args.out:  # a lock beside --out: a second bench writing the same result is refused, not interleaved
@@ -424,6 +481,7 @@ def main(argv=None) -> int:
     try:
         bits_list = parse_bits(args.bits)
         check_args(args)
+        recipes = load_recipes(args.recipes)
         auto_round = import_auto_round()
     except BenchInputError as err:
         parser.error(str(err))
@@ -466,6 +524,10 @@ def main(argv=None) -> int:
     for bits in bits_list if not args.skip_rtn else []:
         log(f"tritium RTN {bits}-bit")
         report["rows"].append(rtn_row(float_model, tokenizer, bits, eval_ids, args))
+        save()
+    for name, recipe in recipes:
+        log(f"tritium recipe {name}")
+        report["rows"].append(recipe_row(float_model, tokenizer, name, recipe, eval_ids, args))
         save()
     for bits in bits_list:
         log(f"auto-round {args.alg} {bits}-bit, {args.iters} iters")

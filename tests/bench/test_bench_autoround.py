@@ -76,3 +76,42 @@ def test_tiny_run_feeds_our_tokens_and_leaves_weights_on_the_grid(bench, tiny_da
     assert all(math.isfinite(row["ppl"]) and row["n_chunks"] == 2 for row in rows.values())
     assert report["versions"]["auto_round"] and report["calibration"]["digest"]
     assert report["command"].endswith(f"--out {out}")  # the command as run, not the test runner's argv
+
+
+def test_recipe_rows_run_whole_with_their_e2e_step(bench, tiny_data, tmp_path):
+    pytest.importorskip("auto_round", reason="auto-round is optional: pip install 'tritium[compare]'")
+    import yaml
+
+    from tritium.recipes import load_recipe
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama", hidden_size=320, intermediate_size=512, num_hidden_layers=1).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    # The shipped recipe's method and E2E step, at sizes a tiny model and tiny data allow.
+    recipe = load_recipe("w2g128-cpu")
+    recipe.pop("name", None)
+    recipe["method_args"].update(soft_fractions=[0.5], steps_per_stage=1, n_grid=2, clip_n_grid=2, search_tokens=64,
+                                 clip_tokens=32)
+    recipe["calib"].update(samples=2, seqlen=32)
+    recipe["e2e"]["data"]["seqlen"] = 32
+    recipe["e2e"]["train"].update(tokens=128, micro_batch_size=2, checkpoint_every=0)
+    recipe_path = tmp_path / "tiny-w2.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out" / "autoround.md"
+    assert bench.main(["--model", str(model_dir), "--bits", "2", "--iters", "1", "--limit", "2", "--nsamples", "2",
+                       "--seqlen", "32", "--eval-seqlen", "128", "--data", str(tiny_data), "--threads", "1",
+                       "--skip-rtn", "--recipes", str(recipe_path), "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"float", "tritium tiny-w2", "auto-round SignRound"}
+    ours = rows["tritium tiny-w2"]
+    assert ours["method"] == "tesseraq" and ours["e2e_tokens"] == 128 and ours["quantize_seconds"] > 0
+    assert ours["quantized_linears"] == 7 and math.isfinite(ours["ppl"]) and ours["n_chunks"] == 2
+    assert ours["ppl"] != rows["float"]["ppl"]  # the copy was quantized, the float model was not
+    assert "run whole (tesseraq" in out.read_text() and "E2E scale tuning on 128 tokens" in out.read_text()
+
+
+def test_a_recipe_that_does_not_exist_fails_before_any_work(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--bits", "2", "--iters", "2", "--recipes", "w2g128-nonesuch"])
+    assert "w2g128-nonesuch" in capsys.readouterr().err
