@@ -159,28 +159,9 @@ def tritium_grid(bits: int):
     return grid_from_dict({"kind": "uniform", "bits": bits, "group": GROUP, "symmetric": False, "ragged_groups": True})
 
 
-def rtn_row(float_model, tokenizer, bits: int, eval_ids, args) -> dict:
-    from tritium.eval.size import size_report
-    from tritium.recipes import load_recipe
-    from tritium.runner import quantize_model
-
-    recipe = load_recipe(RTN_RECIPE)
-    recipe["grid"] = {**recipe["grid"], "bits": bits}
-    recipe.pop("calib", None)  # RTN reads no calibration data
-    model = copy.deepcopy(float_model)
-    start = time.perf_counter()
-    result, _ = quantize_model(model, tokenizer, recipe, args.data)
-    seconds = time.perf_counter() - start
-    size = size_report(model, result.grid, result.weights)
-    row = {"name": "tritium RTN", "bits": bits, "recipe": f"{RTN_RECIPE} (grid bits {bits})",
-           "grid": result.grid.describe(), "quantize_seconds": seconds, "quantized_linears": len(result.weights),
-           "linear_bits_per_weight": size.linear_bits_per_weight, **score(model, eval_ids, args)}
-    del model
-    return row
-
-
-def recipe_row(float_model, tokenizer, name: str, recipe: dict, eval_ids, args) -> dict:
-    """One shipped tritium recipe, whole (rotation, PTQ method, E2E step) on a copy of the float model."""
+def tritium_row(float_model, tokenizer, recipe: dict, eval_ids, args) -> tuple[dict, dict]:
+    """``recipe`` run whole (rotation, PTQ method, E2E step) on a copy of the float model, timed and
+    scored; returns the row's common fields and the result's details."""
     import tempfile
 
     from tritium.eval.size import size_report
@@ -193,15 +174,28 @@ def recipe_row(float_model, tokenizer, name: str, recipe: dict, eval_ids, args) 
         result, _ = quantize_model(model, tokenizer, recipe, args.data, work_dir=Path(work) / "e2e", progress=False)
     seconds = time.perf_counter() - start
     size = size_report(model, result.grid, result.weights)
-    details = result.details or {}
-    row = {"name": f"tritium {Path(name).stem}", "bits": recipe["grid"]["bits"], "recipe": name,
-           "method": recipe["method"], "e2e_tokens": (recipe.get("e2e") or {}).get("train", {}).get("tokens"),
-           "calibration": recipe.get("calib"), "grid": result.grid.describe(), "quantize_seconds": seconds,
-           "quantized_linears": len(result.weights), "linear_bits_per_weight": size.linear_bits_per_weight,
-           "ptq_details": {k: v for k, v in details.items() if isinstance(v, (int, float, str))},
-           **score(model, eval_ids, args)}
-    del model
-    return row
+    row = {"grid": result.grid.describe(), "quantize_seconds": seconds, "quantized_linears": len(result.weights),
+           "linear_bits_per_weight": size.linear_bits_per_weight, **score(model, eval_ids, args)}
+    return row, result.details or {}
+
+
+def rtn_row(float_model, tokenizer, bits: int, eval_ids, args) -> dict:
+    from tritium.recipes import load_recipe
+
+    recipe = load_recipe(RTN_RECIPE)
+    recipe["grid"] = {**recipe["grid"], "bits": bits}
+    recipe.pop("calib", None)  # RTN reads no calibration data
+    row, _ = tritium_row(float_model, tokenizer, recipe, eval_ids, args)
+    return {"name": "tritium RTN", "bits": bits, "recipe": f"{RTN_RECIPE} (grid bits {bits})", **row}
+
+
+def recipe_row(float_model, tokenizer, name: str, recipe: dict, eval_ids, args) -> dict:
+    """One shipped tritium recipe, whole, as ``tritium quantize --recipe`` runs it."""
+    row, details = tritium_row(float_model, tokenizer, recipe, eval_ids, args)
+    return {"name": f"tritium {Path(name).stem}", "bits": recipe["grid"]["bits"], "recipe": name,
+            "method": recipe["method"], "e2e_tokens": (recipe.get("e2e") or {}).get("train", {}).get("tokens"),
+            "calibration": recipe.get("calib"), **row,
+            "ptq_details": {k: v for k, v in details.items() if isinstance(v, (int, float, str))}}
 
 
 class StepClock:
