@@ -1,8 +1,8 @@
 """Peer comparison: Intel auto-round (SignRound) beside tritium's float and RTN rows, scored by tritium.
 
 For each of ``--bits`` (asymmetric, groups of 128) the script quantizes one float model
-three ways in one run and scores every row with tritium's WikiText-2 perplexity on the
-same chunks:
+three ways in one run and scores every row with tritium's perplexity on the same chunks
+of each ``--datasets`` test set (WikiText-2 by default; ``wikitext2,ptb`` adds a PTB column):
 
 - float: the model as loaded (fp32, CPU);
 - tritium RTN: the shipped ``w2g128-rtn`` recipe with its grid's bits set to ``--bits``;
@@ -113,7 +113,20 @@ def check_args(args) -> None:
 
     # Both splits must exist before the model loads: calibration reads valid, the score reads test.
     require_data_file("wikitext2", "valid", args.data)
-    require_data_file("wikitext2", "test", args.data)
+    for dataset in parse_datasets(args.datasets):
+        require_data_file(dataset, "test", args.data)
+
+
+PERPLEXITY_SETS = ("wikitext2", "ptb")
+
+
+def parse_datasets(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PERPLEXITY_SETS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise BenchInputError(f"--datasets takes distinct names from {PERPLEXITY_SETS} separated by commas, "
+                              f"such as wikitext2,ptb; got {text!r}")
+    return names
 
 
 # --------------------------------------------------------------------------- facts for the report
@@ -144,13 +157,21 @@ def token_digest(ids: torch.Tensor) -> str:
 # --------------------------------------------------------------------------- rows
 
 
-def score(model, eval_ids, args) -> dict:
+def score(model, eval_ids: dict[str, torch.Tensor], args) -> dict:
+    """Perplexity on every ``--datasets`` entry; ``ppl`` is the first one's (WikiText-2 by default), and
+    ``ppl_<name>`` each of the others'."""
     from tritium.eval.perplexity import perplexity
 
     start = time.perf_counter()
-    result = perplexity(model.float(), eval_ids, seqlen=args.eval_seqlen, limit=args.limit, dataset="wikitext2",
-                        progress=False)
-    return {"ppl": result.ppl, "n_chunks": result.n_chunks, "eval_seconds": time.perf_counter() - start}
+    row = {}
+    for index, (dataset, ids) in enumerate(eval_ids.items()):
+        result = perplexity(model.float(), ids, seqlen=args.eval_seqlen, limit=args.limit, dataset=dataset,
+                            progress=False)
+        key = "ppl" if index == 0 else f"ppl_{dataset}"
+        row[key] = result.ppl
+        row["n_chunks" if index == 0 else f"n_chunks_{dataset}"] = result.n_chunks
+    row["eval_seconds"] = time.perf_counter() - start
+    return row
 
 
 def tritium_grid(bits: int):
@@ -365,7 +386,10 @@ def autoround_row(float_model, tokenizer, bits: int, calibration: torch.Tensor, 
 
 def markdown(report: dict) -> str:
     rows = report["rows"]
-    base = next(r["ppl"] for r in rows if r["name"] == "float")
+    float_row = next(r for r in rows if r["name"] == "float")
+    base = float_row["ppl"]
+    datasets = report["eval"].get("datasets", ["wikitext2"])
+    others = datasets[1:]
     calib = report["calibration"]
     m = report["machine"]
     lines = [f"# auto-round vs tritium on {report['model']}: WikiText-2 perplexity", "",
@@ -378,14 +402,18 @@ def markdown(report: dict) -> str:
              f"- calibration: {calib['samples']} × {calib['seqlen']} tokens of {calib['source']} (seed {calib['seed']}, "
              f"token digest {calib['digest']}), {calib['passed_as']}",
              f"- evaluation: tritium perplexity, {report['eval']['n_chunks']} chunks × {report['eval']['seqlen']} tokens "
-             "of WikiText-2 test, the same chunks for every row", "",
-             "| row | bits | ppl | × float | quantize s | s/iter | iters | linear bits/weight |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"of each test set ({', '.join(datasets)}), the same chunks for every row", "",
+             f"| row | bits | {datasets[0]} ppl | × float | "
+             + "".join(f"{name} ppl | × float | " for name in others)
+             + "quantize s | s/iter | iters | linear bits/weight |",
+             "|---|---|---|---|" + "---|---|" * len(others) + "---|---|---|---|"]
     for r in rows:
         def num(key, fmt):
             return format(r[key], fmt) if r.get(key) is not None else "–"
         lines.append(f"| {r['name']} | {r.get('bits', 'fp32')} | {r['ppl']:.2f} | {r['ppl'] / base:.2f} | "
-                     f"{num('quantize_seconds', '.0f')} | {num('seconds_per_iter', '.2f')} | {r.get('iters', '–')} | "
+                     + "".join(f"{r[f'ppl_{name}']:.2f} | {r[f'ppl_{name}'] / float_row[f'ppl_{name}']:.2f} | "
+                               for name in others)
+                     + f"{num('quantize_seconds', '.0f')} | {num('seconds_per_iter', '.2f')} | {r.get('iters', '–')} | "
                      f"{num('linear_bits_per_weight', '.3f')} |")
     for r in (r for r in rows if r["name"].startswith("auto-round")):
         c = r["grid_check"]
@@ -459,7 +487,10 @@ def main(argv=None) -> int:
                         help="auto-round's torch.compile (auto: its own choice, on from 10 iters). Off by default: in a one-block probe on "
                              "2 cores it cost ~80 s of compiling and no faster iterations")
     parser.add_argument("--time-budget", type=float, default=1800, help="seconds the quantization should fit in")
-    parser.add_argument("--limit", type=int, help="score only the first N chunks of WikiText-2 test (same for every row)")
+    parser.add_argument("--limit", type=int, help="score only the first N chunks of each test set (same for every row)")
+    parser.add_argument("--datasets", default="wikitext2",
+                        help="comma-separated test sets every row is scored on, e.g. wikitext2,ptb; the first is the "
+                             "ppl column, each other gets a column of its own")
     parser.add_argument("--eval-seqlen", type=int, default=2048, help="tokens per perplexity chunk")
     parser.add_argument("--data", default=os.environ.get("TRITIUM_DATA", str(REPO.parent / "shared" / "data")))
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -493,13 +524,15 @@ def main(argv=None) -> int:
               "model": args.model, "machine": machine(), "versions": versions(auto_round), "rows": [],
               "notes": NOTES}
     float_model, tokenizer, _ = load_model(args.model, dtype=torch.float32, device="cpu")
-    eval_ids = tokenize_eval_text(tokenizer, load_eval_text("wikitext2", args.data))
+    datasets = parse_datasets(args.datasets)
+    eval_ids = {name: tokenize_eval_text(tokenizer, load_eval_text(name, args.data)) for name in datasets}
     calibration = calibration_samples(tokenizer, CALIB_SOURCE, args.nsamples, args.seqlen, args.calib_seed, args.data)
     report["calibration"] = {"source": CALIB_SOURCE, "samples": args.nsamples, "seqlen": args.seqlen,
                              "seed": args.calib_seed, "digest": token_digest(calibration),
                              "passed_as": "to auto-round as a list of {input_ids [1, seqlen], attention_mask of ones} "
                                           "holding tritium's token ids"}
-    report["eval"] = {"dataset": "wikitext2 test", "seqlen": args.eval_seqlen, "limit": args.limit}
+    report["eval"] = {"dataset": f"{datasets[0]} test", "datasets": datasets, "seqlen": args.eval_seqlen,
+                      "limit": args.limit}
 
     def save():
         # Rewritten after every row, so that a long run leaves its finished rows behind.

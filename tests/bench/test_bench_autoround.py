@@ -31,6 +31,10 @@ def tiny_data(tmp_path) -> Path:
     for split in ("valid", "test"):
         lines = (" ".join(rng.choice(words) for _ in range(12)) for _ in range(120))
         (folder / f"wiki.{split}.raw").write_text("\n".join(lines) + "\n")
+    ptb = tmp_path / "data" / "ptb"
+    ptb.mkdir()
+    (ptb / "ptb.test.txt").write_text("\n".join(" ".join(rng.choice(words[::-1]) for _ in range(9))
+                                                for _ in range(150)) + "\n")
     return tmp_path / "data"
 
 
@@ -60,7 +64,7 @@ def test_tiny_run_feeds_our_tokens_and_leaves_weights_on_the_grid(bench, tiny_da
     out = tmp_path / "out" / "autoround.md"
     assert bench.main(["--model", str(model_dir), "--bits", "2", "--iters", "2", "--limit", "2", "--nsamples", "4",
                        "--seqlen", "64", "--eval-seqlen", "128", "--data", str(tiny_data), "--threads", "2",
-                       "--out", str(out)]) == 0
+                       "--datasets", "wikitext2,ptb", "--out", str(out)]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert "auto-round SignRound" in out.read_text()
     rows = {row["name"]: row for row in report["rows"]}
@@ -74,6 +78,10 @@ def test_tiny_run_feeds_our_tokens_and_leaves_weights_on_the_grid(bench, tiny_da
     assert ar["linear_bits_per_weight"] == pytest.approx(rows["tritium RTN"]["linear_bits_per_weight"])
     assert 2 < ar["linear_bits_per_weight"] < 2.2
     assert all(math.isfinite(row["ppl"]) and row["n_chunks"] == 2 for row in rows.values())
+    # Every row is scored on PTB too, and on other text than WikiText-2's.
+    assert all(math.isfinite(row["ppl_ptb"]) and row["n_chunks_ptb"] == 2 for row in rows.values())
+    assert rows["float"]["ppl_ptb"] != rows["float"]["ppl"]
+    assert "| ptb ppl |" in out.read_text()
     assert report["versions"]["auto_round"] and report["calibration"]["digest"]
     assert report["command"].endswith(f"--out {out}")  # the command as run, not the test runner's argv
 
@@ -109,6 +117,12 @@ def test_recipe_rows_run_whole_with_their_e2e_step(bench, tiny_data, tmp_path):
     assert ours["quantized_linears"] == 7 and math.isfinite(ours["ppl"]) and ours["n_chunks"] == 2
     assert ours["ppl"] != rows["float"]["ppl"]  # the copy was quantized, the float model was not
     assert "run whole (tesseraq" in out.read_text() and "E2E scale tuning on 128 tokens" in out.read_text()
+
+
+def test_a_test_set_that_is_not_text_fails_before_any_work(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--bits", "2", "--iters", "2", "--datasets", "wikitext2,piqa"])
+    assert "--datasets" in capsys.readouterr().err
 
 
 def test_a_recipe_that_does_not_exist_fails_before_any_work(bench, capsys):
