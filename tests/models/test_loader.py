@@ -66,3 +66,20 @@ def test_a_foreign_folder_missing_a_weight_still_loads_as_transformers_does(tmp_
     _drop_weight(tmp_path / "m", "model.layers.1.self_attn.v_proj.weight")
     loaded, _, _ = load_model(tmp_path / "m")  # not written by tritium: transformers' own warning applies
     assert loaded.model.layers[1].self_attn.v_proj.weight.shape == (32, 64)
+
+
+def test_saved_tokenizer_json_is_compact_and_the_same_tokenizer(tmp_path, tokenizer):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tritium.models.loader import save_tokenizer
+
+    tokenizer.save_pretrained(tmp_path / "pretty")
+    save_tokenizer(tokenizer, tmp_path / "compact")
+    pretty, compact = (tmp_path / "pretty" / "tokenizer.json"), (tmp_path / "compact" / "tokenizer.json")
+    assert "\n" not in compact.read_text() and compact.stat().st_size < pretty.stat().st_size
+    assert json.loads(compact.read_text()) == json.loads(pretty.read_text())
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "compact")
+    text = "the quick brown fox, 42 times"
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]

@@ -49,6 +49,7 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
     from ..utils.integrity import write_manifest
     from ..utils.io import atomic_directory
     from ..integrations.hf import TritiumConfig
+    from ..models.loader import save_tokenizer
     from .codes import write_codes
 
     model.config.quantization_config = TritiumConfig(
@@ -58,7 +59,7 @@ def save_fake_quantized(model, tokenizer, folder, method: str, grid: dict, skip=
     with atomic_directory(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         if weights and _has_packed_layout(grid, grid_overrides):
             write_codes(tmp, weights, grid, grid_overrides)
         write_manifest(tmp)  # last: it seals every file written above
@@ -113,6 +114,7 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
     """
     import torch
 
+    from ..models.loader import save_tokenizer
     from ..nn.block_head import head_record
     from ..nn.convert import module_checksum, packed_modules
     from ..utils.integrity import write_manifest
@@ -145,7 +147,7 @@ def save_packed(model, tokenizer, folder, method: str, grid: dict, skip=(), meth
         with atomic_directory(folder) as tmp:
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+                save_tokenizer(tokenizer, tmp)
             write_manifest(tmp)  # last: it seals every file written above
     finally:
         if quantizer is not None:

@@ -195,6 +195,7 @@ class CompressedTensorsExporter(Exporter):
         _require_library()
 
     def write(self, source, out: Path, options: dict):
+        from ..models.loader import save_tokenizer
         from .api import ExportReport
 
         dtype, scale_dtype = FLOAT_DTYPES[options["float_dtype"]], FLOAT_DTYPES[options["scale_dtype"]]
@@ -212,7 +213,7 @@ class CompressedTensorsExporter(Exporter):
         expected = _float_tensors(model, plans)
         model.save_pretrained(out, safe_serialization=True)
         if source.tokenizer is not None:
-            source.tokenizer.save_pretrained(out)
+            save_tokenizer(source.tokenizer, out)
         compressor.update_config(str(out))  # the library writes its quantization_config into config.json
         read_back(out, plans, expected)
         return ExportReport(self.name, out, lines=_summary(plans, groups, ignore, options),

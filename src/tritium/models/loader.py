@@ -94,6 +94,19 @@ def load_tokenizer(source: ModelSource | str | os.PathLike):
     return _read_tokenizer(source)
 
 
+def save_tokenizer(tokenizer, folder: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained(folder)``, with ``tokenizer.json`` written without indentation.
+
+    The tokenizers library pretty-prints it by default, which more than doubles its size (SmolLM2's:
+    3.5 MB against 1.6 MB, half of a ternary folder's overhead); the JSON, and so the tokenizer, is the same.
+    """
+    tokenizer.save_pretrained(folder)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    target = Path(folder) / "tokenizer.json"
+    if backend is not None and target.is_file():
+        backend.save(str(target), pretty=False)
+
+
 def saved_by_tritium(folder: str | os.PathLike) -> bool:
     """True for a folder tritium wrote: a manifest, a tritium quantization_config, codes or a Spectra config."""
     from ..utils.integrity import has_manifest

@@ -245,13 +245,14 @@ def save_spectra_model(model, folder, tokenizer=None) -> None:
     as is, a BitNet with its latent weights and norms (reload with ``load_spectra_model``)."""
     from ..utils.integrity import write_manifest
     from ..utils.io import atomic_directory
+    from .loader import save_tokenizer
 
     spec = spectra_spec(model)
     to_save = to_plain_llama(model) if spec.arch == "trilm" else model
     with atomic_directory(folder) as tmp:
         to_save.save_pretrained(tmp)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         write_manifest(tmp)  # last: it seals every file written above
 
 
