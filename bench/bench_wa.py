@@ -14,7 +14,8 @@ QuaRot's R1/R2) and, as QuaRot does for quantized activations, add the online Ha
 The float row and weights-only RTN at each column's weight bits run in the same process, on the same chunks.
 
 Every finished cell is written to ``--out`` (markdown) and its JSON at once; a rerun keeps the cells whose
-settings (model, chunks, recipe) are unchanged and runs the rest, so a killed run resumes per cell.
+settings (model, chunks, recipe) are unchanged and runs the rest, so a killed run resumes per cell. Kept cells
+outside a rerun's ``--methods``/``--columns`` stay in the JSON (the markdown shows the rerun's own table).
 """
 
 from __future__ import annotations
@@ -236,6 +237,10 @@ def main(argv=None) -> int:
              for b in sorted({COLUMNS[c][0] for c in columns}, reverse=True)]
     # column-major: the first column fills in first on a long run
     plan += [(f"{row}|{column}", cell_recipe(row, column, args)) for column in columns for row in rows]
+    # Cells of the same model and chunks outside this run's rows and columns stay in the JSON, so a
+    # narrower run (the cells that matter first) does not throw away a wider one's table.
+    planned = {key for key, _ in plan}
+    report["cells"] = {k: c for k, c in kept.items() if k not in planned}
     for key, recipe in plan:
         if key in kept and kept[key].get("recipe") == recipe:
             report["cells"][key] = kept[key]

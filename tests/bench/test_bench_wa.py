@@ -72,6 +72,10 @@ def test_the_table_fills_with_the_baselines_and_resumes_per_cell(bench, tiny, ti
     again = json.loads(out.with_suffix(".json").read_text())["cells"]
     assert again["rtn|W4A8"] == cells["rtn|W4A8"] and "| rtn | " in out.read_text()
     ran.clear()
+    assert run(bench, tiny, tiny_data, out, "--methods", "rtn", "--columns", "W4A8") == 0
+    assert ran == []  # a narrower run on the same chunks runs nothing and keeps the wider table's cells
+    narrower = json.loads(out.with_suffix(".json").read_text())["cells"]
+    assert narrower == again and "rtn+rot" not in out.read_text()
     assert run(bench, tiny, tiny_data, out, "--methods", "rtn", "--columns", "W4A8", "--limit", "1") == 0
     assert sorted(ran) == ["float", "rtn-weights-W4", "rtn|W4A8"]  # other chunks: nothing is kept
 
