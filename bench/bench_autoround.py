@@ -392,7 +392,7 @@ def markdown(report: dict) -> str:
     others = datasets[1:]
     calib = report["calibration"]
     m = report["machine"]
-    lines = [f"# auto-round vs tritium on {report['model']}: WikiText-2 perplexity", "",
+    lines = [f"# auto-round vs tritium on {report['model']}: perplexity", "",
              f"- command: `{report['command']}`",
              f"- machine: {m['cpu']} ({' '.join(m['simd_flags']) or 'no AVX/AMX flags listed'}), {m['cores']} CPUs, "
              f"{m['torch_threads']} torch threads, load average {m['load_average_at_start']} at start",
