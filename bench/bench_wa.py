@@ -56,6 +56,18 @@ def names(text: str, known, flag: str) -> list[str]:
     return chosen
 
 
+def method_recipes(args) -> dict[str, str]:
+    """Each method's recipe: the shipped ones, with ``--recipe METHOD=RECIPE`` in place of a method's own."""
+    chosen = dict(METHOD_RECIPES)
+    for item in getattr(args, "recipe", None) or ():
+        method, sep, recipe = item.partition("=")
+        if not sep or method not in METHOD_RECIPES or not recipe:
+            raise BenchInputError(f"--recipe takes METHOD=RECIPE with METHOD from {', '.join(METHOD_RECIPES)} "
+                                  f"and a recipe name or YAML path; got {item!r}")
+        chosen[method] = recipe
+    return chosen
+
+
 def cell_recipe(row: str, column: str | None, args) -> dict:
     """The recipe mapping of one cell: the row's method recipe with the column's grids (``column`` None: the
     weights-only RTN baseline at ``row``'s bits, given as ``rtn-weights-W<bits>``)."""
@@ -63,13 +75,13 @@ def cell_recipe(row: str, column: str | None, args) -> dict:
 
     if column is None:  # weights-only RTN
         bits = int(row.rsplit("W", 1)[1])
-        recipe = load_recipe(METHOD_RECIPES["rtn"])
+        recipe = load_recipe(method_recipes(args)["rtn"])
         act, rotate = {}, False
         online = None
     else:
         method = row.removesuffix(ROTATED)
         bits, act = COLUMNS[column]
-        recipe = load_recipe(METHOD_RECIPES[method])
+        recipe = load_recipe(method_recipes(args)[method])
         rotate = row.endswith(ROTATED)
         online = args.rot_online if rotate and args.rot_online != "none" else None
     for key in ACTIVATION_KEYS:
@@ -160,7 +172,7 @@ def markdown(report: dict, rows: list[str], columns: list[str]) -> str:
     lines = [f"# Weight + activation quantization on {report['model']}: WikiText-2 perplexity", "",
              f"- command: `{report['command']}`", f"- machine: {report['machine']}", f"- date: {report['date']}",
              f"- chunks: {n_chunks} × {report['seqlen']} tokens of WikiText-2 test (the same for every cell)",
-             "- cells: the method's recipe (" + ", ".join(f"{m}: `{r}`" for m, r in METHOD_RECIPES.items())
+             "- cells: the method's recipe (" + ", ".join(f"{m}: `{r}`" for m, r in report["method_recipes"].items())
              + ") with the column's grids: weights asymmetric g128 (ragged last group); activations per token, "
                "A8 symmetric, A4 asymmetric with each linear's clipping ratio searched among 1.0-0.8; +rot rows: "
                "R1/R2 folded (randomized Hadamard)" + (f" and online {report['rot_online']}" if report.get("rot_online")
@@ -192,6 +204,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--rot-online", choices=("down_proj", "all", "none"), default="down_proj",
                         help="+rot rows: the online Hadamards added after R1/R2 (down_proj: R4)")
+    parser.add_argument("--recipe", action="append", metavar="METHOD=RECIPE",
+                        help="run METHOD's cells with this recipe (a name or YAML path) instead of its shipped one; "
+                             "repeatable")
     parser.add_argument("--fresh", action="store_true", help="run every cell again, ignoring --out's JSON")
     parser.add_argument("--out", default="bench/results/wa.md")
     args = parser.parse_args(argv)
@@ -202,6 +217,14 @@ def main(argv=None) -> int:
                             ("--calib-samples", args.calib_samples), ("--calib-seqlen", args.calib_seqlen)):
             if value is not None and value < 1:
                 raise BenchInputError(f"{flag} must be at least 1, got {value}")
+        recipes = method_recipes(args)
+        from tritium.recipes import load_recipe
+
+        for recipe in recipes.values():  # a wrong path fails here, not after the float model is scored
+            try:
+                load_recipe(recipe)
+            except ValueError as err:
+                raise BenchInputError(str(err)) from err
     except BenchInputError as err:
         parser.error(str(err))
     out = Path(args.out)
@@ -225,7 +248,7 @@ def main(argv=None) -> int:
     saved = {} if args.fresh or not json_path.is_file() else json.loads(json_path.read_text())
     command = " ".join(["python bench/bench_wa.py", *(sys.argv[1:] if argv is None else argv)])
     report = {"model": args.model, "seqlen": args.seqlen, "limit": args.limit, "command": command,
-              "rot_online": args.rot_online,
+              "rot_online": args.rot_online, "method_recipes": recipes,
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cells": {}}
     kept = {k: c for k, c in (saved.get("cells") or {}).items()
             if "error" not in c and c.get("settings") == settings_of(args)}

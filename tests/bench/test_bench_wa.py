@@ -85,3 +85,25 @@ def test_a_bad_flag_fails_before_any_work(bench, tmp_path, capsys):
         bench.main(["--methods", "awq", "--out", str(tmp_path / "x.md")])
     assert "--methods takes names from" in capsys.readouterr().err
     assert not (tmp_path / "x.md").exists()
+
+
+def test_a_recipe_flag_runs_a_methods_cells_with_another_recipe(bench, tmp_path, capsys):
+    recipe = tmp_path / "tq-gptq.yaml"
+    from tritium.recipes import load_recipe
+    import yaml
+
+    mapping = load_recipe("w4a4-tesseraq-cpu")
+    mapping.pop("name", None)
+    mapping["method_args"]["gptq_start"] = True
+    recipe.write_text(yaml.safe_dump(mapping))
+    args = argparse.Namespace(calib_samples=None, calib_seqlen=None, rot_online="down_proj",
+                              recipe=[f"tesseraq={recipe}"])
+    cell = bench.cell_recipe("tesseraq+rot", "W3A4", args)
+    assert cell["method_args"]["gptq_start"] is True and cell["grid"]["bits"] == 3
+    assert "gptq_start" not in bench.cell_recipe("gptq+rot", "W3A4", args)["method_args"]
+    for bad in ("awq=w2g128-awq", "tesseraq", f"tesseraq={tmp_path / 'missing.yaml'}"):
+        with pytest.raises(SystemExit):
+            bench.main(["--recipe", bad, "--out", str(tmp_path / "x.md")])
+        err = capsys.readouterr().err
+        assert "--recipe takes METHOD=RECIPE" in err or "missing.yaml' not found" in err, err
+    assert not (tmp_path / "x.md").exists()

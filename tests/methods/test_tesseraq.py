@@ -115,3 +115,31 @@ def test_a_non_finite_loss_stops_the_run_naming_the_block(calib_ids):
     with pytest.raises(NonFiniteError, match=r"TesseraQ loss at stage 0, step 0 in block 1 \(model\.layers\.1\)"):
         run_blockwise(model, layout, selected_linears(layout, ()), calib_ids, method, PipelineSettings(), config.grid,
                       "tesseraq", progress=False)
+
+
+@pytest.mark.parametrize("grid", [
+    {"kind": "uniform", "bits": 2, "group": 16},
+    {"kind": "ternary", "variant": "dlt", "group": 16},
+])
+def test_a_gptq_start_hardened_at_once_is_gptq(grid, calib_ids):
+    """With no PAR steps and no DST, the GPTQ start's codes are exactly GPTQ's (static groups under the same
+    RTN parameters, activation order): PAR then starts from GPTQ's solution."""
+    gptq = outlier_model()
+    want = quantize_(gptq, config_from_dict("gptq", grid, act_order=True, static_groups=True), calib_ids)
+    start = outlier_model()
+    got = quantize_(start, config_from_dict("tesseraq", grid, awq_init=False, gptq_start=True, dst=False,
+                                            soft_fractions=(0.5,), steps_per_stage=0), calib_ids)
+    assert set(got.weights) == set(want.weights)
+    for name, qweight in want.weights.items():
+        assert torch.equal(got.weights[name].codes, qweight.codes), name
+        assert torch.equal(got.weights[name].scale, qweight.scale), name
+    blocks = got.details["blocks"]
+    assert all(b["final_loss"] == pytest.approx(b["gptq_start_loss"], rel=1e-5) for b in blocks)
+
+
+def test_par_from_a_gptq_start_lowers_the_block_error_below_gptq(calib_ids):
+    config = config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16}, **(QUICK | {
+        "awq_init": False, "gptq_start": True, "steps_per_stage": 30}))
+    result = quantize_(outlier_model(), config, calib_ids)
+    blocks = result.details["blocks"]
+    assert all(b["final_loss"] < b["gptq_start_loss"] for b in blocks), blocks

@@ -26,7 +26,7 @@ from ..models.adapters import ATTENTION_LINEARS, MLP_LINEARS
 from ..quant.grids import Grid, GroupLayout, QuantConfigError
 from .base import register_method
 from .calibrated import CalibratedConfig, block_grids, run_calibrated
-from .grid_params import code_range, fitting_span, layout_for, pack, rtn_params
+from .grid_params import GroupParams, code_range, fitting_span, layout_for, pack, rtn_params
 
 # Linears that read the same input are quantized together, in the order data flows.
 SEQUENTIAL_GROUPS = (ATTENTION_LINEARS[:3], ATTENTION_LINEARS[3:], MLP_LINEARS[:2], MLP_LINEARS[2:])
@@ -44,13 +44,17 @@ class GPTQConfig(CalibratedConfig):
 class _ColumnQuantizer:
     """Quantizes single columns against per-group parameters (filled lazily for dynamic groups)."""
 
-    def __init__(self, w: Tensor, grid: Grid, layout: GroupLayout):
+    def __init__(self, w: Tensor, grid: Grid, layout: GroupLayout, params: GroupParams | None = None):
         self.grid, self.layout = grid, layout
         self.lo, self.hi = code_range(grid)
         self.grouped = not layout.per_tensor and layout.n_groups > 1
         # Static groups keep these parameters. Dynamic ones use them only as placeholders with the grid's
         # own parts (zero point and/or shift): fit_groups overwrites each group before its first column.
-        self.params = rtn_params(w, grid, layout)
+        if params is None:
+            self.params = rtn_params(w, grid, layout)
+        else:
+            copy = lambda t: None if t is None else t.detach().float().clone().to(w.device)  # noqa: E731
+            self.params = GroupParams(copy(params.scale), copy(params.zero), copy(params.shift))
 
     def group_of(self, column: int) -> int:
         return 0 if not self.grouped else column // self.layout.group_size
@@ -91,6 +95,29 @@ def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 
     Returns ``(QuantizedWeight, proxy_loss)`` where proxy_loss is GPTQ's Σ err²/d of the
     rounding errors, the Hessian-weighted output error it minimises.
     """
+    run = gptq_columns(w, hessian, grid, damp_percent=damp_percent, act_order=act_order, static_groups=static_groups,
+                       block_size=block_size, name=name)
+    return pack(run.codes, run.params, grid, run.layout), run.proxy_loss
+
+
+@dataclass
+class GPTQColumns:
+    """What one GPTQ pass over a weight decided: the codes, the group parameters they use, and
+    ``compensated``, each column as it was just before its rounding (the original column plus the
+    error feedback of the columns rounded before it), whose round-to-nearest is ``codes``."""
+
+    codes: Tensor
+    params: GroupParams
+    layout: GroupLayout
+    compensated: Tensor
+    proxy_loss: float
+
+
+def gptq_columns(w: Tensor, hessian: Tensor, grid: Grid, params: GroupParams | None = None, damp_percent: float = 0.01,
+                 act_order: bool = False, static_groups: bool = False, block_size: int = 128,
+                 name: str = "weight") -> GPTQColumns:
+    """GPTQ's column loop. ``params`` fixes every group's parameters up front (static groups under
+    parameters chosen elsewhere, e.g. AWQ's clipping); without it they come from the weights."""
     layout = layout_for(w, grid, name)
     if hessian.shape != (w.shape[1], w.shape[1]):
         raise QuantConfigError(f"{name}: Hessian of shape {tuple(hessian.shape)} does not match the weight {tuple(w.shape)}")
@@ -102,8 +129,8 @@ def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    static = static_groups or act_order
-    quantizer = _ColumnQuantizer(W, grid, layout)
+    static = static_groups or act_order or params is not None
+    quantizer = _ColumnQuantizer(W, grid, layout, params)
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
@@ -114,6 +141,7 @@ def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 
     if quantizer.grouped:  # a lazy batch must start where such a span starts
         block_size = max(1, block_size // span) * span
     codes = torch.zeros_like(W)
+    compensated = torch.zeros_like(W)
     loss = torch.zeros(W.shape[0], device=W.device)
     perm_list = perm.tolist()
     for i1 in range(0, columns, block_size):
@@ -128,6 +156,7 @@ def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 
             column, d = W1[:, i], Hinv1[i, i]
             code, value = quantizer.quantize(column, perm_list[j])
             codes[:, j] = code
+            compensated[:, j] = column
             loss += (column - value) ** 2 / d**2
             err = (column - value) / d
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
@@ -135,8 +164,7 @@ def gptq_quantize(w: Tensor, hessian: Tensor, grid: Grid, damp_percent: float = 
         W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
     inverse = torch.argsort(perm)
-    codes = codes[:, inverse]
-    return pack(codes, quantizer.params, grid, layout), float(loss.sum() / 2)
+    return GPTQColumns(codes[:, inverse], quantizer.params, layout, compensated[:, inverse], float(loss.sum() / 2))
 
 
 def _inverse_hessian_factor(H: Tensor, damp_percent: float, name: str) -> Tensor:
@@ -174,11 +202,15 @@ def collect_hessians(ctx: BlockContext, names: tuple[str, ...]) -> dict[str, tup
     return {n: (s, count) for n, (s, count) in sums.items()}
 
 
-def gptq_block(ctx: BlockContext, config: GPTQConfig) -> BlockResult:
-    groups = SEQUENTIAL_GROUPS if config.true_sequential else (sum(SEQUENTIAL_GROUPS, ()),)
-    weights, stats, grids = {}, {}, block_grids(ctx, config)
+def sequential_gptq(ctx: BlockContext, grids: dict, damp_percent: float, act_order: bool, static_groups: bool,
+                    block_size: int, true_sequential: bool = True,
+                    params: dict[str, GroupParams] | None = None) -> dict[str, GPTQColumns]:
+    """GPTQ over one block's linears in the order data flows, each group's Hessians measured after the
+    earlier groups are quantized. Leaves each linear holding its GPTQ-dequantized weight."""
+    groups = SEQUENTIAL_GROUPS if true_sequential else (sum(SEQUENTIAL_GROUPS, ()),)
+    results = {}
     for group in groups:
-        names = tuple(n for n in group if n in ctx.linears)
+        names = tuple(n for n in group if n in ctx.linears and (params is None or n in params))
         if not names:
             continue
         hessians = collect_hessians(ctx, names)
@@ -187,12 +219,21 @@ def gptq_block(ctx: BlockContext, config: GPTQConfig) -> BlockResult:
             hessian = 2 * xtx / count
             ctx.check_finite(hessian, "Hessian", layer=name)
             module = ctx.linears[name]
-            qweight, loss = gptq_quantize(module.weight, hessian, grids[name], config.damp_percent, config.act_order,
-                                          config.static_groups, config.block_size, name=f"{ctx.name}.{name}")
+            run = gptq_columns(module.weight, hessian, grids[name], None if params is None else params[name],
+                               damp_percent, act_order, static_groups, block_size, name=f"{ctx.name}.{name}")
             # Later groups see this group's quantized outputs.
-            module.weight.data.copy_(qweight.dequantize(module.weight.dtype).to(module.weight.device))
-            weights[name] = qweight
-            stats[f"{name}.proxy_loss"] = loss
+            dequantized = pack(run.codes, run.params, grids[name], run.layout).dequantize(module.weight.dtype)
+            module.weight.data.copy_(dequantized.to(module.weight.device))
+            results[name] = run
+    return results
+
+
+def gptq_block(ctx: BlockContext, config: GPTQConfig) -> BlockResult:
+    grids = block_grids(ctx, config)
+    runs = sequential_gptq(ctx, grids, config.damp_percent, config.act_order, config.static_groups, config.block_size,
+                           config.true_sequential)
+    weights = {name: pack(run.codes, run.params, grids[name], run.layout) for name, run in runs.items()}
+    stats = {f"{name}.proxy_loss": run.proxy_loss for name, run in runs.items()}
     return BlockResult(weights, stats)
 
 

@@ -37,6 +37,7 @@ from ..quant.grids import GGUFBlockGrid, QuantConfigError, as_fp16_values, sub_b
 from .awq import AWQConfig, awq_transform
 from .base import register_method
 from .calibrated import block_grids, run_calibrated
+from .gptq import sequential_gptq
 from .grid_params import GroupParams, code_range, from_levels, layout_for, pack, rtn_params, to_levels
 
 # Fraction of each linear's rounding variables left soft after each stage's hardening
@@ -66,6 +67,12 @@ class TesseraQConfig(AWQConfig):
     dst: bool = True  # train the per-group dequantization scale factors
     dst_lr: float = 1e-3
     final_dst_steps: int = 0  # DST-only steps once every rounding variable is hard
+    # Round with GPTQ first, under the start's group parameters held fixed, and start PAR from the weights
+    # GPTQ rounded (each column plus the error feedback of the columns before it): hardening everything at
+    # once then gives GPTQ's codes, so PAR and DST refine GPTQ's solution instead of plain rounding's.
+    gptq_start: bool = False
+    gptq_damp_percent: float = 0.01
+    gptq_act_order: bool = True
 
     def __post_init__(self):
         fractions = list(self.soft_fractions)
@@ -198,11 +205,13 @@ def _super_block_d(name: str, grid, scale: Tensor) -> tuple[Tensor, Tensor] | No
 class BlockReconstruction:
     """Trains every selected linear's rounding and scale variables of one block."""
 
-    def __init__(self, ctx: BlockContext, config: TesseraQConfig, params: dict[str, GroupParams]):
+    def __init__(self, ctx: BlockContext, config: TesseraQConfig, params: dict[str, GroupParams],
+                 start_weights: dict[str, Tensor] | None = None):
         self.ctx, self.config = ctx, config
         grids = block_grids(ctx, config)
-        self.states = {name: RoundingState(f"{ctx.name}.{name}", ctx.block.get_submodule(name).weight, params[name],
-                                           grids[name], ctx.device, config.dst) for name in params}
+        start = start_weights or {}
+        self.states = {name: RoundingState(f"{ctx.name}.{name}", start.get(name, ctx.block.get_submodule(name).weight),
+                                           params[name], grids[name], ctx.device, config.dst) for name in params}
         self.dtype = next(ctx.block.parameters()).dtype
         self.generator = torch.Generator().manual_seed(ctx.seed)
         self.losses: list[float] = []
@@ -291,10 +300,15 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
         grids = block_grids(ctx, config)
         params = {name: rtn_params(m.weight.detach().float(), grids[name], layout_for(m.weight, grids[name], name))
                   for name, m in ctx.linears.items()}
+    start_weights = None
+    if config.gptq_start:
+        start_weights, stats["gptq_start_loss"] = _gptq_start(ctx, config, params)
     stats["init_seconds"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
-    reconstruction = BlockReconstruction(ctx, config, params)
+    reconstruction = BlockReconstruction(ctx, config, params, start_weights)
     stats.update(reconstruction.run())
+    if config.gptq_start:  # the same measure as gptq_start_loss, so a block that got worse shows
+        stats["final_loss"] = _output_error(ctx, reconstruction.block_output)
     stats["reconstruction_seconds"] = round(time.perf_counter() - start, 3)
     weights = {}
     for name, state in reconstruction.states.items():
@@ -302,6 +316,33 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
     if observe is not None:
         observe.append(reconstruction)
     return BlockResult(weights, stats)
+
+
+def _gptq_start(ctx: BlockContext, config: TesseraQConfig, params: dict[str, GroupParams]):
+    """GPTQ's compensated weights under ``params`` for PAR to start from, and the block's output error with
+    GPTQ's own codes; the block's float weights are put back afterwards."""
+    grids = block_grids(ctx, config)
+    originals = {name: ctx.block.get_submodule(name).weight.detach().clone() for name in params}
+    try:
+        runs = sequential_gptq(ctx, grids, config.gptq_damp_percent, config.gptq_act_order, static_groups=True,
+                               block_size=128, params=params)
+        loss = _output_error(ctx, lambda hidden: ctx.forward(hidden))
+    finally:
+        for name, weight in originals.items():
+            ctx.block.get_submodule(name).weight.data.copy_(weight)
+    return {name: run.compensated for name, run in runs.items()}, loss
+
+
+def _output_error(ctx: BlockContext, block_output, batch: int = 8) -> float:
+    """Mean squared error of the block's output on the quantized stream against the float block's."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, ctx.quant_inputs.shape[0], batch):
+            out = block_output(ctx.quant_inputs[i:i + batch].to(ctx.device)).float()
+            target = ctx.float_targets[i:i + batch].to(ctx.device).float()
+            total += float((out - target).pow(2).sum())
+            count += out.numel()
+    return round(total / max(count, 1), 10)
 
 
 @register_method("tesseraq", TesseraQConfig, needs_calibration=True, per_linear_grids=True)
