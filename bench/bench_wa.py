@@ -127,6 +127,11 @@ def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args
                 "grid": result.grid.describe(), "activations": result.activations_record(),
                 "activations_described": result.describe_activations(), "rotated": "rotation" in result.details,
                 "online_rotation": (result.details.get("online_rotation") or {}).get("settings")}
+        starts = [b for b in result.details.get("blocks") or () if "gptq_start_loss" in b]
+        if starts:  # TesseraQ from a GPTQ start: did PAR + DST improve on GPTQ's own codes, block by block?
+            ratios = sorted(b["final_loss"] / b["gptq_start_loss"] for b in starts if b["gptq_start_loss"] > 0)
+            out["gptq_start"] = {"blocks": len(starts), "improved": sum(r < 1 for r in ratios),
+                                 "median_final_over_start": ratios[len(ratios) // 2] if ratios else None}
         clip = result.details.get("activation_clip_search")
         if clip:
             ratios = [g.clip_ratio for g in result.act_grids.values()]

@@ -87,7 +87,7 @@ def test_a_bad_flag_fails_before_any_work(bench, tmp_path, capsys):
     assert not (tmp_path / "x.md").exists()
 
 
-def test_a_recipe_flag_runs_a_methods_cells_with_another_recipe(bench, tmp_path, capsys):
+def test_a_recipe_flag_runs_a_methods_cells_with_another_recipe(bench, tiny, tiny_data, tmp_path, capsys):
     recipe = tmp_path / "tq-gptq.yaml"
     from tritium.recipes import load_recipe
     import yaml
@@ -101,6 +101,10 @@ def test_a_recipe_flag_runs_a_methods_cells_with_another_recipe(bench, tmp_path,
     cell = bench.cell_recipe("tesseraq+rot", "W3A4", args)
     assert cell["method_args"]["gptq_start"] is True and cell["grid"]["bits"] == 3
     assert "gptq_start" not in bench.cell_recipe("gptq+rot", "W3A4", args)["method_args"]
+    assert run(bench, tiny, tiny_data, tmp_path / "wa.md", "--methods", "tesseraq", "--columns", "W4A8",
+               "--recipe", f"tesseraq={recipe}") == 0
+    summary = json.loads((tmp_path / "wa.json").read_text())["cells"]["tesseraq|W4A8"]["gptq_start"]
+    assert summary["blocks"] == 2 and 0 <= summary["improved"] <= 2 and summary["median_final_over_start"] > 0
     for bad in ("awq=w2g128-awq", "tesseraq", f"tesseraq={tmp_path / 'missing.yaml'}"):
         with pytest.raises(SystemExit):
             bench.main(["--recipe", bad, "--out", str(tmp_path / "x.md")])
