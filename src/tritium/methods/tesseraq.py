@@ -307,8 +307,9 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
     start = time.perf_counter()
     reconstruction = BlockReconstruction(ctx, config, params, start_weights)
     stats.update(reconstruction.run())
-    if config.gptq_start:  # the same measure as gptq_start_loss, so a block that got worse shows
-        stats["final_loss"] = _output_error(ctx, reconstruction.block_output)
+    # The block's output error with its stored weights, the measure gptq_start_loss uses, so a start
+    # that PAR made worse shows, and two settings can be compared block by block.
+    stats["final_loss"] = _output_error(ctx, reconstruction.block_output)
     stats["reconstruction_seconds"] = round(time.perf_counter() - start, 3)
     weights = {}
     for name, state in reconstruction.states.items():
