@@ -267,11 +267,11 @@ def main(argv=None) -> int:
     plan += [(f"{row}|{column}", cell_recipe(row, column, args)) for column in columns for row in rows]
     # Cells of the same model and chunks outside this run's rows and columns stay in the JSON, so a
     # narrower run (the cells that matter first) does not throw away a wider one's table.
-    planned = {key for key, _ in plan}
-    report["cells"] = {k: c for k, c in kept.items() if k not in planned}
+    planned = dict(plan)
+    # Kept cells go in up front, so that a run killed before it reaches them still writes them back.
+    report["cells"] = {k: c for k, c in kept.items() if k not in planned or c.get("recipe") == planned[k]}
     for key, recipe in plan:
-        if key in kept and kept[key].get("recipe") == recipe:
-            report["cells"][key] = kept[key]
+        if key in report["cells"]:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {key}", file=sys.stderr, flush=True)
         try:

@@ -13,6 +13,10 @@ the logits stay those of the original model (to fp32 rounding):
   o_proj columns are zero (their attention output is discarded); key/value heads unchanged;
 * intermediate width → next multiple, with zero gate/up rows and zero down_proj columns (silu(0)·0 = 0).
 
+``dead_inputs="noise"`` fills the q/k/v/gate/up columns that read the zero channels with small seeded noise
+instead of zeros: they multiply exact zeros, so the function is unchanged, and no quantizer meets super-blocks
+that are mostly all-zero sub-blocks (auto-round 0.16's Q3_K writes NaN for those).
+
     python bench/pad_model.py --model smollm2-135m --out /tmp/smollm2-pad256
 """
 
@@ -47,7 +51,7 @@ def padded_sizes(config, multiple: int) -> dict:
             "intermediate": math.ceil(config.intermediate_size / multiple) * multiple}
 
 
-def pad_model(model, multiple: int = 256):
+def pad_model(model, multiple: int = 256, dead_inputs: str = "zero"):
     """A new model of the same class whose widths are multiples of ``multiple`` and whose logits equal
     ``model``'s (Llama-style blocks: q/k/v/o, gate/up/down, two RMSNorms without offset)."""
     import torch
@@ -94,6 +98,16 @@ def pad_model(model, multiple: int = 256):
                 target[:hidden, :inter] = w
             else:
                 raise PaddingError(f"no padding rule for parameter {name} {tuple(w.shape)}")
+        if dead_inputs == "noise":
+            generator = torch.Generator().manual_seed(0)
+            for name, target in padded.named_parameters():
+                if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight",
+                                  "up_proj.weight")):
+                    real = target[:, :hidden]
+                    noise = torch.randn(target.shape[0], target.shape[1] - hidden, generator=generator)
+                    target[:, hidden:] = noise.to(target.dtype) * 0.1 * real.std()
+        elif dead_inputs != "zero":
+            raise PaddingError(f"dead_inputs must be 'zero' or 'noise', got {dead_inputs!r}")
     if getattr(config, "tie_word_embeddings", False):
         padded.tie_weights()
     return padded
@@ -103,6 +117,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--multiple", type=int, default=256)
+    parser.add_argument("--dead-inputs", choices=("zero", "noise"), default="zero",
+                        help="the weights that read the zero channels (noise: the same function, no all-zero blocks)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     import torch
@@ -112,7 +128,7 @@ def main(argv=None) -> int:
 
     model, tokenizer, _ = load_model(args.model)
     try:
-        padded = pad_model(model, args.multiple)
+        padded = pad_model(model, args.multiple, args.dead_inputs)
     except PaddingError as err:
         parser.error(str(err))
     ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]])

@@ -111,3 +111,24 @@ def test_a_recipe_flag_runs_a_methods_cells_with_another_recipe(bench, tiny, tin
         err = capsys.readouterr().err
         assert "--recipe takes METHOD=RECIPE" in err or "missing.yaml' not found" in err, err
     assert not (tmp_path / "x.md").exists()
+
+
+def test_a_run_killed_before_it_reaches_the_kept_cells_still_keeps_them(bench, tiny, tiny_data, tmp_path,
+                                                                        monkeypatch):
+    out = tmp_path / "wa.md"
+    assert run(bench, tiny, tiny_data, out, "--methods", "rtn", "--columns", "W4A8") == 0
+    before = json.loads(out.with_suffix(".json").read_text())["cells"]
+    real, calls = bench.run_cell, []
+
+    def killed_at_the_second(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "run_cell", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):  # column-major: rtn|W4A4 runs, rtn+rot|W4A4 is killed, W4A8 not reached
+        run(bench, tiny, tiny_data, out, "--methods", "rtn,rtn+rot", "--columns", "W4A4,W4A8")
+    assert calls == ["rtn|W4A4", "rtn+rot|W4A4"]
+    after = json.loads(out.with_suffix(".json").read_text())["cells"]
+    assert "rtn|W4A4" in after and all(after[k] == c for k, c in before.items())

@@ -12,10 +12,13 @@ def bench():
     return load_bench("pad_model")
 
 
-@pytest.mark.parametrize("family,tied", [("llama", False), ("llama", True), ("qwen2", False)])
-def test_the_padded_model_gives_the_same_logits(bench, family, tied):
+@pytest.mark.parametrize("family,tied,dead", [("llama", False, "zero"), ("llama", True, "zero"),
+                                              ("qwen2", False, "zero"), ("llama", True, "noise")])
+def test_the_padded_model_gives_the_same_logits(bench, family, tied, dead):
     model = tiny_model(family, seed=0, tie_word_embeddings=tied).eval()
-    padded = bench.pad_model(model, 96).eval()  # hidden 64 → 96: 6 query heads over 2 key/value heads
+    padded = bench.pad_model(model, 96, dead).eval()  # hidden 64 → 96: 6 query heads over 2 key/value heads
+    q = padded.model.layers[0].self_attn.q_proj.weight
+    assert bool((q[:, 64:] != 0).any()) == (dead == "noise")
     c = padded.config
     assert (c.hidden_size, c.num_attention_heads, c.intermediate_size) == (96, 6, 192)
     assert all(w.shape[-1] % 96 == 0 for n, w in padded.named_parameters() if n.endswith("proj.weight"))
