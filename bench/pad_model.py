@@ -14,8 +14,9 @@ the logits stay those of the original model (to fp32 rounding):
 * intermediate width → next multiple, with zero gate/up rows and zero down_proj columns (silu(0)·0 = 0).
 
 ``dead_inputs="noise"`` fills the q/k/v/gate/up columns that read the zero channels with small seeded noise
-instead of zeros: they multiply exact zeros, so the function is unchanged, and no quantizer meets super-blocks
-that are mostly all-zero sub-blocks (auto-round 0.16's Q3_K writes NaN for those).
+instead of zeros: they multiply exact zeros, so the function is unchanged, and no quantizer meets all-zero
+sub-blocks. (It was a guess at why auto-round 0.16's Q3_K_S writes NaN in the last super-block of each padded
+row; the NaN stayed with noise, so that cause lies elsewhere: BENCHMARKS.md, eleventh session.)
 
     python bench/pad_model.py --model smollm2-135m --out /tmp/smollm2-pad256
 """
