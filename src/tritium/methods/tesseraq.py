@@ -343,7 +343,7 @@ def _output_error(ctx: BlockContext, block_output, batch: int = 8) -> float:
             target = ctx.float_targets[i:i + batch].to(ctx.device).float()
             total += float((out - target).pow(2).sum())
             count += out.numel()
-    return round(total / max(count, 1), 10)
+    return total / max(count, 1)
 
 
 @register_method("tesseraq", TesseraQConfig, needs_calibration=True, per_linear_grids=True)
