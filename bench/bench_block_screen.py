@@ -31,15 +31,21 @@ class BenchInputError(ValueError):
     """A flag that cannot work; the message names the fix."""
 
 
-def truncated(model, layers: int):
-    """A copy of ``model`` with only its first ``layers`` decoder blocks."""
-    from torch import nn
-
+def check_layers(model, layers: int):
+    """The model's decoder layout, once ``layers`` is known to lie within its blocks."""
     from tritium.models import decoder_layout
 
     layout = decoder_layout(model)
     if not 1 <= layers <= layout.num_blocks:
         raise BenchInputError(f"--layers must lie in 1..{layout.num_blocks} (the model's blocks), got {layers}")
+    return layout
+
+
+def truncated(model, layers: int):
+    """A copy of ``model`` with only its first ``layers`` decoder blocks."""
+    from torch import nn
+
+    layout = check_layers(model, layers)
     cut = copy.deepcopy(model)
     parent_path, attribute = layout.blocks_path.rsplit(".", 1)
     parent = cut.get_submodule(parent_path)
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     model, tokenizer, _ = load_model(args.model)
     try:
-        truncated(model, args.layers)  # a bad --layers fails before any quantization
+        check_layers(model, args.layers)  # a bad --layers fails before any quantization
     except BenchInputError as err:
         parser.error(str(err))
     from bench_wa import machine  # the same machine line as the W-A table

@@ -57,6 +57,8 @@ def pad_model(model, multiple: int = 256, dead_inputs: str = "zero"):
     ``model``'s (Llama-style blocks: q/k/v/o, gate/up/down, two RMSNorms without offset)."""
     import torch
 
+    if dead_inputs not in ("zero", "noise"):
+        raise PaddingError(f"dead_inputs must be 'zero' or 'noise', got {dead_inputs!r}")
     config = model.config
     if config.model_type not in ("llama", "mistral", "qwen2"):
         raise PaddingError(f"model type {config.model_type!r}: only Llama-style models (llama, mistral, qwen2)")
@@ -107,8 +109,6 @@ def pad_model(model, multiple: int = 256, dead_inputs: str = "zero"):
                     real = target[:, :hidden]
                     noise = torch.randn(target.shape[0], target.shape[1] - hidden, generator=generator)
                     target[:, hidden:] = noise.to(target.dtype) * 0.1 * real.std()
-        elif dead_inputs != "zero":
-            raise PaddingError(f"dead_inputs must be 'zero' or 'noise', got {dead_inputs!r}")
     if getattr(config, "tie_word_embeddings", False):
         padded.tie_weights()
     return padded
@@ -126,6 +126,7 @@ def main(argv=None) -> int:
 
     from tritium.models import load_model
     from tritium.models.loader import save_tokenizer
+    from tritium.utils.io import atomic_directory
 
     model, tokenizer, _ = load_model(args.model)
     try:
@@ -136,8 +137,9 @@ def main(argv=None) -> int:
     with torch.no_grad():
         difference = float((padded(ids).logits - model(ids).logits).abs().max())
     out = Path(args.out)
-    padded.save_pretrained(out)
-    save_tokenizer(tokenizer, out)
+    with atomic_directory(out) as tmp:  # a stopped save leaves no half-written folder
+        padded.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     c = padded.config
     print(f"{out}: hidden {c.hidden_size}, {c.num_attention_heads} query heads, intermediate "
           f"{c.intermediate_size}; max |logit difference| on a test sentence {difference:.2e}")

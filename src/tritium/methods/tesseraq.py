@@ -327,7 +327,7 @@ def _gptq_start(ctx: BlockContext, config: TesseraQConfig, params: dict[str, Gro
     try:
         runs = sequential_gptq(ctx, grids, config.gptq_damp_percent, config.gptq_act_order, static_groups=True,
                                block_size=128, params=params)
-        loss = _output_error(ctx, lambda hidden: ctx.forward(hidden))
+        loss = _output_error(ctx, ctx.forward)
     finally:
         for name, weight in originals.items():
             ctx.block.get_submodule(name).weight.data.copy_(weight)
