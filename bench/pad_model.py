@@ -121,7 +121,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dead-inputs", choices=("zero", "noise"), default="zero",
                         help="the weights that read the zero channels (noise: the same function, no all-zero blocks)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = parser.parse_args(argv)
+    if args.multiple < 1:
+        parser.error(f"--multiple must be at least 1, got {args.multiple}")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        parser.error(f"{out} exists: pass --overwrite to replace it, or another --out")
     import torch
 
     from tritium.models import load_model
@@ -136,7 +142,6 @@ def main(argv=None) -> int:
     ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]])
     with torch.no_grad():
         difference = float((padded(ids).logits - model(ids).logits).abs().max())
-    out = Path(args.out)
     with atomic_directory(out) as tmp:  # a stopped save leaves no half-written folder
         padded.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)

@@ -32,3 +32,14 @@ def test_heads_that_cannot_be_grouped_are_refused(bench):
     model = tiny_model("llama", seed=0)  # 4 heads of 16 over 2 key/value heads
     with pytest.raises(bench.PaddingError, match="cannot be grouped"):
         bench.pad_model(model, 80)  # 80 = 5 heads: not a multiple of 2 groups
+
+
+def test_bad_flags_fail_before_the_model_loads(bench, tmp_path, capsys):
+    existing = tmp_path / "out"
+    existing.mkdir()
+    for flags, message in ((["--multiple", "0", "--out", str(tmp_path / "new")], "--multiple must be at least 1"),
+                           (["--model", "no-such-model", "--out", str(existing)], "exists: pass --overwrite")):
+        with pytest.raises(SystemExit):
+            bench.main(flags)
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and list(existing.iterdir()) == []

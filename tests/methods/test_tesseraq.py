@@ -100,6 +100,11 @@ def test_a_schedule_that_softens_again_is_refused():
         TesseraQConfig(soft_fractions=(0.2, 0.5))
 
 
+def test_a_negative_gptq_dampening_is_refused():
+    with pytest.raises(QuantConfigError, match="gptq_damp_percent must be ≥ 0"):
+        TesseraQConfig(gptq_start=True, gptq_damp_percent=-0.01)
+
+
 def test_a_non_finite_loss_stops_the_run_naming_the_block(calib_ids):
     """Finite activations can still overflow the loss (a target of 1e30, squared): the run stops there."""
     model = outlier_model()

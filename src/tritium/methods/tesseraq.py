@@ -83,6 +83,8 @@ class TesseraQConfig(AWQConfig):
             )
         if self.steps_per_stage < 0 or self.batch_size < 1:
             raise QuantConfigError("steps_per_stage must be ≥ 0 and batch_size ≥ 1")
+        if not self.gptq_damp_percent >= 0:
+            raise QuantConfigError(f"gptq_damp_percent must be ≥ 0 (GPTQ's default is 0.01), got {self.gptq_damp_percent}")
 
 
 class RoundingState:
