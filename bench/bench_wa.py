@@ -109,11 +109,33 @@ def quantize_model(model, tokenizer, recipe, data, progress=False):
     return run(model, tokenizer, recipe, data, progress=progress)
 
 
-def score(model, tokens, args) -> dict:
+def zeroshot_tasks(args) -> list[str]:
+    from tritium.eval.zeroshot import TASKS
+
+    return names(args.zeroshot, list(TASKS), "--zeroshot") if getattr(args, "zeroshot", None) else []
+
+
+def shown_metric(task: str) -> str:
+    """The accuracy a table shows for ``task``: length-normalised where the task has it, as lm-eval reports."""
+    from tritium.eval.zeroshot import TASKS
+
+    return "acc_norm" if "acc_norm" in TASKS[task].metrics else "acc"
+
+
+def score(model, tokenizer, tokens, args) -> dict:
     from tritium.eval.perplexity import perplexity
+    from tritium.eval.zeroshot import evaluate_task
 
     result = perplexity(model, tokens, seqlen=args.seqlen, limit=args.limit, dataset="wikitext2", progress=False)
-    return {"ppl": result.ppl, "n_chunks": result.n_chunks}
+    out = {"ppl": result.ppl, "n_chunks": result.n_chunks}
+    tasks = zeroshot_tasks(args)
+    if tasks:
+        out["zeroshot"] = {}
+        for task in tasks:
+            scored = evaluate_task(model, tokenizer, task, limit=args.zeroshot_limit, data_path=args.data,
+                                   progress=False)
+            out["zeroshot"][task] = {"n_docs": scored.n_docs, **scored.metrics}
+    return out
 
 
 def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args) -> dict:
@@ -136,15 +158,29 @@ def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args
         if clip:
             ratios = [g.clip_ratio for g in result.act_grids.values()]
             out["clip_ratio_counts"] = {f"{r:g}": ratios.count(r) for r in sorted(set(ratios), reverse=True)}
-    out |= score(model, tokens, args)
+    out |= score(model, tokenizer, tokens, args)
     if model is not float_model:
         del model
     return out
 
 
 def settings_of(args) -> dict:
-    """What a kept cell must share with this run."""
-    return {"model": args.model, "limit": args.limit, "seqlen": args.seqlen}
+    """What a kept cell must share with this run (zero-shot only when this run scores it)."""
+    settings = {"model": args.model, "limit": args.limit, "seqlen": args.seqlen}
+    if zeroshot_tasks(args):
+        settings["zeroshot"] = {"tasks": zeroshot_tasks(args), "limit": args.zeroshot_limit}
+    return settings
+
+
+def keeps(cell: dict, args) -> bool:
+    """A finished cell this run can reuse: the same model and chunks, and the zero-shot scores it asks for
+    (a cell scored on zero-shot tasks also serves a run that asks for perplexity only)."""
+    if "error" in cell:
+        return False
+    wanted, had = settings_of(args), dict(cell.get("settings") or {})
+    if "zeroshot" not in wanted:
+        had.pop("zeroshot", None)
+    return had == wanted
 
 
 def machine() -> str:
@@ -189,6 +225,20 @@ def markdown(report: dict, rows: list[str], columns: list[str]) -> str:
              "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in rows:
         lines.append(f"| {row} | " + " | ".join(ppl(f"{row}|{c}") for c in columns) + " |")
+    tasks = sorted({t for c in cells.values() for t in (c.get("zeroshot") or {})})
+    for task in tasks:
+        metric = shown_metric(task)
+
+        def accuracy(key):
+            scored = ((cells.get(key) or {}).get("zeroshot") or {}).get(task)
+            return f"{100 * scored[metric]:.1f}" if scored else "not run"
+
+        n_docs = {c["zeroshot"][task]["n_docs"] for c in cells.values() if task in (c.get("zeroshot") or {})}
+        lines += ["", f"{task} zero-shot {metric} (%, {'/'.join(str(n) for n in sorted(n_docs))} documents); float "
+                  f"{accuracy('float')}:", "",
+                  "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for row in rows:
+            lines.append(f"| {row} | " + " | ".join(accuracy(f"{row}|{c}") for c in columns) + " |")
     lines += ["", "Quantization time (wall, shared cores):", "",
               "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in rows:
@@ -206,6 +256,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-samples", type=int, help="calibration samples of every cell instead of its recipe's")
     parser.add_argument("--calib-seqlen", type=int, help="calibration sample length instead of the recipe's")
     parser.add_argument("--data", default=os.environ.get("TRITIUM_DATA"))
+    parser.add_argument("--zeroshot", help="zero-shot tasks scored on every cell too, comma separated (piqa,arc_easy)")
+    parser.add_argument("--zeroshot-limit", type=int, help="the first N documents of each zero-shot task")
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--rot-online", choices=("down_proj", "all", "none"), default="down_proj",
                         help="+rot rows: the online Hadamards added after R1/R2 (down_proj: R4)")
@@ -219,10 +271,14 @@ def main(argv=None) -> int:
         rows = names(args.methods, ROWS, "--methods")
         columns = names(args.columns, COLUMNS, "--columns")
         for flag, value in (("--limit", args.limit), ("--seqlen", args.seqlen), ("--threads", args.threads),
-                            ("--calib-samples", args.calib_samples), ("--calib-seqlen", args.calib_seqlen)):
+                            ("--calib-samples", args.calib_samples), ("--calib-seqlen", args.calib_seqlen),
+                            ("--zeroshot-limit", args.zeroshot_limit)):
             if value is not None and value < 1:
                 raise BenchInputError(f"{flag} must be at least 1, got {value}")
         recipes = method_recipes(args)
+        tasks = zeroshot_tasks(args)
+        if args.zeroshot_limit is not None and not tasks:
+            raise BenchInputError("--zeroshot-limit needs --zeroshot TASKS")
         from tritium.recipes import load_recipe
 
         for recipe in recipes.values():  # a wrong path fails here, not after the float model is scored
@@ -239,6 +295,10 @@ def main(argv=None) -> int:
     claim_output(out, Path(__file__).name, overwrite=True)  # a second bench on the same --out is refused
     require_data_file("wikitext2", "test", args.data)
     require_data_file("wikitext2", "valid", args.data)  # the calibration text of the calibrated cells
+    from tritium.eval.zeroshot import TASKS
+
+    for task in tasks:  # a missing task file fails here, not after the first cell's quantization
+        TASKS[task].load(args.data)
 
     import torch
 
@@ -255,8 +315,7 @@ def main(argv=None) -> int:
     report = {"model": args.model, "seqlen": args.seqlen, "limit": args.limit, "command": command,
               "rot_online": args.rot_online, "method_recipes": recipes,
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cells": {}}
-    kept = {k: c for k, c in (saved.get("cells") or {}).items()
-            if "error" not in c and c.get("settings") == settings_of(args)}
+    kept = {k: c for k, c in (saved.get("cells") or {}).items() if keeps(c, args)}
 
     float_model, tokenizer, _ = load_model(args.model)
     tokens = tokenize_eval_text(tokenizer, load_eval_text("wikitext2", args.data))

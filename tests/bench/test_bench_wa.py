@@ -132,3 +132,36 @@ def test_a_run_killed_before_it_reaches_the_kept_cells_still_keeps_them(bench, t
     assert calls == ["rtn|W4A4", "rtn+rot|W4A4"]
     after = json.loads(out.with_suffix(".json").read_text())["cells"]
     assert "rtn|W4A4" in after and all(after[k] == c for k, c in before.items())
+
+
+def test_zero_shot_columns_score_every_cell_and_perplexity_only_runs_keep_them(bench, tiny, staged, tmp_path,
+                                                                             monkeypatch, capsys):
+    out = tmp_path / "wa.md"
+    assert run(bench, tiny, staged, out, "--methods", "rtn", "--columns", "W4A8", "--zeroshot", "piqa",
+               "--zeroshot-limit", "6") == 0
+    cells = json.loads(out.with_suffix(".json").read_text())["cells"]
+    for key in ("float", "rtn-weights-W4", "rtn|W4A8"):
+        scored = cells[key]["zeroshot"]["piqa"]
+        assert scored["n_docs"] == 6 and 0 <= scored["acc"] <= 1 and 0 <= scored["acc_norm"] <= 1
+        assert cells[key]["settings"]["zeroshot"] == {"tasks": ["piqa"], "limit": 6}
+    assert "piqa zero-shot acc_norm (%, 6 documents); float" in out.read_text()
+
+    ran = []
+    real = bench.run_cell
+    monkeypatch.setattr(bench, "run_cell", lambda *a, **k: ran.append(a[3]) or real(*a, **k))
+    assert run(bench, tiny, staged, out, "--methods", "rtn", "--columns", "W4A8") == 0
+    assert ran == []  # perplexity only: the zero-shot cells serve it
+    assert run(bench, tiny, staged, out, "--methods", "rtn", "--columns", "W4A8", "--zeroshot", "piqa",
+               "--zeroshot-limit", "4") == 0
+    assert sorted(ran) == ["float", "rtn-weights-W4", "rtn|W4A8"]  # other documents: scored again
+
+    for bad, message in ((["--zeroshot", "piqaa"], "--zeroshot takes names from"),
+                         (["--zeroshot-limit", "3"], "--zeroshot-limit needs --zeroshot"),
+                         (["--zeroshot", "piqa", "--zeroshot-limit", "0"], "--zeroshot-limit must be at least 1")):
+        with pytest.raises(SystemExit):
+            bench.main([*bad, "--out", str(tmp_path / "x.md")])
+        assert message in capsys.readouterr().err
+    # a task whose file is missing fails before the float model is scored
+    with pytest.raises(Exception, match="arc_easy|ARC-Easy|arc"):
+        run(bench, tiny, staged, tmp_path / "y.md", "--methods", "rtn", "--columns", "W4A8", "--zeroshot", "arc_easy")
+    assert not (tmp_path / "y.json").exists()
