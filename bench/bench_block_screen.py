@@ -6,7 +6,8 @@ later ones through the earlier quantized blocks), so their output errors against
 settings in a fraction of the time. Each recipe runs on a copy of the model cut to its first ``--layers``
 blocks; the table gives every block's ``final_loss`` (TesseraQ's mean squared error of the block's output
 with its stored weights, on the quantized stream, against the float block's output) and, for a GPTQ start,
-the error of GPTQ's own codes. A screen, not a result: perplexity needs the whole model.
+the error of GPTQ's own codes; with ``holdout_samples: N`` in a recipe's method_args, the same errors on the
+last N calibration samples, which no step trained on. A screen, not a result: perplexity needs the whole model.
 
     TRITIUM_DATA=../shared/data python bench/bench_block_screen.py --layers 4 \\
         --recipes w3a4-tesseraq-cpu,bench/results/s11-2026-12-03/w3a4-tesseraq-gptq.yaml \\
@@ -64,7 +65,9 @@ def screen(model, tokenizer, recipe: dict, data) -> dict:
     blocks = result.details.get("blocks") or []
     return {"seconds": round(time.perf_counter() - start, 1),
             "final_loss": [b.get("final_loss") for b in blocks],
-            "gptq_start_loss": [b.get("gptq_start_loss") for b in blocks]}
+            "gptq_start_loss": [b.get("gptq_start_loss") for b in blocks],
+            "holdout_loss": [b.get("holdout_loss") for b in blocks],
+            "gptq_start_holdout_loss": [b.get("gptq_start_holdout_loss") for b in blocks]}
 
 
 def markdown(report: dict) -> str:
@@ -73,16 +76,26 @@ def markdown(report: dict) -> str:
     lines = [f"# Block screen on {report['model']}: the first {layers} blocks", "",
              f"- command: `{report['command']}`", f"- machine: {report['machine']}", f"- date: {report['date']}",
              "- each block's output MSE with its stored weights against the float block's (TesseraQ's "
-             "final_loss); in brackets, a GPTQ start's own error", "",
+             "final_loss); in brackets, a GPTQ start's own error; after a slash, the same on the held-out "
+             "calibration samples (a recipe's holdout_samples), which trained nothing", "",
              "| block | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     for i in range(layers):
         cells = []
         for n in names:
             run = report["runs"][n]
-            final = run["final_loss"][i] if i < len(run["final_loss"]) else None
-            start = run["gptq_start_loss"][i] if i < len(run["gptq_start_loss"]) else None
-            text = "–" if final is None else f"{final:.4g}"
-            cells.append(text + ("" if start is None else f" ({start:.4g})"))
+
+            def value(key):
+                values = run.get(key) or []
+                return values[i] if i < len(values) else None
+
+            def shown(final, start):
+                text = "–" if final is None else f"{final:.4g}"
+                return text + ("" if start is None else f" ({start:.4g})")
+
+            text = shown(value("final_loss"), value("gptq_start_loss"))
+            if value("holdout_loss") is not None:
+                text += " / " + shown(value("holdout_loss"), value("gptq_start_holdout_loss"))
+            cells.append(text)
         lines.append(f"| {i} | " + " | ".join(cells) + " |")
     lines.append("| seconds | " + " | ".join(f"{report['runs'][n]['seconds']:.0f}" for n in names) + " |")
     return "\n".join(lines) + "\n"

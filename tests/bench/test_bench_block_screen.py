@@ -37,10 +37,17 @@ def test_each_recipe_gets_its_blocks_errors(bench, tmp_path, tokenizer, tiny_dat
     plain.write_text(yaml.safe_dump(recipe))
     recipe["method_args"]["gptq_start"] = True
     start.write_text(yaml.safe_dump(recipe))
+    held = tmp_path / "held.yaml"
+    recipe["method_args"]["holdout_samples"] = 1
+    held.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "screen.md"
-    assert bench.main(["--model", str(folder), "--layers", "2", "--recipes", f"{plain},{start}", "--data",
+    assert bench.main(["--model", str(folder), "--layers", "2", "--recipes", f"{plain},{start},{held}", "--data",
                        str(tiny_data), "--out", str(out)]) == 0
     runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert runs[str(start)]["holdout_loss"] == [None, None]
+    assert all(x > 0 for key in ("holdout_loss", "gptq_start_holdout_loss") for x in runs[str(held)][key])
+    block_0 = next(line for line in out.read_text().splitlines() if line.startswith("| 0 |"))
+    assert block_0.count(" / ") == 1  # held.yaml's cell alone shows held-out errors
     assert len(runs[str(plain)]["final_loss"]) == 2 and all(x > 0 for x in runs[str(plain)]["final_loss"])
     assert runs[str(plain)]["gptq_start_loss"] == [None, None]
     assert all(x > 0 for x in runs[str(start)]["gptq_start_loss"])

@@ -371,3 +371,17 @@ def test_a_python_export_job_refuses_an_unknown_format_before_loading(narrow_run
     with pytest.raises(ExportError, match="export format 'onnx' is unknown: choose one of"):
         export_folder(ExportJob(model=str(narrow_runs / "ternary"), format="onnx"))
     assert no_model_work == []
+
+
+def test_holdout_samples_that_leave_nothing_to_train_are_refused_before_the_model_loads(tiny_folder, tiny_data,
+                                                                                      tmp_path, spies, refused,
+                                                                                      monkeypatch):
+    import tritium.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    recipe = tmp_path / "holdout.yaml"
+    recipe.write_text("method: tesseraq\ngrid: {kind: uniform, bits: 2, group: 16}\n"
+                      "method_args: {holdout_samples: 4}\ncalib: {source: wikitext2-valid, samples: 4, seqlen: 32}\n")
+    refused(quantize_args(tiny_folder, tmp_path / "run", "--recipe", str(recipe)),
+            "holdout_samples 4 leaves none of the 4 calibration samples", "--calib-samples")
+    assert spies == [] and not (tmp_path / "run").exists()

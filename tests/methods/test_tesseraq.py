@@ -148,3 +148,60 @@ def test_par_from_a_gptq_start_lowers_the_block_error_below_gptq(calib_ids):
     result = quantize_(outlier_model(), config, calib_ids)
     blocks = result.details["blocks"]
     assert all(b["final_loss"] < b["gptq_start_loss"] for b in blocks), blocks
+
+
+def _first_blocks_with_holdout(config, ids, holdout, monkeypatch):
+    """Run ``config`` with ``holdout`` held-out samples; per block: its stats, the output error of the folded
+    block on the held-out samples measured here, and how many samples AWQ and PAR saw."""
+    import tritium.methods.tesseraq as tesseraq_module
+
+    seen_by_awq, observe, blocks = [], [], []
+    real_awq = tesseraq_module.awq_transform
+    monkeypatch.setattr(tesseraq_module, "awq_transform",
+                        lambda ctx, cfg: seen_by_awq.append(ctx.quant_inputs.shape[0]) or real_awq(ctx, cfg))
+    model = outlier_model()
+
+    def method(ctx):
+        result = tesseraq_block(ctx, config, observe)
+        for name, qweight in result.weights.items():  # fold, as the pipeline does
+            ctx.block.get_submodule(name).weight.data.copy_(qweight.dequantize())
+        out = ctx.forward(ctx.quant_inputs[-holdout:]).float()
+        error = float((out - ctx.float_targets[-holdout:].float()).pow(2).mean())
+        blocks.append((result.stats, error, ctx.quant_inputs.shape[0], observe[-1].ctx.quant_inputs.shape[0]))
+        return result
+
+    run_blockwise(model, decoder_layout(model), selected_linears(decoder_layout(model), ()), ids, method,
+                  PipelineSettings(), config.grid, "tesseraq", progress=False)
+    return blocks, seen_by_awq
+
+
+def test_held_out_samples_train_nothing_and_their_block_error_is_reported(calib_ids, monkeypatch):
+    config = config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16},
+                              **(QUICK | {"holdout_samples": 2}))
+    blocks, seen_by_awq = _first_blocks_with_holdout(config, calib_ids, 2, monkeypatch)
+    n = calib_ids.shape[0]
+    assert len(blocks) == 2 and seen_by_awq == [n - 2] * len(blocks)  # AWQ's search saw the training samples only
+    for stats, held_error, all_samples, trained_on in blocks:
+        assert all_samples == n and trained_on == n - 2  # PAR and DST too; the stream still carries all n
+        assert stats["holdout_loss"] == pytest.approx(held_error, rel=1e-4)
+        assert stats["final_loss"] > 0 and "gptq_start_holdout_loss" not in stats
+
+
+def test_a_gptq_start_reports_its_own_held_out_error(calib_ids, monkeypatch):
+    """Hardened at once, the result is GPTQ's codes: its held-out error is the GPTQ start's."""
+    config = config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16}, awq_init=False,
+                              gptq_start=True, dst=False, soft_fractions=(0.5,), steps_per_stage=0, holdout_samples=2)
+    blocks, _ = _first_blocks_with_holdout(config, calib_ids, 2, monkeypatch)
+    for stats, held_error, _, _ in blocks:
+        assert stats["gptq_start_holdout_loss"] == pytest.approx(stats["holdout_loss"], rel=1e-5)
+        assert stats["holdout_loss"] == pytest.approx(held_error, rel=1e-4)
+
+
+def test_holdout_samples_must_leave_samples_to_train_on(calib_ids):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(QuantConfigError, match="holdout_samples must be a whole number"):
+            config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16}, holdout_samples=bad)
+    config = config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16},
+                              **(QUICK | {"holdout_samples": calib_ids.shape[0]}))
+    with pytest.raises(QuantConfigError, match=f"leaves none of the {calib_ids.shape[0]} calibration samples"):
+        quantize_(outlier_model(), config, calib_ids)

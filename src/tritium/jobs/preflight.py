@@ -337,6 +337,10 @@ def preflight_quantize(job, recipe: dict):
         if seqlen is not None and (not isinstance(seqlen, int) or seqlen < 2):
             raise PreflightError(f"--calib-seqlen {seqlen} is too short: a calibration sequence needs at least 2 "
                                  "tokens")
+        holdout, samples = (recipe.get("method_args") or {}).get("holdout_samples"), calib.get("samples")
+        if isinstance(holdout, int) and isinstance(samples, int) and 0 < samples <= holdout:
+            raise PreflightError(f"holdout_samples {holdout} leaves none of the {samples} calibration samples to "
+                                 "train on: lower holdout_samples or raise --calib-samples")
     check_device(job.device)
     if not job.no_save or job.out is not None:
         check_writable(job.out)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -73,6 +73,10 @@ class TesseraQConfig(AWQConfig):
     gptq_start: bool = False
     gptq_damp_percent: float = 0.01
     gptq_act_order: bool = True
+    # The last N calibration samples train nothing (no AWQ search, GPTQ Hessian, PAR or DST step sees them):
+    # each block's output error on them (holdout_loss, and a GPTQ start's gptq_start_holdout_loss) tells
+    # an in-sample gain that carries over from one that fits the calibration samples only.
+    holdout_samples: int = 0
 
     def __post_init__(self):
         fractions = list(self.soft_fractions)
@@ -83,6 +87,10 @@ class TesseraQConfig(AWQConfig):
             )
         if self.steps_per_stage < 0 or self.batch_size < 1:
             raise QuantConfigError("steps_per_stage must be ≥ 0 and batch_size ≥ 1")
+        if isinstance(self.holdout_samples, bool) or not isinstance(self.holdout_samples, int) \
+                or self.holdout_samples < 0:
+            raise QuantConfigError(f"holdout_samples must be a whole number ≥ 0 (0: every calibration sample "
+                                   f"trains), got {self.holdout_samples!r}")
         if not self.gptq_damp_percent >= 0:
             raise QuantConfigError(f"gptq_damp_percent must be ≥ 0 (GPTQ's default is 0.01), got {self.gptq_damp_percent}")
 
@@ -292,8 +300,25 @@ class BlockReconstruction:
                 "dst_max": float(factors.max())}
 
 
+def split_holdout(ctx: BlockContext, holdout: int) -> tuple[BlockContext, BlockContext | None]:
+    """The block's context on the samples that train, and on the last ``holdout`` ones (None when 0)."""
+    if not holdout:
+        return ctx, None
+    n = ctx.quant_inputs.shape[0]
+    if holdout >= n:
+        raise QuantConfigError(f"holdout_samples {holdout} leaves none of the {n} calibration samples to train on: "
+                               "lower holdout_samples or raise the calibration samples")
+
+    def part(rows: slice) -> BlockContext:
+        return replace(ctx, quant_inputs=ctx.quant_inputs[rows], float_inputs=ctx.float_inputs[rows],
+                       float_targets=ctx.float_targets[rows])
+
+    return part(slice(0, n - holdout)), part(slice(n - holdout, n))
+
+
 def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | None = None) -> BlockResult:
     stats: dict = {}
+    ctx, held = split_holdout(ctx, config.holdout_samples)
     start = time.perf_counter()
     if config.awq_init:
         params, awq_stats = awq_transform(ctx, config)
@@ -304,7 +329,9 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
                   for name, m in ctx.linears.items()}
     start_weights = None
     if config.gptq_start:
-        start_weights, stats["gptq_start_loss"] = _gptq_start(ctx, config, params)
+        start_weights, stats["gptq_start_loss"], held_loss = _gptq_start(ctx, config, params, held)
+        if held is not None:
+            stats["gptq_start_holdout_loss"] = held_loss
     stats["init_seconds"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
     reconstruction = BlockReconstruction(ctx, config, params, start_weights)
@@ -312,6 +339,8 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
     # The block's output error with its stored weights, the measure gptq_start_loss uses, so a start
     # that PAR made worse shows, and two settings can be compared block by block.
     stats["final_loss"] = _output_error(ctx, reconstruction.block_output)
+    if held is not None:
+        stats["holdout_loss"] = _output_error(held, reconstruction.block_output)
     stats["reconstruction_seconds"] = round(time.perf_counter() - start, 3)
     weights = {}
     for name, state in reconstruction.states.items():
@@ -321,19 +350,22 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
     return BlockResult(weights, stats)
 
 
-def _gptq_start(ctx: BlockContext, config: TesseraQConfig, params: dict[str, GroupParams]):
+def _gptq_start(ctx: BlockContext, config: TesseraQConfig, params: dict[str, GroupParams],
+                held: BlockContext | None = None):
     """GPTQ's compensated weights under ``params`` for PAR to start from, and the block's output error with
-    GPTQ's own codes; the block's float weights are put back afterwards."""
+    GPTQ's own codes (on ``ctx``'s samples, and on ``held``'s or None); the block's float weights are put
+    back afterwards."""
     grids = block_grids(ctx, config)
     originals = {name: ctx.block.get_submodule(name).weight.detach().clone() for name in params}
     try:
         runs = sequential_gptq(ctx, grids, config.gptq_damp_percent, config.gptq_act_order, static_groups=True,
                                block_size=128, params=params)
         loss = _output_error(ctx, ctx.forward)
+        held_loss = None if held is None else _output_error(held, held.forward)
     finally:
         for name, weight in originals.items():
             ctx.block.get_submodule(name).weight.data.copy_(weight)
-    return {name: run.compensated for name, run in runs.items()}, loss
+    return {name: run.compensated for name, run in runs.items()}, loss, held_loss
 
 
 def _output_error(ctx: BlockContext, block_output, batch: int = 8) -> float:
