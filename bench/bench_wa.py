@@ -122,23 +122,28 @@ def shown_metric(task: str) -> str:
     return "acc_norm" if "acc_norm" in TASKS[task].metrics else "acc"
 
 
-def score(model, tokenizer, tokens, args) -> dict:
+def load_zeroshot_docs(args) -> dict:
+    """Each zero-shot task's documents (the first ``--zeroshot-limit``), read once for every cell."""
+    from tritium.eval.zeroshot import TASKS
+
+    return {task: TASKS[task].load(args.data)[:args.zeroshot_limit] for task in zeroshot_tasks(args)}
+
+
+def score(model, tokenizer, tokens, args, zeroshot_docs: dict | None = None) -> dict:
     from tritium.eval.perplexity import perplexity
-    from tritium.eval.zeroshot import evaluate_task
+    from tritium.eval.zeroshot import TASKS, evaluate_docs
 
     result = perplexity(model, tokens, seqlen=args.seqlen, limit=args.limit, dataset="wikitext2", progress=False)
     out = {"ppl": result.ppl, "n_chunks": result.n_chunks}
-    tasks = zeroshot_tasks(args)
-    if tasks:
-        out["zeroshot"] = {}
-        for task in tasks:
-            scored = evaluate_task(model, tokenizer, task, limit=args.zeroshot_limit, data_path=args.data,
-                                   progress=False)
-            out["zeroshot"][task] = {"n_docs": scored.n_docs, **scored.metrics}
+    if zeroshot_docs:
+        out["zeroshot"] = {task: {"n_docs": len(docs), **evaluate_docs(model, tokenizer, docs, TASKS[task].metrics,
+                                                                        progress=False)}
+                           for task, docs in zeroshot_docs.items()}
     return out
 
 
-def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args) -> dict:
+def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args,
+             zeroshot_docs: dict | None = None) -> dict:
     out = {"key": key, "recipe": recipe, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     model = float_model if recipe is None else copy.deepcopy(float_model)
     if recipe is not None:
@@ -158,7 +163,7 @@ def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args
         if clip:
             ratios = [g.clip_ratio for g in result.act_grids.values()]
             out["clip_ratio_counts"] = {f"{r:g}": ratios.count(r) for r in sorted(set(ratios), reverse=True)}
-    out |= score(model, tokenizer, tokens, args)
+    out |= score(model, tokenizer, tokens, args, zeroshot_docs)
     if model is not float_model:
         del model
     return out
@@ -167,8 +172,9 @@ def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args
 def settings_of(args) -> dict:
     """What a kept cell must share with this run (zero-shot only when this run scores it)."""
     settings = {"model": args.model, "limit": args.limit, "seqlen": args.seqlen}
-    if zeroshot_tasks(args):
-        settings["zeroshot"] = {"tasks": zeroshot_tasks(args), "limit": args.zeroshot_limit}
+    tasks = zeroshot_tasks(args)
+    if tasks:
+        settings["zeroshot"] = {"tasks": tasks, "limit": args.zeroshot_limit}
     return settings
 
 
@@ -191,6 +197,12 @@ def machine() -> str:
     simd = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))) or "no AVX flags listed"
     return (f"{cpu_name()} ({simd}), {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
             f"torch threads, load average {os.getloadavg()[0]:.1f} at start")
+
+
+def method_table(rows: list[str], columns: list[str], shown) -> list[str]:
+    """A markdown table, a row per method and a column per W-A column, of ``shown(cell key)``."""
+    return (["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+            + [f"| {row} | " + " | ".join(shown(f"{row}|{c}") for c in columns) + " |" for row in rows])
 
 
 def markdown(report: dict, rows: list[str], columns: list[str]) -> str:
@@ -221,10 +233,7 @@ def markdown(report: dict, rows: list[str], columns: list[str]) -> str:
              f"- float: {ppl('float')}; weights-only RTN: "
              + ", ".join(f"W{b} {ppl(f'rtn-weights-W{b}')}" for b in sorted({COLUMNS[c][0] for c in columns},
                                                                             reverse=True)), "",
-             "Perplexity (ratio to float):", "",
-             "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for row in rows:
-        lines.append(f"| {row} | " + " | ".join(ppl(f"{row}|{c}") for c in columns) + " |")
+             "Perplexity (ratio to float):", "", *method_table(rows, columns, ppl)]
     tasks = sorted({t for c in cells.values() for t in (c.get("zeroshot") or {})})
     for task in tasks:
         metric = shown_metric(task)
@@ -235,14 +244,8 @@ def markdown(report: dict, rows: list[str], columns: list[str]) -> str:
 
         n_docs = {c["zeroshot"][task]["n_docs"] for c in cells.values() if task in (c.get("zeroshot") or {})}
         lines += ["", f"{task} zero-shot {metric} (%, {'/'.join(str(n) for n in sorted(n_docs))} documents); float "
-                  f"{accuracy('float')}:", "",
-                  "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-        for row in rows:
-            lines.append(f"| {row} | " + " | ".join(accuracy(f"{row}|{c}") for c in columns) + " |")
-    lines += ["", "Quantization time (wall, shared cores):", "",
-              "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for row in rows:
-        lines.append(f"| {row} | " + " | ".join(seconds(f"{row}|{c}") for c in columns) + " |")
+                  f"{accuracy('float')}:", "", *method_table(rows, columns, accuracy)]
+    lines += ["", "Quantization time (wall, shared cores):", "", *method_table(rows, columns, seconds)]
     return "\n".join(lines) + "\n"
 
 
@@ -295,10 +298,7 @@ def main(argv=None) -> int:
     claim_output(out, Path(__file__).name, overwrite=True)  # a second bench on the same --out is refused
     require_data_file("wikitext2", "test", args.data)
     require_data_file("wikitext2", "valid", args.data)  # the calibration text of the calibrated cells
-    from tritium.eval.zeroshot import TASKS
-
-    for task in tasks:  # a missing task file fails here, not after the first cell's quantization
-        TASKS[task].load(args.data)
+    zeroshot_docs = load_zeroshot_docs(args)  # a missing task file fails here, before any cell
 
     import torch
 
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {key}", file=sys.stderr, flush=True)
         try:
-            cell = run_cell(float_model, tokenizer, tokens, key, recipe, args)
+            cell = run_cell(float_model, tokenizer, tokens, key, recipe, args, zeroshot_docs=zeroshot_docs)
         except Exception as err:  # noqa: BLE001 - one failed cell is reported, the others still run
             cell = {"key": key, "recipe": recipe, "error": f"{type(err).__name__}: {err}"}
         cell["settings"] = settings_of(args)
