@@ -150,6 +150,35 @@ def test_par_from_a_gptq_start_lowers_the_block_error_below_gptq(calib_ids):
     assert all(b["final_loss"] < b["gptq_start_loss"] for b in blocks), blocks
 
 
+def test_a_block_that_par_made_worse_keeps_the_starts_codes(calib_ids):
+    """PAR at a learning rate far too high drifts off GPTQ's solution: with revert_if_worse every such block
+    stores GPTQ's own codes and scales, and reports the error of what it stores."""
+    grid = {"kind": "uniform", "bits": 2, "group": 16}
+    want = quantize_(outlier_model(), config_from_dict("gptq", grid, act_order=True, static_groups=True), calib_ids)
+    drifting = QUICK | {"awq_init": False, "gptq_start": True, "lr": 50.0, "dst_lr": 50.0}
+    plain = quantize_(outlier_model(), config_from_dict("tesseraq", grid, **drifting), calib_ids)
+    got = quantize_(outlier_model(), config_from_dict("tesseraq", grid, **(drifting | {"revert_if_worse": True})),
+                    calib_ids)
+    blocks = got.details["blocks"]
+    assert all(b["reverted_to_start"] for b in blocks), blocks
+    for b, p in zip(blocks, plain.details["blocks"]):
+        assert b["final_loss"] == pytest.approx(b["gptq_start_loss"], rel=1e-5)
+        assert b["start_final_loss"] == pytest.approx(b["gptq_start_loss"], rel=1e-5)
+        assert b["par_final_loss"] > b["final_loss"]
+    assert plain.details["blocks"][0]["final_loss"] == pytest.approx(blocks[0]["par_final_loss"], rel=1e-5)
+    for name, qweight in want.weights.items():
+        assert torch.equal(got.weights[name].codes, qweight.codes), name
+        assert torch.equal(got.weights[name].scale, qweight.scale), name
+
+
+def test_a_block_that_par_improved_keeps_pars_codes(calib_ids):
+    config = config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16}, **(QUICK | {
+        "awq_init": False, "gptq_start": True, "steps_per_stage": 30, "revert_if_worse": True}))
+    blocks = quantize_(outlier_model(), config, calib_ids).details["blocks"]
+    assert not any(b["reverted_to_start"] for b in blocks), blocks
+    assert all(b["final_loss"] < b["start_final_loss"] for b in blocks)
+
+
 def _first_blocks_with_holdout(config, ids, holdout, monkeypatch):
     """Run ``config`` with ``holdout`` held-out samples; per block: its stats, the output error of the folded
     block on the held-out samples measured here, and how many samples AWQ and PAR saw."""
@@ -195,6 +224,18 @@ def test_a_gptq_start_reports_its_own_held_out_error(calib_ids, monkeypatch):
     for stats, held_error, _, _ in blocks:
         assert stats["gptq_start_holdout_loss"] == pytest.approx(stats["holdout_loss"], rel=1e-5)
         assert stats["holdout_loss"] == pytest.approx(held_error, rel=1e-4)
+
+
+def test_revert_if_worse_judges_on_the_held_out_samples(calib_ids, monkeypatch):
+    config = config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16}, **(QUICK | {
+        "awq_init": False, "gptq_start": True, "lr": 50.0, "dst_lr": 50.0, "holdout_samples": 2,
+        "revert_if_worse": True}))
+    blocks, _ = _first_blocks_with_holdout(config, calib_ids, 2, monkeypatch)
+    for stats, held_error, _, _ in blocks:
+        assert stats["reverted_to_start"] and stats["par_holdout_loss"] > stats["holdout_loss"]
+        assert stats["start_holdout_loss"] == pytest.approx(stats["gptq_start_holdout_loss"], rel=1e-5)
+        assert stats["holdout_loss"] == pytest.approx(held_error, rel=1e-4)  # the error of what is stored
+        assert stats["final_loss"] == pytest.approx(stats["gptq_start_loss"], rel=1e-5)
 
 
 def test_holdout_samples_must_leave_samples_to_train_on(calib_ids):

@@ -77,6 +77,10 @@ class TesseraQConfig(AWQConfig):
     # each block's output error on them (holdout_loss, and a GPTQ start's gptq_start_holdout_loss) tells
     # an in-sample gain that carries over from one that fits the calibration samples only.
     holdout_samples: int = 0
+    # Keep the start's own codes (AWQ's or RTN's rounding to nearest, or GPTQ's) in any block where PAR + DST
+    # end with a higher block error than they had, measured on the held-out samples when there are any, else
+    # on the calibration samples: from a good start (GPTQ under activation quantization) PAR can drift off it.
+    revert_if_worse: bool = False
 
     def __post_init__(self):
         fractions = list(self.soft_fractions)
@@ -341,6 +345,8 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
     stats["final_loss"] = _output_error(ctx, reconstruction.block_output)
     if held is not None:
         stats["holdout_loss"] = _output_error(held, reconstruction.block_output)
+    if config.revert_if_worse:
+        reconstruction = _keep_the_better(ctx, held, config, params, start_weights, reconstruction, stats)
     stats["reconstruction_seconds"] = round(time.perf_counter() - start, 3)
     weights = {}
     for name, state in reconstruction.states.items():
@@ -348,6 +354,28 @@ def tesseraq_block(ctx: BlockContext, config: TesseraQConfig, observe: list | No
     if observe is not None:
         observe.append(reconstruction)
     return BlockResult(weights, stats)
+
+
+def _keep_the_better(ctx: BlockContext, held: BlockContext | None, config: TesseraQConfig,
+                     params: dict[str, GroupParams], start_weights, trained: BlockReconstruction,
+                     stats: dict) -> BlockReconstruction:
+    """``trained``, or the start's own codes (every variable hardened at once, DST factors 1) where those give
+    the lower block error on the judging samples (held-out when there are any); ``stats`` then describe the
+    start's codes, with PAR's errors kept as ``par_final_loss`` (and ``par_holdout_loss``)."""
+    start = BlockReconstruction(ctx, config, params, start_weights)
+    for state in start.states.values():
+        state.harden(0.0)
+    judge, key = (ctx, "final_loss") if held is None else (held, "holdout_loss")
+    start_error = _output_error(judge, start.block_output)
+    stats["start_" + key] = start_error
+    stats["reverted_to_start"] = start_error < stats[key]
+    if not stats["reverted_to_start"]:
+        return trained
+    stats["par_final_loss"] = stats["final_loss"]
+    stats["final_loss"] = start_error if held is None else _output_error(ctx, start.block_output)
+    if held is not None:
+        stats["par_holdout_loss"], stats["holdout_loss"] = stats["holdout_loss"], start_error
+    return start
 
 
 def _gptq_start(ctx: BlockContext, config: TesseraQConfig, params: dict[str, GroupParams],
