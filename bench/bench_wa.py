@@ -159,6 +159,9 @@ def run_cell(float_model, tokenizer, tokens, key: str, recipe: dict | None, args
             ratios = sorted(b["final_loss"] / b["gptq_start_loss"] for b in starts if b["gptq_start_loss"] > 0)
             out["gptq_start"] = {"blocks": len(starts), "improved": sum(r < 1 for r in ratios),
                                  "median_final_over_start": ratios[len(ratios) // 2] if ratios else None}
+        judged = [b for b in result.details.get("blocks") or () if "reverted_to_start" in b]
+        if judged:  # revert_if_worse: the blocks that kept their start's codes
+            out["reverted_to_start"] = {"blocks": len(judged), "reverted": sum(b["reverted_to_start"] for b in judged)}
         clip = result.details.get("activation_clip_search")
         if clip:
             ratios = [g.clip_ratio for g in result.act_grids.values()]

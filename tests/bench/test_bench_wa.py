@@ -95,6 +95,7 @@ def test_a_recipe_flag_runs_a_methods_cells_with_another_recipe(bench, tiny, tin
     mapping = load_recipe("w4a4-tesseraq-cpu")
     mapping.pop("name", None)
     mapping["method_args"]["gptq_start"] = True
+    mapping["method_args"]["revert_if_worse"] = True
     recipe.write_text(yaml.safe_dump(mapping))
     args = argparse.Namespace(calib_samples=None, calib_seqlen=None, rot_online="down_proj",
                               recipe=[f"tesseraq={recipe}"])
@@ -105,6 +106,8 @@ def test_a_recipe_flag_runs_a_methods_cells_with_another_recipe(bench, tiny, tin
                "--recipe", f"tesseraq={recipe}") == 0
     summary = json.loads((tmp_path / "wa.json").read_text())["cells"]["tesseraq|W4A8"]["gptq_start"]
     assert summary["blocks"] == 2 and 0 <= summary["improved"] <= 2 and summary["median_final_over_start"] > 0
+    reverted = json.loads((tmp_path / "wa.json").read_text())["cells"]["tesseraq|W4A8"]["reverted_to_start"]
+    assert reverted["blocks"] == 2 and 0 <= reverted["reverted"] <= 2
     for bad in ("awq=w2g128-awq", "tesseraq", f"tesseraq={tmp_path / 'missing.yaml'}"):
         with pytest.raises(SystemExit):
             bench.main(["--recipe", bad, "--out", str(tmp_path / "x.md")])
