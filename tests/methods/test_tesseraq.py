@@ -171,6 +171,22 @@ def test_a_block_that_par_made_worse_keeps_the_starts_codes(calib_ids):
         assert torch.equal(got.weights[name].scale, qweight.scale), name
 
 
+def test_an_awq_start_that_par_made_worse_keeps_its_rounding_to_nearest(calib_ids):
+    """Without a GPTQ start the start's codes are AWQ's scales with plain rounding: hardened at once, the
+    same as a TesseraQ run with no PAR steps and no DST."""
+    grid = {"kind": "uniform", "bits": 2, "group": 16}
+    want = quantize_(outlier_model(), config_from_dict("tesseraq", grid, **(QUICK | {
+        "dst": False, "soft_fractions": (0.5,), "steps_per_stage": 0})), calib_ids)
+    got = quantize_(outlier_model(), config_from_dict("tesseraq", grid, **(QUICK | {
+        "lr": 50.0, "dst_lr": 50.0, "revert_if_worse": True})), calib_ids)
+    blocks = got.details["blocks"]
+    assert all(b["reverted_to_start"] and b["par_final_loss"] > b["final_loss"] for b in blocks), blocks
+    for b, w in zip(blocks, want.details["blocks"]):
+        assert b["final_loss"] == pytest.approx(w["final_loss"], rel=1e-5)
+    for name, qweight in want.weights.items():
+        assert torch.equal(got.weights[name].codes, qweight.codes), name
+
+
 def test_a_block_that_par_improved_keeps_pars_codes(calib_ids):
     config = config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16}, **(QUICK | {
         "awq_init": False, "gptq_start": True, "steps_per_stage": 30, "revert_if_worse": True}))
