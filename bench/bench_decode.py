@@ -256,7 +256,8 @@ def main(argv=None) -> int:
             target = str(gguf) if kind == "llama.cpp" else str(folder)
             command = [sys.executable, __file__, "--child", kind, target, "--threads", str(args.threads),
                        "--new-tokens", str(args.new_tokens),
-                       "--profile-steps", str(args.profile_steps if repeat == 0 else 0)]
+                       "--profile-steps", str(args.profile_steps if repeat == 0 else 0),
+                       "--out", ""]  # a child prints its figures; claiming --out too would collide with this run
             done = subprocess.run(command, capture_output=True, text=True, env=env)
             if done.returncode:
                 raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
