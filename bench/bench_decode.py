@@ -33,10 +33,12 @@ Issue 19's int8-activation path and its llama.cpp peer:
   HF ``generate``; compare it with the A16 model's ``hf_generate`` figure (``a8_vs_a16``). Each packed run
   records which linear ops ran (counted by the profiler over one forward) and the int8 kernel's name.
 * ``--pad 256`` zero-pads the model's widths to multiples of 256 first (``bench/pad_model.py``; the logits
-  stay the same), so that every linear splits into llama.cpp's super-blocks; every engine then runs the padded
-  model. ``--llama-ternary tq2_0,tq1_0`` writes the ternary codes as GGUF with every linear on that type (no
-  fallback) and decodes each file with llama.cpp, whose TQ2_0/TQ1_0 kernels take 8-bit activations
-  (bitnet.cpp's I2_S is the same idea).
+  stay the same), so that every linear splits into llama.cpp's super-blocks; the float, packed and
+  ``--llama-ternary`` models are then the padded one (the ``--llama-gguf`` file is read as it is: by default the
+  shipped, unpadded Q4_1, a reference for what the padding costs).
+* ``--llama-ternary tq2_0,tq1_0`` writes the ternary codes as GGUF with every linear on that type (no fallback)
+  and decodes each file with llama.cpp, whose TQ2_0/TQ1_0 kernels take 8-bit activations (bitnet.cpp's I2_S
+  is the same idea).
 
     python bench/bench_decode.py --threads 2 --new-tokens 64 --repeats 3 --out bench/results/decode.json
     python bench/bench_decode.py --threads 2 --new-tokens 64 --repeats 3 --pad 256 --activations a16,a8 \
@@ -337,13 +339,14 @@ def main(argv=None) -> int:
                              "and/or a8 (8-bit per token, tritium::packed_linear_a8)")
     parser.add_argument("--pad", type=int, default=None, metavar="MULTIPLE",
                         help="zero-pad the model's widths to multiples of MULTIPLE (256: llama.cpp's super-blocks) "
-                             "before anything else; every engine runs the padded model")
+                             "before anything else; the float, packed and --llama-ternary models are the padded one, "
+                             "the --llama-gguf file is read as it is")
     parser.add_argument("--llama-ternary", default="",
                         help="also decode with llama.cpp the ternary codes written as GGUF of these types "
                              "(tq2_0, tq1_0; every linear on the type: use --pad 256 on SmolLM2)")
     parser.add_argument("--llama-gguf", default=None,
                         help="GGUF file for the llama.cpp runs (default: the model's own GGUF; 'none' skips them)")
-    parser.add_argument("--work-dir", help="where the three model folders go (default: a temporary folder)")
+    parser.add_argument("--work-dir", help="where the model folders and GGUF files go (default: a temporary folder)")
     parser.add_argument("--out", default="bench/results/decode.json")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
