@@ -187,6 +187,22 @@ def test_an_awq_start_that_par_made_worse_keeps_its_rounding_to_nearest(calib_id
         assert torch.equal(got.weights[name].codes, qweight.codes), name
 
 
+@pytest.mark.parametrize("grid", [{"kind": "ternary", "variant": "dlt", "group": 16},
+                                  {"kind": "uniform", "bits": 2, "group": 16}])
+def test_gptq_under_awqs_scales_starts_below_awqs_rounding_to_nearest(grid, calib_ids):
+    """awq_init and gptq_start together (the ternary-g128-cpu start): GPTQ rounds each block under AWQ's
+    scales and clipping. Hardened at once, the stored codes are GPTQ's (final_loss is gptq_start_loss), and on
+    the outlier model their block error is below AWQ's own rounding to nearest in every block."""
+    hard_at_once = QUICK | {"dst": False, "soft_fractions": (0.5,), "steps_per_stage": 0}
+    awq = quantize_(outlier_model(), config_from_dict("tesseraq", grid, **hard_at_once), calib_ids)
+    both = quantize_(outlier_model(), config_from_dict("tesseraq", grid, **(hard_at_once | {"gptq_start": True})),
+                     calib_ids)
+    assert any(k.startswith("awq.") for k in both.details["blocks"][0]), "the AWQ search did not run"
+    for b, a in zip(both.details["blocks"], awq.details["blocks"]):
+        assert b["final_loss"] == pytest.approx(b["gptq_start_loss"], rel=1e-5)
+        assert b["final_loss"] < a["final_loss"], (b, a)
+
+
 def test_a_block_that_par_improved_keeps_pars_codes(calib_ids):
     config = config_from_dict("tesseraq", {"kind": "uniform", "bits": 2, "group": 16}, **(QUICK | {
         "awq_init": False, "gptq_start": True, "steps_per_stage": 30, "revert_if_worse": True}))
