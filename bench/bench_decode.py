@@ -92,18 +92,15 @@ def parse_ternary_types(text: str) -> list[str]:
 def padded(model, tokenizer, multiple: int) -> tuple:
     """``model`` zero-padded to widths that are multiples of ``multiple`` and what changed (the logits must not)."""
     import torch
-    from pad_model import PaddingError, pad_model
+    from pad_model import PaddingError, pad_model, padding_report
 
     try:
         wide = pad_model(model, multiple).eval()
     except PaddingError as err:
         raise BenchInputError(f"--pad {multiple}: {err}") from None
-    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
-    with torch.no_grad():
-        difference = float((wide(ids).logits - model(ids).logits).abs().max())
-    c = wide.config
-    return wide, {"multiple": multiple, "hidden": c.hidden_size, "query_heads": c.num_attention_heads,
-                  "intermediate": c.intermediate_size, "max_logit_difference_on_prompt": difference}
+    report = padding_report(model, wide, torch.tensor([tokenizer(PROMPT)["input_ids"]]))
+    difference = report.pop("max_logit_difference")
+    return wide, {"multiple": multiple, **report, "max_logit_difference_on_prompt": difference}
 
 
 def prepare(model_name: str, folder: Path, pad: int | None = None, activations=("a16",),

@@ -114,6 +114,17 @@ def pad_model(model, multiple: int = 256, dead_inputs: str = "zero"):
     return padded
 
 
+def padding_report(model, padded, ids) -> dict:
+    """The padded widths and the largest logit difference from ``model`` on the token ids ``ids`` (1 × T)."""
+    import torch
+
+    with torch.no_grad():
+        difference = float((padded(ids).logits - model(ids).logits).abs().max())
+    c = padded.config
+    return {"hidden": c.hidden_size, "query_heads": c.num_attention_heads, "intermediate": c.intermediate_size,
+            "max_logit_difference": difference}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -140,14 +151,12 @@ def main(argv=None) -> int:
     except PaddingError as err:
         parser.error(str(err))
     ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]])
-    with torch.no_grad():
-        difference = float((padded(ids).logits - model(ids).logits).abs().max())
+    report = padding_report(model, padded, ids)
     with atomic_directory(out) as tmp:  # a stopped save leaves no half-written folder
         padded.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
-    c = padded.config
-    print(f"{out}: hidden {c.hidden_size}, {c.num_attention_heads} query heads, intermediate "
-          f"{c.intermediate_size}; max |logit difference| on a test sentence {difference:.2e}")
+    print(f"{out}: hidden {report['hidden']}, {report['query_heads']} query heads, intermediate "
+          f"{report['intermediate']}; max |logit difference| on a test sentence {report['max_logit_difference']:.2e}")
     return 0
 
 
