@@ -123,6 +123,15 @@ def prepare(model_name: str, folder: Path, pad: int | None = None, activations=(
     padding = None
     if pad:
         model, padding = padded(model, tokenizer, pad)
+    if llama_ternary:  # before any folder is written; write_gguf below refuses such a model too, but later
+        from tritium.export.gguf_tensors import TQ_BLOCK
+
+        widths = {"hidden": model.config.hidden_size, "intermediate": model.config.intermediate_size}
+        ragged = {name: width for name, width in widths.items() if width % TQ_BLOCK}
+        if ragged:
+            raise BenchInputError(f"--llama-ternary {','.join(llama_ternary)}: the linears' input widths {ragged} do "
+                                  f"not split into {TQ_BLOCK}-weight blocks (--pad 256 makes every width split into "
+                                  "256-weight super-blocks)")
     fp16 = folder / "fp16"
     model.to(torch.float16).save_pretrained(fp16, safe_serialization=True)
     tokenizer.save_pretrained(fp16)

@@ -103,6 +103,7 @@ def test_without_padding_a_narrow_model_gets_no_ternary_file_and_the_message_nam
     with pytest.raises(bench.BenchInputError, match="--pad 256"):
         bench.prepare(str(tiny_folder), tmp_path, None, ["a16"], ["tq2_0"])  # hidden 64: no 256-weight blocks
     assert not (tmp_path / "model-tq2_0.gguf").exists()
+    assert not (tmp_path / "fp16").exists()  # refused before any folder was written
 
 
 def test_the_summary_compares_a8_with_a16_on_hf_generate_and_lists_every_engine(bench, tmp_path):
