@@ -112,3 +112,17 @@ def test_bad_kv_bits_on_the_command_line_exit_2(tiny_folder, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(quantize_args(tiny_folder, "unused", "--kv-bits", "3"))
     assert exit_info.value.code == 2 and "--kv-bits" in capsys.readouterr().err
+
+
+def test_run_decodes_an_online_rotated_folder_with_hf_generate_and_refuses_the_lean_loop(tiny_folder, tiny_data,
+                                                                                        tmp_path, capsys):
+    """The lean loop computes plain attention and skips down_proj's input hook: it must not decode such a model."""
+    run = tmp_path / "run"
+    assert main(quantize_args(tiny_folder, run, "--online-rotation", "all", "--no-float", "--format", "fake")) == 0
+    capsys.readouterr()
+    decode = ["run", str(run / "model"), "--prompt", "hello world", "--max-new-tokens", "3", "--device", "cpu"]
+    assert main(decode) == 0
+    assert "with the HF generate" in capsys.readouterr().err
+    assert main([*decode, "--loop", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert "--loop fast does not support attention implementation 'tritium_online_" in err and "--loop hf" in err

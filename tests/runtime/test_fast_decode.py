@@ -132,3 +132,99 @@ def test_a_16bit_head_is_read_as_it_is_by_the_16bit_kernel(dtype):
     # the same loop; only the head's arithmetic differs (fp32 sums, rounded once to the 16-bit dtype)
     torch.testing.assert_close(ours.float(), theirs.float(), **({"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16
                                                                else {"rtol": 2e-3, "atol": 2e-3}))
+
+
+def packed_ternary_model(seed=5, family="llama"):
+    grid = TernaryGrid("absmean", group=32)
+    model = tiny_model(family, seed=seed)
+    weights = quantize_(model, RTNConfig(grid=grid)).weights
+    pack_model(model, weights)
+    return model.eval()
+
+
+def quantize_block_inputs(model, grid):
+    from tritium.nn.activation_quant import install_activation_quantizers
+
+    names = [name for name, module in model.named_modules() if getattr(module, "is_packed_linear", False)]
+    install_activation_quantizers(model, {name: grid for name in names})
+    return len(names)
+
+
+def count_calls(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_an_a8_model_fuses_its_int8_projections_and_decodes_like_generate(monkeypatch):
+    """W1.58A8: q/k/v and gate/up each run as one tritium::packed_linear_a8 call where the int8 kernel runs; the
+    tokens and logits are those of the model's own forward, whose modules quantize their inputs themselves."""
+    import tritium.kernels as kernels
+    from tritium.quant.activations import ActivationGrid
+
+    model = packed_ternary_model()
+    quantize_block_inputs(model, ActivationGrid(bits=8))
+    ids = prompt(2)
+    expected = hf_greedy(model, ids, 10)
+    calls = count_calls(monkeypatch, kernels, "packed_linear_a8")
+    decoder = FastDecoder(model, max_length=64)
+    decoder.generate(ids[:, :-1], 1)  # fills the cache up to the last prompt position
+    calls.clear()
+    with torch.no_grad():
+        logits = decoder.forward(ids[:, -1:], ids.shape[1] - 1)
+        reference = model(ids).logits[:, -1]
+    blocks = model.config.num_hidden_layers
+    # 4 calls a block (q/k/v, o, gate/up, down) on a CPU with the SIMD kernels; the portable path keeps float inputs
+    assert len(calls) == (4 * blocks if kernels.planes_available() else 0)
+    assert torch.allclose(logits, reference, atol=1e-4, rtol=1e-4)
+    assert torch.equal(FastDecoder(model, max_length=64).generate(ids, 10).tokens, expected)
+
+
+def test_an_a4_model_s_linears_run_through_their_modules_so_their_quantizers_run():
+    from tritium.quant.activations import ActivationGrid
+
+    model = packed_ternary_model(seed=6)
+    quantize_block_inputs(model, ActivationGrid(bits=4))
+    ids = prompt(3)
+    ours = FastDecoder(model, max_length=64).generate(ids, 10).tokens
+    assert torch.equal(ours, hf_greedy(model, ids, 10))
+    decoder = FastDecoder(model, max_length=64)
+    decoder.generate(ids[:, :-1], 1)
+    plain = packed_ternary_model(seed=6)  # the same weights with float inputs: what skipping the hooks would give
+    with torch.no_grad():
+        ours = decoder.forward(ids[:, -1:], ids.shape[1] - 1)
+        assert torch.allclose(ours, model(ids).logits[:, -1], atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(ours, plain(ids).logits[:, -1], atol=1e-2)
+
+
+def test_models_with_online_rotations_or_other_hooks_are_refused_not_decoded_wrongly():
+    from tritium.models.online_rotation import OnlineRotationSettings, add_online_rotations_
+    from tritium.runtime import fast_decode_unsupported_reason
+
+    rotated = tiny_model("llama", seed=3)
+    rotated.set_attn_implementation("sdpa")
+    add_online_rotations_(rotated, OnlineRotationSettings(online_rotation="down_proj"))
+    with pytest.raises(UnsupportedForFastDecode, match="tritium_online_sdpa"):
+        FastDecoder(rotated)
+    hooked = tiny_model("llama", seed=3)
+    hooked.model.layers[1].post_attention_layernorm.register_forward_hook(lambda module, args, out: out * 2)
+    assert "model.layers.1.post_attention_layernorm" in fast_decode_unsupported_reason(hooked)
+
+
+def test_a_hooked_lm_head_runs_as_its_module():
+    model = tiny_model("llama", seed=3).eval()
+    model.lm_head.register_forward_hook(lambda module, args, out: out + 1.0)
+    ids = prompt()
+    decoder = FastDecoder(model, max_length=64, head_dtype="auto")
+    decoder.generate(ids[:, :-1], 1)
+    with torch.no_grad():
+        reference = model(ids).logits[:, -1]
+        assert torch.allclose(decoder.forward(ids[:, -1:], ids.shape[1] - 1), reference, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UnsupportedForFastDecode, match="hooks"):
+        FastDecoder(model, head_dtype=torch.float16)

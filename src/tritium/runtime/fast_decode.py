@@ -9,6 +9,13 @@ preallocated KV cache written in place, and SDPA with grouped KV heads. Float an
 models both run through it, so comparisons stay fair. Its tokens equal
 ``model.generate(do_sample=False)``'s (tested); models it does not cover go through
 ``generate``.
+
+Quantized activations (an A8 or A4 folder's input quantizers) are kept: where the projections
+that share an input all run ``tritium::packed_linear_a8`` (8-bit per-token codes the kernel
+computes itself) they are fused into one such call; any other quantized input goes through its
+module, so the quantizer's hook runs as it does in the model's own forward. Whatever else the
+loop would skip (online rotations, a quantized KV cache, any other hook or attention
+implementation) makes it refuse the model.
 """
 
 from __future__ import annotations
@@ -72,10 +79,36 @@ def fast_decode_unsupported_reason(model: nn.Module) -> str | None:
         return f"activation {config.hidden_act!r} (the fast loop implements SiLU-gated MLPs)"
     if not hasattr(getattr(model, "model", None), "rotary_emb"):
         return "no rotary embedding module at model.model.rotary_emb"
-    from ..nn.activation_quant import activation_quantizers
+    attention = getattr(config, "_attn_implementation", None)
+    if attention not in PLAIN_ATTENTIONS:
+        # tritium's online rotations (R3, a quantized KV cache) and any other registered attention change what
+        # attention computes; the loop runs plain SDPA
+        return (f"attention implementation {attention!r} (the fast loop computes plain attention; online rotations "
+                "and a quantized KV cache need the model's own forward)")
+    skipped = _hooks_the_loop_would_skip(model)
+    if skipped:
+        return skipped
+    return None
 
-    if activation_quantizers(model):  # the fused loop calls the kernels directly, past the modules' input hooks
-        return "quantized activations (the fast loop runs float activations; the modules' own forward quantizes them)"
+
+# Attention implementations that compute softmax(q·kᵀ/√d)·v as the loop's SDPA does.
+PLAIN_ATTENTIONS = (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3")
+
+
+def _hooks_the_loop_would_skip(model: nn.Module) -> str | None:
+    """The first hook the loop would bypass: it reads the blocks' norms, attention and MLP modules' weights
+    directly, and calls a linear's module only for a quantized input (so only activation quantizers are kept)."""
+    from ..nn.activation_quant import ActivationQuantizer
+
+    roots = {"model.layers": model.model.layers, "model.norm": model.model.norm}
+    for root, container in roots.items():
+        for name, module in container.named_modules():
+            hooks = [h for h in module._forward_pre_hooks.values() if not isinstance(h, ActivationQuantizer)]
+            hooks += list(module._forward_hooks.values())
+            if hooks:
+                where = f"{root}.{name}" if name else root
+                return (f"a {type(hooks[0]).__name__} hook on {where} (the fast loop would skip it; an online "
+                        "rotation, say, needs the model's own forward)")
     return None
 
 
@@ -107,33 +140,72 @@ def _cat(tensors):
     return None if tensors[0] is None else torch.cat(tensors)
 
 
+def _fused_packed_weight(modules):
+    """The rows of fusable packed linears as one packed weight, and their biases as one (or None)."""
+    from ..pack.packed import PackedWeight
+
+    first = modules[0]
+    weight = PackedWeight(_cat([m.packed for m in modules]), _cat([m.scale for m in modules]), first.radix,
+                          first.in_features, first.group_size, zero=_cat([m.zero for m in modules]),
+                          shift=_cat([m.shift for m in modules]), implicit_zero=first.implicit_zero)
+    return weight, _cat([m.bias for m in modules])
+
+
+def _with_bias(call, bias):
+    if bias is None:
+        return call
+    return lambda x: call(x) + bias.to(x.dtype)
+
+
+def _integer_activation_linear(modules):
+    """For packed linears whose inputs all run ``tritium::packed_linear_a8`` on one grid, one such call on their
+    fused rows (the per-token int8 codes of the shared input are the same for every row); else None."""
+    from ..kernels import a8_layout, load_cpu_kernel, packed_linear_a8
+
+    if not _packed_fusable(modules):
+        return None
+    first = modules[0]
+    probe = torch.empty(0, first.in_features, device=first.packed.device)  # the layers' own check, on their device
+    grids = [m.integer_activation_grid(probe) for m in modules]
+    if grids[0] is None or any(g != grids[0] for g in grids):
+        return None
+    weight, bias = _fused_packed_weight(modules)
+    layout = a8_layout(weight.packed, weight.radix, weight.in_features, weight.group_size) if load_cpu_kernel() \
+        else None
+    args = (weight.packed, weight.scale, weight.zero, weight.shift, weight.radix, weight.in_features,
+            weight.group_size, float(weight.implicit_zero), grids[0].clip_ratio, layout)
+    return _with_bias(lambda x: packed_linear_a8(x, *args), bias)
+
+
 def fused_linear(modules: list[nn.Module]):
     """One callable computing ``cat([m(x) for m in modules], -1)`` with a single matmul where it can.
 
     Projections that read the same input (q/k/v, gate/up) are fused row-wise: one packed-linear call
     (codes and group parameters concatenated) or one float matmul (the modules' weights become views
     of the fused matrix, so no memory is added). Packed calls go straight to the op with their CPU
-    layout prepared once, skipping the module's per-call checks.
+    layout prepared once, skipping the module's per-call checks. Linears with an activation quantizer
+    fuse only into one int8-activation call; otherwise each runs through its module, hook included.
     """
     from ..kernels import bit_planes, planes_available
     from ..kernels.ops import op
-    from ..pack.packed import PackedWeight
+    from ..nn.activation_quant import activation_quantizer_of
 
+    if any(activation_quantizer_of(m) is not None for m in modules):
+        integer = _integer_activation_linear(modules)
+        if integer is not None:
+            return integer
+        if len(modules) == 1:
+            return modules[0]
+        return lambda x: torch.cat([m(x) for m in modules], dim=-1)
     if _packed_fusable(modules):
-        first = modules[0]
-        weight = PackedWeight(_cat([m.packed for m in modules]), _cat([m.scale for m in modules]), first.radix,
-                              first.in_features, first.group_size, zero=_cat([m.zero for m in modules]),
-                              shift=_cat([m.shift for m in modules]), implicit_zero=first.implicit_zero)
-        bias = _cat([m.bias for m in modules])
+        weight, bias = _fused_packed_weight(modules)
         layout = None
         if weight.packed.device.type == "cpu" and weight.radix <= 16 and planes_available():
             layout = bit_planes(weight.packed, weight.radix, weight.in_features, weight.group_size)
         args = (weight.packed, weight.scale, weight.zero, weight.shift, weight.radix, weight.in_features,
                 weight.group_size, float(weight.implicit_zero), layout)
         packed_op = op()
-        if bias is None:
-            return lambda x: packed_op(x, *args)
-        return lambda x: packed_op(x, *args) + bias.to(x.dtype)
+        return _with_bias(lambda x: packed_op(x, *args), bias)
     if all(type(m) is nn.Linear for m in modules) and len({m.weight.dtype for m in modules}) == 1 and \
             len({m.bias is None for m in modules}) == 1:
         if len(modules) == 1:
@@ -196,9 +268,14 @@ class FastDecoder:
         else:
             weight = head.weight.detach()
             has_bias = getattr(head, "bias", None) is not None
+            # a hooked head (an input quantizer, say) runs as its module: a copy of its weight would skip the hook
+            hooked = bool(head._forward_pre_hooks or head._forward_hooks)
+            if hooked and head_dtype not in (None, "auto"):
+                raise UnsupportedForFastDecode(f"head_dtype {head_dtype}: the LM head has hooks (an input quantizer?) "
+                                               "that a copy of its weight would skip; leave head_dtype unset")
             if head_dtype == "auto":
                 head_dtype = None
-                if weight.device.type == "cpu" and not has_bias:
+                if weight.device.type == "cpu" and not has_bias and not hooked:
                     if weight.dtype in (torch.float16, torch.bfloat16):
                         head_dtype = weight.dtype
                     elif weight.dtype == torch.float32 and bool(torch.equal(weight, weight.half().float())):
