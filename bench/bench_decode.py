@@ -29,8 +29,8 @@ Issue 19's int8-activation path and its llama.cpp peer:
 * ``--activations a16,a8`` decodes the packed model with float activations (W1.58A16,
   ``tritium::packed_linear``) and/or with 8-bit per-token activations (W1.58A8, ``tritium::packed_linear_a8``):
   the same ternary codes, saved a second time with the activation record a quantize job with ``act_bits: 8``
-  writes (kind ``packed-a8``). tritium's lean loop runs float activations only, so an A8 model decodes through
-  HF ``generate``; compare it with the A16 model's ``hf_generate`` figure (``a8_vs_a16``). Each packed run
+  writes (kind ``packed-a8``). Both run in tritium's lean loop (where the A8 model's q/k/v and gate/up are one
+  int8 call each) and in HF ``generate``; ``a8_vs_a16`` gives the ratio in each loop. Each packed run
   records which linear ops ran (counted by the profiler over one forward) and the int8 kernel's name.
 * ``--pad 256`` zero-pads the model's widths to multiples of 256 first (``bench/pad_model.py``; the logits
   stay the same), so that every linear splits into llama.cpp's super-blocks; the float, packed and
@@ -294,8 +294,7 @@ def child(kind: str, folder: Path, threads: int, new_tokens: int, profile_steps:
     full = generate(new_tokens + 1)
     result = {"kind": kind, "load_seconds": load_seconds, "hf_prefill_plus_one_s": first,
               "hf_generate_tokens_per_s": new_tokens / (full - first)}
-    # An A8 model's linears quantize their inputs in their own forward, which the lean loop's fused calls skip:
-    # it refuses such a model, and the A8 figures are HF generate's only.
+    # The lean loop refuses only what it cannot compute as the model's own forward does (and says why).
     lean_refused = fast_decode_unsupported_reason(model)
     if lean_refused:
         result |= {"lean_tokens_per_s": None, "lean_prefill_s": None, "lean_fp16_head_tokens_per_s": None,
@@ -436,7 +435,7 @@ def main(argv=None) -> int:
 
 
 def _median(values) -> float | None:
-    """The median, or None where a run has no figure (the lean loop refuses an A8 model)."""
+    """The median, or None where a run has no figure (the lean loop refused the model)."""
     values = list(values)
     return None if not values or any(v is None for v in values) else statistics.median(values)
 
@@ -450,8 +449,8 @@ def summarize(args, runs: dict[str, list[dict]], kinds: list[str], llama_kinds: 
     loops = ("hf_generate_tokens_per_s", "lean_tokens_per_s", "lean_fp16_head_tokens_per_s")
     median = {loop: {kind: _median(r[loop] for r in runs[kind]) for kind in tritium_kinds} for loop in loops}
     # One line per engine, each as it is meant to run: tritium's lean loop (the packed model with its
-    # fp16 head, as `tritium run` does; the fp32 model with its fp32 head), HF generate for an A8 model (the
-    # lean loop refuses it), and llama.cpp's own loop.
+    # fp16 head, as `tritium run` does; the fp32 model with its fp32 head), HF generate for a model the lean
+    # loop refuses, and llama.cpp's own loop.
     side_by_side = {}
     for kind in tritium_kinds[1:]:
         lean = median["lean_fp16_head_tokens_per_s"][kind]
@@ -467,13 +466,15 @@ def summarize(args, runs: dict[str, list[dict]], kinds: list[str], llama_kinds: 
     speedup = {loop: (m[first_packed] / m["float"] if m[first_packed] and m["float"] else None)
                for loop, m in median.items()}
     # Issue 19's measure: the int8-activation path against the float-activation one, same codes, same path,
-    # same loop (HF generate, the only one both run).
+    # in each loop that ran both.
     a8_vs_a16 = {}
     for kind in tritium_kinds:
         if kind.startswith(ACTIVATIONS["a8"]):
             a16 = ACTIVATIONS["a16"] + kind[len(ACTIVATIONS["a8"]):]
-            if a16 in median["hf_generate_tokens_per_s"]:
-                a8_vs_a16[kind] = median["hf_generate_tokens_per_s"][kind] / median["hf_generate_tokens_per_s"][a16]
+            for loop in loops:
+                a8_speed, a16_speed = median[loop][kind], median[loop].get(a16)
+                if a8_speed and a16_speed:
+                    a8_vs_a16.setdefault(loop, {})[kind] = a8_speed / a16_speed
     packed_kinds = tritium_kinds[1:]
     return {
         "command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -484,7 +485,7 @@ def summarize(args, runs: dict[str, list[dict]], kinds: list[str], llama_kinds: 
         "load_average_at_end": os.getloadavg()[0], "model": args.model, "new_tokens": args.new_tokens,
         "padded_to": args.pad, "sizes": sizes, "runs": runs, "decode_tokens_per_s": median,
         "side_by_side_tokens_per_s": side_by_side, "speedup": speedup,
-        "a8_vs_a16": {"loop": "hf_generate_tokens_per_s", "ratio": a8_vs_a16} if a8_vs_a16 else None,
+        "a8_vs_a16": a8_vs_a16 or None,
         "peak_rss_mb": {kind: statistics.median(r["peak_rss_mb"] for r in rs) for kind, rs in runs.items()},
         "packed_profile": next((runs[k][0]["profile"] for k in packed_kinds if runs[k][0].get("profile")), None),
         "llama_cpp_system_info": runs[llama_kinds[0]][0]["llama_cpp_system_info"] if llama_kinds else None,
