@@ -141,12 +141,9 @@ def prepare(model_name: str, folder: Path, pad: int | None = None, activations=(
     # A16 and A8 folders hold the same codes and differ only in the activation record.
     act_grid = activation_grid_of({"act_bits": 8}) if "a8" in activations else None
     result = quantize_(model, RTNConfig(grid=grid, act_grid=act_grid))
-    gguf_path = folder / "model.gguf"
     # The padded model's vocabulary is the original one, so the shipped GGUF's still fits.
     tokenizer_gguf = Path(source.location) / source.gguf_file if source.gguf_file else None
-    report = write_gguf(model, gguf_path, result.weights, "tq1_0", embedding_type="f16", tokenizer=tokenizer,
-                        tokenizer_gguf=tokenizer_gguf, overwrite=True)  # the bench remakes its own files
-    ternary_ggufs = {}
+    ternary_ggufs, strict_reports = {}, {}
     for ttype in llama_ternary:  # for llama.cpp's own ternary kernels: every linear on the type, or no file
         path = folder / f"model-{ttype}.gguf"
         try:
@@ -155,9 +152,18 @@ def prepare(model_name: str, folder: Path, pad: int | None = None, activations=(
         except (GGUFExportError, GGUFTypeError) as err:  # a tensor the type cannot hold exactly
             raise BenchInputError(f"--llama-ternary {ttype}: {err} (--pad 256 makes every width split into "
                                   "256-weight super-blocks)") from None
+        strict_reports[ttype] = (path, written)
         ternary_ggufs[ttype] = {"path": str(path), "bytes": path.stat().st_size,
                                 "tensor_types": written.type_counts(),
                                 "linear_bits_per_weight": written.linear_bits_per_weight}
+    # The size figure's GGUF: TQ1_0 where rows split into 256-blocks, else its fallback. A strict TQ1_0 file has
+    # every linear on TQ1_0 already, and is the same file: it is not written twice.
+    if "tq1_0" in strict_reports:
+        gguf_path, report = strict_reports["tq1_0"]
+    else:
+        gguf_path = folder / "model.gguf"
+        report = write_gguf(model, gguf_path, result.weights, "tq1_0", embedding_type="f16", tokenizer=tokenizer,
+                            tokenizer_gguf=tokenizer_gguf, overwrite=True)  # the bench remakes its own files
     pack_model(model, result.weights)
     packed = folder / "packed"
     save_packed(model, tokenizer, packed, "rtn", grid_to_dict(grid), float_dtype="float16")

@@ -88,7 +88,7 @@ def test_the_padded_models_tq2_0_file_has_every_linear_on_tq2_0_and_llama_cpp_de
                                                                                           tmp_path):
     import llama_cpp  # noqa: F401  (a test dependency: a missing one fails, never skips)
 
-    sizes = bench.prepare(str(tiny_folder), tmp_path, 256, ["a16"], ["tq2_0"])
+    sizes = bench.prepare(str(tiny_folder), tmp_path, 256, ["a16"], ["tq2_0", "tq1_0"])
     padding = sizes["padding"]
     assert (padding["hidden"], padding["query_heads"], padding["intermediate"]) == (256, 16, 256)
     assert padding["max_logit_difference_on_prompt"] < 1e-4
@@ -96,6 +96,10 @@ def test_the_padded_models_tq2_0_file_has_every_linear_on_tq2_0_and_llama_cpp_de
     written = sizes["llama_ternary_ggufs"]["tq2_0"]
     linear_types = {t: n for t, n in written["tensor_types"].items() if t.startswith(("TQ", "Q4", "Q8"))}
     assert linear_types == {"TQ2_0": LINEARS_PER_TINY_MODEL}
+    # the strict TQ1_0 file is also the size figure's file: written once, not a second time as model.gguf
+    strict = sizes["llama_ternary_ggufs"]["tq1_0"]
+    assert {t: n for t, n in strict["tensor_types"].items() if t.startswith("TQ")} == {"TQ1_0": LINEARS_PER_TINY_MODEL}
+    assert not (tmp_path / "model.gguf").exists() and sizes["gguf_bytes"] == strict["bytes"]
     run = bench.llama_cpp_child(Path(written["path"]), 1, 4)
     assert run["decode_tokens_per_s"] > 0 and run["gguf"].endswith("model-tq2_0.gguf")
 
