@@ -215,6 +215,9 @@ def test_models_with_online_rotations_or_other_hooks_are_refused_not_decoded_wro
     hooked = tiny_model("llama", seed=3)
     hooked.model.layers[1].post_attention_layernorm.register_forward_hook(lambda module, args, out: out * 2)
     assert "model.layers.1.post_attention_layernorm" in fast_decode_unsupported_reason(hooked)
+    outer = tiny_model("llama", seed=3)
+    outer.model.register_forward_pre_hook(lambda module, args: None)
+    assert "model.model's own forward" in fast_decode_unsupported_reason(outer)
 
 
 def test_a_hooked_lm_head_runs_as_its_module():

@@ -100,6 +100,9 @@ def _hooks_the_loop_would_skip(model: nn.Module) -> str | None:
     directly, and calls a linear's module only for a quantized input (so only activation quantizers are kept)."""
     from ..nn.activation_quant import ActivationQuantizer
 
+    for where, module in (("the model", model), ("model.model", model.model)):  # forwards the loop never calls
+        if module._forward_pre_hooks or module._forward_hooks:
+            return f"hooks on {where}'s own forward (the fast loop would skip them)"
     roots = {"model.layers": model.model.layers, "model.norm": model.model.norm}
     for root, container in roots.items():
         for name, module in container.named_modules():
