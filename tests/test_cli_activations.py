@@ -1,6 +1,6 @@
 """Weight + activation quantization from the CLI to the saved folder and back: `tritium quantize --act-bits`
 saves the activation grid, `tritium eval` on the folder quantizes the activations again and gives the run's own
-perplexity, and what cannot keep them (plain transformers, export, pack, the lean decode loop) says so."""
+perplexity, the lean decode loop keeps them, and what cannot keep them (plain transformers, export, pack) says so."""
 
 import json
 import os
@@ -71,11 +71,23 @@ def test_export_and_pack_refuse_a_folder_whose_activations_are_quantized(a8_run,
     assert "`tritium pack` writes weights that run on float activations" in capsys.readouterr().err
 
 
-def test_the_lean_decode_loop_gives_way_to_the_modules_own_forward(a8_run):
-    from tritium.runtime import fast_decode_unsupported_reason
+def test_the_lean_decode_loop_runs_the_saved_folder_with_its_activation_quantizers(a8_run):
+    """Loaded from disk, the A8 folder's linears quantize their inputs in their own forward; the lean loop runs
+    them through it, so its tokens and logits are what generate gives, not those of float inputs."""
+    from tritium.runtime import FastDecoder, fast_decode_unsupported_reason
 
     model, _, _ = load_model(a8_run.model_folder)
-    assert "quantized activations" in fast_decode_unsupported_reason(model)
+    assert fast_decode_unsupported_reason(model) is None
+    ids = torch.tensor([[5, 9, 2, 17, 4, 33, 8]])
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)
+    assert torch.equal(FastDecoder(model, max_length=32).generate(ids, 8).tokens, expected)
+    decoder = FastDecoder(model, max_length=32)
+    decoder.generate(ids[:, :-1], 1)
+    with torch.no_grad():
+        ours = decoder.forward(ids[:, -1:], ids.shape[1] - 1)
+        torch.testing.assert_close(ours, model(ids).logits[:, -1], rtol=1e-4, atol=1e-4)
 
 
 def test_a_packed_folder_keeps_its_activations_where_the_kernels_take_them(tiny_folder, tiny_data, tmp_path,
