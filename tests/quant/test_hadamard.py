@@ -138,3 +138,21 @@ def test_widths_without_a_construction_are_refused_for_online_use(n):
 def test_transform_refuses_a_wrong_width():
     with pytest.raises(HadamardOrderError, match="width 32"):
         HadamardTransform(48)(torch.zeros(2, 32))
+
+
+def test_a_transform_first_used_under_inference_mode_still_trains():
+    """The Paley factors are cached; the first call made in an evaluation (torch.inference_mode) must not cache an
+    inference tensor that a later training step (TesseraQ over an online-rotated SmolLM2, width 1536 = 12 · 128)
+    cannot save for backward."""
+    from tritium.quant import hadamard
+
+    hadamard._normalized_factor.cache_clear()
+    hadamard._hadamard_cached.cache_clear()
+    transform = hadamard.HadamardTransform(1536)
+    with torch.inference_mode():
+        evaluated = transform(torch.ones(2, 1536))
+        hadamard.hadamard_matrix(12)
+    x = torch.randn(2, 1536, requires_grad=True)
+    (transform(x) * torch.arange(1536.0)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and torch.isfinite(evaluated).all()
+    assert not hadamard._hadamard_cached(12).is_inference()

@@ -123,6 +123,11 @@ def has_hadamard(n: int) -> bool:
 
 @lru_cache(maxsize=16)
 def _hadamard_cached(n: int) -> Tensor:
+    with torch.inference_mode(False):  # cached: see _normalized_factor
+        return _build_hadamard(n)
+
+
+def _build_hadamard(n: int) -> Tensor:
     factors = hadamard_factors(n)
     if factors is None:
         raise ValueError(f"no Hadamard construction is known here for order {n}")
@@ -227,7 +232,10 @@ def _fwht_axis(x: Tensor, normalize: bool) -> Tensor:
 
 @lru_cache(maxsize=64)
 def _normalized_factor(m: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return (_paley(m) / m**0.5).to(dtype=dtype, device=device)
+    # Cached across calls, so never an inference tensor: one made on a first call under torch.inference_mode
+    # (an evaluation) would break every later call that trains through it (TesseraQ, QAT).
+    with torch.inference_mode(False):
+        return (_paley(m) / m**0.5).to(dtype=dtype, device=device)
 
 
 class HadamardTransform:
